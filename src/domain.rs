@@ -1,0 +1,200 @@
+//! Domain values: who the customer is, which conversation an item belongs to, and ids.
+//!
+//! A conversation is one business number (`phone_number_id`) and one customer. The customer is
+//! known by `wa_id` (digits only) or, when Meta withholds the phone number, by the
+//! business-scoped user id (BSUID, e.g. `US.13491208655302741918`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How a customer is identified within one business number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CustomerKey {
+    /// A phone number in digits only.
+    WaId(String),
+    /// A business-scoped user id.
+    UserId(String),
+}
+
+impl CustomerKey {
+    /// A customer from a phone number as Meta or an operator writes it (`+52 1 555...`), or from
+    /// a business-scoped user id. Returns `None` when nothing usable is left.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.is_empty() {
+            return None;
+        }
+        if let Some(digits) = phone_digits(s) {
+            return Some(CustomerKey::WaId(digits));
+        }
+        // A BSUID: printable, no whitespace, no characters that would break a key or a header.
+        if s.len() <= 200 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Some(CustomerKey::UserId(s.to_owned()));
+        }
+        None
+    }
+
+    /// From Meta's fields: `wa_id`-like number first, the user id when the number is withheld.
+    pub fn from_parts(number: Option<&str>, user_id: Option<&str>) -> Option<Self> {
+        number
+            .and_then(phone_digits)
+            .map(CustomerKey::WaId)
+            .or_else(|| user_id.map(str::trim).filter(|u| !u.is_empty()).and_then(CustomerKey::parse))
+    }
+
+    /// The identifier as it appears in keys and headers.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CustomerKey::WaId(s) | CustomerKey::UserId(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for CustomerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Digits of a phone number written with `+`, spaces, dashes, dots or parentheses; `None` when
+/// anything else is in it or no digit is.
+pub fn phone_digits(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    for c in s.trim().chars() {
+        match c {
+            '0'..='9' => out.push(c),
+            '+' | ' ' | '-' | '(' | ')' | '\u{a0}' => {}
+            _ => return None,
+        }
+    }
+    (!out.is_empty() && out.len() <= 32).then_some(out)
+}
+
+/// The customer as events show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Customer {
+    /// The key this customer's conversation is stored under.
+    pub fn key(&self) -> Option<CustomerKey> {
+        CustomerKey::from_parts(self.wa_id.as_deref(), self.user_id.as_deref())
+    }
+
+    /// The customer named by a key alone (no profile name).
+    pub fn from_key(key: &CustomerKey) -> Self {
+        match key {
+            CustomerKey::WaId(w) => Customer { wa_id: Some(w.clone()), ..Default::default() },
+            CustomerKey::UserId(u) => Customer { user_id: Some(u.clone()), ..Default::default() },
+        }
+    }
+}
+
+/// Where an item's state and dedup marks live: a conversation, or a whole business number for
+/// items that belong to no customer (history progress, account updates).
+///
+/// Written `{phone_number_id}:{customer}` (the customer empty for number-level items); this is
+/// also the `conversation` header of published events and the Redis hash tag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub phone_number_id: String,
+    pub customer: Option<CustomerKey>,
+}
+
+impl Scope {
+    pub fn conversation(phone_number_id: &str, customer: CustomerKey) -> Self {
+        Scope { phone_number_id: phone_number_id.to_owned(), customer: Some(customer) }
+    }
+
+    pub fn number(phone_number_id: &str) -> Self {
+        Scope { phone_number_id: phone_number_id.to_owned(), customer: None }
+    }
+
+    /// Parses the `{phone_number_id}:{customer}` form back.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (pnid, cust) = s.split_once(':')?;
+        if pnid.is_empty() {
+            return None;
+        }
+        if cust.is_empty() {
+            return Some(Scope::number(pnid));
+        }
+        Some(Scope::conversation(pnid, CustomerKey::parse(cust)?))
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.customer {
+            Some(c) => write!(f, "{}:{}", self.phone_number_id, c),
+            None => write!(f, "{}:", self.phone_number_id),
+        }
+    }
+}
+
+/// A deterministic id: the same parts always give the same UUID (version 8, from SHA-256).
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes).hyphenated().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_keys_normalise_phone_numbers() {
+        assert_eq!(CustomerKey::parse("+52 1 555 123 0001"), Some(CustomerKey::WaId("5215551230001".into())));
+        assert_eq!(CustomerKey::parse("(555) 123-0001"), Some(CustomerKey::WaId("5551230001".into())));
+        assert_eq!(CustomerKey::parse("US.13491208655302741918"), Some(CustomerKey::UserId("US.13491208655302741918".into())));
+        assert_eq!(CustomerKey::parse("   "), None);
+        assert_eq!(CustomerKey::parse("a b"), None);
+        assert_eq!(CustomerKey::parse("x{y}"), None);
+    }
+
+    #[test]
+    fn number_wins_over_user_id() {
+        assert_eq!(CustomerKey::from_parts(Some("+1 555"), Some("US.1")), Some(CustomerKey::WaId("1555".into())));
+        assert_eq!(CustomerKey::from_parts(None, Some("US.1")), Some(CustomerKey::UserId("US.1".into())));
+        assert_eq!(CustomerKey::from_parts(Some("not a number"), Some("US.1")), Some(CustomerKey::UserId("US.1".into())));
+        assert_eq!(CustomerKey::from_parts(None, None), None);
+    }
+
+    #[test]
+    fn scope_round_trips() {
+        for s in ["410:5215551230001", "410:US.99", "410:"] {
+            assert_eq!(Scope::parse(s).unwrap().to_string(), s);
+        }
+        assert!(Scope::parse(":1").is_none());
+        assert!(Scope::parse("nocolon").is_none());
+    }
+
+    #[test]
+    fn stable_ids_are_deterministic_and_distinct() {
+        let a = stable_id(&["410", "m:wamid.1", "message.received"]);
+        assert_eq!(a, stable_id(&["410", "m:wamid.1", "message.received"]));
+        assert_ne!(a, stable_id(&["410", "m:wamid.1", "message.status"]));
+        // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "8");
+    }
+}
+
+/// Whether a string can be a business number's `phone_number_id` (Meta's are digits; anything
+/// that would break a key, a hash tag or a header is refused).
+pub fn valid_phone_number_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

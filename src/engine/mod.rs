@@ -1,0 +1,445 @@
+//! The coexistence rules (SPEC section 6) as a pure function: state + input + clock in,
+//! decision (new state + events) out. No I/O here: the worker, `coexist process`, the operator
+//! commands and the tests all run this same code through [`crate::store::Engine`].
+
+pub mod event;
+pub mod state;
+
+use std::time::Duration;
+
+use crate::domain::{stable_id, Customer, Scope};
+use crate::meta::{Content, Echo, Item, ItemKind};
+use crate::time::Millis;
+use event::{Event, EventMessage, EventType, Exchange, ReleaseReason, Source, APP_ICON};
+use state::{Handler, Pause, Session, State};
+
+/// The settings the rules read, for one business number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The reset command, trimmed and lower-cased; `None` turns reset off (R6).
+    pub reset_text: Option<String>,
+    /// How long a human's reply pauses the AI agent (the coexistence timeout).
+    pub timeout: Duration,
+    /// A session ends after this long without activity.
+    pub session_timeout: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules::new("/reset", Duration::from_secs(7 * 86_400), Duration::from_secs(86_400))
+    }
+}
+
+impl Rules {
+    pub fn new(reset_text: &str, timeout: Duration, session_timeout: Duration) -> Self {
+        let reset = normalise(reset_text);
+        Rules { reset_text: (!reset.is_empty()).then_some(reset), timeout, session_timeout }
+    }
+
+    /// Whether an echo's typed text is the reset command (trimmed, case-insensitive).
+    pub fn is_reset(&self, content: &Content) -> bool {
+        match (&self.reset_text, content.typed_text()) {
+            (Some(reset), Some(text)) => normalise(text) == *reset,
+            _ => false,
+        }
+    }
+}
+
+fn normalise(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// An operator's command on one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// R4 without a message.
+    Pause,
+    /// R5 with `reason: operator`.
+    Release,
+}
+
+/// What the rules decide about.
+#[derive(Debug, Clone)]
+pub enum Input<'a> {
+    /// Something Meta sent.
+    Item(&'a Item),
+    /// An operator's command, issued at the given instant.
+    Operator { scope: Scope, action: OperatorAction, at: Millis },
+    /// A pause deadline came due: release it if it is still the pause named by `trigger`.
+    Timeout { scope: Scope, trigger: String },
+}
+
+impl Input<'_> {
+    pub fn scope(&self) -> &Scope {
+        match self {
+            Input::Item(i) => &i.scope,
+            Input::Operator { scope, .. } | Input::Timeout { scope, .. } => scope,
+        }
+    }
+
+    /// The input's identity within its scope: the dedup key, and the seed of its event ids.
+    pub fn key(&self) -> String {
+        match self {
+            Input::Item(i) => i.key.clone(),
+            Input::Operator { action, at, .. } => format!("op:{action:?}:{}", at.0).to_lowercase(),
+            Input::Timeout { trigger, .. } => release_key(trigger),
+        }
+    }
+}
+
+fn release_key(trigger: &str) -> String {
+    format!("release:{trigger}")
+}
+
+/// Which rule decided an input (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R7,
+    R8,
+    R10,
+    R11,
+    R12,
+    OperatorPause,
+    OperatorRelease,
+    /// A timeout check that found nothing to release (extended, reset or already released).
+    Noop,
+    /// Something Meta sent that has no event (value-level errors, unsubscribed fields).
+    Ignored,
+    /// Part of a body that could not be placed.
+    Unreadable,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::R1 => "R1",
+            Rule::R2 => "R2",
+            Rule::R3 => "R3",
+            Rule::R4 => "R4",
+            Rule::R5 => "R5",
+            Rule::R7 => "R7",
+            Rule::R8 => "R8",
+            Rule::R10 => "R10",
+            Rule::R11 => "R11",
+            Rule::R12 => "R12",
+            Rule::OperatorPause => "operator_pause",
+            Rule::OperatorRelease => "operator_release",
+            Rule::Noop => "noop",
+            Rule::Ignored => "ignored",
+            Rule::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The member naming a pause in the deadline schedule: `{scope}|{trigger}`.
+pub fn deadline_member(scope: &Scope, trigger: &str) -> String {
+    format!("{scope}|{trigger}")
+}
+
+/// Reads a deadline member back into the pause it names.
+pub fn parse_deadline_member(member: &str) -> Option<(Scope, String)> {
+    let (scope, trigger) = member.split_once('|')?;
+    Some((Scope::parse(scope)?, trigger.to_owned()))
+}
+
+/// What the rules decided.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The conversation's state afterwards.
+    pub state: State,
+    /// The events, in the order they are to be published.
+    pub events: Vec<Event>,
+    pub rule: Rule,
+    /// Whether the decision depended on the state (if not, it can be stored without a version check).
+    pub reads_state: bool,
+    /// A pause deadline to (re)schedule: member and instant.
+    pub schedule: Option<(String, Millis)>,
+    /// A pause deadline that no longer applies.
+    pub unschedule: Option<String>,
+}
+
+/// Applies the rules. `now` is the clock: the worker's wall clock, or in `coexist process` the
+/// items' own timestamps.
+pub fn decide(state: &State, input: &Input, now: Millis, rules: &Rules) -> Decision {
+    let scope = input.scope();
+    let mut d = Decider {
+        scope,
+        scope_str: scope.to_string(),
+        key: input.key(),
+        now,
+        rules,
+        out: Decision { state: state.clone(), events: Vec::new(), rule: Rule::Noop, reads_state: true, schedule: None, unschedule: None },
+    };
+    match input {
+        Input::Item(item) => d.item(item),
+        Input::Operator { action, at, .. } => {
+            d.expire();
+            let customer = d.scope_customer();
+            match action {
+                OperatorAction::Pause => d.pause(*at, at.plus(rules.timeout), &customer, None, Rule::OperatorPause),
+                OperatorAction::Release => d.reset(*at, &customer, ReleaseReason::Operator, Rule::OperatorRelease),
+            }
+        }
+        Input::Timeout { trigger, .. } => {
+            let due = state.pause.as_ref().is_some_and(|p| &p.trigger == trigger && p.until <= now);
+            if due {
+                d.expire();
+                d.out.rule = Rule::R7;
+            }
+        }
+    }
+    d.out
+}
+
+struct Decider<'a> {
+    scope: &'a Scope,
+    scope_str: String,
+    key: String,
+    now: Millis,
+    rules: &'a Rules,
+    out: Decision,
+}
+
+impl Decider<'_> {
+    fn item(&mut self, item: &Item) {
+        let ts = item.timestamp.unwrap_or(self.now);
+        match &item.kind {
+            ItemKind::Customer { customer, message } => {
+                self.expire();
+                self.customer_message(item, customer, message, ts);
+            }
+            ItemKind::Echo { customer, echo: Echo::Send(content) } => {
+                self.expire();
+                if self.rules.is_reset(content) {
+                    self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5);
+                } else {
+                    self.echo(item, customer, content, ts);
+                }
+            }
+            ItemKind::Echo { customer, echo: Echo::Edit { original_message_id, message } } => {
+                let mut e = self.event(EventType::Edited, Exchange::HumanChat, customer, ts, self.current_session());
+                e.message = Some(self.message(item, message, Source::BusinessApp));
+                e.original_message_id = Some(original_message_id.clone());
+                self.push(e, Rule::R10);
+            }
+            ItemKind::Echo { customer, echo: Echo::Revoke { original_message_id } } => {
+                let mut e = self.event(EventType::Revoked, Exchange::HumanChat, customer, ts, self.current_session());
+                e.original_message_id = Some(original_message_id.clone());
+                self.push(e, Rule::R10);
+            }
+            ItemKind::Status { customer, message_id, status, errors } => {
+                self.out.reads_state = false;
+                let mut e = self.event(EventType::MessageStatus, Exchange::Bot, customer, ts, None);
+                e.status = Some(status.clone());
+                e.message_id = Some(message_id.clone());
+                e.errors = Some(errors.clone());
+                self.push(e, Rule::R12);
+            }
+            ItemKind::AccountUpdate { event, reason } => {
+                self.out.reads_state = false;
+                let mut e = self.event(EventType::AccountUpdated, Exchange::Bot, &Customer::default(), ts, None);
+                e.event = Some(event.clone());
+                e.account_reason = Some(reason.clone());
+                self.push(e, Rule::R12);
+            }
+            ItemKind::History { customer, message, direction } => {
+                self.out.reads_state = false;
+                let mut e = self.event(EventType::History, Exchange::HumanChat, customer, ts, None);
+                e.message = Some(self.message(item, message, Source::History));
+                e.direction = Some(*direction);
+                self.push(e, Rule::R11);
+            }
+            ItemKind::HistoryStatus { phase, chunk_order, progress, declined } => {
+                self.out.reads_state = false;
+                let mut e = self.event(EventType::HistoryStatus, Exchange::HumanChat, &Customer::default(), ts, None);
+                e.phase = Some(*phase);
+                e.chunk_order = Some(*chunk_order);
+                e.progress = Some(*progress);
+                e.declined = Some(*declined);
+                self.push(e, Rule::R11);
+            }
+            ItemKind::ContactSync { customer, action, contact } => {
+                self.out.reads_state = false;
+                let mut e = self.event(EventType::ContactSynced, Exchange::HumanChat, customer, ts, None);
+                e.action = Some(action.clone());
+                e.contact = Some(contact.clone());
+                self.push(e, Rule::R11);
+            }
+            ItemKind::Errors | ItemKind::Unhandled { .. } => {
+                self.out.reads_state = false;
+                self.out.rule = Rule::Ignored;
+            }
+            ItemKind::Unreadable { .. } => {
+                self.out.reads_state = false;
+                self.out.rule = Rule::Unreadable;
+            }
+        }
+    }
+
+    /// R1, R2, R3.
+    fn customer_message(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
+        let msg = self.message(item, content, Source::Customer);
+        if self.out.state.paused(self.now).is_some() {
+            let session = self.touch_session(Handler::Human);
+            let mut e = self.event(EventType::MessageReceived, Exchange::HumanChat, customer, ts, Some(session));
+            e.message = Some(msg);
+            return self.push(e, Rule::R3);
+        }
+        let bot_session = self.out.state.session_at(self.now).is_some_and(|s| s.handler == Handler::Bot);
+        let session = if bot_session { self.touch_session(Handler::Bot) } else { self.open_session(Handler::Bot) };
+        let mut e = self.event(EventType::MessageReceived, Exchange::Bot, customer, ts, Some(session));
+        e.message = Some(msg);
+        e.session_started = Some(!bot_session);
+        self.push(e, if bot_session { Rule::R1 } else { Rule::R2 });
+    }
+
+    /// R4 and R8: an echo that is not the reset command.
+    fn echo(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
+        let until = ts.plus(self.rules.timeout);
+        let before_reset = self.out.state.last_reset.is_some_and(|r| ts < r);
+        let rule = if before_reset || until <= self.now {
+            Rule::R8
+        } else {
+            self.pause(ts, until, customer, content.id.clone(), Rule::R4);
+            Rule::R4
+        };
+        let mut e = self.event(EventType::SentFromApp, Exchange::HumanChat, customer, ts, self.current_session());
+        e.message = Some(self.message(item, content, Source::BusinessApp));
+        self.push(e, rule);
+    }
+
+    /// Pauses the AI agent until `until` (never shortening a pause in force).
+    fn pause(&mut self, since: Millis, until: Millis, customer: &Customer, trigger_message: Option<String>, rule: Rule) {
+        self.out.rule = rule;
+        if let Some(p) = self.out.state.pause.as_mut().filter(|p| p.until > self.now) {
+            if until > p.until {
+                p.until = until;
+                self.out.schedule = Some((deadline_member(self.scope, &p.trigger), until));
+            }
+            self.touch_session(Handler::Human);
+            return;
+        }
+        let paused_until = until.rfc3339();
+        let bot_session = self.out.state.session_at(self.now).filter(|s| s.handler == Handler::Bot).map(|s| s.id.clone());
+        self.out.state.pause = Some(Pause { until, since, trigger: self.key.clone() });
+        self.out.schedule = Some((deadline_member(self.scope, &self.key), until));
+        let session = self.touch_session(Handler::Human);
+        if bot_session.is_some() {
+            let mut e = self.event(EventType::SessionPaused, Exchange::Bot, customer, since, Some(session.clone()));
+            e.paused_until = Some(paused_until.clone());
+            self.out.events.push(e);
+        }
+        let mut e = self.event(EventType::Handover, Exchange::HumanChat, customer, since, Some(session));
+        e.paused_until = Some(paused_until);
+        e.trigger_message_id = Some(trigger_message);
+        self.out.events.push(e);
+    }
+
+    /// R5 (and the operator's release): ends the pause and the session.
+    fn reset(&mut self, at: Millis, customer: &Customer, reason: ReleaseReason, rule: Rule) {
+        self.out.rule = rule;
+        let last = self.out.state.last_reset.map_or(at, |r| r.max(at));
+        self.out.state.last_reset = Some(last);
+        match self.out.state.paused(self.now) {
+            // A reset sent before the pause in force began (delivered late) does not end it.
+            Some(p) if at < p.since => {}
+            Some(p) => {
+                let p = p.clone();
+                self.release(&p, reason, at, customer);
+            }
+            None => {
+                if self.out.state.session.as_ref().is_some_and(|s| s.started <= at) {
+                    self.out.state.session = None;
+                }
+            }
+        }
+    }
+
+    /// R7: a pause whose deadline has passed is released before anything else is decided.
+    fn expire(&mut self) {
+        if let Some(p) = self.out.state.pause.clone().filter(|p| p.until <= self.now) {
+            let customer = self.scope_customer();
+            let key = std::mem::replace(&mut self.key, release_key(&p.trigger));
+            self.release(&p, ReleaseReason::Timeout, p.until, &customer);
+            self.key = key;
+            self.out.rule = Rule::R7;
+        }
+    }
+
+    fn release(&mut self, p: &Pause, reason: ReleaseReason, at: Millis, customer: &Customer) {
+        let session = self.current_session();
+        self.out.state.pause = None;
+        self.out.state.session = None;
+        self.out.unschedule = Some(deadline_member(self.scope, &p.trigger));
+        if self.out.schedule.as_ref().is_some_and(|(m, _)| self.out.unschedule.as_ref() == Some(m)) {
+            self.out.schedule = None;
+        }
+        let mut e = self.event(EventType::Released, Exchange::HumanChat, customer, at, session);
+        e.release_reason = Some(reason);
+        self.out.events.push(e);
+    }
+
+    fn current_session(&self) -> Option<String> {
+        self.out.state.session_at(self.now).map(|s| s.id.clone())
+    }
+
+    /// Restarts the inactivity clock of the live session (opening one if there is none).
+    fn touch_session(&mut self, handler: Handler) -> String {
+        let expires = self.now.plus(self.rules.session_timeout);
+        match self.out.state.session.as_mut().filter(|s| s.expires > self.now) {
+            Some(s) => {
+                s.handler = handler;
+                s.expires = expires;
+                s.id.clone()
+            }
+            None => self.open_session(handler),
+        }
+    }
+
+    fn open_session(&mut self, handler: Handler) -> String {
+        let id = stable_id(&[&self.scope_str, "session", &self.key]);
+        let expires = self.now.plus(self.rules.session_timeout);
+        self.out.state.session = Some(Session { id: id.clone(), handler, started: self.now, expires });
+        id
+    }
+
+    fn scope_customer(&self) -> Customer {
+        self.scope.customer.as_ref().map(Customer::from_key).unwrap_or_default()
+    }
+
+    fn push(&mut self, e: Event, rule: Rule) {
+        self.out.events.push(e);
+        self.out.rule = rule;
+    }
+
+    fn event(&self, kind: EventType, exchange: Exchange, customer: &Customer, at: Millis, session_id: Option<String>) -> Event {
+        Event {
+            event_id: stable_id(&[&self.scope_str, &self.key, kind.as_str()]),
+            kind,
+            exchange,
+            occurred_at: at.rfc3339(),
+            phone_number_id: self.scope.phone_number_id.clone(),
+            customer: customer.clone(),
+            session_id,
+            ..Event::default()
+        }
+    }
+
+    fn message(&self, item: &Item, c: &Content, source: Source) -> EventMessage {
+        EventMessage {
+            id: c.id.clone(),
+            kind: c.kind.clone(),
+            text: c.text.clone(),
+            source,
+            icon: (source == Source::BusinessApp).then_some(APP_ICON),
+            media: c.media.clone(),
+            reply_to: c.reply_to.clone(),
+            raw: item.raw.clone(),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! A conversation's state: the pause, the session, the last reset.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Millis;
+
+/// Everything the rules read and write for one conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The pause not yet released. It stops routing to the AI agent while `until` is in the
+    /// future, and is kept past `until` until a release (timeout, reset or operator) is recorded.
+    pub pause: Option<Pause>,
+    /// The current session (it ends at `expires` without activity).
+    pub session: Option<Session>,
+    /// Meta's timestamp of the latest reset (or operator release): older echoes do not pause (R8).
+    pub last_reset: Option<Millis>,
+}
+
+/// The AI agent is paused for this conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// The pause ends at this instant unless a later echo extends it.
+    pub until: Millis,
+    /// When it began.
+    pub since: Millis,
+    /// The item that began it (an echo's key, or an operator command's); identifies the pause.
+    pub trigger: String,
+}
+
+/// Who is handling the current session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handler {
+    Bot,
+    Human,
+}
+
+/// A run of activity in a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub handler: Handler,
+    pub started: Millis,
+    /// The session ends here without activity.
+    pub expires: Millis,
+}
+
+impl State {
+    /// The pause in force at `now`.
+    pub fn paused(&self, now: Millis) -> Option<&Pause> {
+        self.pause.as_ref().filter(|p| p.until > now)
+    }
+
+    /// The session alive at `now`.
+    pub fn session_at(&self, now: Millis) -> Option<&Session> {
+        self.session.as_ref().filter(|s| s.expires > now)
+    }
+}

@@ -1,0 +1,31 @@
+//! # coexist
+//!
+//! Lets a business run the WhatsApp Business App (people on a phone) and the WhatsApp Cloud API
+//! (an AI agent) on one number without the two talking over each other. Meta posts every event
+//! to one webhook; coexist decides, per customer, whether the AI agent or a human handles each
+//! message, and publishes the resulting events to two exchanges, `{ns}.bot` and `{ns}.human_chat`.
+//! The contract is `SPEC.md` (shared with the team); the README shows how to run it.
+//!
+//! ## Layout
+//!
+//! - [`meta`]: Meta's webhook bodies read into items (tolerant of unknown and odd fields).
+//! - [`render`]: the one rendering of a message into `message.text`.
+//! - [`domain`]: customers, conversations (scopes) and deterministic ids.
+//! - [`engine`]: the rules R1-R13 as a pure function (state + input + clock -> decision), and the
+//!   event types ([`engine::event`]) and conversation state ([`engine::state`]).
+//! - [`store`]: conversation state behind one trait, in memory or in Redis, and the [`store::Engine`]
+//!   loop that applies the rules atomically and exactly once per input.
+//! - [`config`]: the configuration (defaults, file, environment) and its checks.
+//! - [`process`]: the offline `coexist process` command.
+//! - [`operator`]: `coexist conversation show|pause|release`.
+//! - [`time`]: instants (Unix ms) and RFC 3339.
+
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod meta;
+pub mod operator;
+pub mod process;
+pub mod render;
+pub mod store;
+pub mod time;

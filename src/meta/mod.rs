@@ -1,0 +1,494 @@
+//! Meta's webhooks, read into [`Item`]s: one item per message, echo, status, history message,
+//! history progress, contact change or account update, in order of appearance.
+//!
+//! Reading is tolerant: unknown fields and types are data, a field of the wrong type reads as
+//! absent, and an item that cannot be placed in any conversation becomes an
+//! [`ItemKind::Unreadable`] item (kept with its reason, never dropped). Only a body that is not a
+//! webhook at all is an error ([`BodyError`]).
+
+pub mod lenient;
+pub mod wire;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::domain::{phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope};
+use crate::render;
+use crate::time::Millis;
+
+/// The code Meta sends when the business declined to share its chat history.
+pub const HISTORY_DECLINED: i64 = 2593109;
+
+/// A body that is not a WhatsApp webhook.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a WhatsApp webhook: {0}")]
+    NotWebhook(String),
+}
+
+/// One thing Meta told us, with the place it belongs and the exact JSON it came as.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Where its state and dedup mark live.
+    pub scope: Scope,
+    /// Its identity within the scope: the same item delivered again has the same key (R9).
+    pub key: String,
+    /// Meta's timestamp of the item.
+    pub timestamp: Option<Millis>,
+    /// The item exactly as Meta sent it.
+    pub raw: Box<RawValue>,
+    pub kind: ItemKind,
+}
+
+/// What an item is.
+#[derive(Debug, Clone)]
+pub enum ItemKind {
+    /// `messages[]`: a customer wrote.
+    Customer { customer: Customer, message: Content },
+    /// `message_echoes[]`: the business wrote, edited or deleted from the Business App.
+    Echo { customer: Customer, echo: Echo },
+    /// `statuses[]`: what happened to a message sent through the API.
+    Status { customer: Customer, message_id: Option<String>, status: Option<String>, errors: Box<RawValue> },
+    /// `account_update`.
+    AccountUpdate { event: Option<String>, reason: Option<String> },
+    /// One message of the history sync (`history` threads, or the follow-up `messages[]`).
+    History { customer: Customer, message: Content, direction: Direction },
+    /// Progress of the history sync (one per `history[]` chunk), or its decline.
+    HistoryStatus { phase: Option<i64>, chunk_order: Option<i64>, progress: Option<i64>, declined: bool },
+    /// `smb_app_state_sync`: a contact added, edited or removed in the App.
+    ContactSync { customer: Customer, action: Option<String>, contact: Option<Box<RawValue>> },
+    /// `value.errors[]` of a `messages` change: Meta reports a problem with no message attached.
+    Errors,
+    /// A change of a field this product does not subscribe to (kept for logs and metrics).
+    Unhandled { field: String },
+    /// Part of a signed body that cannot be placed: kept with the reason.
+    Unreadable { reason: String },
+}
+
+/// What an echo did.
+#[derive(Debug, Clone)]
+pub enum Echo {
+    Send(Content),
+    Edit { original_message_id: Option<String>, message: Content },
+    Revoke { original_message_id: Option<String> },
+}
+
+/// Direction of a history message, seen from the business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// A message's content as events carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    pub id: Option<String>,
+    pub kind: String,
+    pub text: String,
+    pub media: Option<Media>,
+    pub reply_to: Option<String>,
+}
+
+impl Content {
+    /// The typed text of a `text` message (what the reset command is compared with).
+    pub fn typed_text(&self) -> Option<&str> {
+        (self.kind == "text").then_some(self.text.as_str())
+    }
+}
+
+/// `message.media`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Media {
+    pub id: Option<String>,
+    pub mime_type: Option<String>,
+    pub caption: Option<String>,
+    pub filename: Option<String>,
+}
+
+/// Reads a webhook body into its items. Errors only when the body is not a webhook at all.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+    let envelope: wire::Envelope = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            BodyError::NotWebhook("the body is not a JSON object".into())
+        } else {
+            BodyError::NotJson(e.to_string())
+        }
+    })?;
+    match envelope.object.get() {
+        None | Some("whatsapp_business_account") => {}
+        Some(other) => return Err(BodyError::NotWebhook(format!("`object` is {other:?}, not \"whatsapp_business_account\""))),
+    }
+    let Some(entries) = envelope.entry else {
+        return Err(BodyError::NotWebhook("no `entry` array".into()));
+    };
+    let entries: Vec<&RawValue> =
+        serde_json::from_str(entries.get()).map_err(|_| BodyError::NotWebhook("`entry` is not an array".into()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        read_entry(entry, &mut out);
+    }
+    Ok(out)
+}
+
+fn unreadable(scope: Scope, raw: &RawValue, reason: impl Into<String>) -> Item {
+    Item {
+        scope,
+        key: format!("x:{}", stable_id(&[raw.get()])),
+        timestamp: None,
+        raw: raw.to_owned(),
+        kind: ItemKind::Unreadable { reason: reason.into() },
+    }
+}
+
+fn array<'a>(raw: Option<&'a RawValue>) -> Result<Vec<&'a RawValue>, ()> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(r) if r.get() == "null" => Ok(Vec::new()),
+        Some(r) => serde_json::from_str(r.get()).map_err(|_| ()),
+    }
+}
+
+fn read_entry(raw: &RawValue, out: &mut Vec<Item>) {
+    let unknown = Scope::number("unknown");
+    let Ok(entry) = serde_json::from_str::<lenient::Obj<wire::Entry>>(raw.get()) else {
+        return out.push(unreadable(unknown, raw, "an entry that cannot be read"));
+    };
+    let Some(entry) = entry.0 else {
+        return out.push(unreadable(unknown, raw, "an entry that is not an object"));
+    };
+    let Ok(changes) = array(entry.changes) else {
+        return out.push(unreadable(unknown, raw, "`changes` is not an array"));
+    };
+    for change in changes {
+        let parsed = serde_json::from_str::<lenient::Obj<wire::Change>>(change.get()).ok().and_then(|c| c.0);
+        let Some(c) = parsed else {
+            out.push(unreadable(unknown.clone(), change, "a change that is not an object"));
+            continue;
+        };
+        read_change(&entry, c, change, out);
+    }
+}
+
+fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue, out: &mut Vec<Item>) {
+    let field = change.field.get().unwrap_or("").to_owned();
+    let value_raw = change.value.unwrap_or(raw_change);
+    let value = match serde_json::from_str::<lenient::Obj<wire::Value>>(value_raw.get()) {
+        Ok(lenient::Obj(Some(v))) => v,
+        _ => return out.push(unreadable(Scope::number("unknown"), raw_change, format!("`{field}` change without a readable value"))),
+    };
+    let metadata = value.metadata.get();
+    let pnid = metadata.and_then(|m| m.phone_number_id.get()).filter(|s| valid_phone_number_id(s));
+
+    if field == "account_update" {
+        // No metadata: the business account (entry.id) stands for the number.
+        let id = [value.phone_number_id.get(), pnid, entry.id.get()]
+            .into_iter()
+            .flatten()
+            .find(|s| valid_phone_number_id(s))
+            .unwrap_or("unknown");
+        let event = value.event.0.clone();
+        let time = entry.time.0;
+        let key = match (&event, time) {
+            (Some(e), Some(t)) => format!("a:{e}:{}", t.0),
+            _ => format!("a:{}", stable_id(&[value_raw.get()])),
+        };
+        return out.push(Item {
+            scope: Scope::number(id),
+            key,
+            timestamp: time,
+            raw: value_raw.to_owned(),
+            kind: ItemKind::AccountUpdate { event, reason: value.disconnection_info.get().and_then(|d| d.reason.0.clone()) },
+        });
+    }
+
+    let Some(pnid) = pnid else {
+        let kind = if matches!(field.as_str(), "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync") {
+            ItemKind::Unreadable { reason: format!("`{field}` change without metadata.phone_number_id") }
+        } else {
+            ItemKind::Unhandled { field: field.clone() }
+        };
+        let mut item = unreadable(Scope::number(entry.id.get().unwrap_or("unknown")), raw_change, "");
+        item.kind = kind;
+        return out.push(item);
+    };
+    let ctx = Ctx { pnid, business: metadata.and_then(|m| m.display_phone_number.get()).and_then(phone_digits), value: &value };
+
+    match field.as_str() {
+        "messages" => {
+            ctx.each(value.messages, "messages", out, |ctx, raw, out| ctx.customer_message(raw, out));
+            ctx.each(value.statuses, "statuses", out, |ctx, raw, out| ctx.status(raw, out));
+            ctx.each(value.errors, "errors", out, |ctx, raw, out| {
+                out.push(Item {
+                    scope: Scope::number(ctx.pnid),
+                    key: format!("e:{}", stable_id(&[raw.get()])),
+                    timestamp: None,
+                    raw: raw.to_owned(),
+                    kind: ItemKind::Errors,
+                })
+            });
+        }
+        "smb_message_echoes" => ctx.each(value.message_echoes, "message_echoes", out, |ctx, raw, out| ctx.echo(raw, out)),
+        "history" => {
+            ctx.each(value.history, "history", out, |ctx, raw, out| ctx.history_chunk(raw, out));
+            // The follow-up form: media for earlier placeholders, as `messages[]`.
+            ctx.each(value.messages, "messages", out, |ctx, raw, out| ctx.history_message(raw, None, out));
+        }
+        "smb_app_state_sync" => ctx.each(value.state_sync, "state_sync", out, |ctx, raw, out| ctx.state_sync(raw, out)),
+        _ => out.push(Item {
+            scope: Scope::number(pnid),
+            key: format!("u:{}", stable_id(&[value_raw.get()])),
+            timestamp: None,
+            raw: value_raw.to_owned(),
+            kind: ItemKind::Unhandled { field },
+        }),
+    }
+}
+
+struct Ctx<'v, 'a> {
+    pnid: &'v str,
+    business: Option<String>,
+    value: &'v wire::Value<'a>,
+}
+
+impl Ctx<'_, '_> {
+    fn each(&self, raw: Option<&RawValue>, name: &str, out: &mut Vec<Item>, mut f: impl FnMut(&Self, &RawValue, &mut Vec<Item>)) {
+        match array(raw) {
+            Ok(items) => items.into_iter().for_each(|r| f(self, r, out)),
+            Err(()) => out.push(unreadable(Scope::number(self.pnid), raw.expect("present"), format!("`{name}` is not an array"))),
+        }
+    }
+
+    fn message(&self, raw: &RawValue) -> Option<wire::Message> {
+        serde_json::from_str::<lenient::Obj<wire::Message>>(raw.get()).ok().and_then(|m| m.0)
+    }
+
+    fn customer_message(&self, raw: &RawValue, out: &mut Vec<Item>) {
+        let Some(m) = self.message(raw) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a message that is not an object"));
+        };
+        let from = m.from.get().and_then(phone_digits);
+        let from_user = m.from_user_id.get();
+        // The profile of this sender among `contacts[]` (or the only contact there is).
+        let contacts = &self.value.contacts.0;
+        let contact = contacts
+            .iter()
+            .filter_map(|c| c.get())
+            .find(|c| {
+                (from.is_some() && c.wa_id.get().and_then(phone_digits) == from)
+                    || (from_user.is_some() && c.user_id.get() == from_user)
+            })
+            .or_else(|| if contacts.len() == 1 { contacts[0].get() } else { None });
+        let customer = Customer {
+            wa_id: from.or_else(|| contact.and_then(|c| c.wa_id.get()).and_then(phone_digits)),
+            user_id: from_user.or(contact.and_then(|c| c.user_id.get())).map(str::to_owned),
+            name: contact.and_then(|c| c.profile.get()).and_then(|p| p.name.0.clone()),
+        };
+        let Some(key) = customer.key() else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a customer message without a sender"));
+        };
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            key: message_key(&m, raw),
+            timestamp: m.timestamp.0,
+            raw: raw.to_owned(),
+            kind: ItemKind::Customer { message: content(&m), customer },
+        });
+    }
+
+    fn echo(&self, raw: &RawValue, out: &mut Vec<Item>) {
+        let Some(m) = self.message(raw) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "an echo that is not an object"));
+        };
+        let customer = Customer {
+            wa_id: m.to.get().and_then(phone_digits),
+            user_id: m.to_user_id.0.clone(),
+            name: None,
+        };
+        let Some(key) = customer.key() else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "an echo without a recipient"));
+        };
+        let echo = match m.kind.get() {
+            Some("revoke") => Echo::Revoke { original_message_id: m.revoke.get().and_then(|r| r.original_message_id.0.clone()) },
+            Some("edit") => {
+                let edit = m.edit.get();
+                let message = match edit.and_then(|e| e.message.get()) {
+                    Some(inner) => Content { id: m.id.0.clone(), ..content(inner) },
+                    None => Content {
+                        id: m.id.0.clone(),
+                        kind: "text".into(),
+                        text: edit.and_then(|e| e.text.get()).and_then(|t| t.body.0.clone()).unwrap_or_default(),
+                        media: None,
+                        reply_to: None,
+                    },
+                };
+                Echo::Edit { original_message_id: edit.and_then(|e| e.original_message_id.0.clone()), message }
+            }
+            _ => Echo::Send(content(&m)),
+        };
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            key: message_key(&m, raw),
+            timestamp: m.timestamp.0,
+            raw: raw.to_owned(),
+            kind: ItemKind::Echo { customer, echo },
+        });
+    }
+
+    fn status(&self, raw: &RawValue, out: &mut Vec<Item>) {
+        let Some(s) = serde_json::from_str::<lenient::Obj<wire::Status>>(raw.get()).ok().and_then(|s| s.0) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a status that is not an object"));
+        };
+        let customer = Customer {
+            wa_id: s.recipient_id.get().and_then(phone_digits),
+            user_id: s.recipient_user_id.0.clone(),
+            name: None,
+        };
+        let scope = match customer.key() {
+            Some(k) => Scope::conversation(self.pnid, k),
+            None => Scope::number(self.pnid),
+        };
+        let key = match (s.id.get(), s.status.get()) {
+            (Some(id), Some(st)) => format!("s:{id}:{st}"),
+            _ => format!("s:{}", stable_id(&[raw.get()])),
+        };
+        let errors = match s.errors.filter(|e| e.get().trim_start().starts_with('[')) {
+            Some(e) => e.to_owned(),
+            None => RawValue::from_string("[]".into()).expect("valid JSON"),
+        };
+        out.push(Item {
+            scope,
+            key,
+            timestamp: s.timestamp.0,
+            raw: raw.to_owned(),
+            kind: ItemKind::Status { customer, message_id: s.id.0.clone(), status: s.status.0.clone(), errors },
+        });
+    }
+
+    fn history_chunk(&self, raw: &RawValue, out: &mut Vec<Item>) {
+        let Some(chunk) = serde_json::from_str::<lenient::Obj<wire::HistoryChunk>>(raw.get()).ok().and_then(|c| c.0) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a history chunk that is not an object"));
+        };
+        for thread in chunk.threads.0.iter().filter_map(|t| t.get()) {
+            let thread_customer = thread.id.get();
+            match array(thread.messages) {
+                Ok(msgs) => msgs.into_iter().for_each(|m| self.history_message(m, thread_customer, out)),
+                Err(()) => out.push(unreadable(Scope::number(self.pnid), raw, "`threads[].messages` is not an array")),
+            }
+        }
+        let meta = chunk.metadata.get();
+        let (phase, chunk_order, progress) = match meta {
+            Some(m) => (m.phase.int(), m.chunk_order.int(), m.progress.int()),
+            None => (None, None, None),
+        };
+        let declined = chunk.errors.0.iter().filter_map(|e| e.get()).any(|e| e.code.int() == Some(HISTORY_DECLINED));
+        let key = if meta.is_some() {
+            format!("hs:{}:{}:{}", opt(phase), opt(chunk_order), opt(progress))
+        } else {
+            format!("hs:{}", stable_id(&[raw.get()]))
+        };
+        out.push(Item {
+            scope: Scope::number(self.pnid),
+            key,
+            timestamp: None,
+            raw: raw.to_owned(),
+            kind: ItemKind::HistoryStatus { phase, chunk_order, progress, declined },
+        });
+    }
+
+    fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Vec<Item>) {
+        let Some(m) = self.message(raw) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a history message that is not an object"));
+        };
+        let from = m.from.get().and_then(phone_digits);
+        let outbound = match (&from, &self.business) {
+            (Some(f), Some(b)) => f == b,
+            (None, _) => m.to.get().is_some(),
+            (Some(_), None) => m.to.get().is_some() && thread.and_then(phone_digits) != from,
+        };
+        let customer = if outbound {
+            Customer { wa_id: m.to.get().and_then(phone_digits), user_id: m.to_user_id.0.clone(), name: None }
+        } else {
+            Customer { wa_id: from.clone(), user_id: m.from_user_id.0.clone(), name: None }
+        };
+        let customer = match (customer.key(), thread.and_then(CustomerKey::parse)) {
+            (Some(_), _) => customer,
+            (None, Some(k)) => Customer::from_key(&k),
+            (None, None) => return out.push(unreadable(Scope::number(self.pnid), raw, "a history message without a customer")),
+        };
+        let key = customer.key().expect("checked above");
+        let message = content(&m);
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            // A placeholder and the media that replaces it share a wamid: the type tells them apart.
+            key: format!("h:{}:{}", message_key(&m, raw), message.kind),
+            timestamp: m.timestamp.0,
+            raw: raw.to_owned(),
+            kind: ItemKind::History { customer, message, direction: if outbound { Direction::Outbound } else { Direction::Inbound } },
+        });
+    }
+
+    fn state_sync(&self, raw: &RawValue, out: &mut Vec<Item>) {
+        let Some(s) = serde_json::from_str::<lenient::Obj<wire::StateSync>>(raw.get()).ok().and_then(|s| s.0) else {
+            return out.push(unreadable(Scope::number(self.pnid), raw, "a state_sync item that is not an object"));
+        };
+        if s.kind.get().is_some_and(|k| k != "contact") {
+            return out.push(Item {
+                scope: Scope::number(self.pnid),
+                key: format!("u:{}", stable_id(&[raw.get()])),
+                timestamp: None,
+                raw: raw.to_owned(),
+                kind: ItemKind::Unhandled { field: format!("smb_app_state_sync:{}", s.kind.get().unwrap_or("")) },
+            });
+        }
+        let contact = s.contact.and_then(|c| serde_json::from_str::<lenient::Obj<wire::SyncContact>>(c.get()).ok()).and_then(|c| c.0);
+        let customer = Customer {
+            wa_id: contact.as_ref().and_then(|c| c.phone_number.get()).and_then(phone_digits),
+            user_id: None,
+            name: contact.as_ref().and_then(|c| c.full_name.0.clone().or(c.first_name.0.clone())),
+        };
+        let timestamp = s.metadata.get().and_then(|m| m.timestamp.0);
+        let scope = match customer.key() {
+            Some(k) => Scope::conversation(self.pnid, k),
+            None => Scope::number(self.pnid),
+        };
+        out.push(Item {
+            key: format!("c:{}:{}:{}", customer.wa_id.as_deref().unwrap_or(""), s.action.get().unwrap_or(""), timestamp.map_or(0, |t| t.0)),
+            scope,
+            timestamp,
+            raw: raw.to_owned(),
+            kind: ItemKind::ContactSync { customer, action: s.action.0.clone(), contact: s.contact.map(|c| c.to_owned()) },
+        });
+    }
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The dedup key of a message: its wamid, or a digest of its bytes when it has none.
+fn message_key(m: &wire::Message, raw: &RawValue) -> String {
+    match m.id.get().filter(|id| !id.is_empty()) {
+        Some(id) => format!("m:{id}"),
+        None => format!("m:{}", stable_id(&[raw.get()])),
+    }
+}
+
+fn content(m: &wire::Message) -> Content {
+    let media = render::media_of(m).map(|md| Media {
+        id: md.id.0.clone(),
+        mime_type: md.mime_type.0.clone(),
+        caption: md.caption.0.clone(),
+        filename: md.filename.0.clone(),
+    });
+    Content {
+        id: m.id.0.clone(),
+        kind: m.kind.0.clone().unwrap_or_else(|| "unknown".into()),
+        text: render::text(m),
+        media,
+        reply_to: m.context.get().and_then(|c| c.id.0.clone()),
+    }
+}

@@ -1,0 +1,275 @@
+//! Meta's JSON shapes, field by field. Every field is optional and tolerant (see `lenient`);
+//! arrays of items are kept as raw JSON so each item keeps the exact bytes Meta sent.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::lenient::{Arr, LNum, LStr, LTime, Obj};
+
+#[derive(Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(default)]
+    pub object: LStr,
+    #[serde(borrow, default)]
+    pub entry: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Entry<'a> {
+    pub id: LStr,
+    pub time: LTime,
+    #[serde(borrow)]
+    pub changes: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Change<'a> {
+    pub field: LStr,
+    #[serde(borrow)]
+    pub value: Option<&'a RawValue>,
+}
+
+/// A change's `value`: the union of the fields of `messages`, `smb_message_echoes`, `history`,
+/// `smb_app_state_sync` and `account_update`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Value<'a> {
+    pub metadata: Obj<Metadata>,
+    pub contacts: Arr<Obj<Contact>>,
+    #[serde(borrow)]
+    pub messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub statuses: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub errors: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub message_echoes: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub history: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub state_sync: Option<&'a RawValue>,
+    // account_update
+    pub event: LStr,
+    pub phone_number_id: LStr,
+    pub disconnection_info: Obj<Disconnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Metadata {
+    pub display_phone_number: LStr,
+    pub phone_number_id: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Contact {
+    pub profile: Obj<Profile>,
+    pub wa_id: LStr,
+    pub user_id: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Profile {
+    pub name: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Disconnection {
+    pub reason: LStr,
+}
+
+/// A message: a customer's (`messages[]`), an echo of the business's (`message_echoes[]`), or
+/// one of the history sync (`threads[].messages[]`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Message {
+    pub from: LStr,
+    pub from_user_id: LStr,
+    pub to: LStr,
+    pub to_user_id: LStr,
+    pub id: LStr,
+    pub timestamp: LTime,
+    #[serde(rename = "type")]
+    pub kind: LStr,
+    pub context: Obj<Context>,
+    pub text: Obj<Text>,
+    pub image: Obj<Media>,
+    pub video: Obj<Media>,
+    pub audio: Obj<Media>,
+    pub document: Obj<Media>,
+    pub sticker: Obj<Media>,
+    pub location: Obj<Location>,
+    pub contacts: Arr<Obj<ContactCard>>,
+    pub interactive: Obj<Interactive>,
+    pub button: Obj<Button>,
+    pub reaction: Obj<Reaction>,
+    pub revoke: Obj<Revoke>,
+    pub edit: Obj<Edit>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Context {
+    pub id: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Text {
+    pub body: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Media {
+    pub id: LStr,
+    pub mime_type: LStr,
+    pub caption: LStr,
+    pub filename: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Location {
+    pub latitude: LNum,
+    pub longitude: LNum,
+    pub name: LStr,
+    pub address: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ContactCard {
+    pub name: Obj<ContactName>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ContactName {
+    pub formatted_name: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Interactive {
+    pub button_reply: Obj<Reply>,
+    pub list_reply: Obj<Reply>,
+    pub nfm_reply: Obj<NfmReply>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Reply {
+    pub id: LStr,
+    pub title: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct NfmReply {
+    pub name: LStr,
+    pub body: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Button {
+    pub text: LStr,
+    pub payload: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Reaction {
+    pub message_id: LStr,
+    pub emoji: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Revoke {
+    pub original_message_id: LStr,
+}
+
+/// An edit echo: the edited message's id and its new content, either as a nested message or as
+/// the new content's own fields (`text`, ...).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Edit {
+    pub original_message_id: LStr,
+    pub message: Obj<Box<Message>>,
+    pub text: Obj<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Status<'a> {
+    pub id: LStr,
+    pub status: LStr,
+    pub timestamp: LTime,
+    pub recipient_id: LStr,
+    pub recipient_user_id: LStr,
+    #[serde(borrow)]
+    pub errors: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct HistoryChunk<'a> {
+    pub metadata: Obj<HistoryMetadata>,
+    #[serde(borrow)]
+    pub threads: Arr<Obj<Thread<'a>>>,
+    pub errors: Arr<Obj<MetaError>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct HistoryMetadata {
+    pub phase: LNum,
+    pub chunk_order: LNum,
+    pub progress: LNum,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Thread<'a> {
+    pub id: LStr,
+    #[serde(borrow)]
+    pub messages: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct MetaError {
+    pub code: LNum,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct StateSync<'a> {
+    #[serde(rename = "type")]
+    pub kind: LStr,
+    #[serde(borrow)]
+    pub contact: Option<&'a RawValue>,
+    pub action: LStr,
+    pub metadata: Obj<SyncMetadata>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SyncContact {
+    pub full_name: LStr,
+    pub first_name: LStr,
+    pub phone_number: LStr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SyncMetadata {
+    pub timestamp: LTime,
+}

@@ -1,0 +1,137 @@
+//! `coexist process`: webhook bodies through the engine with in-memory state, offline.
+//!
+//! The clock is the items' own timestamps (never going backwards), so a run is deterministic,
+//! and a pause deadline that falls between two items is released before the later one.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::engine::Input;
+use crate::meta::parse_body;
+use crate::store::memory::MemoryStore;
+use crate::store::{Engine, RuleBook};
+use crate::time::Millis;
+
+/// How many due deadlines are released per step.
+const RELEASE_BATCH: usize = 1000;
+
+/// Why processing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{source_name}: {reason}")]
+    BadBody { source_name: String, reason: String },
+    #[error("{0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("writing output: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::Error),
+}
+
+/// One input: a name for messages (a path and line, or `stdin`) and its bytes.
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// Splits a source into bodies: the whole text when it is one JSON value, otherwise one body
+/// per non-empty line. Each body comes with its name for error messages.
+pub fn bodies(source: &Source) -> Vec<(String, &str)> {
+    let trimmed = source.text.trim();
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() {
+        return vec![(source.name.clone(), trimmed)];
+    }
+    source
+        .text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (format!("{}:{}", source.name, i + 1), l))
+        .collect()
+}
+
+/// The offline processor: one engine over memory, and the clock.
+pub struct Processor {
+    engine: Engine<MemoryStore>,
+    clock: Millis,
+}
+
+impl Processor {
+    pub fn new(rules: Arc<RuleBook>) -> Self {
+        Processor { engine: Engine::new(MemoryStore::new(), rules), clock: Millis(0) }
+    }
+
+    pub fn engine(&self) -> &Engine<MemoryStore> {
+        &self.engine
+    }
+
+    /// Processes one body, writing a line per event. A body that is not a webhook is an error
+    /// (and nothing of it is processed).
+    pub async fn body(&mut self, name: &str, body: &str, out: &mut impl Write) -> Result<(), Error> {
+        let items = parse_body(body.as_bytes()).map_err(|e| Error::BadBody { source_name: name.to_owned(), reason: e.to_string() })?;
+        for item in &items {
+            if let Some(ts) = item.timestamp {
+                self.clock = self.clock.max(ts);
+            }
+            self.release_due(out).await?;
+            let applied = self.engine.apply(&Input::Item(item), self.clock).await?;
+            if let crate::meta::ItemKind::Unreadable { reason } = &item.kind {
+                tracing::warn!(source = name, reason, "an item that cannot be placed was kept aside");
+            }
+            for e in &applied.events {
+                writeln!(out, "{}", e.to_line())?;
+            }
+            self.engine.acknowledge(&applied).await?;
+        }
+        Ok(())
+    }
+
+    /// Processes every body of a source, in order.
+    pub async fn source(&mut self, source: &Source, out: &mut impl Write) -> Result<(), Error> {
+        for (name, body) in bodies(source) {
+            self.body(&name, body, out).await?;
+        }
+        Ok(())
+    }
+
+    async fn release_due(&mut self, out: &mut impl Write) -> Result<(), Error> {
+        loop {
+            let released = self.engine.release_due(self.clock, RELEASE_BATCH).await?;
+            if released.is_empty() {
+                return Ok(());
+            }
+            for applied in &released {
+                for e in &applied.events {
+                    writeln!(out, "{}", e.to_line())?;
+                }
+                self.engine.acknowledge(applied).await?;
+            }
+        }
+    }
+}
+
+/// Runs `coexist process` over the named files (stdin when none is named), each read when its
+/// turn comes: stops at the first bad body or unreadable file, after every good body before it
+/// has been processed and printed.
+pub async fn run(rules: Arc<RuleBook>, files: &[std::path::PathBuf], out: &mut impl Write) -> Result<(), Error> {
+    let mut p = Processor::new(rules);
+    let result = async {
+        if files.is_empty() {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Error::Read("stdin".into(), e))?;
+            return p.source(&Source { name: "stdin".into(), text }, out).await;
+        }
+        for path in files {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Read(name.clone(), e))?;
+            p.source(&Source { name, text }, out).await?;
+        }
+        Ok(())
+    }
+    .await;
+    out.flush()?;
+    result
+}

@@ -1,0 +1,237 @@
+//! Conversation state behind one interface, and the one loop that applies the rules to it.
+//!
+//! [`Engine::apply`] loads a conversation's state and the input's dedup mark, decides with the
+//! pure rules, and commits the new state together with the mark and the events still to be
+//! published, in one atomic step guarded by the conversation's version. A concurrent change makes
+//! the commit fail and the loop decides again on fresh state, so transitions are never lost or
+//! doubled, also across processes. An input seen before returns its stored events (if they were
+//! never confirmed published: effectively once) or nothing (R9).
+//!
+//! Stores: [`memory::MemoryStore`] (offline `process`, unit tests) and [`redis::RedisStore`].
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::Scope;
+use crate::engine::event::Outbound;
+use crate::engine::state::State;
+use crate::engine::{decide, parse_deadline_member, Input, Rule, Rules};
+use crate::time::Millis;
+
+/// How long a dedup mark is kept (R9 asks for at least 7 days).
+pub const DEDUP_RETENTION: Duration = Duration::from_secs(8 * 86_400);
+
+/// How long a claimed deadline is held before another worker may claim it again.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// How many times one input is decided again after losing a race before giving up.
+const MAX_ATTEMPTS: usize = 1000;
+
+/// A store's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("stored state of {key} cannot be read: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0}: still conflicting after {MAX_ATTEMPTS} attempts")]
+    Contention(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The dedup mark of an input.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// Decided; these events are not yet confirmed published.
+    Pending(Vec<Outbound>),
+    /// Decided and published.
+    Done,
+}
+
+/// A conversation's state as loaded, with the version that guards its commit.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub state: State,
+    pub version: u64,
+    pub seen: Option<Seen>,
+}
+
+/// The result of deciding: what to store.
+pub struct Commit<'a> {
+    pub scope: &'a Scope,
+    pub key: &'a str,
+    /// Commit only if the version is still this (`None`: the decision read no state).
+    pub expected_version: Option<u64>,
+    /// The new state, when it changed.
+    pub state: Option<&'a State>,
+    /// The dedup mark to set (only if none is set yet).
+    pub seen: &'a Seen,
+    /// How long the state outlives its last change.
+    pub retain: Duration,
+    pub now: Millis,
+}
+
+/// Whether a commit took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Yes,
+    /// The version moved or the mark appeared meanwhile: decide again.
+    Conflict,
+}
+
+/// Where conversation state lives. All methods are atomic on their own.
+pub trait StateStore: Send + Sync {
+    /// The state of `scope` and the dedup mark of `key` in it, read at once.
+    fn load(&self, scope: &Scope, key: &str, now: Millis) -> impl Future<Output = Result<Snapshot>> + Send;
+    fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
+    /// Marks an input's events as published (its mark keeps its expiry).
+    fn mark_published(&self, scope: &Scope, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Puts a pause deadline in the schedule (or moves it).
+    fn schedule(&self, member: &str, at: Millis) -> impl Future<Output = Result<()>> + Send;
+    fn unschedule(&self, member: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Claims up to `limit` deadlines due at `now`: each is held for `lease` (its score becomes
+    /// `now + lease`), so one claimer gets it; an unfinished claim comes due again.
+    fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> impl Future<Output = Result<Vec<(String, Millis)>>> + Send;
+    /// Removes a claimed deadline, unless it was moved since the claim.
+    fn finish_claim(&self, member: &str, lease_until: Millis) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The settings of every business number: the defaults and per-number overrides.
+#[derive(Debug, Clone, Default)]
+pub struct RuleBook {
+    pub default: Rules,
+    pub numbers: std::collections::HashMap<String, Rules>,
+}
+
+impl RuleBook {
+    pub fn for_number(&self, phone_number_id: &str) -> &Rules {
+        self.numbers.get(phone_number_id).unwrap_or(&self.default)
+    }
+}
+
+/// How an input was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Decided now.
+    Fresh,
+    /// Decided before, but its events were never confirmed: here they are again (same ids).
+    Redelivered,
+    /// Decided and published before: nothing to do (R9).
+    Duplicate,
+}
+
+/// An applied input: the events to publish, then [`Engine::acknowledge`].
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub scope: Scope,
+    pub key: String,
+    pub rule: Option<Rule>,
+    pub delivery: Delivery,
+    pub events: Vec<Outbound>,
+    /// The deadline claim this came from, finished on acknowledgement.
+    claim: Option<(String, Millis)>,
+}
+
+/// The rules over a store.
+pub struct Engine<S> {
+    store: S,
+    rules: Arc<RuleBook>,
+}
+
+impl<S: StateStore> Engine<S> {
+    pub fn new(store: S, rules: Arc<RuleBook>) -> Self {
+        Engine { store, rules }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn rules(&self) -> &RuleBook {
+        &self.rules
+    }
+
+    /// Decides an input and stores the outcome; the events are then the caller's to publish.
+    pub async fn apply(&self, input: &Input<'_>, now: Millis) -> Result<Applied> {
+        let scope = input.scope();
+        let key = input.key();
+        let scope_str = scope.to_string();
+        let rules = self.rules.for_number(&scope.phone_number_id);
+        let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.store.load(scope, &key, now).await?;
+            match snap.seen {
+                Some(Seen::Done) => return Ok(self.applied(input, key, None, Delivery::Duplicate, Vec::new())),
+                Some(Seen::Pending(events)) => return Ok(self.applied(input, key, None, Delivery::Redelivered, events)),
+                None => {}
+            }
+            let d = decide(&snap.state, input, now, rules);
+            let events: Vec<Outbound> = d.events.iter().map(|e| Outbound::encode(e, &scope_str)).collect();
+            // The deadline goes in before the state that needs it: a crash in between leaves a
+            // deadline that finds nothing to release, never a pause without a deadline.
+            if let Some((member, at)) = &d.schedule {
+                self.store.schedule(member, *at).await?;
+            }
+            let seen = if events.is_empty() { Seen::Done } else { Seen::Pending(events) };
+            let changed = d.state != snap.state;
+            let commit = Commit {
+                scope,
+                key: &key,
+                expected_version: d.reads_state.then_some(snap.version),
+                state: changed.then_some(&d.state),
+                seen: &seen,
+                retain,
+                now,
+            };
+            if self.store.commit(commit).await? == Committed::Yes {
+                if let Some(member) = &d.unschedule {
+                    self.store.unschedule(member).await?;
+                }
+                let events = match seen {
+                    Seen::Pending(events) => events,
+                    Seen::Done => Vec::new(),
+                };
+                return Ok(self.applied(input, key, Some(d.rule), Delivery::Fresh, events));
+            }
+        }
+        Err(Error::Contention(format!("{scope_str} {key}")))
+    }
+
+    fn applied(&self, input: &Input, key: String, rule: Option<Rule>, delivery: Delivery, events: Vec<Outbound>) -> Applied {
+        Applied { scope: input.scope().clone(), key, rule, delivery, events, claim: None }
+    }
+
+    /// Records that an applied input's events are published (and finishes its deadline claim).
+    pub async fn acknowledge(&self, applied: &Applied) -> Result<()> {
+        if !applied.events.is_empty() {
+            self.store.mark_published(&applied.scope, &applied.key).await?;
+        }
+        if let Some((member, lease)) = &applied.claim {
+            self.store.finish_claim(member, *lease).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims the pause deadlines due at `now` and applies each (R7). Publish the events of each,
+    /// then acknowledge it; an unacknowledged claim comes due again after [`CLAIM_LEASE`].
+    pub async fn release_due(&self, now: Millis, limit: usize) -> Result<Vec<Applied>> {
+        let claims = self.store.claim_due(now, CLAIM_LEASE, limit).await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for (member, lease) in claims {
+            let Some((scope, trigger)) = parse_deadline_member(&member) else {
+                tracing::warn!(member, "dropping a deadline that names no conversation");
+                self.store.finish_claim(&member, lease).await?;
+                continue;
+            };
+            let mut applied = self.apply(&Input::Timeout { scope, trigger }, now).await?;
+            applied.claim = Some((member, lease));
+            out.push(applied);
+        }
+        Ok(out)
+    }
+}
