@@ -1,0 +1,5 @@
+//! The integration tests: one binary, one module per concern.
+
+mod support;
+
+mod rules;

@@ -1,0 +1,183 @@
+//! Helpers: webhook bodies in Meta's shape, engines over each store, per-test Redis namespaces.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coexist::engine::{Input, Rules};
+use coexist::meta::{parse_body, Item};
+use coexist::store::memory::MemoryStore;
+use coexist::store::redis::RedisStore;
+use coexist::store::{Applied, Engine, RuleBook, StateStore};
+use coexist::time::Millis;
+use serde_json::{json, Value};
+
+pub const PNID: &str = "410000000000088";
+pub const WABA: &str = "310000000000077";
+pub const BUSINESS: &str = "5215550009999";
+pub const ANA: &str = "5215551230001";
+pub const LUIS: &str = "5215551230002";
+
+pub fn redis_url() -> String {
+    std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A namespace no other test uses.
+pub fn unique_ns(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("test-{name}-{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Deletes every key of a namespace when dropped.
+pub struct NsGuard(pub String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else { return };
+        let Ok(mut conn) = client.get_connection() else { return };
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+pub fn book(rules: Rules) -> Arc<RuleBook> {
+    Arc::new(RuleBook { default: rules, numbers: Default::default() })
+}
+
+pub fn memory_engine(rules: Rules) -> Engine<MemoryStore> {
+    Engine::new(MemoryStore::new(), book(rules))
+}
+
+pub async fn redis_engine(name: &str, rules: Rules) -> (Engine<RedisStore>, NsGuard) {
+    let ns = unique_ns(name);
+    let store = RedisStore::connect(&redis_url(), &ns).await.expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
+    (Engine::new(store, book(rules)), NsGuard(ns))
+}
+
+/// Rules with a custom timeout (seconds) and the default session timeout and reset text.
+pub fn rules_with_timeout(secs: u64) -> Rules {
+    Rules::new("/reset", Duration::from_secs(secs), Duration::from_secs(86_400))
+}
+
+/// Now, in whole seconds (Meta's timestamps are seconds).
+pub fn t0() -> i64 {
+    Millis::now().0 / 1000
+}
+
+pub fn envelope(field: &str, value: Value) -> String {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{"value": value, "field": field}]}]}).to_string()
+}
+
+pub fn metadata() -> Value {
+    json!({"display_phone_number": BUSINESS, "phone_number_id": PNID})
+}
+
+/// A customer message of any type: `content` is the type's object.
+pub fn customer_msg(from: &str, wamid: &str, ts: i64, kind: &str, content: Value) -> String {
+    let mut m = json!({"from": from, "id": wamid, "timestamp": ts.to_string(), "type": kind});
+    m[kind] = content;
+    envelope(
+        "messages",
+        json!({"messaging_product": "whatsapp", "metadata": metadata(),
+               "contacts": [{"profile": {"name": "Ana Ruiz"}, "wa_id": from}], "messages": [m]}),
+    )
+}
+
+pub fn customer_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
+    customer_msg(from, wamid, ts, "text", json!({"body": body}))
+}
+
+pub fn echo_msg(to: &str, wamid: &str, ts: i64, kind: &str, content: Value) -> String {
+    let mut m = json!({"from": BUSINESS, "to": to, "id": wamid, "timestamp": ts.to_string(), "type": kind});
+    m[kind] = content;
+    envelope("smb_message_echoes", json!({"messaging_product": "whatsapp", "metadata": metadata(), "message_echoes": [m]}))
+}
+
+pub fn echo_text(to: &str, wamid: &str, ts: i64, body: &str) -> String {
+    echo_msg(to, wamid, ts, "text", json!({"body": body}))
+}
+
+pub fn status(recipient: &str, wamid: &str, ts: i64, status: &str) -> String {
+    envelope(
+        "messages",
+        json!({"messaging_product": "whatsapp", "metadata": metadata(),
+               "statuses": [{"id": wamid, "status": status, "timestamp": ts.to_string(), "recipient_id": recipient}]}),
+    )
+}
+
+/// Applies every item of a body at `now` (seconds), publishes nothing, acknowledges each.
+/// Returns the events as (exchange, type, body).
+pub async fn feed<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Vec<Ev> {
+    let mut out = Vec::new();
+    for applied in apply_body(engine, body, now).await {
+        engine.acknowledge(&applied).await.unwrap();
+        out.extend(events(&applied));
+    }
+    out
+}
+
+/// Applies every item of a body without acknowledging.
+pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Vec<Applied> {
+    let items: Vec<Item> = parse_body(body.as_bytes()).expect("a webhook");
+    let mut out = Vec::new();
+    for item in &items {
+        out.push(engine.apply(&Input::Item(item), Millis::from_secs(now)).await.unwrap());
+    }
+    out
+}
+
+/// Releases due deadlines at `now` (seconds), acknowledging them.
+pub async fn sweep<S: StateStore>(engine: &Engine<S>, now: i64) -> Vec<Ev> {
+    let mut out = Vec::new();
+    for applied in engine.release_due(Millis::from_secs(now), 100).await.unwrap() {
+        engine.acknowledge(&applied).await.unwrap();
+        out.extend(events(&applied));
+    }
+    out
+}
+
+/// An event as tests look at it.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub exchange: String,
+    pub kind: String,
+    pub conversation: String,
+    pub body: Value,
+}
+
+impl Ev {
+    pub fn is(&self, exchange: &str, kind: &str) -> bool {
+        self.exchange == exchange && self.kind == kind
+    }
+    pub fn session(&self) -> Option<&str> {
+        self.body["session_id"].as_str()
+    }
+    pub fn text(&self) -> Option<&str> {
+        self.body["message"]["text"].as_str()
+    }
+}
+
+pub fn events(applied: &Applied) -> Vec<Ev> {
+    applied
+        .events
+        .iter()
+        .map(|o| {
+            let body: Value = serde_json::from_str(o.body.get()).unwrap();
+            assert_eq!(body["type"].as_str(), Some(o.routing_key.as_str()), "routing key = type");
+            assert_eq!(body["event_id"].as_str(), Some(o.event_id.as_str()), "message_id = event_id");
+            Ev { exchange: o.exchange.as_str().to_owned(), kind: o.routing_key.clone(), conversation: o.conversation.clone(), body }
+        })
+        .collect()
+}
+
+/// The (exchange, type) pairs of a list of events.
+pub fn kinds(evs: &[Ev]) -> Vec<(String, String)> {
+    evs.iter().map(|e| (e.exchange.clone(), e.kind.clone())).collect()
+}
+
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
