@@ -190,6 +190,9 @@ pub fn decide(state: &State, input: &Input, now: Millis, rules: &Rules) -> Decis
             if due {
                 d.expire();
                 d.out.rule = Rule::R7;
+                // The claim that brought this input keeps the deadline until the release is
+                // published and acknowledged: a claimer that dies first leaves it to come due again.
+                d.out.unschedule = None;
             }
         }
     }

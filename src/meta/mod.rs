@@ -111,6 +111,13 @@ pub struct Media {
 
 /// Reads a webhook body into its items. Errors only when the body is not a webhook at all.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+    // Serde would read an array as a struct's fields by position: only an object is a webhook.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => BodyError::NotWebhook("the body is not a JSON object".into()),
+            Err(e) => BodyError::NotJson(e.to_string()),
+        });
+    }
     let envelope: wire::Envelope = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BodyError::NotWebhook("the body is not a JSON object".into())

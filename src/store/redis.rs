@@ -82,9 +82,13 @@ impl RedisStore {
     /// Connects (the connection reconnects by itself afterwards).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
+        // Few quick retries per call: a caller that must never give up (the worker) retries
+        // around the store with its own backoff; an operator command fails fast.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self::with_connection(conn, namespace))
     }

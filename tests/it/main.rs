@@ -2,4 +2,6 @@
 
 mod support;
 
+mod parse;
+mod redis_store;
 mod rules;
