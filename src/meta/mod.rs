@@ -146,7 +146,7 @@ fn unreadable(scope: Scope, raw: &RawValue, reason: impl Into<String>) -> Item {
         scope,
         key: format!("x:{}", stable_id(&[raw.get()])),
         timestamp: None,
-        raw: raw.to_owned(),
+        raw: compact(raw),
         kind: ItemKind::Unreadable { reason: reason.into() },
     }
 }
@@ -207,7 +207,7 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             scope: Scope::number(id),
             key,
             timestamp: time,
-            raw: value_raw.to_owned(),
+            raw: compact(value_raw),
             kind: ItemKind::AccountUpdate { event, reason: value.disconnection_info.get().and_then(|d| d.reason.0.clone()) },
         });
     }
@@ -233,7 +233,7 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
                     scope: Scope::number(ctx.pnid),
                     key: format!("e:{}", stable_id(&[raw.get()])),
                     timestamp: None,
-                    raw: raw.to_owned(),
+                    raw: compact(raw),
                     kind: ItemKind::Errors,
                 })
             });
@@ -249,7 +249,7 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             scope: Scope::number(pnid),
             key: format!("u:{}", stable_id(&[value_raw.get()])),
             timestamp: None,
-            raw: value_raw.to_owned(),
+            raw: compact(value_raw),
             kind: ItemKind::Unhandled { field },
         }),
     }
@@ -301,7 +301,7 @@ impl Ctx<'_, '_> {
             scope: Scope::conversation(self.pnid, key),
             key: message_key(&m, raw),
             timestamp: m.timestamp.0,
-            raw: raw.to_owned(),
+            raw: compact(raw),
             kind: ItemKind::Customer { message: content(&m), customer },
         });
     }
@@ -340,7 +340,7 @@ impl Ctx<'_, '_> {
             scope: Scope::conversation(self.pnid, key),
             key: message_key(&m, raw),
             timestamp: m.timestamp.0,
-            raw: raw.to_owned(),
+            raw: compact(raw),
             kind: ItemKind::Echo { customer, echo },
         });
     }
@@ -363,14 +363,14 @@ impl Ctx<'_, '_> {
             _ => format!("s:{}", stable_id(&[raw.get()])),
         };
         let errors = match s.errors.filter(|e| e.get().trim_start().starts_with('[')) {
-            Some(e) => e.to_owned(),
+            Some(e) => compact(e),
             None => RawValue::from_string("[]".into()).expect("valid JSON"),
         };
         out.push(Item {
             scope,
             key,
             timestamp: s.timestamp.0,
-            raw: raw.to_owned(),
+            raw: compact(raw),
             kind: ItemKind::Status { customer, message_id: s.id.0.clone(), status: s.status.0.clone(), errors },
         });
     }
@@ -401,7 +401,7 @@ impl Ctx<'_, '_> {
             scope: Scope::number(self.pnid),
             key,
             timestamp: None,
-            raw: raw.to_owned(),
+            raw: compact(raw),
             kind: ItemKind::HistoryStatus { phase, chunk_order, progress, declined },
         });
     }
@@ -433,7 +433,7 @@ impl Ctx<'_, '_> {
             // A placeholder and the media that replaces it share a wamid: the type tells them apart.
             key: format!("h:{}:{}", message_key(&m, raw), message.kind),
             timestamp: m.timestamp.0,
-            raw: raw.to_owned(),
+            raw: compact(raw),
             kind: ItemKind::History { customer, message, direction: if outbound { Direction::Outbound } else { Direction::Inbound } },
         });
     }
@@ -447,7 +447,7 @@ impl Ctx<'_, '_> {
                 scope: Scope::number(self.pnid),
                 key: format!("u:{}", stable_id(&[raw.get()])),
                 timestamp: None,
-                raw: raw.to_owned(),
+                raw: compact(raw),
                 kind: ItemKind::Unhandled { field: format!("smb_app_state_sync:{}", s.kind.get().unwrap_or("")) },
             });
         }
@@ -466,10 +466,36 @@ impl Ctx<'_, '_> {
             key: format!("c:{}:{}:{}", customer.wa_id.as_deref().unwrap_or(""), s.action.get().unwrap_or(""), timestamp.map_or(0, |t| t.0)),
             scope,
             timestamp,
-            raw: raw.to_owned(),
-            kind: ItemKind::ContactSync { customer, action: s.action.0.clone(), contact: s.contact.map(|c| c.to_owned()) },
+            raw: compact(raw),
+            kind: ItemKind::ContactSync { customer, action: s.action.0.clone(), contact: s.contact.map(compact) },
         });
     }
+}
+
+/// The item's JSON without the whitespace between tokens (pretty-printed input would otherwise
+/// carry its line breaks into events): the same bytes otherwise, key order and numbers as sent.
+pub fn compact(raw: &RawValue) -> Box<RawValue> {
+    let s = raw.get();
+    if !s.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\t' | b' ')) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in s.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
 }
 
 fn opt(v: Option<i64>) -> String {
@@ -497,5 +523,18 @@ fn content(m: &wire::Message) -> Content {
         text: render::text(m),
         media,
         reply_to: m.context.get().and_then(|c| c.id.0.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_drops_only_whitespace_between_tokens() {
+        let raw: Box<RawValue> = serde_json::from_str("{\n \"a\" : [1, 2.50],\n \"b\": \"x  y\\\" \\n z\"\t}").unwrap();
+        assert_eq!(compact(&raw).get(), r#"{"a":[1,2.50],"b":"x  y\" \n z"}"#);
+        let already: Box<RawValue> = serde_json::from_str(r#"{"k":"v"}"#).unwrap();
+        assert_eq!(compact(&already).get(), r#"{"k":"v"}"#);
     }
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cli;
 mod parse;
 mod redis_store;
 mod rules;

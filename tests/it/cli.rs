@@ -1,0 +1,193 @@
+//! The `coexist` binary: offline `process`, configuration errors, help, operator commands.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn coexist(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coexist"));
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn process_tells_the_handover_story() {
+    let out = coexist(&["process", "examples/handover-story.jsonl"], &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: Vec<(String, String, Value)> = lines(&out)
+        .into_iter()
+        .map(|l| (l["exchange"].as_str().unwrap().to_owned(), l["routing_key"].as_str().unwrap().to_owned(), l["event"].clone()))
+        .collect();
+    let route: Vec<(&str, &str)> = got.iter().map(|(x, k, _)| (x.as_str(), k.as_str())).collect();
+    assert_eq!(
+        route,
+        vec![
+            ("bot", "message.received"),
+            ("bot", "session.paused"),
+            ("human_chat", "conversation.handover"),
+            ("human_chat", "message.sent_from_app"),
+            ("human_chat", "message.received"),
+            ("human_chat", "message.received"),
+            ("human_chat", "conversation.released"),
+            ("bot", "message.received"),
+            ("human_chat", "conversation.handover"),
+            ("human_chat", "message.sent_from_app"),
+            ("human_chat", "conversation.released"),
+            ("bot", "message.received"),
+        ]
+    );
+    for (_, kind, event) in &got {
+        assert_eq!(event["type"].as_str(), Some(kind.as_str()));
+    }
+    assert_eq!(got[5].2["message"]["text"], json!("Shared location: Shop, 5th Ave"));
+    assert_eq!(got[6].2["reason"], json!("reset_command"));
+    assert_eq!(got[7].2["session_started"], json!(true));
+    assert_eq!(got[10].2["reason"], json!("timeout"), "Omar's pause timed out between two items");
+    assert_eq!(got[10].2["occurred_at"], json!("2025-12-02T12:05:00Z"));
+    // Deterministic: the same run prints the same bytes.
+    let again = coexist(&["process", "examples/handover-story.jsonl"], &[], None);
+    assert_eq!(out.stdout, again.stdout);
+}
+
+#[test]
+fn process_reads_stdin_and_follows_configuration() {
+    let story = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handover-story.jsonl")).unwrap();
+    let out = coexist(&["process"], &[("COEXIST_RESET_TEXT", "")], Some(&story));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reasons: Vec<Value> = lines(&out).iter().filter(|l| l["routing_key"] == json!("conversation.released")).map(|l| l["event"]["reason"].clone()).collect();
+    assert_eq!(reasons, vec![json!("timeout"), json!("timeout")], "with reset off, both pauses run out");
+    let texts: Vec<Value> = lines(&out).iter().map(|l| l["event"]["message"]["text"].clone()).collect();
+    assert!(texts.contains(&json!("/reset")), "reset off: /reset is an ordinary echo");
+}
+
+#[test]
+fn process_stops_at_a_bad_body_after_the_good_ones() {
+    let good = customer_text(ANA, "wamid.CL1", 1_764_000_000, "hola");
+    let input = format!("{good}\nthis is not json\n{}\n", customer_text(ANA, "wamid.CL2", 1_764_000_001, "otra"));
+    let out = coexist(&["process"], &[], Some(&input));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(lines(&out).len(), 1, "the good body before it was processed");
+    let err = stderr(&out);
+    assert!(err.starts_with("coexist: stdin:2: not JSON"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = coexist(&["process", "examples/webhooks/customer-text.json", "/nonexistent.json"], &[], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(lines(&out).len(), 1);
+    assert!(stderr(&out).contains("/nonexistent.json"));
+    let out = coexist(&["process"], &[], Some(r#"{"object":"page","entry":[]}"#));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a WhatsApp webhook"));
+}
+
+#[test]
+fn process_accepts_each_example_body() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhooks");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = coexist(&["process", path.to_str().unwrap()], &[], None);
+        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+        let alone_reset = path.ends_with("echo-reset.json"); // R5: not paused, no event
+        assert_eq!(lines(&out).is_empty(), alone_reset, "{}", path.display());
+    }
+}
+
+#[test]
+fn a_bad_configuration_stops_with_one_line() {
+    let out = coexist(&["process"], &[("COEXIST_TIMEOUT", "forever")], Some(""));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out).trim_end(), "coexist: config: timeout (from COEXIST_TIMEOUT): \"forever\" is not a duration (write e.g. 30s, 15m, 24h, 7d)");
+    let out = coexist(&["--config", "/nonexistent.toml", "process"], &[], Some(""));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("coexist: config: /nonexistent.toml: cannot read"));
+    let out = coexist(&["process"], &[("COEXIST_CONFIG", "/nonexistent.toml")], Some(""));
+    assert_eq!(out.status.code(), Some(2), "COEXIST_CONFIG names the file too");
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for args in [
+        vec!["--help"],
+        vec!["process", "--help"],
+        vec!["conversation", "--help"],
+        vec!["conversation", "show", "--help"],
+        vec!["conversation", "pause", "--help"],
+        vec!["conversation", "release", "--help"],
+        vec!["ingress", "--help"],
+        vec!["worker", "--help"],
+        vec!["serve", "--help"],
+        vec!["topology", "--help"],
+        vec!["dlq", "--help"],
+        vec!["dlq", "list", "--help"],
+        vec!["dlq", "replay", "--help"],
+    ] {
+        let out = coexist(&args, &[], None);
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{args:?}");
+    }
+    let out = coexist(&["frobnicate"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn conversation_commands_against_redis() {
+    let ns = NsGuard(unique_ns("cli"));
+    let env = [("COEXIST_NAMESPACE", ns.0.as_str()), ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379")];
+    let show = |env: &[(&str, &str)]| {
+        let out = coexist(&["conversation", "show", PNID, "+52 1 555 123 0001"], env, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = show(&env);
+    assert_eq!(v["handler"], json!("bot"));
+    assert_eq!(v["paused"], json!(false));
+    assert_eq!(v["conversation"], json!(format!("{PNID}:{ANA}")));
+    let out = coexist(&["conversation", "pause", PNID, ANA], &env, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev = lines(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["routing_key"], json!("conversation.handover"));
+    let v = show(&env);
+    assert_eq!(v["handler"], json!("human"));
+    assert!(v["pause_ttl_ms"].as_i64().unwrap() > 6 * 86_400_000);
+    assert!(v["session"]["id"].is_string());
+    let out = coexist(&["conversation", "release", PNID, ANA], &env, None);
+    assert!(out.status.success());
+    let ev = lines(&out);
+    assert_eq!(ev[0]["event"]["reason"], json!("operator"));
+    assert_eq!(show(&env)["handler"], json!("bot"));
+    // Bad arguments: one line, non-zero.
+    let out = coexist(&["conversation", "show", PNID, "not a customer!"], &env, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    let out = coexist(&["conversation", "show", PNID, ANA], &[("COEXIST_REDIS_URL", "redis://127.0.0.1:1")], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("coexist: cannot reach Redis"), "{}", stderr(&out));
+}
+
+#[test]
+fn pipeline_commands_say_they_are_not_built_yet() {
+    for cmd in [vec!["ingress"], vec!["worker"], vec!["serve"], vec!["topology"], vec!["dlq", "list"], vec!["dlq", "replay"]] {
+        let out = coexist(&cmd, &[], None);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        assert!(stderr(&out).contains("not built yet"), "{cmd:?}: {}", stderr(&out));
+    }
+}
