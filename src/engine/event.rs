@@ -187,13 +187,12 @@ pub struct Outbound {
 impl Outbound {
     /// Encodes an event for the conversation (scope) it belongs to.
     pub fn encode(event: &Event, conversation: &str) -> Self {
-        let json = serde_json::to_string(event).expect("events always serialise");
         Outbound {
             exchange: event.exchange,
             routing_key: event.kind.as_str().to_owned(),
             event_id: event.event_id.clone(),
             conversation: conversation.to_owned(),
-            body: RawValue::from_string(json).expect("serde_json writes valid JSON"),
+            body: serde_json::value::to_raw_value(event).expect("events always serialise"),
         }
     }
 

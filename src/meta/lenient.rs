@@ -231,6 +231,65 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Arr<T> {
     }
 }
 
+/// An array kept as the raw JSON of each element (so each item keeps its exact bytes), read in
+/// the same pass as its parent.
+#[derive(Debug, Default)]
+pub enum RawList<'a> {
+    /// Absent or null.
+    #[default]
+    Absent,
+    List(Vec<&'a serde_json::value::RawValue>),
+    /// Present but not an array.
+    NotList,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawList<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawList<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<RawList<'a>, A::Error> {
+                let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(1024));
+                while let Some(x) = s.next_element()? {
+                    out.push(x);
+                }
+                Ok(RawList::List(out))
+            }
+            fn visit_unit<E>(self) -> Result<RawList<'a>, E> {
+                Ok(RawList::Absent)
+            }
+            fn visit_none<E>(self) -> Result<RawList<'a>, E> {
+                Ok(RawList::Absent)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RawList<'a>, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawList<'a>, A::Error> {
+                ScalarVisitor.visit_map(m).map(|_| RawList::NotList)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<RawList<'a>, E> {
+                Ok(RawList::NotList)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<RawList<'a>, E> {
+                Ok(RawList::NotList)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<RawList<'a>, E> {
+                Ok(RawList::NotList)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<RawList<'a>, E> {
+                Ok(RawList::NotList)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RawList<'a>, E> {
+                Ok(RawList::NotList)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod lenient;
 pub mod wire;
 
 use serde::Serialize;
+use lenient::RawList;
 use serde_json::value::RawValue;
 
 use crate::domain::{phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope};
@@ -129,11 +130,11 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
         None | Some("whatsapp_business_account") => {}
         Some(other) => return Err(BodyError::NotWebhook(format!("`object` is {other:?}, not \"whatsapp_business_account\""))),
     }
-    let Some(entries) = envelope.entry else {
-        return Err(BodyError::NotWebhook("no `entry` array".into()));
+    let entries = match envelope.entry {
+        RawList::List(entries) => entries,
+        RawList::Absent => return Err(BodyError::NotWebhook("no `entry` array".into())),
+        RawList::NotList => return Err(BodyError::NotWebhook("`entry` is not an array".into())),
     };
-    let entries: Vec<&RawValue> =
-        serde_json::from_str(entries.get()).map_err(|_| BodyError::NotWebhook("`entry` is not an array".into()))?;
     let mut out = Vec::new();
     for entry in entries {
         read_entry(entry, &mut out);
@@ -151,11 +152,11 @@ fn unreadable(scope: Scope, raw: &RawValue, reason: impl Into<String>) -> Item {
     }
 }
 
-fn array<'a>(raw: Option<&'a RawValue>) -> Result<Vec<&'a RawValue>, ()> {
-    match raw {
-        None => Ok(Vec::new()),
-        Some(r) if r.get() == "null" => Ok(Vec::new()),
-        Some(r) => serde_json::from_str(r.get()).map_err(|_| ()),
+fn array(list: RawList<'_>) -> Result<Vec<&RawValue>, ()> {
+    match list {
+        RawList::Absent => Ok(Vec::new()),
+        RawList::List(items) => Ok(items),
+        RawList::NotList => Err(()),
     }
 }
 
@@ -164,10 +165,10 @@ fn read_entry(raw: &RawValue, out: &mut Vec<Item>) {
     let Ok(entry) = serde_json::from_str::<lenient::Obj<wire::Entry>>(raw.get()) else {
         return out.push(unreadable(unknown, raw, "an entry that cannot be read"));
     };
-    let Some(entry) = entry.0 else {
+    let Some(mut entry) = entry.0 else {
         return out.push(unreadable(unknown, raw, "an entry that is not an object"));
     };
-    let Ok(changes) = array(entry.changes) else {
+    let Ok(changes) = array(std::mem::take(&mut entry.changes)) else {
         return out.push(unreadable(unknown, raw, "`changes` is not an array"));
     };
     for change in changes {
@@ -222,13 +223,13 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
         item.kind = kind;
         return out.push(item);
     };
-    let ctx = Ctx { pnid, business: metadata.and_then(|m| m.display_phone_number.get()).and_then(phone_digits), value: &value };
+    let ctx = Ctx { raw: value_raw, pnid, business: metadata.and_then(|m| m.display_phone_number.get()).and_then(phone_digits), value: &value };
 
     match field.as_str() {
         "messages" => {
-            ctx.each(value.messages, "messages", out, |ctx, raw, out| ctx.customer_message(raw, out));
-            ctx.each(value.statuses, "statuses", out, |ctx, raw, out| ctx.status(raw, out));
-            ctx.each(value.errors, "errors", out, |ctx, raw, out| {
+            ctx.each(&value.messages, "messages", out, |ctx, raw, out| ctx.customer_message(raw, out));
+            ctx.each(&value.statuses, "statuses", out, |ctx, raw, out| ctx.status(raw, out));
+            ctx.each(&value.errors, "errors", out, |ctx, raw, out| {
                 out.push(Item {
                     scope: Scope::number(ctx.pnid),
                     key: format!("e:{}", stable_id(&[raw.get()])),
@@ -238,13 +239,13 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
                 })
             });
         }
-        "smb_message_echoes" => ctx.each(value.message_echoes, "message_echoes", out, |ctx, raw, out| ctx.echo(raw, out)),
+        "smb_message_echoes" => ctx.each(&value.message_echoes, "message_echoes", out, |ctx, raw, out| ctx.echo(raw, out)),
         "history" => {
-            ctx.each(value.history, "history", out, |ctx, raw, out| ctx.history_chunk(raw, out));
+            ctx.each(&value.history, "history", out, |ctx, raw, out| ctx.history_chunk(raw, out));
             // The follow-up form: media for earlier placeholders, as `messages[]`.
-            ctx.each(value.messages, "messages", out, |ctx, raw, out| ctx.history_message(raw, None, out));
+            ctx.each(&value.messages, "messages", out, |ctx, raw, out| ctx.history_message(raw, None, out));
         }
-        "smb_app_state_sync" => ctx.each(value.state_sync, "state_sync", out, |ctx, raw, out| ctx.state_sync(raw, out)),
+        "smb_app_state_sync" => ctx.each(&value.state_sync, "state_sync", out, |ctx, raw, out| ctx.state_sync(raw, out)),
         _ => out.push(Item {
             scope: Scope::number(pnid),
             key: format!("u:{}", stable_id(&[value_raw.get()])),
@@ -256,16 +257,19 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
 }
 
 struct Ctx<'v, 'a> {
+    /// The change's value, as sent (kept with an item that cannot be read).
+    raw: &'v RawValue,
     pnid: &'v str,
     business: Option<String>,
     value: &'v wire::Value<'a>,
 }
 
 impl Ctx<'_, '_> {
-    fn each(&self, raw: Option<&RawValue>, name: &str, out: &mut Vec<Item>, mut f: impl FnMut(&Self, &RawValue, &mut Vec<Item>)) {
-        match array(raw) {
-            Ok(items) => items.into_iter().for_each(|r| f(self, r, out)),
-            Err(()) => out.push(unreadable(Scope::number(self.pnid), raw.expect("present"), format!("`{name}` is not an array"))),
+    fn each<'r>(&self, list: &RawList<'r>, name: &str, out: &mut Vec<Item>, mut f: impl FnMut(&Self, &'r RawValue, &mut Vec<Item>)) {
+        match list {
+            RawList::Absent => {}
+            RawList::List(items) => items.iter().for_each(|r| f(self, r, out)),
+            RawList::NotList => out.push(unreadable(Scope::number(self.pnid), self.raw, format!("`{name}` is not an array"))),
         }
     }
 
@@ -381,9 +385,10 @@ impl Ctx<'_, '_> {
         };
         for thread in chunk.threads.0.iter().filter_map(|t| t.get()) {
             let thread_customer = thread.id.get();
-            match array(thread.messages) {
-                Ok(msgs) => msgs.into_iter().for_each(|m| self.history_message(m, thread_customer, out)),
-                Err(()) => out.push(unreadable(Scope::number(self.pnid), raw, "`threads[].messages` is not an array")),
+            match &thread.messages {
+                RawList::Absent => {}
+                RawList::List(msgs) => msgs.iter().for_each(|m| self.history_message(m, thread_customer, out)),
+                RawList::NotList => out.push(unreadable(Scope::number(self.pnid), raw, "`threads[].messages` is not an array")),
             }
         }
         let meta = chunk.metadata.get();

@@ -4,14 +4,14 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::lenient::{Arr, LNum, LStr, LTime, Obj};
+use super::lenient::{Arr, LNum, LStr, LTime, Obj, RawList};
 
 #[derive(Deserialize)]
 pub struct Envelope<'a> {
     #[serde(default)]
     pub object: LStr,
     #[serde(borrow, default)]
-    pub entry: Option<&'a RawValue>,
+    pub entry: RawList<'a>,
 }
 
 #[derive(Deserialize, Default)]
@@ -20,7 +20,7 @@ pub struct Entry<'a> {
     pub id: LStr,
     pub time: LTime,
     #[serde(borrow)]
-    pub changes: Option<&'a RawValue>,
+    pub changes: RawList<'a>,
 }
 
 #[derive(Deserialize, Default)]
@@ -39,17 +39,17 @@ pub struct Value<'a> {
     pub metadata: Obj<Metadata>,
     pub contacts: Arr<Obj<Contact>>,
     #[serde(borrow)]
-    pub messages: Option<&'a RawValue>,
+    pub messages: RawList<'a>,
     #[serde(borrow)]
-    pub statuses: Option<&'a RawValue>,
+    pub statuses: RawList<'a>,
     #[serde(borrow)]
-    pub errors: Option<&'a RawValue>,
+    pub errors: RawList<'a>,
     #[serde(borrow)]
-    pub message_echoes: Option<&'a RawValue>,
+    pub message_echoes: RawList<'a>,
     #[serde(borrow)]
-    pub history: Option<&'a RawValue>,
+    pub history: RawList<'a>,
     #[serde(borrow)]
-    pub state_sync: Option<&'a RawValue>,
+    pub state_sync: RawList<'a>,
     // account_update
     pub event: LStr,
     pub phone_number_id: LStr,
@@ -240,7 +240,7 @@ pub struct HistoryMetadata {
 pub struct Thread<'a> {
     pub id: LStr,
     #[serde(borrow)]
-    pub messages: Option<&'a RawValue>,
+    pub messages: RawList<'a>,
 }
 
 #[derive(Deserialize, Default)]
