@@ -100,7 +100,8 @@ impl Customer {
 ///
 /// Written `{phone_number_id}:{customer}` (the customer empty for number-level items); this is
 /// also the `conversation` header of published events and the Redis hash tag.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Scope {
     pub phone_number_id: String,
     pub customer: Option<CustomerKey>,
@@ -125,6 +126,33 @@ impl Scope {
             return Some(Scope::number(pnid));
         }
         Some(Scope::conversation(pnid, CustomerKey::parse(cust)?))
+    }
+}
+
+impl Scope {
+    /// The scope for logs: the customer reduced to its last four characters.
+    pub fn redacted(&self) -> String {
+        match &self.customer {
+            Some(c) => {
+                let s = c.as_str();
+                let tail: String = s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+                format!("{}:…{tail}", self.phone_number_id)
+            }
+            None => format!("{}:", self.phone_number_id),
+        }
+    }
+}
+
+impl From<Scope> for String {
+    fn from(s: Scope) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Scope::parse(&s).ok_or_else(|| format!("not a conversation: {s:?}"))
     }
 }
 

@@ -19,13 +19,28 @@
 //! - [`process`]: the offline `coexist process` command.
 //! - [`operator`]: `coexist conversation show|pause|release`.
 //! - [`time`]: instants (Unix ms) and RFC 3339.
+//! - [`broker`]: RabbitMQ names (every exchange and queue), declaration, confirmed publishing,
+//!   the self-reconnecting [`broker::Link`].
+//! - [`unit`]: the inbound work unit (one conversation's items from one webhook).
+//! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
+//! - [`worker`]: partition consumers, publishing, timeouts, partition sharing ([`worker::membership`]).
+//! - [`dlq`]: listing and replaying dead letters.
+//! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retry and shutdown.
 
+pub mod broker;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod engine;
+pub mod http;
+pub mod ingress;
 pub mod meta;
+pub mod metrics;
 pub mod operator;
 pub mod process;
 pub mod render;
+pub mod retry;
 pub mod store;
 pub mod time;
+pub mod unit;
+pub mod worker;

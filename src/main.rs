@@ -30,11 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// HTTP ingress: verifies Meta's webhooks and publishes them to RabbitMQ. [not built yet]
+    /// HTTP ingress: GET /webhook (Meta's handshake), POST /webhook (signed webhooks, answered 200
+    /// once the broker confirmed them), /healthz, /readyz, /metrics. Needs COEXIST_APP_SECRET.
     Ingress,
-    /// Consumes the inbound partitions, decides, publishes events. [not built yet]
+    /// Consumes its share of the inbound partitions, decides with the state in Redis, publishes
+    /// events to {ns}.bot and {ns}.human_chat; /healthz, /readyz, /metrics on the admin address.
     Worker,
-    /// Ingress and a worker in one process. [not built yet]
+    /// Ingress and a worker in one process (small deployments, local use).
     Serve,
     /// Runs webhook bodies through the engine offline (in-memory state, no servers) and prints
     /// one JSON line per event it would publish.
@@ -50,10 +52,10 @@ enum Command {
     /// Operator view and control of one conversation (state in Redis).
     #[command(subcommand)]
     Conversation(ConversationCommand),
-    /// Dead-lettered input. [not built yet]
+    /// Dead-lettered input ({ns}.dead): inspect and replay.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Declares exchanges and queues (idempotent). [not built yet]
+    /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
     Topology,
 }
 
@@ -79,7 +81,8 @@ struct ConversationArgs {
 enum DlqCommand {
     /// Lists dead-lettered input: id, reason, attempts, age.
     List,
-    /// Sends dead-lettered input back through the pipeline.
+    /// Sends dead-lettered input back through the pipeline; it is decided again against the
+    /// conversation's state at that time.
     Replay {
         /// Replay at most this many.
         #[arg(long)]
@@ -121,18 +124,77 @@ fn init_logging(config: &Config) {
     };
 }
 
-fn not_built(what: &str) -> Result<(), Failure> {
-    Err(Failure(format!("`coexist {what}` is not built yet: it arrives with the pipeline (issue #3); `coexist process` runs the engine offline"), 2))
+/// Resolves on SIGTERM or SIGINT.
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
+/// How long a stopping process may take to finish what it holds.
+const STOP_BUDGET: std::time::Duration = std::time::Duration::from_secs(9);
+
 async fn run(command: Command, config: Config) -> Result<(), Failure> {
+    let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
+    let broker_failed = |e: coexist::broker::Error| Failure(e.to_string(), 1);
+    let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
     match command {
-        Command::Ingress => not_built("ingress"),
-        Command::Worker => not_built("worker"),
-        Command::Serve => not_built("serve"),
-        Command::Topology => not_built("topology"),
-        Command::Dlq(DlqCommand::List) => not_built("dlq list"),
-        Command::Dlq(DlqCommand::Replay { .. }) => not_built("dlq replay"),
+        Command::Ingress | Command::Serve | Command::Worker => {
+            let wants_ingress = !matches!(command, Command::Worker);
+            if wants_ingress && config.app_secrets.is_empty() {
+                return Err(Failure("config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)".into(), 2));
+            }
+            let (trigger, shutdown) = coexist::retry::Shutdown::new();
+            let ingress = match wants_ingress {
+                true => Some(coexist::ingress::start(&config, shutdown.clone()).await.map_err(io("cannot start the ingress"))?),
+                false => None,
+            };
+            let worker = match command {
+                Command::Ingress => None,
+                _ => Some(coexist::worker::start(&config, shutdown.clone()).await.map_err(io("cannot start the worker"))?),
+            };
+            signalled().await;
+            tracing::info!("stopping");
+            trigger.trigger();
+            let stopping = async {
+                if let Some(w) = worker {
+                    w.stopped().await;
+                }
+                if let Some(i) = ingress {
+                    let _ = i.server.await;
+                }
+            };
+            if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
+                tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
+            }
+            Ok(())
+        }
+        Command::Topology => {
+            let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-topology").await.map_err(broker_failed)?;
+            let ch = conn.create_channel().await.map_err(|e| broker_failed(e.into()))?;
+            topology.declare(&ch).await.map_err(broker_failed)?;
+            let _ = conn.close(200, "declared".into()).await;
+            println!("declared: exchanges {}, {}, {}, {}", topology.inbound_exchange(), topology.dead(), topology.exchange(coexist::engine::event::Exchange::Bot), topology.exchange(coexist::engine::event::Exchange::HumanChat));
+            println!("declared: queues {}.0..{} ({} partitions), {}, {}, {}", topology.inbound_exchange(), topology.partitions - 1, topology.partitions, topology.dead(), topology.default_queue(coexist::engine::event::Exchange::Bot), topology.default_queue(coexist::engine::event::Exchange::HumanChat));
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List) => {
+            let entries = coexist::dlq::list(config.amqp_url.expose(), &topology).await.map_err(broker_failed)?;
+            println!("{:<38} {:<13} {:<8} {:>8} {:>8}  reason", "id", "kind", "stage", "attempts", "age");
+            for e in &entries {
+                let age = e.age_secs.map(|s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()).unwrap_or_else(|| "-".into());
+                println!("{:<38} {:<13} {:<8} {:>8} {:>8}  {}", e.id.as_deref().unwrap_or("-"), e.kind.as_deref().unwrap_or("-"), e.stage, e.attempts, age, e.reason);
+            }
+            eprintln!("{} dead letter(s) in {}", entries.len(), topology.dead());
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Replay { limit }) => {
+            let r = coexist::dlq::replay(config.amqp_url.expose(), &topology, limit).await.map_err(broker_failed)?;
+            println!("{}", serde_json::to_string(&r).expect("serialises"));
+            Ok(())
+        }
         Command::Process { files } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -168,13 +230,20 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
         Some(action) => {
             let engine = Engine::new(store, Arc::new(config.rules));
             let applied = coexist::operator::command(&engine, scope.clone(), action, now).await.map_err(redis_failed)?;
+            // Published like any other events; acknowledged in Redis only once confirmed.
+            let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
+            if !applied.events.is_empty() {
+                let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-operator").await.map_err(|e| Failure(format!("cannot reach RabbitMQ: {e}"), 1))?;
+                let publisher = coexist::broker::Publisher::open(&conn).await.map_err(|e| Failure(e.to_string(), 1))?;
+                topology.declare(publisher.channel()).await.map_err(|e| Failure(e.to_string(), 1))?;
+                let messages: Vec<_> = applied.events.iter().map(|e| coexist::broker::Outgoing::event(&topology, e)).collect();
+                publisher.publish_all(&messages).await.map_err(|e| Failure(format!("the state changed but its events were not published: {e}"), 1))?;
+                let _ = conn.close(200, "done".into()).await;
+            }
             for e in &applied.events {
                 println!("{}", e.to_line());
             }
             engine.acknowledge(&applied).await.map_err(redis_failed)?;
-            if !applied.events.is_empty() {
-                eprintln!("coexist: events printed, not published: publishing arrives with the pipeline (issue #3)");
-            }
             let view = coexist::operator::show(engine.store(), &scope, now).await.map_err(redis_failed)?;
             eprintln!("{}", serde_json::to_string(&view).expect("views serialise"));
         }

@@ -9,7 +9,7 @@
 pub mod lenient;
 pub mod wire;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use lenient::RawList;
 use serde_json::value::RawValue;
 
@@ -29,8 +29,9 @@ pub enum BodyError {
     NotWebhook(String),
 }
 
-/// One thing Meta told us, with the place it belongs and the exact JSON it came as.
-#[derive(Debug, Clone)]
+/// One thing Meta told us, with the place it belongs and the exact JSON it came as. Items
+/// travel between ingress and worker in this form (serialised as JSON, `raw` verbatim).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Item {
     /// Where its state and dedup mark live.
     pub scope: Scope,
@@ -44,7 +45,8 @@ pub struct Item {
 }
 
 /// What an item is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ItemKind {
     /// `messages[]`: a customer wrote.
     Customer { customer: Customer, message: Content },
@@ -69,7 +71,8 @@ pub enum ItemKind {
 }
 
 /// What an echo did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum Echo {
     Send(Content),
     Edit { original_message_id: Option<String>, message: Content },
@@ -77,7 +80,7 @@ pub enum Echo {
 }
 
 /// Direction of a history message, seen from the business.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
@@ -85,7 +88,7 @@ pub enum Direction {
 }
 
 /// A message's content as events carry it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Content {
     pub id: Option<String>,
     pub kind: String,
@@ -102,7 +105,7 @@ impl Content {
 }
 
 /// `message.media`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Media {
     pub id: Option<String>,
     pub mime_type: Option<String>,

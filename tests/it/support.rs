@@ -234,3 +234,65 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+pub fn amqp_url() -> String {
+    std::env::var("COEXIST_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Deletes a namespace's exchanges and queues when dropped.
+pub struct AmqpNsGuard(pub String);
+
+impl Drop for AmqpNsGuard {
+    fn drop(&mut self) {
+        let ns = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(conn) = coexist::broker::connect(&amqp_url(), "coexist-test-cleanup").await else { return };
+                let Ok(ch) = conn.create_channel().await else { return };
+                let t = coexist::broker::Topology::new(&ns, 64);
+                use coexist::engine::event::Exchange;
+                let mut queues = vec![t.dead(), t.default_queue(Exchange::Bot), t.default_queue(Exchange::HumanChat)];
+                queues.extend((0..64).map(|i| t.partition_queue(i)));
+                for q in queues {
+                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                }
+                for e in [t.inbound_exchange(), t.dead(), t.exchange(Exchange::Bot), t.exchange(Exchange::HumanChat)] {
+                    let _ = ch.exchange_delete(e.as_str().into(), Default::default()).await;
+                }
+                let _ = conn.close(200, "cleaned".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// An event taken from a default queue, with its AMQP properties.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub kind: String,
+    pub body: Value,
+    pub properties: lapin::BasicProperties,
+}
+
+/// Takes (and acknowledges) events from `{ns}.{exchange}.events` until `want` arrived or the
+/// time is up; returns what arrived.
+pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration) -> Vec<Taken> {
+    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-reader").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = format!("{ns}.{exchange}.events");
+    let deadline = std::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < want && std::time::Instant::now() < deadline {
+        match ch.basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await {
+            Ok(Some(m)) => {
+                let d = m.delivery;
+                let body: Value = serde_json::from_slice(&d.data).unwrap();
+                out.push(Taken { kind: body["type"].as_str().unwrap_or("").to_owned(), body, properties: d.properties });
+            }
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = conn.close(200, "read".into()).await;
+    out
+}

@@ -1,0 +1,193 @@
+//! `coexist dlq list` and `coexist dlq replay`: the dead-letter queue `{ns}.dead`.
+//!
+//! Listing takes every dead letter without acknowledging it and closes the channel, so all of
+//! them stay in the queue. Replaying takes at most the dead letters present when it starts (or
+//! `--limit`), sends each back to its conversation's partition, and removes it only once the
+//! broker has confirmed the new copy. A replayed item is decided against the state at that time.
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::Serialize;
+
+use crate::broker::{self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, REASON_HEADER, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE};
+use crate::meta::parse_body;
+use crate::time::Millis;
+use crate::unit::{self, Unit};
+
+/// One dead letter as `dlq list` shows it.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub id: Option<String>,
+    /// `coexist.unit` (work for a partition) or `meta.webhook` (a body the ingress parked).
+    pub kind: Option<String>,
+    pub reason: String,
+    /// Where it failed: `ingress`, `worker`, or `broker` (the delivery limit).
+    pub stage: String,
+    pub attempts: i64,
+    pub age_secs: Option<i64>,
+    pub bytes: usize,
+}
+
+fn header<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+    headers.as_ref()?.inner().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn int(v: &AMQPValue) -> Option<i64> {
+    match v {
+        AMQPValue::LongLongInt(i) => Some(*i),
+        AMQPValue::LongInt(i) => Some(*i as i64),
+        AMQPValue::LongUInt(i) => Some(*i as i64),
+        AMQPValue::ShortInt(i) => Some(*i as i64),
+        AMQPValue::ShortUInt(i) => Some(*i as i64),
+        AMQPValue::ShortShortInt(i) => Some(*i as i64),
+        AMQPValue::ShortShortUInt(i) => Some(*i as i64),
+        AMQPValue::Timestamp(i) => Some(*i as i64),
+        _ => None,
+    }
+}
+
+/// Describes one dead letter from its properties.
+pub fn describe(d: &Delivery, now: Millis) -> Entry {
+    let p = &d.properties;
+    let h = p.headers();
+    // Written by coexist, or by the broker when the delivery limit was reached (`x-death`).
+    let death = header(h, "x-death").and_then(|v| match v {
+        AMQPValue::FieldArray(a) => a.as_slice().first().and_then(|f| match f {
+            AMQPValue::FieldTable(t) => Some(t.clone()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    let death = Some(death.unwrap_or_default());
+    let reason = header(h, REASON_HEADER)
+        .and_then(text)
+        .or_else(|| header(&death, "reason").and_then(text).map(|r| format!("broker: {r}")))
+        .unwrap_or_else(|| "unknown".into());
+    let stage = header(h, STAGE_HEADER).and_then(text).unwrap_or_else(|| "broker".into());
+    let attempts = header(h, ATTEMPTS_HEADER)
+        .and_then(int)
+        .or_else(|| header(h, "x-delivery-count").and_then(int))
+        .or_else(|| header(&death, "count").and_then(int))
+        .unwrap_or(0);
+    Entry {
+        id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        kind: p.kind().as_ref().map(|s| s.as_str().to_owned()),
+        reason,
+        stage,
+        attempts,
+        age_secs: p.timestamp().map(|t| now.0 / 1000 - t as i64),
+        bytes: d.data.len(),
+    }
+}
+
+/// Every dead letter, left in the queue.
+pub async fn list(url: &str, topology: &Topology) -> broker::Result<Vec<Entry>> {
+    let conn = broker::connect(url, "coexist-dlq-list").await?;
+    let ch = conn.create_channel().await?;
+    topology.declare(&ch).await?;
+    let now = Millis::now();
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(topology.dead().into(), BasicGetOptions { no_ack: false }).await? {
+        out.push(describe(&m.delivery, now));
+    }
+    // Nothing was acknowledged: closing hands every one of them back to the queue.
+    let _ = ch.close(200, "listed".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Replayed {
+    /// Dead letters sent back to the partitions.
+    pub replayed: usize,
+    /// Units published for them.
+    pub units: usize,
+    /// Dead letters that still cannot be read (put back at the end of the dead-letter queue).
+    pub parked_again: usize,
+}
+
+/// Sends up to `limit` dead letters (at most those present at the start) back through the pipeline.
+pub async fn replay(url: &str, topology: &Topology, limit: Option<usize>) -> broker::Result<Replayed> {
+    let conn = broker::connect(url, "coexist-dlq-replay").await?;
+    let ch = conn.create_channel().await?;
+    topology.declare(&ch).await?;
+    let publisher = Publisher::open(&conn).await?;
+    let mut done = Replayed::default();
+    let mut budget: Option<usize> = limit;
+    loop {
+        if budget == Some(0) {
+            break;
+        }
+        let Some(m) = ch.basic_get(topology.dead().into(), BasicGetOptions { no_ack: false }).await? else { break };
+        if budget.is_none() {
+            // The dead letters present now, and no more: re-parked ones are not taken twice.
+            budget = Some(m.message_count as usize + 1);
+        }
+        budget = budget.map(|b| b - 1);
+        let d = &m.delivery;
+        let (messages, parked) = back_to_partitions(topology, d);
+        publisher.publish_all(&messages).await?;
+        d.ack(BasicAckOptions::default()).await?;
+        done.replayed += 1;
+        done.units += messages.len() - parked;
+        done.parked_again += parked;
+    }
+    let _ = ch.close(200, "replayed".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(done)
+}
+
+/// The messages that put a dead letter back into the pipeline, and how many of them are dead
+/// letters again (it still cannot be read).
+fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usize) {
+    let now = Millis::now();
+    let kind = d.properties.kind().as_ref().map(|s| s.as_str().to_owned());
+    let units: Result<Vec<Unit>, String> = match kind.as_deref() {
+        Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data).map(|u| vec![u]).map_err(|e| format!("unreadable unit: {e}")),
+        _ => match parse_body(&d.data) {
+            Ok(items) => {
+                let (units, unreadable) = unit::split(items, now);
+                if units.is_empty() && !unreadable.is_empty() {
+                    Err("nothing in it can be placed".into())
+                } else {
+                    Ok(units)
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match units {
+        Ok(units) => (
+            units
+                .iter()
+                .map(|u| Outgoing {
+                    exchange: topology.inbound_exchange(),
+                    routing_key: topology.partition_of(&u.scope).to_string(),
+                    body: serde_json::to_vec(u).expect("units serialise"),
+                    properties: lapin::BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2)
+                        .with_type(UNIT_TYPE.into())
+                        .with_message_id(u.id().into())
+                        .with_timestamp(now.0 as u64 / 1000),
+                })
+                .collect(),
+            0,
+        ),
+        Err(reason) => {
+            let id = d.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+            let kind = kind.unwrap_or_else(|| WEBHOOK_TYPE.into());
+            (vec![Outgoing::dead_letter(topology, d.data.clone(), &kind, id.as_deref(), &reason, "replay", 0)], 1)
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `coexist ingress`: Meta's webhook endpoint (SPEC section 4).
+//!
+//! `POST /webhook` checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body under any configured
+//! app secret, compared in constant time), splits the body into one unit per conversation,
+//! publishes each to its conversation's partition, and answers `200` only once the broker has
+//! confirmed every message. A correctly signed body that cannot be read is parked in `{ns}.dead`
+//! with the reason and still answered `200`. Broker down or a publish unconfirmed: `503`, and
+//! Meta retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::broker::{Link, Outgoing, Topology, UNIT_TYPE, WEBHOOK_TYPE};
+use crate::config::{Config, Secret};
+use crate::meta::{parse_body, ItemKind};
+use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
+use crate::time::Millis;
+use crate::unit;
+
+/// How long a webhook may wait for the broker's confirms before it is answered `503`.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ingress's shared state.
+#[derive(Clone)]
+pub struct Ingress {
+    secrets: Arc<Vec<Secret>>,
+    verify_token: Option<Secret>,
+    topology: Topology,
+    link: Arc<Link>,
+}
+
+impl Ingress {
+    pub fn new(config: &Config, link: Arc<Link>) -> Self {
+        Ingress {
+            secrets: Arc::new(config.app_secrets.clone()),
+            verify_token: config.verify_token.clone(),
+            topology: Topology::new(&config.namespace, config.partitions),
+            link,
+        }
+    }
+
+    /// The routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`, `/metrics`.
+    pub fn router(self, max_body_bytes: usize) -> Router {
+        let link = self.link.clone();
+        let ready: crate::http::Readiness = Arc::new(move || vec![("rabbitmq", link.is_connected())]);
+        Router::new()
+            .route("/webhook", get(handshake).post(receive))
+            .layer(DefaultBodyLimit::max(max_body_bytes))
+            .with_state(self)
+            .merge(crate::http::admin_routes(ready))
+    }
+}
+
+/// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of the secrets.
+pub fn signature_valid(secrets: &[Secret], header: Option<&str>, body: &[u8]) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else { return false };
+    let Ok(expected) = hex::decode(hex_sig) else { return false };
+    // Every secret is tried (no early exit), so timing does not tell which one matched.
+    secrets.iter().fold(false, |found, secret| {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok() | found
+    })
+}
+
+/// The `X-Hub-Signature-256` value for a body (for tests and load tools).
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[derive(serde::Deserialize)]
+struct HandshakeQuery {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+async fn handshake(State(s): State<Ingress>, Query(q): Query<HandshakeQuery>) -> (StatusCode, String) {
+    let token_ok = match (&s.verify_token, &q.token) {
+        (Some(want), Some(got)) => bool::from(want.expose().as_bytes().ct_eq(got.as_bytes())),
+        _ => false,
+    };
+    match (q.mode.as_deref(), q.challenge) {
+        (Some("subscribe"), Some(challenge)) if token_ok => (StatusCode::OK, challenge),
+        _ => (StatusCode::FORBIDDEN, String::new()),
+    }
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!(WEBHOOKS, "result" => "rejected", "reason" => reason).increment(1);
+}
+
+async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    if !signature_valid(&s.secrets, signature, &body) {
+        rejected("signature");
+        tracing::warn!(bytes = body.len(), "webhook with a missing or wrong signature refused");
+        return StatusCode::UNAUTHORIZED;
+    }
+    let accepted_at = Millis::now();
+    let (messages, parked) = match parse_body(&body) {
+        Err(e) => {
+            tracing::warn!(error = %e, bytes = body.len(), "signed body that is not a webhook: parked in the dead-letter queue");
+            let id = crate::domain::stable_id(&[&String::from_utf8_lossy(&body)]);
+            (vec![Outgoing::dead_letter(&s.topology, body.to_vec(), WEBHOOK_TYPE, Some(&id), &e.to_string(), "ingress", 0)], 1)
+        }
+        Ok(items) => {
+            let (units, unreadable) = unit::split(items, accepted_at);
+            let mut out = Vec::with_capacity(units.len() + unreadable.len());
+            for u in &units {
+                let properties = lapin::BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_type(UNIT_TYPE.into())
+                    .with_message_id(u.id().into())
+                    .with_timestamp(accepted_at.0 as u64 / 1000);
+                out.push(Outgoing {
+                    exchange: s.topology.inbound_exchange(),
+                    routing_key: s.topology.partition_of(&u.scope).to_string(),
+                    body: serde_json::to_vec(u).expect("units serialise"),
+                    properties,
+                });
+            }
+            let parked = unreadable.len();
+            for item in unreadable {
+                let ItemKind::Unreadable { reason } = &item.kind else { continue };
+                tracing::warn!(reason, "part of a signed body cannot be placed: parked in the dead-letter queue");
+                out.push(Outgoing::dead_letter(&s.topology, item.raw.get().as_bytes().to_vec(), WEBHOOK_TYPE, Some(&item.key), reason, "ingress", 0));
+            }
+            (out, parked)
+        }
+    };
+    let Some(publisher) = s.link.publisher().await else {
+        rejected("broker_unavailable");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    };
+    match tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_all(&messages)).await {
+        Ok(Ok(())) => {
+            if parked > 0 {
+                metrics::counter!(DEAD_LETTERS, "stage" => "ingress").increment(parked as u64);
+            }
+            let reason = if parked > 0 { "parked" } else { "ok" };
+            metrics::counter!(WEBHOOKS, "result" => "accepted", "reason" => reason).increment(1);
+            StatusCode::OK
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "publishing a webhook failed: answered 503 (Meta retries)");
+            s.link.report_failure();
+            rejected("broker_unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Err(_) => {
+            tracing::warn!("the broker did not confirm in time: answered 503 (Meta retries)");
+            s.link.report_failure();
+            rejected("broker_unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
+        let secrets = vec![crate::config::Config::load(None, |k| (k == "COEXIST_APP_SECRET").then(|| "old,new".to_owned())).unwrap().app_secrets]
+            .remove(0);
+        let good = sign("new", body);
+        assert!(signature_valid(&secrets, Some(&good), body), "any configured secret (rotation)");
+        assert!(signature_valid(&secrets, Some(&sign("old", body)), body));
+        assert!(!signature_valid(&secrets, Some(&sign("other", body)), body));
+        assert!(!signature_valid(&secrets, None, body));
+        assert!(!signature_valid(&secrets, Some("sha256=zz"), body));
+        assert!(!signature_valid(&secrets, Some(good.trim_start_matches("sha256=")), body), "prefix required");
+        let mut tampered = body.to_vec();
+        tampered[5] ^= 1;
+        assert!(!signature_valid(&secrets, Some(&good), &tampered));
+        assert!(!signature_valid(&[], Some(&good), body), "no secret, no entry");
+    }
+}
+
+/// A running ingress.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub link: Arc<Link>,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the ingress on `config.listen` (port 0 picks one) until `shutdown`.
+pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io::Result<Running> {
+    let topology = Topology::new(&config.namespace, config.partitions);
+    let link = Link::spawn(config.amqp_url.expose().to_owned(), "coexist-ingress".into(), topology, shutdown.clone());
+    let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);
+    let (addr, server) = crate::http::serve(config.listen, router, shutdown).await?;
+    tracing::info!(%addr, "ingress listening");
+    Ok(Running { addr, link, server })
+}

@@ -1,0 +1,77 @@
+//! Every metric's name (in one place), and the Prometheus exporter behind `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Webhooks by `result` (`accepted`, `rejected`) and `reason` (`ok`, `signature`, `too_large`,
+/// `broker_unavailable`, `parked`).
+pub const WEBHOOKS: &str = "coexist_webhooks_total";
+/// Items decided, by `rule` (R1..R12, operator_*, noop, ignored, unreadable) and `delivery`
+/// (`fresh`, `redelivered`, `duplicate`).
+pub const ITEMS: &str = "coexist_items_total";
+/// Events published and confirmed, by `exchange` and `type`.
+pub const EVENTS: &str = "coexist_events_total";
+/// Handovers to a human.
+pub const HANDOVERS: &str = "coexist_handovers_total";
+/// Releases back to the AI agent, by `reason`.
+pub const RELEASES: &str = "coexist_releases_total";
+/// Dead letters written, by `stage` (`ingress`, `worker`).
+pub const DEAD_LETTERS: &str = "coexist_dead_letters_total";
+/// Seconds from the ingress accepting a webhook to the broker confirming its events.
+pub const LATENCY: &str = "coexist_accept_to_confirm_seconds";
+/// Partitions this worker consumes now.
+pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder (once per process) and returns the handle that renders it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets).expect("buckets are valid");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (a test harness): render from a private one.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// The text exposition.
+pub fn render() -> String {
+    let h = handle();
+    h.run_upkeep();
+    h.render()
+}
+
+/// Counts an applied input and its events.
+pub fn applied(applied: &crate::store::Applied) {
+    let delivery = match applied.delivery {
+        crate::store::Delivery::Fresh => "fresh",
+        crate::store::Delivery::Redelivered => "redelivered",
+        crate::store::Delivery::Duplicate => "duplicate",
+    };
+    let rule = applied.rule.map_or("seen", |r| r.as_str());
+    metrics::counter!(ITEMS, "rule" => rule, "delivery" => delivery).increment(1);
+}
+
+/// Counts confirmed events.
+pub fn published(events: &[crate::engine::event::Outbound]) {
+    for e in events {
+        metrics::counter!(EVENTS, "exchange" => e.exchange.as_str(), "type" => e.routing_key.clone()).increment(1);
+        match e.routing_key.as_str() {
+            "conversation.handover" => metrics::counter!(HANDOVERS).increment(1),
+            "conversation.released" => {
+                let reason = serde_json::from_str::<serde_json::Value>(e.body.get())
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                metrics::counter!(RELEASES, "reason" => reason).increment(1);
+            }
+            _ => {}
+        }
+    }
+}
