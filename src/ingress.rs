@@ -204,6 +204,7 @@ pub struct Running {
 
 /// Starts the ingress on `config.listen` (port 0 picks one) until `shutdown`.
 pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io::Result<Running> {
+    crate::metrics::handle(); // the recorder must exist before the first count
     let topology = Topology::new(&config.namespace, config.partitions);
     let link = Link::spawn(config.amqp_url.expose().to_owned(), "coexist-ingress".into(), topology, shutdown.clone());
     let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);

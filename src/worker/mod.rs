@@ -101,7 +101,8 @@ struct Shared {
 /// Starts a worker: connects (retrying until the servers answer or shutdown), serves its admin
 /// address, and consumes until `shutdown`.
 pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worker> {
-    let id = format!("{}-{}-{:x}", hostname(), std::process::id(), Millis::now().0 & 0xffffff);
+    crate::metrics::handle(); // the recorder must exist before the first count
+    let id = worker_id();
     let topology = Topology::new(&config.namespace, config.partitions);
     // Stops on the caller's signal as well as on `stop()`.
     let (trigger, own) = Shutdown::new();
@@ -143,6 +144,13 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
     });
     tracing::info!(worker = %id, admin = %admin_addr, "worker started");
     Ok(Worker { id, admin_addr, owned: owned_rx, trigger, done })
+}
+
+/// A worker id unique among processes and within one: host, process, instant and a counter.
+fn worker_id() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    format!("{}-{}-{:x}-{}", hostname(), std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn hostname() -> String {

@@ -4,5 +4,6 @@ mod support;
 
 mod cli;
 mod parse;
+mod pipeline;
 mod redis_store;
 mod rules;

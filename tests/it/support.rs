@@ -296,3 +296,133 @@ pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration
     let _ = conn.close(200, "read".into()).await;
     out
 }
+
+pub const SECRET: &str = "test-app-secret";
+
+/// Configuration for a test stack: its own namespace, ports picked by the OS.
+pub fn stack_config(ns: &str, extra: &[(&str, &str)]) -> coexist::config::Config {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("COEXIST_NAMESPACE", ns),
+        ("COEXIST_APP_SECRET", SECRET),
+        ("COEXIST_VERIFY_TOKEN", "verify-me"),
+        ("COEXIST_LISTEN", "127.0.0.1:0"),
+        ("COEXIST_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("COEXIST_PARTITIONS", "4"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.insert("COEXIST_AMQP_URL".into(), amqp_url());
+    vars.insert("COEXIST_REDIS_URL".into(), redis_url());
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    coexist::config::Config::load(None, |k| vars.get(k).cloned()).expect("test configuration")
+}
+
+/// An ingress and workers in this process, in their own namespace.
+pub struct Stack {
+    pub ns: String,
+    pub config: coexist::config::Config,
+    pub ingress: coexist::ingress::Running,
+    pub workers: Vec<coexist::worker::Worker>,
+    trigger: coexist::retry::ShutdownTrigger,
+    _redis: NsGuard,
+    _amqp: AmqpNsGuard,
+}
+
+impl Stack {
+    pub async fn start(name: &str, workers: usize, extra: &[(&str, &str)]) -> Stack {
+        let ns = unique_ns(name);
+        let config = stack_config(&ns, extra);
+        let (trigger, shutdown) = coexist::retry::Shutdown::new();
+        let ingress = coexist::ingress::start(&config, shutdown.clone()).await.unwrap();
+        let mut ws = Vec::new();
+        for _ in 0..workers {
+            ws.push(coexist::worker::start(&config, shutdown.clone()).await.unwrap());
+        }
+        let stack = Stack { ns: ns.clone(), config, ingress, workers: ws, trigger, _redis: NsGuard(ns.clone()), _amqp: AmqpNsGuard(ns) };
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// Waits until the ingress is connected and the workers share every partition.
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            let shares: Vec<usize> = self.workers.iter().map(|w| w.owned().len()).collect();
+            let spread = self.workers.is_empty() || (shares.iter().sum::<usize>() == self.config.partitions as usize && shares.iter().all(|s| *s > 0));
+            if self.ingress.link.is_connected() && spread {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("stack not ready: shares {:?}", self.workers.iter().map(|w| w.owned()).collect::<Vec<_>>());
+    }
+
+    /// Posts a body signed with the test secret; returns the status.
+    pub async fn post(&self, body: &str) -> u16 {
+        let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+        http(self.ingress.addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0
+    }
+
+    /// Posts until answered 200 (as Meta retries); panics after `within`.
+    pub async fn post_until_ok(&self, body: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let status = self.post(body).await;
+            if status == 200 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never accepted (last status {status})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        for w in self.workers {
+            w.stopped().await;
+        }
+        let _ = self.ingress.server.await;
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection: (status, body).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    // A server refusing a large body may close before reading it all: write what it takes.
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Like [`take_events`], but counts distinct events: a redelivered copy (same `event_id`, which
+/// the contract allows after a failure) is counted once. Returns the distinct events in order of
+/// first arrival, and how many copies were seen in all.
+pub async fn take_distinct(ns: &str, exchange: &str, want: usize, within: Duration) -> (Vec<Taken>, usize) {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut copies = 0;
+    while out.len() < want && std::time::Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        for e in take_events(ns, exchange, want - out.len(), left.min(Duration::from_secs(2))).await {
+            copies += 1;
+            if seen.insert(e.body["event_id"].as_str().unwrap_or_default().to_owned()) {
+                out.push(e);
+            }
+        }
+    }
+    (out, copies)
+}

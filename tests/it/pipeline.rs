@@ -1,0 +1,317 @@
+//! The running system on real RabbitMQ and Redis (a namespace per test): ingress, workers,
+//! partitions, dead letters, failures.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use coexist::broker::Topology;
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::support::*;
+
+const SECS: Duration = Duration::from_secs(1);
+
+fn header(t: &Taken, name: &str) -> Option<String> {
+    let h = t.properties.headers().as_ref()?;
+    h.inner().iter().find(|(k, _)| k.as_str() == name).and_then(|(_, v)| match v {
+        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn handshake_signatures_and_body_limit() {
+    let stack = Stack::start("http", 0, &[("COEXIST_MAX_BODY_BYTES", "2048")]).await;
+    let addr = stack.ingress.addr;
+    let ok = http(addr, "GET", "/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345", &[], b"").await;
+    assert_eq!(ok, (200, "12345".to_owned()));
+    assert_eq!(http(addr, "GET", "/webhook?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", &[], b"").await.0, 403);
+    assert_eq!(http(addr, "GET", "/webhook?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1", &[], b"").await.0, 403);
+    assert_eq!(http(addr, "GET", "/webhook", &[], b"").await.0, 403);
+
+    let body = customer_text(ANA, "wamid.SIG1", t0(), "hola");
+    assert_eq!(http(addr, "POST", "/webhook", &[], body.as_bytes()).await.0, 401, "missing signature");
+    let wrong = coexist::ingress::sign("another-secret", body.as_bytes());
+    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", wrong)], body.as_bytes()).await.0, 401, "wrong secret");
+    let good = coexist::ingress::sign(SECRET, body.as_bytes());
+    let tampered = body.replace("hola", "HOLA");
+    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", good.clone())], tampered.as_bytes()).await.0, 401, "tampered body");
+    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", good)], body.as_bytes()).await.0, 200);
+
+    let big = customer_text(ANA, "wamid.BIG1", t0(), &"x".repeat(4096));
+    let sig = coexist::ingress::sign(SECRET, big.as_bytes());
+    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], big.as_bytes()).await.0, 413);
+
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").await.0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", &[], b"").await, (200, "rabbitmq: ok\n".to_owned()));
+    let (status, metrics) = http(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("coexist_webhooks_total"), "{metrics}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn signed_garbage_is_accepted_and_parked() {
+    let stack = Stack::start("garbage", 0, &[]).await;
+    let status = stack.post("this is { not json").await;
+    assert_eq!(status, 200, "a signed body is never refused");
+    let half = envelope("messages", json!({"metadata": metadata(), "messages": [{"id": "wamid.NOSENDER", "type": "text"}]}));
+    assert_eq!(stack.post(&half).await, 200);
+    let topology = Topology::new(&stack.ns, 4);
+    let entries = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0].reason.starts_with("not JSON"), "{:?}", entries[0]);
+    assert_eq!(entries[0].stage, "ingress");
+    assert_eq!(entries[0].kind.as_deref(), Some("meta.webhook"));
+    assert!(entries[1].reason.contains("without a sender"), "{:?}", entries[1]);
+    assert_eq!(coexist::dlq::list(&amqp_url(), &topology).await.unwrap().len(), 2, "listing leaves them in place");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn handover_story_with_amqp_properties() {
+    let stack = Stack::start("story", 1, &[]).await;
+    let t = t0();
+    for body in [
+        customer_text(ANA, "wamid.ST1", t, "Hola"),
+        echo_text(ANA, "wamid.ST2", t + 1, "Hola Ana, soy Carla"),
+        customer_text(ANA, "wamid.ST3", t + 2, "Gracias Carla"),
+        echo_text(ANA, "wamid.ST4", t + 3, "/reset"),
+        customer_text(ANA, "wamid.ST5", t + 4, "Otra pregunta"),
+    ] {
+        assert_eq!(stack.post(&body).await, 200);
+    }
+    let bot = take_events(&stack.ns, "bot", 3, 10 * SECS).await;
+    let human = take_events(&stack.ns, "human_chat", 4, 10 * SECS).await;
+    let bot_kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
+    let human_kinds: Vec<&str> = human.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(bot_kinds, ["message.received", "session.paused", "message.received"]);
+    assert_eq!(human_kinds, ["conversation.handover", "message.sent_from_app", "message.received", "conversation.released"]);
+    assert_eq!(bot[2].body["session_started"], json!(true));
+    assert_eq!(human[1].body["message"]["icon"], json!("📱"));
+    for e in bot.iter().chain(&human) {
+        let p = &e.properties;
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), e.body["event_id"].as_str(), "message_id = event_id");
+        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some(e.kind.as_str()), "type = event type");
+        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        assert_eq!(header(e, "conversation"), Some(format!("{PNID}:{ANA}")));
+    }
+    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(), "nothing more");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_and_batches() {
+    let stack = Stack::start("dupes", 1, &[]).await;
+    let t = t0();
+    let body = customer_text(ANA, "wamid.DU1", t, "Hola");
+    assert_eq!(stack.post(&body).await, 200);
+    assert_eq!(stack.post(&body).await, 200, "Meta's retry is accepted");
+    let msgs: Vec<_> = (0..30)
+        .map(|i| json!({"from": format!("52155577{:05}", i % 3), "id": format!("wamid.BA{i}"), "timestamp": t.to_string(), "type": "text", "text": {"body": i.to_string()}}))
+        .collect();
+    assert_eq!(stack.post(&envelope("messages", json!({"metadata": metadata(), "messages": msgs}))).await, 200);
+    let got = take_events(&stack.ns, "bot", 32, 10 * SECS).await;
+    assert_eq!(got.len(), 31, "one for the duplicated body, thirty for the batch");
+    let mut per_customer: HashMap<String, Vec<i64>> = HashMap::new();
+    for e in &got[1..] {
+        per_customer.entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned()).or_default().push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
+    }
+    for (c, seq) in per_customer {
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(seq, sorted, "{c}: in order of appearance");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
+    let stack = Stack::start("order", 2, &[("COEXIST_PARTITIONS", "8")]).await;
+    let shares: Vec<Vec<u16>> = stack.workers.iter().map(|w| w.owned()).collect();
+    assert!(shares.iter().all(|s| !s.is_empty()), "{shares:?}");
+    let t = t0();
+    let conversations = 12;
+    let per = 15;
+    let posts: Vec<_> = (0..conversations)
+        .map(|c| {
+            let addr = stack.ingress.addr;
+            tokio::spawn(async move {
+                for i in 0..per {
+                    let body = customer_text(&format!("52155588{c:05}"), &format!("wamid.O{c}.{i}"), t, &i.to_string());
+                    let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+                    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    for p in posts {
+        p.await.unwrap();
+    }
+    let got = take_events(&stack.ns, "bot", conversations * per, 20 * SECS).await;
+    assert_eq!(got.len(), conversations * per);
+    let mut seqs: HashMap<String, Vec<u32>> = HashMap::new();
+    for e in &got {
+        seqs.entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned()).or_default().push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
+    }
+    for (c, seq) in &seqs {
+        assert_eq!(*seq, (0..per as u32).collect::<Vec<_>>(), "{c}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_worker_gets_its_share_and_a_stopped_ones_share_moves() {
+    let mut stack = Stack::start("share", 1, &[("COEXIST_PARTITIONS", "8")]).await;
+    assert_eq!(stack.workers[0].owned().len(), 8);
+    let (_t, shutdown) = coexist::retry::Shutdown::new();
+    let second = coexist::worker::start(&stack.config, shutdown).await.unwrap();
+    let started = std::time::Instant::now();
+    while second.owned().is_empty() || stack.workers[0].owned().len() + second.owned().len() != 8 {
+        assert!(started.elapsed() < 30 * SECS, "the newcomer gets its share within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!stack.workers[0].owned().is_empty());
+    second.stop().await;
+    let started = std::time::Instant::now();
+    while stack.workers[0].owned().len() != 8 {
+        assert!(started.elapsed() < 30 * SECS, "the leaver's share moves within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = t0();
+    stack.post_until_ok(&customer_text(ANA, "wamid.SH1", t, "hola"), 5 * SECS).await;
+    assert_eq!(take_events(&stack.ns, "bot", 1, 10 * SECS).await.len(), 1);
+    let w = stack.workers.remove(0);
+    w.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn timeouts_are_released_by_the_worker() {
+    let stack = Stack::start("timeout", 2, &[("COEXIST_TIMEOUT", "3s")]).await;
+    let t = t0();
+    assert_eq!(stack.post(&echo_text(ANA, "wamid.TO1", t, "te atiendo")).await, 200);
+    let human = take_events(&stack.ns, "human_chat", 3, 15 * SECS).await;
+    let kinds: Vec<&str> = human.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["conversation.handover", "message.sent_from_app", "conversation.released"]);
+    assert_eq!(human[2].body["reason"], json!("timeout"));
+    let deadline = Millis::from_secs(t + 3);
+    let arrived = Millis::now();
+    assert!(arrived.0 - deadline.0 < 10_000, "released within 10 s of the deadline");
+    assert!(take_events(&stack.ns, "human_chat", 1, 2 * SECS).await.is_empty(), "exactly once across two workers");
+    stack.stop().await;
+}
+
+use coexist::time::Millis;
+
+#[tokio::test]
+async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_replay_time() {
+    let stack = Stack::start("poison", 1, &[]).await;
+    let t = t0();
+    // Corrupt the conversation's state: every decision about it fails until it is repaired.
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let state_key = format!("{}:{{{PNID}:{ANA}}}:state", stack.ns);
+    let _: () = redis.set(&state_key, "{not json").await.unwrap();
+    assert_eq!(stack.post(&customer_text(ANA, "wamid.PO1", t, "¿hay envío?")).await, 200);
+    let topology = Topology::new(&stack.ns, 4);
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        entries = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(entries.len(), 1, "dead-lettered after its attempts");
+    assert_eq!(entries[0].stage, "worker");
+    assert!(entries[0].reason.contains("cannot be read"), "{:?}", entries[0]);
+    assert_eq!(entries[0].attempts, 5);
+    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(), "nothing reached the bot");
+    // Repair, then a human takes the conversation before the replay.
+    let _: () = redis.del(&state_key).await.unwrap();
+    assert_eq!(stack.post(&echo_text(ANA, "wamid.PO2", t + 1, "te atiendo")).await, 200);
+    assert_eq!(take_events(&stack.ns, "human_chat", 2, 10 * SECS).await.len(), 2);
+    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None).await.unwrap();
+    assert_eq!(replayed, coexist::dlq::Replayed { replayed: 1, units: 1, parked_again: 0 });
+    let human = take_events(&stack.ns, "human_chat", 1, 10 * SECS).await;
+    assert_eq!(human.len(), 1);
+    assert_eq!(human[0].kind, "message.received", "decided against the state at replay time: paused");
+    assert_eq!(human[0].body["message"]["text"], json!("¿hay envío?"));
+    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty());
+    assert!(coexist::dlq::list(&amqp_url(), &topology).await.unwrap().is_empty());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_holds_items_back_until_it_returns() {
+    let proxy = TcpProxy::start("127.0.0.1:6379").await;
+    let redis_via_proxy = format!("redis://{}", proxy.addr);
+    let stack = Stack::start("redisdown", 1, &[("COEXIST_REDIS_URL", &redis_via_proxy)]).await;
+    let t = t0();
+    proxy.cut();
+    for i in 0..5 {
+        assert_eq!(stack.post(&customer_text(ANA, &format!("wamid.RD{i}"), t, &i.to_string())).await, 200, "the ingress needs no Redis");
+    }
+    assert!(take_events(&stack.ns, "bot", 1, 3 * SECS).await.is_empty(), "no state, nothing to the AI agent");
+    proxy.restore().await;
+    let got = take_events(&stack.ns, "bot", 5, 30 * SECS).await;
+    let texts: Vec<&str> = got.iter().map(|e| e.body["message"]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["0", "1", "2", "3", "4"], "all of them, in order, once Redis is back");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let stack = Stack::start("brokerdrop", 1, &[("COEXIST_AMQP_URL", &via_proxy)]).await;
+    let t = t0();
+    let total = 60;
+    let poster = {
+        let addr = stack.ingress.addr;
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            for i in 0..total {
+                let body = customer_text(&format!("52155599{:05}", i % 6), &format!("wamid.BD{i}"), t, &i.to_string());
+                let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+                // Meta retries until it gets a 200.
+                loop {
+                    let status = http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig.clone())], body.as_bytes()).await.0;
+                    if status == 200 {
+                        accepted += 1;
+                        break;
+                    }
+                    assert_eq!(status, 503, "unavailable, never an error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore().await;
+    assert_eq!(poster.await.unwrap(), total);
+    let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
+    eprintln!("{total} events, {copies} copies on the wire");
+    let ids: HashSet<String> = got.iter().map(|e| e.body["message"]["id"].as_str().unwrap().to_owned()).collect();
+    if ids.len() != total {
+        let missing: Vec<String> = (0..total).map(|i| format!("wamid.BD{i}")).filter(|id| !ids.contains(id)).collect();
+        let queues = std::process::Command::new("rabbitmqctl").args(["list_queues", "name", "messages", "messages_unacknowledged", "consumers"]).output();
+        let queues = queues.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&stack.ns)).collect::<Vec<_>>().join("\n")).unwrap_or_default();
+        panic!("missing {missing:?}; owned {:?}; queues:\n{queues}", stack.workers[0].owned());
+    }
+    // Per conversation, in order.
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in &got {
+        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
+        let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
+        assert!(last.get(&c).is_none_or(|prev| *prev < n), "{c}: {n} after {:?}", last.get(&c));
+        last.insert(c, n);
+    }
+    stack.stop().await;
+}
