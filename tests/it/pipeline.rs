@@ -315,3 +315,88 @@ async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
     }
     stack.stop().await;
 }
+
+/// A `coexist worker` process.
+fn spawn_worker(config_ns: &str, extra: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"));
+    cmd.arg("worker")
+        .env_clear()
+        .env("COEXIST_NAMESPACE", config_ns)
+        .env("COEXIST_AMQP_URL", amqp_url())
+        .env("COEXIST_REDIS_URL", redis_url())
+        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("COEXIST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_load_loses_nothing() {
+    // Ingress in this process, two workers as processes.
+    let stack = Stack::start("kill9", 0, &[("COEXIST_PARTITIONS", "6")]).await;
+    let env = [("COEXIST_PARTITIONS", "6")];
+    let mut a = spawn_worker(&stack.ns, &env);
+    let mut b = spawn_worker(&stack.ns, &env);
+    let t = t0();
+    let total = 300;
+    let poster = {
+        let addr = stack.ingress.addr;
+        tokio::spawn(async move {
+            for i in 0..total {
+                let body = customer_text(&format!("52155566{:05}", i % 25), &format!("wamid.K{i}"), t, &i.to_string());
+                let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+                assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Let both take their partitions and start working, then kill one without warning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill().unwrap(); // SIGKILL
+    let _ = a.wait();
+    poster.await.unwrap();
+    // The survivor takes over the dead worker's partitions (membership expiry ~10 s).
+    let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
+    eprintln!("{} distinct events, {copies} copies", got.len());
+    let ids: HashSet<String> = got.iter().map(|e| e.body["message"]["id"].as_str().unwrap().to_owned()).collect();
+    let missing: Vec<usize> = (0..total).filter(|i| !ids.contains(&format!("wamid.K{i}"))).collect();
+    assert!(missing.is_empty(), "every accepted webhook's event: missing {missing:?}");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in &got {
+        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
+        let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
+        assert!(last.get(&c).is_none_or(|prev| *prev < n), "{c}: {n} after {:?}", last.get(&c));
+        last.insert(c, n);
+    }
+    b.kill().unwrap();
+    let _ = b.wait();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_worker_within_ten_seconds() {
+    let stack = Stack::start("sigterm", 0, &[]).await;
+    let mut w = spawn_worker(&stack.ns, &[("COEXIST_PARTITIONS", "4")]);
+    let t = t0();
+    for i in 0..20 {
+        assert_eq!(stack.post(&customer_text(ANA, &format!("wamid.TERM{i}"), t, &i.to_string())).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let _ = std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status();
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "exits within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "a clean exit");
+    let (got, _) = take_distinct(&stack.ns, "bot", 20, 10 * SECS).await;
+    assert_eq!(got.len(), 20, "what it held was finished or handed back");
+    stack.stop().await;
+}
