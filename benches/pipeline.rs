@@ -189,6 +189,15 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// (busy, total) jiffies of all cores, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -258,6 +267,7 @@ fn main() {
         // Half the maximum rate, paced.
         let rate = end_to_end / 2.0;
         let before = latency_buckets(&admins).await;
+        let cpu_before = cpu_jiffies();
         let n_half = (rate * half_secs as f64) as usize;
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let pace_start = Instant::now();
@@ -283,6 +293,8 @@ fn main() {
             t.await.unwrap();
         }
         assert!(wait_for(&arrivals, max_n + n_half, Duration::from_secs(60)).await);
+        let cpu_after = cpu_jiffies();
+        let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
         let after = latency_buckets(&admins).await;
         let mut lat: Vec<Duration> = {
             let arrivals = arrivals.lock().unwrap();
@@ -295,7 +307,7 @@ fn main() {
         println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
         println!("  end to end at maximum rate ({clients} keep-alive clients)                {:>9.0} webhooks/s ({max_n} webhooks, all accepted in {:.1} s)", end_to_end, accepted_in.as_secs_f64());
         println!("  end to end / ceiling                                                 {:>8.0} %    (goal: at least 40 %)", end_to_end / ceiling * 100.0);
-        println!("  at half that rate ({rate:.0}/s for {half_secs} s, {n_half} webhooks):");
+        println!("  at half that rate ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
         println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
         for (i, (hwm, rss)) in mem.iter().enumerate() {

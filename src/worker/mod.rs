@@ -5,8 +5,9 @@
 //! - **Effectively once.** An item's outcome is committed to Redis with its events before they
 //!   are published; killed anywhere after that, the redelivery finds them and publishes the same
 //!   events (same ids) instead of deciding again. Once published, a redelivery yields nothing.
-//! - **Order.** A partition's deliveries are handled one at a time, and a partition has one
-//!   active consumer (single-active-consumer queues); a conversation always maps to one partition.
+//! - **Order.** A conversation always maps to one partition, a partition has one active consumer
+//!   (single-active-consumer queues), and within it each conversation has a lane: its deliveries
+//!   are handled one after the other, while other conversations' run side by side.
 //! - **Failures.** Transient ones (Redis or RabbitMQ unreachable) are retried with backoff for as
 //!   long as they last: the item waits, and nothing reaches the AI agent meanwhile. An item that
 //!   keeps failing otherwise is dead-lettered to `{ns}.dead` with headers naming the error.
@@ -19,7 +20,7 @@
 
 pub mod membership;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use crate::unit::{Unit, VERSION};
 use membership::Membership;
 
 /// Deliveries a partition consumer holds ahead of the one it works on.
-const PREFETCH: u16 = 64;
+const PREFETCH: u16 = 16;
 /// Attempts at an item failing for a reason other than an unreachable server before it is
 /// dead-lettered.
 const MAX_ATTEMPTS: u32 = 5;
@@ -232,36 +233,97 @@ async fn consume(shared: Arc<Shared>, partition: u16, conn: Arc<Connection>, sto
     }
 }
 
-async fn consume_inner(shared: &Shared, partition: u16, conn: &Connection, stop: &Shutdown) -> Result<(), lapin::Error> {
+async fn consume_inner(shared: &Arc<Shared>, partition: u16, conn: &Connection, stop: &Shutdown) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let tag = format!("{}-p{partition}", shared.id);
     let queue = shared.topology.partition_queue(partition);
     let mut consumer = ch.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     tracing::info!(partition, "consuming");
+    // One lane per conversation: a conversation's deliveries are handled one after the other, in
+    // the order the partition delivered them; different conversations run side by side.
+    let lanes: Arc<std::sync::Mutex<HashMap<String, VecDeque<lapin::message::Delivery>>>> = Arc::default();
+    let halted = Arc::new(AtomicBool::new(false));
+    let mut running = tokio::task::JoinSet::new();
     let result = loop {
         let next = tokio::select! {
             d = consumer.next() => d,
             _ = stop.wait() => break Ok(()),
             _ = shared.shutdown.wait() => break Ok(()),
+            Some(Ok(Err(e))) = running.join_next(), if !running.is_empty() => break Err(e),
         };
+        if halted.load(Ordering::SeqCst) {
+            break Ok(());
+        }
         match next {
             None => break Ok(()),
             Some(Err(e)) => break Err(e),
             Some(Ok(delivery)) => {
-                if !shared.handle(partition, &delivery.data).await {
-                    break Ok(()); // shut down mid-item: left unacknowledged, it is delivered again
-                }
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    break Err(e);
+                let lane = lane_of(&delivery.data);
+                let mut map = lanes.lock().expect("lanes");
+                match map.get_mut(&lane) {
+                    Some(waiting) => waiting.push_back(delivery),
+                    None => {
+                        map.insert(lane.clone(), VecDeque::new());
+                        running.spawn(run_lane(shared.clone(), partition, lane, delivery, lanes.clone(), halted.clone()));
+                    }
                 }
             }
         }
     };
-    // Whatever was delivered but not handled goes back to the queue with the channel.
+    // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
+    // unacknowledged and go back to the queue with the channel, in order.
+    halted.store(true, Ordering::SeqCst);
     let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    let mut result = result;
+    while let Some(joined) = running.join_next().await {
+        if let Ok(Err(e)) = joined {
+            result = result.and(Err(e));
+        }
+    }
     let _ = ch.close(200, "partition released".into()).await;
     result
+}
+
+/// The conversation a delivery belongs to (its lane), read without decoding the items.
+fn lane_of(data: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        scope: String,
+    }
+    serde_json::from_slice::<Head>(data).map(|h| h.scope).unwrap_or_default()
+}
+
+/// Handles a conversation's deliveries in order until none is waiting, or the partition halts.
+async fn run_lane(
+    shared: Arc<Shared>,
+    partition: u16,
+    lane: String,
+    first: lapin::message::Delivery,
+    lanes: Arc<std::sync::Mutex<HashMap<String, VecDeque<lapin::message::Delivery>>>>,
+    halted: Arc<AtomicBool>,
+) -> Result<(), lapin::Error> {
+    let mut delivery = first;
+    loop {
+        if !shared.handle(partition, &delivery.data).await {
+            // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
+            halted.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            halted.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        let mut map = lanes.lock().expect("lanes");
+        let next = if halted.load(Ordering::SeqCst) { None } else { map.get_mut(&lane).and_then(VecDeque::pop_front) };
+        match next {
+            Some(d) => delivery = d,
+            None => {
+                map.remove(&lane);
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn transient(e: &HandleError) -> bool {
