@@ -198,6 +198,22 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Pids of the local servers, by process name.
+fn server_pids(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).filter(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+    }).collect()
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -268,6 +284,12 @@ fn main() {
         let rate = end_to_end / 2.0;
         let before = latency_buckets(&admins).await;
         let cpu_before = cpu_jiffies();
+        let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![ingress.id()])];
+        procs.extend(workers.iter().enumerate().map(|(i, w)| (format!("worker {i}"), vec![w.id()])));
+        procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
+        procs.push(("redis-server".into(), server_pids("redis-server")));
+        procs.push(("this benchmark".into(), vec![std::process::id()]));
+        let proc_before: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
         let n_half = (rate * half_secs as f64) as usize;
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let pace_start = Instant::now();
@@ -294,6 +316,7 @@ fn main() {
         }
         assert!(wait_for(&arrivals, max_n + n_half, Duration::from_secs(60)).await);
         let cpu_after = cpu_jiffies();
+        let proc_after: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
         let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
         let after = latency_buckets(&admins).await;
         let mut lat: Vec<Duration> = {
@@ -310,6 +333,10 @@ fn main() {
         println!("  at half that rate ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
         println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
+        let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;
+        for ((name, _), (b, a)) in procs.iter().zip(proc_before.iter().zip(&proc_after)) {
+            println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", a - b, per_k(a - b));
+        }
         for (i, (hwm, rss)) in mem.iter().enumerate() {
             println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);
         }
