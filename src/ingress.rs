@@ -206,9 +206,21 @@ pub struct Running {
 pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io::Result<Running> {
     crate::metrics::handle(); // the recorder must exist before the first count
     let topology = Topology::new(&config.namespace, config.partitions);
-    let link = Link::spawn(config.amqp_url.expose().to_owned(), "coexist-ingress".into(), topology, shutdown.clone());
+    // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
+    let (link_trigger, link_shutdown) = crate::retry::Shutdown::new();
+    let link = Link::spawn(config.amqp_url.expose().to_owned(), "coexist-ingress".into(), topology, link_shutdown);
     let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);
-    let (addr, server) = crate::http::serve(config.listen, router, shutdown).await?;
+    let (addr, http) = match crate::http::serve(config.listen, router, shutdown).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            link_trigger.trigger();
+            return Err(e);
+        }
+    };
+    let server = tokio::spawn(async move {
+        let _ = http.await;
+        link_trigger.trigger();
+    });
     tracing::info!(%addr, "ingress listening");
     Ok(Running { addr, link, server })
 }

@@ -115,12 +115,18 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
         }
     });
     let shutdown = own;
-    let link = Link::spawn(config.amqp_url.expose().to_owned(), format!("coexist-worker-{id}"), topology.clone(), shutdown.clone());
+    // The link outlives the work: it closes only after every lane has finished and acknowledged
+    // what it held (closing it first would send that work back to be delivered again).
+    let (link_trigger, link_shutdown) = Shutdown::new();
+    let link = Link::spawn(config.amqp_url.expose().to_owned(), format!("coexist-worker-{id}"), topology.clone(), link_shutdown);
     let redis_url = config.redis_url.expose().to_owned();
     let ns = config.namespace.clone();
     let store = until_ok("connecting to Redis", &shutdown, |_, _| false, || RedisStore::connect(&redis_url, &ns))
         .await
-        .map_err(|(e, _)| std::io::Error::other(format!("Redis: {e}")))?;
+        .map_err(|(e, _)| {
+            link_trigger.trigger();
+            std::io::Error::other(format!("Redis: {e}"))
+        })?;
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
@@ -141,6 +147,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
     let done = tokio::spawn(async move {
         let _ = manager.await;
         let _ = sweeper.await;
+        link_trigger.trigger();
         let _ = admin.await;
     });
     tracing::info!(worker = %id, admin = %admin_addr, "worker started");

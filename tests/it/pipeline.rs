@@ -340,7 +340,8 @@ async fn a_worker_killed_mid_load_loses_nothing() {
     let stack = Stack::start("kill9", 0, &[("COEXIST_PARTITIONS", "6")]).await;
     let env = [("COEXIST_PARTITIONS", "6")];
     let mut a = spawn_worker(&stack.ns, &env);
-    let mut b = spawn_worker(&stack.ns, &env);
+    let b_admin = free_addr();
+    let mut b = spawn_worker(&stack.ns, &[env[0], ("COEXIST_ADMIN_LISTEN", &b_admin.to_string())]);
     let t = t0();
     let total = 300;
     let poster = {
@@ -358,6 +359,16 @@ async fn a_worker_killed_mid_load_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.kill().unwrap(); // SIGKILL
     let _ = a.wait();
+    let killed_at = std::time::Instant::now();
+    loop {
+        let (_, metrics) = http(b_admin, "GET", "/metrics", &[], b"").await;
+        if metrics.lines().any(|l| l.trim() == "coexist_partitions_owned 6") {
+            break;
+        }
+        assert!(killed_at.elapsed() < 30 * SECS, "the survivor takes the dead worker's partitions within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("survivor owns every partition {:?} after the kill", killed_at.elapsed());
     poster.await.unwrap();
     // The survivor takes over the dead worker's partitions (membership expiry ~10 s).
     let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
@@ -399,4 +410,57 @@ async fn sigterm_stops_a_worker_within_ten_seconds() {
     let (got, _) = take_distinct(&stack.ns, "bot", 20, 10 * SECS).await;
     assert_eq!(got.len(), 20, "what it held was finished or handed back");
     stack.stop().await;
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn serve_runs_ingress_and_worker_in_one_process() {
+    let ns = unique_ns("serve");
+    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let listen = free_addr();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+        .arg("serve")
+        .env_clear()
+        .env("COEXIST_NAMESPACE", &ns)
+        .env("COEXIST_APP_SECRET", SECRET)
+        .env("COEXIST_PARTITIONS", "2")
+        .env("COEXIST_LISTEN", listen.to_string())
+        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("COEXIST_AMQP_URL", amqp_url())
+        .env("COEXIST_REDIS_URL", redis_url())
+        .env("COEXIST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while http_ready(listen).await.is_none() {
+        assert!(started.elapsed() < 10 * SECS, "serve comes up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = t0();
+    for body in [customer_text(ANA, "wamid.SV1", t, "Hola"), echo_text(ANA, "wamid.SV2", t + 1, "te atiendo")] {
+        let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+        assert_eq!(http(listen, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+    }
+    let (bot, _) = take_distinct(&ns, "bot", 2, 15 * SECS).await;
+    let kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["message.received", "session.paused"]);
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let stopping = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopping.elapsed() < 10 * SECS, "stops within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `Some` once the ingress answers `/readyz` with 200.
+async fn http_ready(addr: std::net::SocketAddr) -> Option<()> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    (http(addr, "GET", "/readyz", &[], b"").await.0 == 200).then_some(())
 }
