@@ -25,7 +25,9 @@ fn main() {
     let n = if full { 400_000 } else { 2_000 };
     let bodies: Vec<Vec<u8>> = (0..n).map(body).collect();
     let bytes: usize = bodies.iter().map(Vec::len).sum();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
 
     // 1. Parse only.
     let start = Instant::now();
@@ -41,7 +43,12 @@ fn main() {
     let mut out_bytes = 0usize;
     for b in &bodies {
         for item in parse_body(b).unwrap() {
-            let d = decide(&State::default(), &Input::Item(&item), Millis::from_secs(1_764_000_000), &rules);
+            let d = decide(
+                &State::default(),
+                &Input::Item(&item),
+                Millis::from_secs(1_764_000_000),
+                &rules,
+            );
             for e in &d.events {
                 out_bytes += serde_json::to_vec(e).unwrap().len();
             }
@@ -56,7 +63,13 @@ fn main() {
     rt.block_on(async {
         for (i, b) in bodies.iter().enumerate() {
             for item in parse_body(b).unwrap() {
-                let applied = engine.apply(&Input::Item(&item), Millis::from_secs(1_764_000_000 + (i / 100) as i64)).await.unwrap();
+                let applied = engine
+                    .apply(
+                        &Input::Item(&item),
+                        Millis::from_secs(1_764_000_000 + (i / 100) as i64),
+                    )
+                    .await
+                    .unwrap();
                 events += applied.events.len();
                 engine.acknowledge(&applied).await.unwrap();
             }
@@ -66,10 +79,23 @@ fn main() {
     assert_eq!(events, items, "one event per customer message");
 
     let rate = |d: std::time::Duration| items as f64 / d.as_secs_f64();
-    println!("engine benchmark: {items} single-text-message bodies ({} bytes each on average), one core", bytes / n);
-    println!("  parse only                          {:>10.0} items/s", rate(parse));
-    println!("  parse + decide + serialise (pure)   {:>10.0} items/s  ({} bytes of events)", rate(pure), out_bytes);
-    println!("  parse + engine over memory store    {:>10.0} items/s  (goal: 150000)", rate(full_path));
+    println!(
+        "engine benchmark: {items} single-text-message bodies ({} bytes each on average), one core",
+        bytes / n
+    );
+    println!(
+        "  parse only                          {:>10.0} items/s",
+        rate(parse)
+    );
+    println!(
+        "  parse + decide + serialise (pure)   {:>10.0} items/s  ({} bytes of events)",
+        rate(pure),
+        out_bytes
+    );
+    println!(
+        "  parse + engine over memory store    {:>10.0} items/s  (goal: 150000)",
+        rate(full_path)
+    );
     if !full {
         println!("  (smoke round; `cargo bench --bench engine` for the real figures)");
     }

@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,16 +29,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &str = "bench-secret";
 
 fn amqp_url() -> String {
-    std::env::var("COEXIST_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("COEXIST_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn body(i: usize, ts: i64) -> String {
     let customer = 5_215_540_000_000u64 + (i % 2000) as u64;
-    format!(r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"5215550009999","phone_number_id":"410000000000088"}},"contacts":[{{"profile":{{"name":"Cliente"}},"wa_id":"{customer}"}}],"messages":[{{"from":"{customer}","id":"wamid.P{i}","timestamp":"{ts}","type":"text","text":{{"body":"Hola, ¿tienen envío hoy? {i}"}}}}]}}}}]}}]}}"#)
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"5215550009999","phone_number_id":"410000000000088"}},"contacts":[{{"profile":{{"name":"Cliente"}},"wa_id":"{customer}"}}],"messages":[{{"from":"{customer}","id":"wamid.P{i}","timestamp":"{ts}","type":"text","text":{{"body":"Hola, ¿tienen envío hoy? {i}"}}}}]}}}}]}}]}}"#
+    )
 }
 
 /// A keep-alive HTTP/1.1 client on one connection.
@@ -48,7 +58,10 @@ impl Client {
     async fn connect(addr: SocketAddr) -> Client {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::with_capacity(4096) }
+        Client {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     async fn post(&mut self, body: &str) -> u16 {
@@ -63,9 +76,20 @@ impl Client {
             self.buf.extend_from_slice(&chunk[..n]);
             let text = String::from_utf8_lossy(&self.buf);
             if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
                 if rest.len() >= len {
-                    return head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    return head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
                 }
             }
         }
@@ -74,20 +98,49 @@ impl Client {
 
 fn quorum() -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(b"quorum".to_vec())));
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
     t
 }
 
 /// Persistent messages with confirms into a quorum queue, consumed with acks: messages/s.
 async fn broker_ceiling(n: usize) -> f64 {
-    let conn = coexist::broker::connect(&amqp_url(), "bench-ceiling").await.unwrap();
+    let conn = coexist::broker::connect(&amqp_url(), "bench-ceiling")
+        .await
+        .unwrap();
     let queue = format!("bench-ceiling-{}", std::process::id());
     let pub_ch = conn.create_channel().await.unwrap();
-    pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, quorum()).await.unwrap();
-    pub_ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    pub_ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum(),
+        )
+        .await
+        .unwrap();
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let sub_ch = conn.create_channel().await.unwrap();
-    sub_ch.basic_qos(256, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = sub_ch.basic_consume(queue.as_str().into(), "ceiling".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    sub_ch
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = sub_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let payload = vec![b'x'; 600];
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
@@ -101,7 +154,13 @@ async fn broker_ceiling(n: usize) -> f64 {
     let mut window = Vec::with_capacity(256);
     for _ in 0..n {
         let c = pub_ch
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &payload, BasicProperties::default().with_delivery_mode(2))
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
             .await
             .unwrap();
         window.push(c);
@@ -116,17 +175,34 @@ async fn broker_ceiling(n: usize) -> f64 {
     }
     consuming.await.unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = pub_ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     let _ = conn.close(200, "done".into()).await;
     rate
 }
 
 /// Collects event arrival instants by message id from `{ns}.bot.events`.
 async fn collect_events(ns: String, arrivals: Arc<Mutex<HashMap<String, Instant>>>) {
-    let conn = coexist::broker::connect(&amqp_url(), "bench-events").await.unwrap();
+    let conn = coexist::broker::connect(&amqp_url(), "bench-events")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = ch.basic_consume(format!("{ns}.bot.events").as_str().into(), "bench".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            format!("{ns}.bot.events").as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     while let Some(Ok(d)) = consumer.next().await {
         let now = Instant::now();
         let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
@@ -152,12 +228,25 @@ async fn latency_buckets(admins: &[SocketAddr]) -> Vec<(f64, u64)> {
     let mut sum: Vec<(f64, u64)> = Vec::new();
     for a in admins {
         let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
-        for line in text.lines().filter(|l| l.starts_with("coexist_accept_to_confirm_seconds_bucket")) {
-            let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("+Inf");
-            let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("coexist_accept_to_confirm_seconds_bucket"))
+        {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("+Inf");
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
             let count: u64 = line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64;
             match sum.iter_mut().find(|(b, _)| *b == le) {
                 Some(e) => e.1 += count,
@@ -170,7 +259,15 @@ async fn latency_buckets(admins: &[SocketAddr]) -> Vec<(f64, u64)> {
 }
 
 fn quantile_bucket(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> String {
-    let diff: Vec<(f64, u64)> = after.iter().map(|(le, c)| (*le, c - before.iter().find(|(b, _)| b == le).map_or(0, |x| x.1))).collect();
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, c)| {
+            (
+                *le,
+                c - before.iter().find(|(b, _)| b == le).map_or(0, |x| x.1),
+            )
+        })
+        .collect();
     let total = diff.last().map_or(0, |x| x.1);
     if total == 0 {
         return "no samples".into();
@@ -186,13 +283,21 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64()
+        * 1000.0
 }
 
 /// (busy, total) jiffies of all cores, from /proc/stat.
 fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)
@@ -203,26 +308,44 @@ fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
 /// Pids of the local servers, by process name.
 fn server_pids(name: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).filter(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
-    }).collect()
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     (field("VmHWM:"), field("VmRSS:"))
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (ceiling_n, max_n, half_secs) = if full { (30_000, 20_000, 20) } else { (500, 200, 2) };
+    let (ceiling_n, max_n, half_secs) = if full {
+        (30_000, 20_000, 20)
+    } else {
+        (500, 200, 2)
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let ceiling = broker_ceiling(ceiling_n).await;

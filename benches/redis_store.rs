@@ -26,12 +26,18 @@ fn body(conv: usize, i: usize, ts: i64) -> Vec<u8> {
 }
 
 fn redis_benchmark(n: usize) -> String {
-    match std::process::Command::new("redis-benchmark").args(["-t", "set", "-c", "64", "-q", "-n", &n.to_string()]).output() {
+    match std::process::Command::new("redis-benchmark")
+        .args(["-t", "set", "-c", "64", "-q", "-n", &n.to_string()])
+        .output()
+    {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
             text.rsplit('\r').next().unwrap_or(&text).trim().to_owned()
         }
-        Ok(o) => format!("redis-benchmark failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => format!(
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(e) => format!("redis-benchmark not available: {e}"),
     }
 }
@@ -39,13 +45,22 @@ fn redis_benchmark(n: usize) -> String {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let per_conv = if full { 1_600 } else { 20 };
-    let url = std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url =
+        std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let ns = format!("bench-{}-{}", std::process::id(), Millis::now().0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = Millis::now().0 / 1000;
     let (items, elapsed, events) = rt.block_on(async {
-        let store = RedisStore::connect(&url, &ns).await.expect("Redis on 127.0.0.1:6379");
-        let engine = Arc::new(Engine::new(store, Arc::new(RuleBook { default: Rules::default(), numbers: Default::default() })));
+        let store = RedisStore::connect(&url, &ns)
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        let engine = Arc::new(Engine::new(
+            store,
+            Arc::new(RuleBook {
+                default: Rules::default(),
+                numbers: Default::default(),
+            }),
+        ));
         let start = Instant::now();
         let tasks: Vec<_> = (0..IN_FLIGHT)
             .map(|conv| {
@@ -55,7 +70,10 @@ fn main() {
                     for i in 0..per_conv {
                         let b = body(conv, i, t);
                         for item in parse_body(&b).unwrap() {
-                            let applied = engine.apply(&Input::Item(&item), Millis::from_secs(t)).await.unwrap();
+                            let applied = engine
+                                .apply(&Input::Item(&item), Millis::from_secs(t))
+                                .await
+                                .unwrap();
                             events += applied.events.len();
                             engine.acknowledge(&applied).await.unwrap();
                         }
@@ -71,15 +89,26 @@ fn main() {
         let elapsed = start.elapsed();
         // Clean the namespace.
         let mut conn = engine.store().connection();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{ns}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         for chunk in keys.chunks(1000) {
-            let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+            let _: i64 = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
         (IN_FLIGHT * per_conv, elapsed, events)
     });
     let reference = redis_benchmark(if full { 200_000 } else { 2_000 });
     println!("redis store benchmark: {items} items ({IN_FLIGHT} conversations in flight, 1 echo per 50 items), {events} events");
-    println!("  engine over Redis store             {:>10.0} items/s  (goal: 30000)", items as f64 / elapsed.as_secs_f64());
+    println!(
+        "  engine over Redis store             {:>10.0} items/s  (goal: 30000)",
+        items as f64 / elapsed.as_secs_f64()
+    );
     println!("  redis-benchmark -t set -c 64 -q     {reference}");
     println!("  (each item is one MGET and one EVALSHA commit, plus a SET on acknowledgement)");
     if !full {

@@ -9,7 +9,10 @@
 //! | `{ns}.bot.events`, `{ns}.human_chat.events` | quorum queues bound with `#` | default queues, so nothing is dropped before a consumer exists |
 
 use futures_util::future::try_join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -41,8 +44,13 @@ pub enum Error {
     NotConnected,
     #[error("the broker refused a message (nack)")]
     Nack,
-    #[error("the broker returned an unroutable message: exchange {exchange}, routing key {routing_key}")]
-    Returned { exchange: String, routing_key: String },
+    #[error(
+        "the broker returned an unroutable message: exchange {exchange}, routing key {routing_key}"
+    )]
+    Returned {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,7 +64,10 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(ns: &str, partitions: u16) -> Self {
-        Topology { ns: ns.to_owned(), partitions }
+        Topology {
+            ns: ns.to_owned(),
+            partitions,
+        }
     }
     pub fn inbound_exchange(&self) -> String {
         format!("{}.inbound", self.ns)
@@ -87,34 +98,85 @@ impl Topology {
 
     /// Declares everything (idempotent: the same arguments every time).
     pub async fn declare(&self, ch: &Channel) -> Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(self.inbound_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-        ch.exchange_declare(self.dead().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.inbound_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
         self.queue(ch, &self.dead(), quorum()).await?;
-        ch.queue_bind(self.dead().into(), self.dead().into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind(
+            self.dead().into(),
+            self.dead().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         for i in 0..self.partitions {
             let mut args = quorum();
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
             args.insert("x-dead-letter-exchange".into(), long(&self.dead()));
             args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             args.insert("x-overflow".into(), long("reject-publish"));
             let q = self.partition_queue(i);
             self.queue(ch, &q, args).await?;
-            ch.queue_bind(q.into(), self.inbound_exchange().into(), i.to_string().into(), QueueBindOptions::default(), FieldTable::default())
-                .await?;
+            ch.queue_bind(
+                q.into(),
+                self.inbound_exchange().into(),
+                i.to_string().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         }
         for e in [Exchange::Bot, Exchange::HumanChat] {
-            ch.exchange_declare(self.exchange(e).into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+            ch.exchange_declare(
+                self.exchange(e).into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
             self.queue(ch, &self.default_queue(e), quorum()).await?;
-            ch.queue_bind(self.default_queue(e).into(), self.exchange(e).into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-                .await?;
+            ch.queue_bind(
+                self.default_queue(e).into(),
+                self.exchange(e).into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn queue(&self, ch: &Channel, name: &str, args: FieldTable) -> Result<()> {
-        ch.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -163,7 +225,15 @@ impl Outgoing {
     }
 
     /// A dead letter: the bytes as they came, the reason and where it failed.
-    pub fn dead_letter(topology: &Topology, body: Vec<u8>, kind: &str, message_id: Option<&str>, reason: &str, stage: &str, attempts: i64) -> Self {
+    pub fn dead_letter(
+        topology: &Topology,
+        body: Vec<u8>,
+        kind: &str,
+        message_id: Option<&str>,
+        reason: &str,
+        stage: &str,
+        attempts: i64,
+    ) -> Self {
         let mut headers = FieldTable::default();
         headers.insert(REASON_HEADER.into(), long(reason));
         headers.insert(STAGE_HEADER.into(), long(stage));
@@ -176,7 +246,12 @@ impl Outgoing {
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }
-        Outgoing { exchange: topology.dead(), routing_key: String::new(), body, properties }
+        Outgoing {
+            exchange: topology.dead(),
+            routing_key: String::new(),
+            body,
+            properties,
+        }
     }
 }
 
@@ -190,7 +265,9 @@ impl Publisher {
     /// Opens a channel in confirm mode.
     pub async fn open(conn: &Connection) -> Result<Self> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Publisher { channel })
     }
 
@@ -208,7 +285,10 @@ impl Publisher {
                 .basic_publish(
                     ShortString::from(m.exchange.as_str()),
                     ShortString::from(m.routing_key.as_str()),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &m.body,
                     m.properties.clone(),
                 )
@@ -221,29 +301,13 @@ impl Publisher {
                 return Err(Error::Nack);
             }
             if confirmation.take_message().is_some() {
-                return Err(Error::Returned { exchange: m.exchange.clone(), routing_key: m.routing_key.clone() });
+                return Err(Error::Returned {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                });
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_are_stable_and_spread() {
-        let t = Topology::new("coexist", 16);
-        let scope = Scope::parse("410000000000088:5215551230001").unwrap();
-        assert_eq!(t.partition_of(&scope), t.partition_of(&scope.clone()));
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..200 {
-            seen.insert(t.partition_of(&Scope::parse(&format!("410:52155512{i:05}")).unwrap()));
-        }
-        assert_eq!(seen.len(), 16, "200 customers cover all 16 partitions");
-        // Pinned: a changed hash would move every conversation (and break their order).
-        assert_eq!(t.partition_of(&scope), 6, "FNV-1a, checked independently");
     }
 }
 
@@ -258,7 +322,12 @@ pub struct Link {
 
 impl Link {
     /// Starts the link; it keeps reconnecting until `shutdown`.
-    pub fn spawn(url: String, name: String, topology: Topology, shutdown: crate::retry::Shutdown) -> std::sync::Arc<Self> {
+    pub fn spawn(
+        url: String,
+        name: String,
+        topology: Topology,
+        shutdown: crate::retry::Shutdown,
+    ) -> std::sync::Arc<Self> {
         let link = std::sync::Arc::new(Link {
             current: Default::default(),
             broken: Default::default(),
@@ -267,19 +336,27 @@ impl Link {
         let me = link.clone();
         tokio::spawn(async move {
             while !shutdown.is_triggered() {
-                let attempt = crate::retry::until_ok("connecting to RabbitMQ", &shutdown, |_, _| false, || async {
-                    let conn = connect(&url, &name).await?;
-                    let ch = conn.create_channel().await?;
-                    topology.declare(&ch).await?;
-                    let _ = ch.close(200, "declared".into()).await;
-                    let publisher = Publisher::open(&conn).await?;
-                    Ok::<_, Error>((conn, publisher))
-                })
+                let attempt = crate::retry::until_ok(
+                    "connecting to RabbitMQ",
+                    &shutdown,
+                    |_, _| false,
+                    || async {
+                        let conn = connect(&url, &name).await?;
+                        let ch = conn.create_channel().await?;
+                        topology.declare(&ch).await?;
+                        let _ = ch.close(200, "declared".into()).await;
+                        let publisher = Publisher::open(&conn).await?;
+                        Ok::<_, Error>((conn, publisher))
+                    },
+                )
                 .await;
-                let Ok((conn, publisher)) = attempt else { break };
+                let Ok((conn, publisher)) = attempt else {
+                    break;
+                };
                 tracing::info!(connection = %name, "connected to RabbitMQ");
                 *me.current.write().await = Some((std::sync::Arc::new(conn), publisher));
-                me.connected.store(true, std::sync::atomic::Ordering::SeqCst);
+                me.connected
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 // Hold it until a caller reports a failure or the connection drops.
                 loop {
                     tokio::select! {
@@ -287,12 +364,15 @@ impl Link {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
                         _ = shutdown.wait() => {}
                     }
-                    let alive = me.current.read().await.as_ref().is_some_and(|(c, p)| c.status().connected() && p.channel().status().connected());
+                    let alive = me.current.read().await.as_ref().is_some_and(|(c, p)| {
+                        c.status().connected() && p.channel().status().connected()
+                    });
                     if !alive || shutdown.is_triggered() {
                         break;
                     }
                 }
-                me.connected.store(false, std::sync::atomic::Ordering::SeqCst);
+                me.connected
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 if let Some((conn, _)) = me.current.write().await.take() {
                     let _ = conn.close(200, "reconnecting".into()).await;
                 }
@@ -321,5 +401,24 @@ impl Link {
     /// Reports a failure: the link checks the connection at once.
     pub fn report_failure(&self) {
         self.broken.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let t = Topology::new("coexist", 16);
+        let scope = Scope::parse("410000000000088:5215551230001").unwrap();
+        assert_eq!(t.partition_of(&scope), t.partition_of(&scope.clone()));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            seen.insert(t.partition_of(&Scope::parse(&format!("410:52155512{i:05}")).unwrap()));
+        }
+        assert_eq!(seen.len(), 16, "200 customers cover all 16 partitions");
+        // Pinned: a changed hash would move every conversation (and break their order).
+        assert_eq!(t.partition_of(&scope), 6, "FNV-1a, checked independently");
     }
 }

@@ -96,17 +96,24 @@ impl Config {
     }
 
     /// Defaults, then the file (if any), then the environment (read through `env`).
-    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut table: Table = DEFAULTS.parse().expect("config/default.toml parses");
         let mut origin: HashMap<String, String> = HashMap::new();
         let mut numbers = Table::new();
         if let Some(path) = file {
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{shown}: cannot read: {e}")))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("{shown}: cannot read: {e}")))?;
             let parsed: Table = text.parse().map_err(|e: toml::de::Error| {
                 let line = e.span().map(|s| text[..s.start].lines().count().max(1));
                 let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                ConfigError(format!("{shown}: not valid TOML{at}: {}", e.message().replace('\n', " ")))
+                ConfigError(format!(
+                    "{shown}: not valid TOML{at}: {}",
+                    e.message().replace('\n', " ")
+                ))
             })?;
             for (key, value) in parsed {
                 if key == "numbers" {
@@ -119,7 +126,10 @@ impl Config {
                     origin.insert(key, shown.clone());
                 } else {
                     let known: Vec<&str> = ENV.iter().map(|(k, _)| *k).collect();
-                    return Err(ConfigError(format!("{shown}: unknown key `{key}` (known: {}, numbers)", known.join(", "))));
+                    return Err(ConfigError(format!(
+                        "{shown}: unknown key `{key}` (known: {}, numbers)",
+                        known.join(", ")
+                    )));
                 }
             }
         }
@@ -129,20 +139,36 @@ impl Config {
                 origin.insert((*key).to_owned(), (*var).to_owned());
             }
         }
-        let r = Reader { table: &table, origin: &origin, prefix: String::new() };
-        let default_rules = Rules::new(&r.string("reset_text")?, r.duration("timeout")?, r.duration("session_timeout")?);
+        let r = Reader {
+            table: &table,
+            origin: &origin,
+            prefix: String::new(),
+        };
+        let default_rules = Rules::new(
+            &r.string("reset_text")?,
+            r.duration("timeout")?,
+            r.duration("session_timeout")?,
+        );
         let file_shown = file.map(|p| p.display().to_string()).unwrap_or_default();
         let mut per_number = HashMap::new();
         for (pnid, t) in numbers {
             let at = |k: &str| format!("numbers.\"{pnid}\".{k}");
             if !crate::domain::valid_phone_number_id(&pnid) {
-                return Err(ConfigError(format!("numbers.\"{pnid}\" (from {file_shown}): not a phone_number_id")));
+                return Err(ConfigError(format!(
+                    "numbers.\"{pnid}\" (from {file_shown}): not a phone_number_id"
+                )));
             }
             let toml::Value::Table(t) = t else {
-                return Err(ConfigError(format!("numbers.\"{pnid}\" (from {file_shown}): expected a table")));
+                return Err(ConfigError(format!(
+                    "numbers.\"{pnid}\" (from {file_shown}): expected a table"
+                )));
             };
             if let Some(k) = t.keys().find(|k| !NUMBER_KEYS.contains(&k.as_str())) {
-                return Err(ConfigError(format!("{} (from {file_shown}): unknown key (allowed: {})", at(k), NUMBER_KEYS.join(", "))));
+                return Err(ConfigError(format!(
+                    "{} (from {file_shown}): unknown key (allowed: {})",
+                    at(k),
+                    NUMBER_KEYS.join(", ")
+                )));
             }
             let mut o: HashMap<String, String> = HashMap::new();
             for k in t.keys() {
@@ -154,14 +180,25 @@ impl Config {
                     merged.insert((*k).to_owned(), table[*k].clone());
                 }
             }
-            let nr = Reader { table: &merged, origin: &o, prefix: format!("numbers.\"{pnid}\".") };
-            let rules = Rules::new(&nr.string("reset_text")?, nr.duration("timeout")?, nr.duration("session_timeout")?);
+            let nr = Reader {
+                table: &merged,
+                origin: &o,
+                prefix: format!("numbers.\"{pnid}\"."),
+            };
+            let rules = Rules::new(
+                &nr.string("reset_text")?,
+                nr.duration("timeout")?,
+                nr.duration("session_timeout")?,
+            );
             per_number.insert(pnid, rules);
         }
 
         let namespace = r.string("namespace")?;
         if !valid_namespace(&namespace) {
-            return Err(r.fail("namespace", "use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit"));
+            return Err(r.fail(
+                "namespace",
+                "use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit",
+            ));
         }
         let amqp_url = r.string("amqp_url")?;
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
@@ -169,7 +206,10 @@ impl Config {
         }
         let redis_url = r.string("redis_url")?;
         if let Err(e) = redis_url.as_str().into_connection_info() {
-            return Err(r.fail("redis_url", &format!("not a Redis URL ({})", e.to_string().replace('\n', " "))));
+            return Err(r.fail(
+                "redis_url",
+                &format!("not a Redis URL ({})", e.to_string().replace('\n', " ")),
+            ));
         }
         let app_secrets = match r.optional_string("app_secret")? {
             None => Vec::new(),
@@ -181,7 +221,10 @@ impl Config {
                 parts.into_iter().map(|p| Secret(p.to_owned())).collect()
             }
         };
-        let verify_token = r.optional_string("verify_token")?.filter(|t| !t.is_empty()).map(Secret);
+        let verify_token = r
+            .optional_string("verify_token")?
+            .filter(|t| !t.is_empty())
+            .map(Secret);
         let log_format = match r.string("log_format")?.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -189,7 +232,10 @@ impl Config {
         };
         let log = r.string("log")?;
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
-            return Err(r.fail("log", "not a log level or filter (e.g. info, debug, coexist=debug)"));
+            return Err(r.fail(
+                "log",
+                "not a log level or filter (e.g. info, debug, coexist=debug)",
+            ));
         }
         Ok(Config {
             amqp_url: Secret(amqp_url),
@@ -204,7 +250,10 @@ impl Config {
             log,
             log_format,
             log_content: r.boolean("log_content")?,
-            rules: RuleBook { default: default_rules, numbers: per_number },
+            rules: RuleBook {
+                default: default_rules,
+                numbers: per_number,
+            },
         })
     }
 }
@@ -212,7 +261,8 @@ impl Config {
 fn valid_namespace(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 struct Reader<'a> {
@@ -224,7 +274,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn fail(&self, key: &str, problem: &str) -> ConfigError {
-        let from = self.origin.get(key).map(String::as_str).unwrap_or("built-in default");
+        let from = self
+            .origin
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("built-in default");
         ConfigError(format!("{}{key} (from {from}): {problem}", self.prefix))
     }
 
@@ -232,18 +286,25 @@ impl Reader<'_> {
         match self.table.get(key) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.fail(key, &format!("expected a string, got {}", other.type_str()))),
+            Some(other) => {
+                Err(self.fail(key, &format!("expected a string, got {}", other.type_str())))
+            }
         }
     }
 
     fn string(&self, key: &str) -> Result<String, ConfigError> {
-        self.optional_string(key)?.ok_or_else(|| self.fail(key, "missing"))
+        self.optional_string(key)?
+            .ok_or_else(|| self.fail(key, "missing"))
     }
 
     fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
         let s = self.string(key)?;
-        let d = humantime::parse_duration(s.trim())
-            .map_err(|_| self.fail(key, &format!("{s:?} is not a duration (write e.g. 30s, 15m, 24h, 7d)")))?;
+        let d = humantime::parse_duration(s.trim()).map_err(|_| {
+            self.fail(
+                key,
+                &format!("{s:?} is not a duration (write e.g. 30s, 15m, 24h, 7d)"),
+            )
+        })?;
         if d.is_zero() {
             return Err(self.fail(key, "must be longer than zero"));
         }
@@ -279,7 +340,9 @@ impl Reader<'_> {
 
     fn addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
         let s = self.string(key)?;
-        s.trim().parse().map_err(|_| self.fail(key, &format!("{s:?} is not an address like 127.0.0.1:8080")))
+        s.trim()
+            .parse()
+            .map_err(|_| self.fail(key, &format!("{s:?} is not an address like 127.0.0.1:8080")))
     }
 }
 
@@ -289,7 +352,10 @@ mod tests {
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -309,8 +375,12 @@ mod tests {
         pub fn write(text: &str) -> TempPath {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("coexist-config-{}-{n}.toml", std::process::id()));
-            std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+            let p = std::env::temp_dir()
+                .join(format!("coexist-config-{}-{n}.toml", std::process::id()));
+            std::fs::File::create(&p)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             TempPath(p)
         }
     }
@@ -336,16 +406,34 @@ mod tests {
     #[test]
     fn file_subset_then_environment() {
         let f = file("namespace = \"acme\"\ntimeout = \"2d\"\npartitions = 4\n[numbers.\"410\"]\nreset_text = \"#BOT\"\n");
-        let c = Config::load(Some(&f.0), env(&[("COEXIST_TIMEOUT", "36h"), ("COEXIST_APP_SECRET", "a, b")])).unwrap();
+        let c = Config::load(
+            Some(&f.0),
+            env(&[("COEXIST_TIMEOUT", "36h"), ("COEXIST_APP_SECRET", "a, b")]),
+        )
+        .unwrap();
         assert_eq!(c.namespace, "acme");
         assert_eq!(c.partitions, 4);
-        assert_eq!(c.rules.default.timeout, Duration::from_secs(36 * 3600), "environment beats the file");
+        assert_eq!(
+            c.rules.default.timeout,
+            Duration::from_secs(36 * 3600),
+            "environment beats the file"
+        );
         assert_eq!(c.app_secrets, vec![Secret("a".into()), Secret("b".into())]);
         let n = c.rules.for_number("410");
         assert_eq!(n.reset_text.as_deref(), Some("#bot"));
-        assert_eq!(n.timeout, Duration::from_secs(36 * 3600), "unset per-number keys inherit");
-        assert_eq!(c.rules.for_number("999").reset_text.as_deref(), Some("/reset"));
-        assert!(!format!("{c:?}").contains("guest:guest"), "secrets never print");
+        assert_eq!(
+            n.timeout,
+            Duration::from_secs(36 * 3600),
+            "unset per-number keys inherit"
+        );
+        assert_eq!(
+            c.rules.for_number("999").reset_text.as_deref(),
+            Some("/reset")
+        );
+        assert!(
+            !format!("{c:?}").contains("guest:guest"),
+            "secrets never print"
+        );
     }
 
     #[test]
@@ -380,20 +468,34 @@ mod tests {
     fn file_errors_are_one_line_too() {
         let f = file("timeout = 5\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
-        assert!(e.contains("timeout (from ") && e.contains("expected a string, got integer"), "{e}");
+        assert!(
+            e.contains("timeout (from ") && e.contains("expected a string, got integer"),
+            "{e}"
+        );
         let f = file("tiemout = \"5d\"\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
         assert!(e.contains("unknown key `tiemout`"), "{e}");
         let f = file("timeout = \"5d\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
-        assert!(e.contains("not valid TOML (line 1)") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("not valid TOML (line 1)") && !e.contains('\n'),
+            "{e}"
+        );
         let f = file("[numbers.\"410\"]\npartitions = 3\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
-        assert!(e.contains("numbers.\"410\".partitions") && e.contains("unknown key"), "{e}");
+        assert!(
+            e.contains("numbers.\"410\".partitions") && e.contains("unknown key"),
+            "{e}"
+        );
         let f = file("[numbers.\"410\"]\ntimeout = \"soon\"\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
-        assert!(e.starts_with("config: numbers.\"410\".timeout (from ") && e.contains("not a duration"), "{e}");
-        let e = Config::load(Some(Path::new("/nonexistent/coexist.toml")), env(&[])).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: numbers.\"410\".timeout (from ") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = Config::load(Some(Path::new("/nonexistent/coexist.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read"), "{e}");
     }
 }

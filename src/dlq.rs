@@ -10,7 +10,10 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
-use crate::broker::{self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, REASON_HEADER, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE};
+use crate::broker::{
+    self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, REASON_HEADER, STAGE_HEADER, UNIT_TYPE,
+    WEBHOOK_TYPE,
+};
 use crate::meta::parse_body;
 use crate::time::Millis;
 use crate::unit::{self, Unit};
@@ -30,7 +33,12 @@ pub struct Entry {
 }
 
 fn header<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a AMQPValue> {
-    headers.as_ref()?.inner().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    headers
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
 }
 
 fn text(v: &AMQPValue) -> Option<String> {
@@ -70,9 +78,15 @@ pub fn describe(d: &Delivery, now: Millis) -> Entry {
     let death = Some(death.unwrap_or_default());
     let reason = header(h, REASON_HEADER)
         .and_then(text)
-        .or_else(|| header(&death, "reason").and_then(text).map(|r| format!("broker: {r}")))
+        .or_else(|| {
+            header(&death, "reason")
+                .and_then(text)
+                .map(|r| format!("broker: {r}"))
+        })
         .unwrap_or_else(|| "unknown".into());
-    let stage = header(h, STAGE_HEADER).and_then(text).unwrap_or_else(|| "broker".into());
+    let stage = header(h, STAGE_HEADER)
+        .and_then(text)
+        .unwrap_or_else(|| "broker".into());
     let attempts = header(h, ATTEMPTS_HEADER)
         .and_then(int)
         .or_else(|| header(h, "x-delivery-count").and_then(int))
@@ -96,7 +110,10 @@ pub async fn list(url: &str, topology: &Topology) -> broker::Result<Vec<Entry>> 
     topology.declare(&ch).await?;
     let now = Millis::now();
     let mut out = Vec::new();
-    while let Some(m) = ch.basic_get(topology.dead().into(), BasicGetOptions { no_ack: false }).await? {
+    while let Some(m) = ch
+        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
         out.push(describe(&m.delivery, now));
     }
     // Nothing was acknowledged: closing hands every one of them back to the queue.
@@ -117,7 +134,11 @@ pub struct Replayed {
 }
 
 /// Sends up to `limit` dead letters (at most those present at the start) back through the pipeline.
-pub async fn replay(url: &str, topology: &Topology, limit: Option<usize>) -> broker::Result<Replayed> {
+pub async fn replay(
+    url: &str,
+    topology: &Topology,
+    limit: Option<usize>,
+) -> broker::Result<Replayed> {
     let conn = broker::connect(url, "coexist-dlq-replay").await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
@@ -128,7 +149,12 @@ pub async fn replay(url: &str, topology: &Topology, limit: Option<usize>) -> bro
         if budget == Some(0) {
             break;
         }
-        let Some(m) = ch.basic_get(topology.dead().into(), BasicGetOptions { no_ack: false }).await? else { break };
+        let Some(m) = ch
+            .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
         if budget.is_none() {
             // The dead letters present now, and no more: re-parked ones are not taken twice.
             budget = Some(m.message_count as usize + 1);
@@ -153,7 +179,9 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
     let now = Millis::now();
     let kind = d.properties.kind().as_ref().map(|s| s.as_str().to_owned());
     let units: Result<Vec<Unit>, String> = match kind.as_deref() {
-        Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data).map(|u| vec![u]).map_err(|e| format!("unreadable unit: {e}")),
+        Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data)
+            .map(|u| vec![u])
+            .map_err(|e| format!("unreadable unit: {e}")),
         _ => match parse_body(&d.data) {
             Ok(items) => {
                 let (units, unreadable) = unit::split(items, now);
@@ -185,9 +213,24 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
             0,
         ),
         Err(reason) => {
-            let id = d.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
             let kind = kind.unwrap_or_else(|| WEBHOOK_TYPE.into());
-            (vec![Outgoing::dead_letter(topology, d.data.clone(), &kind, id.as_deref(), &reason, "replay", 0)], 1)
+            (
+                vec![Outgoing::dead_letter(
+                    topology,
+                    d.data.clone(),
+                    &kind,
+                    id.as_deref(),
+                    &reason,
+                    "replay",
+                    0,
+                )],
+                1,
+            )
         }
     }
 }

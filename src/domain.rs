@@ -30,7 +30,10 @@ impl CustomerKey {
             return Some(CustomerKey::WaId(digits));
         }
         // A BSUID: printable, no whitespace, no characters that would break a key or a header.
-        if s.len() <= 200 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        if s.len() <= 200
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
             return Some(CustomerKey::UserId(s.to_owned()));
         }
         None
@@ -41,7 +44,12 @@ impl CustomerKey {
         number
             .and_then(phone_digits)
             .map(CustomerKey::WaId)
-            .or_else(|| user_id.map(str::trim).filter(|u| !u.is_empty()).and_then(CustomerKey::parse))
+            .or_else(|| {
+                user_id
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .and_then(CustomerKey::parse)
+            })
     }
 
     /// The identifier as it appears in keys and headers.
@@ -89,8 +97,14 @@ impl Customer {
     /// The customer named by a key alone (no profile name).
     pub fn from_key(key: &CustomerKey) -> Self {
         match key {
-            CustomerKey::WaId(w) => Customer { wa_id: Some(w.clone()), ..Default::default() },
-            CustomerKey::UserId(u) => Customer { user_id: Some(u.clone()), ..Default::default() },
+            CustomerKey::WaId(w) => Customer {
+                wa_id: Some(w.clone()),
+                ..Default::default()
+            },
+            CustomerKey::UserId(u) => Customer {
+                user_id: Some(u.clone()),
+                ..Default::default()
+            },
         }
     }
 }
@@ -109,11 +123,17 @@ pub struct Scope {
 
 impl Scope {
     pub fn conversation(phone_number_id: &str, customer: CustomerKey) -> Self {
-        Scope { phone_number_id: phone_number_id.to_owned(), customer: Some(customer) }
+        Scope {
+            phone_number_id: phone_number_id.to_owned(),
+            customer: Some(customer),
+        }
     }
 
     pub fn number(phone_number_id: &str) -> Self {
-        Scope { phone_number_id: phone_number_id.to_owned(), customer: None }
+        Scope {
+            phone_number_id: phone_number_id.to_owned(),
+            customer: None,
+        }
     }
 
     /// Parses the `{phone_number_id}:{customer}` form back.
@@ -135,7 +155,14 @@ impl Scope {
         match &self.customer {
             Some(c) => {
                 let s = c.as_str();
-                let tail: String = s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = s
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 format!("{}:…{tail}", self.phone_number_id)
             }
             None => format!("{}:", self.phone_number_id),
@@ -178,15 +205,32 @@ pub fn stable_id(parts: &[&str]) -> String {
     uuid::Uuid::new_v8(bytes).hyphenated().to_string()
 }
 
+/// Whether a string can be a business number's `phone_number_id` (Meta's are digits; anything
+/// that would break a key, a hash tag or a header is refused).
+pub fn valid_phone_number_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn customer_keys_normalise_phone_numbers() {
-        assert_eq!(CustomerKey::parse("+52 1 555 123 0001"), Some(CustomerKey::WaId("5215551230001".into())));
-        assert_eq!(CustomerKey::parse("(555) 123-0001"), Some(CustomerKey::WaId("5551230001".into())));
-        assert_eq!(CustomerKey::parse("US.13491208655302741918"), Some(CustomerKey::UserId("US.13491208655302741918".into())));
+        assert_eq!(
+            CustomerKey::parse("+52 1 555 123 0001"),
+            Some(CustomerKey::WaId("5215551230001".into()))
+        );
+        assert_eq!(
+            CustomerKey::parse("(555) 123-0001"),
+            Some(CustomerKey::WaId("5551230001".into()))
+        );
+        assert_eq!(
+            CustomerKey::parse("US.13491208655302741918"),
+            Some(CustomerKey::UserId("US.13491208655302741918".into()))
+        );
         assert_eq!(CustomerKey::parse("   "), None);
         assert_eq!(CustomerKey::parse("a b"), None);
         assert_eq!(CustomerKey::parse("x{y}"), None);
@@ -194,9 +238,18 @@ mod tests {
 
     #[test]
     fn number_wins_over_user_id() {
-        assert_eq!(CustomerKey::from_parts(Some("+1 555"), Some("US.1")), Some(CustomerKey::WaId("1555".into())));
-        assert_eq!(CustomerKey::from_parts(None, Some("US.1")), Some(CustomerKey::UserId("US.1".into())));
-        assert_eq!(CustomerKey::from_parts(Some("not a number"), Some("US.1")), Some(CustomerKey::UserId("US.1".into())));
+        assert_eq!(
+            CustomerKey::from_parts(Some("+1 555"), Some("US.1")),
+            Some(CustomerKey::WaId("1555".into()))
+        );
+        assert_eq!(
+            CustomerKey::from_parts(None, Some("US.1")),
+            Some(CustomerKey::UserId("US.1".into()))
+        );
+        assert_eq!(
+            CustomerKey::from_parts(Some("not a number"), Some("US.1")),
+            Some(CustomerKey::UserId("US.1".into()))
+        );
         assert_eq!(CustomerKey::from_parts(None, None), None);
     }
 
@@ -219,10 +272,4 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "8");
     }
-}
-
-/// Whether a string can be a business number's `phone_number_id` (Meta's are digits; anything
-/// that would break a key, a hash tag or a header is refused).
-pub fn valid_phone_number_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }

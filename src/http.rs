@@ -24,21 +24,45 @@ pub fn admin_routes(ready: Readiness) -> Router {
                 let ready = ready.clone();
                 async move {
                     let checks = ready();
-                    let body: String = checks.iter().map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "not ready" })).collect();
-                    let status = if checks.iter().all(|(_, ok)| *ok) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    let body: String = checks
+                        .iter()
+                        .map(|(name, ok)| {
+                            format!("{name}: {}\n", if *ok { "ok" } else { "not ready" })
+                        })
+                        .collect();
+                    let status = if checks.iter().all(|(_, ok)| *ok) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
                     (status, body)
                 }
             }),
         )
-        .route("/metrics", get(|| async { ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render()).into_response() }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    crate::metrics::render(),
+                )
+                    .into_response()
+            }),
+        )
 }
 
 /// Binds `addr` (port 0 picks one) and serves until shutdown; returns the bound address.
-pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.wait().await }).await;
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "http server stopped");
         }

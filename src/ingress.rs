@@ -51,7 +51,8 @@ impl Ingress {
     /// The routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`, `/metrics`.
     pub fn router(self, max_body_bytes: usize) -> Router {
         let link = self.link.clone();
-        let ready: crate::http::Readiness = Arc::new(move || vec![("rabbitmq", link.is_connected())]);
+        let ready: crate::http::Readiness =
+            Arc::new(move || vec![("rabbitmq", link.is_connected())]);
         Router::new()
             .route("/webhook", get(handshake).post(receive))
             .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -62,11 +63,16 @@ impl Ingress {
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of the secrets.
 pub fn signature_valid(secrets: &[Secret], header: Option<&str>, body: &[u8]) -> bool {
-    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else { return false };
-    let Ok(expected) = hex::decode(hex_sig) else { return false };
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
     // Every secret is tried (no early exit), so timing does not tell which one matched.
     secrets.iter().fold(false, |found, secret| {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+            .expect("HMAC takes any key length");
         mac.update(body);
         mac.verify_slice(&expected).is_ok() | found
     })
@@ -74,7 +80,8 @@ pub fn signature_valid(secrets: &[Secret], header: Option<&str>, body: &[u8]) ->
 
 /// The `X-Hub-Signature-256` value for a body (for tests and load tools).
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -89,7 +96,10 @@ struct HandshakeQuery {
     challenge: Option<String>,
 }
 
-async fn handshake(State(s): State<Ingress>, Query(q): Query<HandshakeQuery>) -> (StatusCode, String) {
+async fn handshake(
+    State(s): State<Ingress>,
+    Query(q): Query<HandshakeQuery>,
+) -> (StatusCode, String) {
     let token_ok = match (&s.verify_token, &q.token) {
         (Some(want), Some(got)) => bool::from(want.expose().as_bytes().ct_eq(got.as_bytes())),
         _ => false,
@@ -105,10 +115,15 @@ fn rejected(reason: &'static str) {
 }
 
 async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
     if !signature_valid(&s.secrets, signature, &body) {
         rejected("signature");
-        tracing::warn!(bytes = body.len(), "webhook with a missing or wrong signature refused");
+        tracing::warn!(
+            bytes = body.len(),
+            "webhook with a missing or wrong signature refused"
+        );
         return StatusCode::UNAUTHORIZED;
     }
     let accepted_at = Millis::now();
@@ -116,7 +131,18 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> S
         Err(e) => {
             tracing::warn!(error = %e, bytes = body.len(), "signed body that is not a webhook: parked in the dead-letter queue");
             let id = crate::domain::stable_id(&[&String::from_utf8_lossy(&body)]);
-            (vec![Outgoing::dead_letter(&s.topology, body.to_vec(), WEBHOOK_TYPE, Some(&id), &e.to_string(), "ingress", 0)], 1)
+            (
+                vec![Outgoing::dead_letter(
+                    &s.topology,
+                    body.to_vec(),
+                    WEBHOOK_TYPE,
+                    Some(&id),
+                    &e.to_string(),
+                    "ingress",
+                    0,
+                )],
+                1,
+            )
         }
         Ok(items) => {
             let (units, unreadable) = unit::split(items, accepted_at);
@@ -137,9 +163,22 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> S
             }
             let parked = unreadable.len();
             for item in unreadable {
-                let ItemKind::Unreadable { reason } = &item.kind else { continue };
-                tracing::warn!(reason, "part of a signed body cannot be placed: parked in the dead-letter queue");
-                out.push(Outgoing::dead_letter(&s.topology, item.raw.get().as_bytes().to_vec(), WEBHOOK_TYPE, Some(&item.key), reason, "ingress", 0));
+                let ItemKind::Unreadable { reason } = &item.kind else {
+                    continue;
+                };
+                tracing::warn!(
+                    reason,
+                    "part of a signed body cannot be placed: parked in the dead-letter queue"
+                );
+                out.push(Outgoing::dead_letter(
+                    &s.topology,
+                    item.raw.get().as_bytes().to_vec(),
+                    WEBHOOK_TYPE,
+                    Some(&item.key),
+                    reason,
+                    "ingress",
+                    0,
+                ));
             }
             (out, parked)
         }
@@ -172,29 +211,6 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> S
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures() {
-        let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
-        let secrets = vec![crate::config::Config::load(None, |k| (k == "COEXIST_APP_SECRET").then(|| "old,new".to_owned())).unwrap().app_secrets]
-            .remove(0);
-        let good = sign("new", body);
-        assert!(signature_valid(&secrets, Some(&good), body), "any configured secret (rotation)");
-        assert!(signature_valid(&secrets, Some(&sign("old", body)), body));
-        assert!(!signature_valid(&secrets, Some(&sign("other", body)), body));
-        assert!(!signature_valid(&secrets, None, body));
-        assert!(!signature_valid(&secrets, Some("sha256=zz"), body));
-        assert!(!signature_valid(&secrets, Some(good.trim_start_matches("sha256=")), body), "prefix required");
-        let mut tampered = body.to_vec();
-        tampered[5] ^= 1;
-        assert!(!signature_valid(&secrets, Some(&good), &tampered));
-        assert!(!signature_valid(&[], Some(&good), body), "no secret, no entry");
-    }
-}
-
 /// A running ingress.
 pub struct Running {
     pub addr: std::net::SocketAddr,
@@ -208,7 +224,12 @@ pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io
     let topology = Topology::new(&config.namespace, config.partitions);
     // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
     let (link_trigger, link_shutdown) = crate::retry::Shutdown::new();
-    let link = Link::spawn(config.amqp_url.expose().to_owned(), "coexist-ingress".into(), topology, link_shutdown);
+    let link = Link::spawn(
+        config.amqp_url.expose().to_owned(),
+        "coexist-ingress".into(),
+        topology,
+        link_shutdown,
+    );
     let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);
     let (addr, http) = match crate::http::serve(config.listen, router, shutdown).await {
         Ok(bound) => bound,
@@ -223,4 +244,42 @@ pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io
     });
     tracing::info!(%addr, "ingress listening");
     Ok(Running { addr, link, server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
+        let secrets = vec![
+            crate::config::Config::load(None, |k| {
+                (k == "COEXIST_APP_SECRET").then(|| "old,new".to_owned())
+            })
+            .unwrap()
+            .app_secrets,
+        ]
+        .remove(0);
+        let good = sign("new", body);
+        assert!(
+            signature_valid(&secrets, Some(&good), body),
+            "any configured secret (rotation)"
+        );
+        assert!(signature_valid(&secrets, Some(&sign("old", body)), body));
+        assert!(!signature_valid(&secrets, Some(&sign("other", body)), body));
+        assert!(!signature_valid(&secrets, None, body));
+        assert!(!signature_valid(&secrets, Some("sha256=zz"), body));
+        assert!(
+            !signature_valid(&secrets, Some(good.trim_start_matches("sha256=")), body),
+            "prefix required"
+        );
+        let mut tampered = body.to_vec();
+        tampered[5] ^= 1;
+        assert!(!signature_valid(&secrets, Some(&good), &tampered));
+        assert!(
+            !signature_valid(&[], Some(&good), body),
+            "no secret, no entry"
+        );
+    }
 }

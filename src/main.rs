@@ -100,7 +100,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(Failure(e.to_string(), 2)),
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(Failure(format!("cannot start the runtime: {e}"), 1)),
     };
@@ -116,8 +119,11 @@ fn fail(Failure(message, code): Failure) -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -126,7 +132,8 @@ fn init_logging(config: &Config) {
 
 /// Resolves on SIGTERM or SIGINT.
 async fn signalled() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -144,16 +151,28 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         Command::Ingress | Command::Serve | Command::Worker => {
             let wants_ingress = !matches!(command, Command::Worker);
             if wants_ingress && config.app_secrets.is_empty() {
-                return Err(Failure("config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)".into(), 2));
+                return Err(Failure(
+                    "config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)"
+                        .into(),
+                    2,
+                ));
             }
             let (trigger, shutdown) = coexist::retry::Shutdown::new();
             let ingress = match wants_ingress {
-                true => Some(coexist::ingress::start(&config, shutdown.clone()).await.map_err(io("cannot start the ingress"))?),
+                true => Some(
+                    coexist::ingress::start(&config, shutdown.clone())
+                        .await
+                        .map_err(io("cannot start the ingress"))?,
+                ),
                 false => None,
             };
             let worker = match command {
                 Command::Ingress => None,
-                _ => Some(coexist::worker::start(&config, shutdown.clone()).await.map_err(io("cannot start the worker"))?),
+                _ => Some(
+                    coexist::worker::start(&config, shutdown.clone())
+                        .await
+                        .map_err(io("cannot start the worker"))?,
+                ),
             };
             signalled().await;
             tracing::info!("stopping");
@@ -172,33 +191,75 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             Ok(())
         }
         Command::Topology => {
-            let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-topology").await.map_err(broker_failed)?;
-            let ch = conn.create_channel().await.map_err(|e| broker_failed(e.into()))?;
+            let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-topology")
+                .await
+                .map_err(broker_failed)?;
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| broker_failed(e.into()))?;
             topology.declare(&ch).await.map_err(broker_failed)?;
             let _ = conn.close(200, "declared".into()).await;
-            println!("declared: exchanges {}, {}, {}, {}", topology.inbound_exchange(), topology.dead(), topology.exchange(coexist::engine::event::Exchange::Bot), topology.exchange(coexist::engine::event::Exchange::HumanChat));
-            println!("declared: queues {}.0..{} ({} partitions), {}, {}, {}", topology.inbound_exchange(), topology.partitions - 1, topology.partitions, topology.dead(), topology.default_queue(coexist::engine::event::Exchange::Bot), topology.default_queue(coexist::engine::event::Exchange::HumanChat));
+            println!(
+                "declared: exchanges {}, {}, {}, {}",
+                topology.inbound_exchange(),
+                topology.dead(),
+                topology.exchange(coexist::engine::event::Exchange::Bot),
+                topology.exchange(coexist::engine::event::Exchange::HumanChat)
+            );
+            println!(
+                "declared: queues {}.0..{} ({} partitions), {}, {}, {}",
+                topology.inbound_exchange(),
+                topology.partitions - 1,
+                topology.partitions,
+                topology.dead(),
+                topology.default_queue(coexist::engine::event::Exchange::Bot),
+                topology.default_queue(coexist::engine::event::Exchange::HumanChat)
+            );
             Ok(())
         }
         Command::Dlq(DlqCommand::List) => {
-            let entries = coexist::dlq::list(config.amqp_url.expose(), &topology).await.map_err(broker_failed)?;
-            println!("{:<38} {:<13} {:<8} {:>8} {:>8}  reason", "id", "kind", "stage", "attempts", "age");
+            let entries = coexist::dlq::list(config.amqp_url.expose(), &topology)
+                .await
+                .map_err(broker_failed)?;
+            println!(
+                "{:<38} {:<13} {:<8} {:>8} {:>8}  reason",
+                "id", "kind", "stage", "attempts", "age"
+            );
             for e in &entries {
-                let age = e.age_secs.map(|s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()).unwrap_or_else(|| "-".into());
-                println!("{:<38} {:<13} {:<8} {:>8} {:>8}  {}", e.id.as_deref().unwrap_or("-"), e.kind.as_deref().unwrap_or("-"), e.stage, e.attempts, age, e.reason);
+                let age = e
+                    .age_secs
+                    .map(|s| {
+                        humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64))
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<38} {:<13} {:<8} {:>8} {:>8}  {}",
+                    e.id.as_deref().unwrap_or("-"),
+                    e.kind.as_deref().unwrap_or("-"),
+                    e.stage,
+                    e.attempts,
+                    age,
+                    e.reason
+                );
             }
             eprintln!("{} dead letter(s) in {}", entries.len(), topology.dead());
             Ok(())
         }
         Command::Dlq(DlqCommand::Replay { limit }) => {
-            let r = coexist::dlq::replay(config.amqp_url.expose(), &topology, limit).await.map_err(broker_failed)?;
+            let r = coexist::dlq::replay(config.amqp_url.expose(), &topology, limit)
+                .await
+                .map_err(broker_failed)?;
             println!("{}", serde_json::to_string(&r).expect("serialises"));
             Ok(())
         }
         Command::Process { files } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            coexist::process::run(Arc::new(config.rules), &files, &mut out).await.map_err(|e| Failure(e.to_string(), 1))
+            coexist::process::run(Arc::new(config.rules), &files, &mut out)
+                .await
+                .map_err(|e| Failure(e.to_string(), 1))
         }
         Command::Conversation(c) => conversation(c, config).await,
     }
@@ -211,10 +272,19 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
         ConversationCommand::Release(a) => (a, Some(OperatorAction::Release)),
     };
     if !valid_phone_number_id(&args.phone_number_id) {
-        return Err(Failure(format!("{:?} is not a phone_number_id", args.phone_number_id), 2));
+        return Err(Failure(
+            format!("{:?} is not a phone_number_id", args.phone_number_id),
+            2,
+        ));
     }
     let Some(customer) = CustomerKey::parse(&args.customer) else {
-        return Err(Failure(format!("{:?} is neither a phone number nor a business-scoped user id", args.customer), 2));
+        return Err(Failure(
+            format!(
+                "{:?} is neither a phone number nor a business-scoped user id",
+                args.customer
+            ),
+            2,
+        ));
     };
     let scope = Scope::conversation(&args.phone_number_id, customer);
     let store = RedisStore::connect(config.redis_url.expose(), &config.namespace)
@@ -224,27 +294,52 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
     let redis_failed = |e: coexist::store::Error| Failure(e.to_string(), 1);
     match action {
         None => {
-            let view = coexist::operator::show(&store, &scope, now).await.map_err(redis_failed)?;
-            println!("{}", serde_json::to_string_pretty(&view).expect("views serialise"));
+            let view = coexist::operator::show(&store, &scope, now)
+                .await
+                .map_err(redis_failed)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&view).expect("views serialise")
+            );
         }
         Some(action) => {
             let engine = Engine::new(store, Arc::new(config.rules));
-            let applied = coexist::operator::command(&engine, scope.clone(), action, now).await.map_err(redis_failed)?;
+            let applied = coexist::operator::command(&engine, scope.clone(), action, now)
+                .await
+                .map_err(redis_failed)?;
             // Published like any other events; acknowledged in Redis only once confirmed.
             let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
             if !applied.events.is_empty() {
-                let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-operator").await.map_err(|e| Failure(format!("cannot reach RabbitMQ: {e}"), 1))?;
-                let publisher = coexist::broker::Publisher::open(&conn).await.map_err(|e| Failure(e.to_string(), 1))?;
-                topology.declare(publisher.channel()).await.map_err(|e| Failure(e.to_string(), 1))?;
-                let messages: Vec<_> = applied.events.iter().map(|e| coexist::broker::Outgoing::event(&topology, e)).collect();
-                publisher.publish_all(&messages).await.map_err(|e| Failure(format!("the state changed but its events were not published: {e}"), 1))?;
+                let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-operator")
+                    .await
+                    .map_err(|e| Failure(format!("cannot reach RabbitMQ: {e}"), 1))?;
+                let publisher = coexist::broker::Publisher::open(&conn)
+                    .await
+                    .map_err(|e| Failure(e.to_string(), 1))?;
+                topology
+                    .declare(publisher.channel())
+                    .await
+                    .map_err(|e| Failure(e.to_string(), 1))?;
+                let messages: Vec<_> = applied
+                    .events
+                    .iter()
+                    .map(|e| coexist::broker::Outgoing::event(&topology, e))
+                    .collect();
+                publisher.publish_all(&messages).await.map_err(|e| {
+                    Failure(
+                        format!("the state changed but its events were not published: {e}"),
+                        1,
+                    )
+                })?;
                 let _ = conn.close(200, "done".into()).await;
             }
             for e in &applied.events {
                 println!("{}", e.to_line());
             }
             engine.acknowledge(&applied).await.map_err(redis_failed)?;
-            let view = coexist::operator::show(engine.store(), &scope, now).await.map_err(redis_failed)?;
+            let view = coexist::operator::show(engine.store(), &scope, now)
+                .await
+                .map_err(redis_failed)?;
             eprintln!("{}", serde_json::to_string(&view).expect("views serialise"));
         }
     }

@@ -29,8 +29,12 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-            let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets).expect("buckets are valid");
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
+                .expect("buckets are valid");
             match builder.install_recorder() {
                 Ok(h) => h,
                 // Another recorder is installed (a test harness): render from a private one.

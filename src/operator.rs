@@ -62,6 +62,20 @@ pub async fn show(store: &RedisStore, scope: &Scope, now: Millis) -> crate::stor
 }
 
 /// Pauses or releases one conversation; returns the applied command with its events.
-pub async fn command(engine: &Engine<RedisStore>, scope: Scope, action: OperatorAction, now: Millis) -> crate::store::Result<Applied> {
-    engine.apply(&Input::Operator { scope, action, at: now }, now).await
+pub async fn command(
+    engine: &Engine<RedisStore>,
+    scope: Scope,
+    action: OperatorAction,
+    now: Millis,
+) -> crate::store::Result<Applied> {
+    engine
+        .apply(
+            &Input::Operator {
+                scope,
+                action,
+                at: now,
+            },
+            now,
+        )
+        .await
 }

@@ -61,7 +61,10 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(rules: Arc<RuleBook>) -> Self {
-        Processor { engine: Engine::new(MemoryStore::new(), rules), clock: Millis(0) }
+        Processor {
+            engine: Engine::new(MemoryStore::new(), rules),
+            clock: Millis(0),
+        }
     }
 
     pub fn engine(&self) -> &Engine<MemoryStore> {
@@ -70,8 +73,16 @@ impl Processor {
 
     /// Processes one body, writing a line per event. A body that is not a webhook is an error
     /// (and nothing of it is processed).
-    pub async fn body(&mut self, name: &str, body: &str, out: &mut impl Write) -> Result<(), Error> {
-        let items = parse_body(body.as_bytes()).map_err(|e| Error::BadBody { source_name: name.to_owned(), reason: e.to_string() })?;
+    pub async fn body(
+        &mut self,
+        name: &str,
+        body: &str,
+        out: &mut impl Write,
+    ) -> Result<(), Error> {
+        let items = parse_body(body.as_bytes()).map_err(|e| Error::BadBody {
+            source_name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
         for item in &items {
             if let Some(ts) = item.timestamp {
                 self.clock = self.clock.max(ts);
@@ -79,7 +90,11 @@ impl Processor {
             self.release_due(out).await?;
             let applied = self.engine.apply(&Input::Item(item), self.clock).await?;
             if let crate::meta::ItemKind::Unreadable { reason } = &item.kind {
-                tracing::warn!(source = name, reason, "an item that cannot be placed was kept aside");
+                tracing::warn!(
+                    source = name,
+                    reason,
+                    "an item that cannot be placed was kept aside"
+                );
             }
             for e in &applied.events {
                 writeln!(out, "{}", e.to_line())?;
@@ -116,13 +131,26 @@ impl Processor {
 /// Runs `coexist process` over the named files (stdin when none is named), each read when its
 /// turn comes: stops at the first bad body or unreadable file, after every good body before it
 /// has been processed and printed.
-pub async fn run(rules: Arc<RuleBook>, files: &[std::path::PathBuf], out: &mut impl Write) -> Result<(), Error> {
+pub async fn run(
+    rules: Arc<RuleBook>,
+    files: &[std::path::PathBuf],
+    out: &mut impl Write,
+) -> Result<(), Error> {
     let mut p = Processor::new(rules);
     let result = async {
         if files.is_empty() {
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Error::Read("stdin".into(), e))?;
-            return p.source(&Source { name: "stdin".into(), text }, out).await;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Error::Read("stdin".into(), e))?;
+            return p
+                .source(
+                    &Source {
+                        name: "stdin".into(),
+                        text,
+                    },
+                    out,
+                )
+                .await;
         }
         for path in files {
             let name = path.display().to_string();

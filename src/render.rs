@@ -6,7 +6,11 @@ use crate::meta::wire;
 pub fn text(m: &wire::Message) -> String {
     let kind = m.kind.get().unwrap_or("");
     match kind {
-        "text" => m.text.get().and_then(|t| t.body.0.clone()).unwrap_or_default(),
+        "text" => m
+            .text
+            .get()
+            .and_then(|t| t.body.0.clone())
+            .unwrap_or_default(),
         "location" => location(m.location.get()),
         "contacts" => contacts(&m.contacts.0),
         "image" | "video" | "audio" | "document" | "sticker" => media(kind, media_of(m)),
@@ -18,7 +22,11 @@ pub fn text(m: &wire::Message) -> String {
                     .get()
                     .or(i.list_reply.get())
                     .and_then(|r| r.title.0.clone())
-                    .or_else(|| i.nfm_reply.get().and_then(|n| n.body.0.clone().or(n.name.0.clone())))
+                    .or_else(|| {
+                        i.nfm_reply
+                            .get()
+                            .and_then(|n| n.body.0.clone().or(n.name.0.clone()))
+                    })
             })
             .unwrap_or_else(|| other(kind)),
         "button" => m
@@ -26,7 +34,12 @@ pub fn text(m: &wire::Message) -> String {
             .get()
             .and_then(|b| b.text.0.clone().or(b.payload.0.clone()))
             .unwrap_or_else(|| other(kind)),
-        "reaction" => match m.reaction.get().and_then(|r| r.emoji.get()).filter(|e| !e.is_empty()) {
+        "reaction" => match m
+            .reaction
+            .get()
+            .and_then(|r| r.emoji.get())
+            .filter(|e| !e.is_empty())
+        {
             Some(emoji) => format!("Reacted {emoji}"),
             None => "Removed reaction".to_owned(),
         },
@@ -55,8 +68,15 @@ fn other(kind: &str) -> String {
 }
 
 fn location(l: Option<&wire::Location>) -> String {
-    let Some(l) = l else { return "Shared location".to_owned() };
-    let non_empty = |s: &crate::meta::lenient::LStr| s.get().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let Some(l) = l else {
+        return "Shared location".to_owned();
+    };
+    let non_empty = |s: &crate::meta::lenient::LStr| {
+        s.get()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     if let Some(place) = non_empty(&l.name).or_else(|| non_empty(&l.address)) {
         return format!("Shared location: {place}");
     }
@@ -80,10 +100,16 @@ fn contacts(cards: &[crate::meta::lenient::Obj<wire::ContactCard>]) -> String {
 }
 
 fn media(kind: &str, m: Option<&wire::Media>) -> String {
-    if let Some(caption) = m.and_then(|m| m.caption.get()).filter(|c| !c.trim().is_empty()) {
+    if let Some(caption) = m
+        .and_then(|m| m.caption.get())
+        .filter(|c| !c.trim().is_empty())
+    {
         return caption.to_owned();
     }
-    match (kind, m.and_then(|m| m.filename.get()).filter(|f| !f.is_empty())) {
+    match (
+        kind,
+        m.and_then(|m| m.filename.get()).filter(|f| !f.is_empty()),
+    ) {
         ("document", Some(name)) => format!("[document: {name}]"),
         _ => format!("[{kind}]"),
     }
@@ -99,63 +125,132 @@ mod tests {
 
     #[test]
     fn text_is_the_body() {
-        assert_eq!(render(r#"{"type":"text","text":{"body":"Hola 👋"}}"#), "Hola 👋");
+        assert_eq!(
+            render(r#"{"type":"text","text":{"body":"Hola 👋"}}"#),
+            "Hola 👋"
+        );
         assert_eq!(render(r#"{"type":"text"}"#), "");
     }
 
     #[test]
     fn location_prefers_name_then_address_then_coordinates() {
         assert_eq!(
-            render(r#"{"type":"location","location":{"latitude":1.5,"longitude":-2,"name":"Casa","address":"Calle 5"}}"#),
+            render(
+                r#"{"type":"location","location":{"latitude":1.5,"longitude":-2,"name":"Casa","address":"Calle 5"}}"#
+            ),
             "Shared location: Casa"
         );
-        assert_eq!(render(r#"{"type":"location","location":{"latitude":1.5,"longitude":-2,"address":"Calle 5"}}"#), "Shared location: Calle 5");
-        assert_eq!(render(r#"{"type":"location","location":{"latitude":19.4326,"longitude":-99.1332}}"#), "Shared location: 19.4326,-99.1332");
-        assert_eq!(render(r#"{"type":"location","location":{"name":""}}"#), "Shared location");
+        assert_eq!(
+            render(
+                r#"{"type":"location","location":{"latitude":1.5,"longitude":-2,"address":"Calle 5"}}"#
+            ),
+            "Shared location: Calle 5"
+        );
+        assert_eq!(
+            render(r#"{"type":"location","location":{"latitude":19.4326,"longitude":-99.1332}}"#),
+            "Shared location: 19.4326,-99.1332"
+        );
+        assert_eq!(
+            render(r#"{"type":"location","location":{"name":""}}"#),
+            "Shared location"
+        );
     }
 
     #[test]
     fn contacts_join_formatted_names() {
-        assert_eq!(render(r#"{"type":"contacts","contacts":[{"name":{"formatted_name":"Luis Pérez"}}]}"#), "Shared contact: Luis Pérez");
         assert_eq!(
-            render(r#"{"type":"contacts","contacts":[{"name":{"formatted_name":"A"}},{"name":{"formatted_name":"B"}}]}"#),
+            render(r#"{"type":"contacts","contacts":[{"name":{"formatted_name":"Luis Pérez"}}]}"#),
+            "Shared contact: Luis Pérez"
+        );
+        assert_eq!(
+            render(
+                r#"{"type":"contacts","contacts":[{"name":{"formatted_name":"A"}},{"name":{"formatted_name":"B"}}]}"#
+            ),
             "Shared contact: A, B"
         );
-        assert_eq!(render(r#"{"type":"contacts","contacts":[]}"#), "Shared contact");
+        assert_eq!(
+            render(r#"{"type":"contacts","contacts":[]}"#),
+            "Shared contact"
+        );
     }
 
     #[test]
     fn media_is_the_caption_or_a_placeholder() {
-        assert_eq!(render(r#"{"type":"image","image":{"id":"1","caption":"mira"}}"#), "mira");
+        assert_eq!(
+            render(r#"{"type":"image","image":{"id":"1","caption":"mira"}}"#),
+            "mira"
+        );
         assert_eq!(render(r#"{"type":"image","image":{"id":"1"}}"#), "[image]");
         assert_eq!(render(r#"{"type":"video","video":{"id":"1"}}"#), "[video]");
         assert_eq!(render(r#"{"type":"audio","audio":{"id":"1"}}"#), "[audio]");
-        assert_eq!(render(r#"{"type":"sticker","sticker":{"id":"1"}}"#), "[sticker]");
-        assert_eq!(render(r#"{"type":"document","document":{"filename":"factura.pdf"}}"#), "[document: factura.pdf]");
-        assert_eq!(render(r#"{"type":"document","document":{"caption":"la factura","filename":"f.pdf"}}"#), "la factura");
+        assert_eq!(
+            render(r#"{"type":"sticker","sticker":{"id":"1"}}"#),
+            "[sticker]"
+        );
+        assert_eq!(
+            render(r#"{"type":"document","document":{"filename":"factura.pdf"}}"#),
+            "[document: factura.pdf]"
+        );
+        assert_eq!(
+            render(r#"{"type":"document","document":{"caption":"la factura","filename":"f.pdf"}}"#),
+            "la factura"
+        );
         assert_eq!(render(r#"{"type":"document","document":{}}"#), "[document]");
     }
 
     #[test]
     fn interactive_and_button_are_the_choice() {
-        assert_eq!(render(r#"{"type":"interactive","interactive":{"type":"button_reply","button_reply":{"id":"b1","title":"Sí"}}}"#), "Sí");
-        assert_eq!(render(r#"{"type":"interactive","interactive":{"type":"list_reply","list_reply":{"id":"l1","title":"Envío"}}}"#), "Envío");
-        assert_eq!(render(r#"{"type":"interactive","interactive":{"type":"nfm_reply","nfm_reply":{"name":"flow","body":"Sent"}}}"#), "Sent");
-        assert_eq!(render(r#"{"type":"button","button":{"text":"Confirmar","payload":"OK"}}"#), "Confirmar");
-        assert_eq!(render(r#"{"type":"interactive","interactive":{}}"#), "[interactive message]");
+        assert_eq!(
+            render(
+                r#"{"type":"interactive","interactive":{"type":"button_reply","button_reply":{"id":"b1","title":"Sí"}}}"#
+            ),
+            "Sí"
+        );
+        assert_eq!(
+            render(
+                r#"{"type":"interactive","interactive":{"type":"list_reply","list_reply":{"id":"l1","title":"Envío"}}}"#
+            ),
+            "Envío"
+        );
+        assert_eq!(
+            render(
+                r#"{"type":"interactive","interactive":{"type":"nfm_reply","nfm_reply":{"name":"flow","body":"Sent"}}}"#
+            ),
+            "Sent"
+        );
+        assert_eq!(
+            render(r#"{"type":"button","button":{"text":"Confirmar","payload":"OK"}}"#),
+            "Confirmar"
+        );
+        assert_eq!(
+            render(r#"{"type":"interactive","interactive":{}}"#),
+            "[interactive message]"
+        );
     }
 
     #[test]
     fn reactions() {
-        assert_eq!(render(r#"{"type":"reaction","reaction":{"message_id":"w","emoji":"❤️"}}"#), "Reacted ❤️");
-        assert_eq!(render(r#"{"type":"reaction","reaction":{"message_id":"w","emoji":""}}"#), "Removed reaction");
-        assert_eq!(render(r#"{"type":"reaction","reaction":{"message_id":"w"}}"#), "Removed reaction");
+        assert_eq!(
+            render(r#"{"type":"reaction","reaction":{"message_id":"w","emoji":"❤️"}}"#),
+            "Reacted ❤️"
+        );
+        assert_eq!(
+            render(r#"{"type":"reaction","reaction":{"message_id":"w","emoji":""}}"#),
+            "Removed reaction"
+        );
+        assert_eq!(
+            render(r#"{"type":"reaction","reaction":{"message_id":"w"}}"#),
+            "Removed reaction"
+        );
     }
 
     #[test]
     fn anything_else_names_its_type() {
         assert_eq!(render(r#"{"type":"order","order":{}}"#), "[order message]");
-        assert_eq!(render(r#"{"type":"unsupported","errors":[{"code":131051}]}"#), "[unsupported message]");
+        assert_eq!(
+            render(r#"{"type":"unsupported","errors":[{"code":131051}]}"#),
+            "[unsupported message]"
+        );
         assert_eq!(render(r#"{"type":"hologram"}"#), "[hologram message]");
         assert_eq!(render(r#"{}"#), "[unknown message]");
     }

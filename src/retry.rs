@@ -47,14 +47,18 @@ impl Shutdown {
 impl ShutdownTrigger {
     /// Another handle that triggers the same signal.
     pub fn clone_trigger(&self) -> ShutdownTrigger {
-        ShutdownTrigger { tx: self.tx.clone() }
+        ShutdownTrigger {
+            tx: self.tx.clone(),
+        }
     }
 
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown { rx: self.tx.subscribe() }
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 
@@ -73,7 +77,12 @@ pub fn schedule() -> ExponentialBackoff {
 /// Runs `op` until it succeeds, `permanent` says its error is not worth retrying, or shutdown.
 /// Each failure is logged with `what` and the attempt number. Returns the last error when it
 /// stops without success, with the number of attempts made.
-pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &Shutdown, permanent: impl Fn(&E, u32) -> bool, mut op: F) -> Result<T, (E, u32)>
+pub async fn until_ok<T, E, F, Fut>(
+    what: &str,
+    shutdown: &Shutdown,
+    permanent: impl Fn(&E, u32) -> bool,
+    mut op: F,
+) -> Result<T, (E, u32)>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -107,21 +116,46 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_until_success_and_stops_on_permanent_errors() {
         let mut n = 0;
-        let r: Result<u32, (String, u32)> = until_ok("t", &Shutdown::never(), |_, _| false, || {
-            n += 1;
-            let v = n;
-            async move { if v < 5 { Err(format!("fail {v}")) } else { Ok(v) } }
-        })
+        let r: Result<u32, (String, u32)> = until_ok(
+            "t",
+            &Shutdown::never(),
+            |_, _| false,
+            || {
+                n += 1;
+                let v = n;
+                async move {
+                    if v < 5 {
+                        Err(format!("fail {v}"))
+                    } else {
+                        Ok(v)
+                    }
+                }
+            },
+        )
         .await;
         assert_eq!(r.unwrap(), 5);
-        let r: Result<(), (String, u32)> = until_ok("t", &Shutdown::never(), |_, attempt| attempt >= 3, || async { Err("no".to_owned()) }).await;
+        let r: Result<(), (String, u32)> = until_ok(
+            "t",
+            &Shutdown::never(),
+            |_, attempt| attempt >= 3,
+            || async { Err("no".to_owned()) },
+        )
+        .await;
         assert_eq!(r.unwrap_err(), ("no".to_owned(), 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_retrying() {
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(async move { until_ok("t", &shutdown, |_, _| false, || async { Err::<(), _>("down".to_owned()) }).await });
+        let task = tokio::spawn(async move {
+            until_ok(
+                "t",
+                &shutdown,
+                |_, _| false,
+                || async { Err::<(), _>("down".to_owned()) },
+            )
+            .await
+        });
         tokio::time::sleep(Duration::from_secs(30)).await;
         trigger.trigger();
         let (e, attempts) = task.await.unwrap().unwrap_err();

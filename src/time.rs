@@ -5,14 +5,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// An instant in Unix milliseconds (UTC). Meta's timestamps are whole seconds; the clock has ms.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Millis(pub i64);
 
 impl Millis {
     /// The wall clock now.
     pub fn now() -> Self {
-        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Millis(d.as_millis() as i64)
     }
 
@@ -23,12 +27,18 @@ impl Millis {
 
     /// This instant plus a duration (saturating).
     pub fn plus(self, d: Duration) -> Self {
-        Millis(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+        Millis(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// This instant minus a duration (saturating).
     pub fn minus(self, d: Duration) -> Self {
-        Millis(self.0.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64))
+        Millis(
+            self.0
+                .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// RFC 3339 in UTC: whole seconds when the instant has no fraction, milliseconds otherwise.
@@ -49,14 +59,20 @@ mod tests {
 
     #[test]
     fn formats_rfc3339_utc() {
-        assert_eq!(Millis::from_secs(1764000000).rfc3339(), "2025-11-24T16:00:00Z");
+        assert_eq!(
+            Millis::from_secs(1764000000).rfc3339(),
+            "2025-11-24T16:00:00Z"
+        );
         assert_eq!(Millis(1764000000123).rfc3339(), "2025-11-24T16:00:00.123Z");
         assert_eq!(Millis(-5).rfc3339(), "1970-01-01T00:00:00Z");
     }
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Millis(i64::MAX).plus(Duration::from_secs(1)), Millis(i64::MAX));
+        assert_eq!(
+            Millis(i64::MAX).plus(Duration::from_secs(1)),
+            Millis(i64::MAX)
+        );
         assert_eq!(Millis(10).minus(Duration::from_millis(4)), Millis(6));
     }
 }

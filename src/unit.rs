@@ -44,7 +44,12 @@ pub fn split(items: Vec<Item>, accepted_at: Millis) -> (Vec<Unit>, Vec<Item>) {
         }
         match units.iter_mut().find(|u| u.scope == item.scope) {
             Some(u) => u.items.push(item),
-            None => units.push(Unit { v: VERSION, scope: item.scope.clone(), accepted_at, items: vec![item] }),
+            None => units.push(Unit {
+                v: VERSION,
+                scope: item.scope.clone(),
+                accepted_at,
+                items: vec![item],
+            }),
         }
     }
     (units, unreadable)

@@ -204,7 +204,11 @@ impl Outbound {
             routing_key: &'a str,
             event: &'a RawValue,
         }
-        serde_json::to_string(&Line { exchange: self.exchange.as_str(), routing_key: &self.routing_key, event: &self.body })
-            .expect("lines always serialise")
+        serde_json::to_string(&Line {
+            exchange: self.exchange.as_str(),
+            routing_key: &self.routing_key,
+            event: &self.body,
+        })
+        .expect("lines always serialise")
     }
 }

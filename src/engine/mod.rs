@@ -26,14 +26,22 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules::new("/reset", Duration::from_secs(7 * 86_400), Duration::from_secs(86_400))
+        Rules::new(
+            "/reset",
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(86_400),
+        )
     }
 }
 
 impl Rules {
     pub fn new(reset_text: &str, timeout: Duration, session_timeout: Duration) -> Self {
         let reset = normalise(reset_text);
-        Rules { reset_text: (!reset.is_empty()).then_some(reset), timeout, session_timeout }
+        Rules {
+            reset_text: (!reset.is_empty()).then_some(reset),
+            timeout,
+            session_timeout,
+        }
     }
 
     /// Whether an echo's typed text is the reset command (trimmed, case-insensitive).
@@ -64,7 +72,11 @@ pub enum Input<'a> {
     /// Something Meta sent.
     Item(&'a Item),
     /// An operator's command, issued at the given instant.
-    Operator { scope: Scope, action: OperatorAction, at: Millis },
+    Operator {
+        scope: Scope,
+        action: OperatorAction,
+        at: Millis,
+    },
     /// A pause deadline came due: release it if it is still the pause named by `trigger`.
     Timeout { scope: Scope, trigger: String },
 }
@@ -173,7 +185,14 @@ pub fn decide(state: &State, input: &Input, now: Millis, rules: &Rules) -> Decis
         key: input.key(),
         now,
         rules,
-        out: Decision { state: state.clone(), events: Vec::new(), rule: Rule::Noop, reads_state: true, schedule: None, unschedule: None },
+        out: Decision {
+            state: state.clone(),
+            events: Vec::new(),
+            rule: Rule::Noop,
+            reads_state: true,
+            schedule: None,
+            unschedule: None,
+        },
     };
     match input {
         Input::Item(item) => d.item(item),
@@ -181,12 +200,26 @@ pub fn decide(state: &State, input: &Input, now: Millis, rules: &Rules) -> Decis
             d.expire();
             let customer = d.scope_customer();
             match action {
-                OperatorAction::Pause => d.pause(*at, at.plus(rules.timeout), &customer, None, Rule::OperatorPause),
-                OperatorAction::Release => d.reset(*at, &customer, ReleaseReason::Operator, Rule::OperatorRelease),
+                OperatorAction::Pause => d.pause(
+                    *at,
+                    at.plus(rules.timeout),
+                    &customer,
+                    None,
+                    Rule::OperatorPause,
+                ),
+                OperatorAction::Release => d.reset(
+                    *at,
+                    &customer,
+                    ReleaseReason::Operator,
+                    Rule::OperatorRelease,
+                ),
             }
         }
         Input::Timeout { trigger, .. } => {
-            let due = state.pause.as_ref().is_some_and(|p| &p.trigger == trigger && p.until <= now);
+            let due = state
+                .pause
+                .as_ref()
+                .is_some_and(|p| &p.trigger == trigger && p.until <= now);
             if due {
                 d.expire();
                 d.out.rule = Rule::R7;
@@ -216,7 +249,10 @@ impl Decider<'_> {
                 self.expire();
                 self.customer_message(item, customer, message, ts);
             }
-            ItemKind::Echo { customer, echo: Echo::Send(content) } => {
+            ItemKind::Echo {
+                customer,
+                echo: Echo::Send(content),
+            } => {
                 self.expire();
                 if self.rules.is_reset(content) {
                     self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5);
@@ -224,18 +260,47 @@ impl Decider<'_> {
                     self.echo(item, customer, content, ts);
                 }
             }
-            ItemKind::Echo { customer, echo: Echo::Edit { original_message_id, message } } => {
-                let mut e = self.event(EventType::Edited, Exchange::HumanChat, customer, ts, self.current_session());
+            ItemKind::Echo {
+                customer,
+                echo:
+                    Echo::Edit {
+                        original_message_id,
+                        message,
+                    },
+            } => {
+                let mut e = self.event(
+                    EventType::Edited,
+                    Exchange::HumanChat,
+                    customer,
+                    ts,
+                    self.current_session(),
+                );
                 e.message = Some(self.message(item, message, Source::BusinessApp));
                 e.original_message_id = Some(original_message_id.clone());
                 self.push(e, Rule::R10);
             }
-            ItemKind::Echo { customer, echo: Echo::Revoke { original_message_id } } => {
-                let mut e = self.event(EventType::Revoked, Exchange::HumanChat, customer, ts, self.current_session());
+            ItemKind::Echo {
+                customer,
+                echo: Echo::Revoke {
+                    original_message_id,
+                },
+            } => {
+                let mut e = self.event(
+                    EventType::Revoked,
+                    Exchange::HumanChat,
+                    customer,
+                    ts,
+                    self.current_session(),
+                );
                 e.original_message_id = Some(original_message_id.clone());
                 self.push(e, Rule::R10);
             }
-            ItemKind::Status { customer, message_id, status, errors } => {
+            ItemKind::Status {
+                customer,
+                message_id,
+                status,
+                errors,
+            } => {
                 self.out.reads_state = false;
                 let mut e = self.event(EventType::MessageStatus, Exchange::Bot, customer, ts, None);
                 e.status = Some(status.clone());
@@ -245,30 +310,61 @@ impl Decider<'_> {
             }
             ItemKind::AccountUpdate { event, reason } => {
                 self.out.reads_state = false;
-                let mut e = self.event(EventType::AccountUpdated, Exchange::Bot, &Customer::default(), ts, None);
+                let mut e = self.event(
+                    EventType::AccountUpdated,
+                    Exchange::Bot,
+                    &Customer::default(),
+                    ts,
+                    None,
+                );
                 e.event = Some(event.clone());
                 e.account_reason = Some(reason.clone());
                 self.push(e, Rule::R12);
             }
-            ItemKind::History { customer, message, direction } => {
+            ItemKind::History {
+                customer,
+                message,
+                direction,
+            } => {
                 self.out.reads_state = false;
                 let mut e = self.event(EventType::History, Exchange::HumanChat, customer, ts, None);
                 e.message = Some(self.message(item, message, Source::History));
                 e.direction = Some(*direction);
                 self.push(e, Rule::R11);
             }
-            ItemKind::HistoryStatus { phase, chunk_order, progress, declined } => {
+            ItemKind::HistoryStatus {
+                phase,
+                chunk_order,
+                progress,
+                declined,
+            } => {
                 self.out.reads_state = false;
-                let mut e = self.event(EventType::HistoryStatus, Exchange::HumanChat, &Customer::default(), ts, None);
+                let mut e = self.event(
+                    EventType::HistoryStatus,
+                    Exchange::HumanChat,
+                    &Customer::default(),
+                    ts,
+                    None,
+                );
                 e.phase = Some(*phase);
                 e.chunk_order = Some(*chunk_order);
                 e.progress = Some(*progress);
                 e.declined = Some(*declined);
                 self.push(e, Rule::R11);
             }
-            ItemKind::ContactSync { customer, action, contact } => {
+            ItemKind::ContactSync {
+                customer,
+                action,
+                contact,
+            } => {
                 self.out.reads_state = false;
-                let mut e = self.event(EventType::ContactSynced, Exchange::HumanChat, customer, ts, None);
+                let mut e = self.event(
+                    EventType::ContactSynced,
+                    Exchange::HumanChat,
+                    customer,
+                    ts,
+                    None,
+                );
                 e.action = Some(action.clone());
                 e.contact = Some(contact.clone());
                 self.push(e, Rule::R11);
@@ -285,17 +381,43 @@ impl Decider<'_> {
     }
 
     /// R1, R2, R3.
-    fn customer_message(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
+    fn customer_message(
+        &mut self,
+        item: &Item,
+        customer: &Customer,
+        content: &Content,
+        ts: Millis,
+    ) {
         let msg = self.message(item, content, Source::Customer);
         if self.out.state.paused(self.now).is_some() {
             let session = self.touch_session(Handler::Human);
-            let mut e = self.event(EventType::MessageReceived, Exchange::HumanChat, customer, ts, Some(session));
+            let mut e = self.event(
+                EventType::MessageReceived,
+                Exchange::HumanChat,
+                customer,
+                ts,
+                Some(session),
+            );
             e.message = Some(msg);
             return self.push(e, Rule::R3);
         }
-        let bot_session = self.out.state.session_at(self.now).is_some_and(|s| s.handler == Handler::Bot);
-        let session = if bot_session { self.touch_session(Handler::Bot) } else { self.open_session(Handler::Bot) };
-        let mut e = self.event(EventType::MessageReceived, Exchange::Bot, customer, ts, Some(session));
+        let bot_session = self
+            .out
+            .state
+            .session_at(self.now)
+            .is_some_and(|s| s.handler == Handler::Bot);
+        let session = if bot_session {
+            self.touch_session(Handler::Bot)
+        } else {
+            self.open_session(Handler::Bot)
+        };
+        let mut e = self.event(
+            EventType::MessageReceived,
+            Exchange::Bot,
+            customer,
+            ts,
+            Some(session),
+        );
         e.message = Some(msg);
         e.session_started = Some(!bot_session);
         self.push(e, if bot_session { Rule::R1 } else { Rule::R2 });
@@ -311,13 +433,26 @@ impl Decider<'_> {
             self.pause(ts, until, customer, content.id.clone(), Rule::R4);
             Rule::R4
         };
-        let mut e = self.event(EventType::SentFromApp, Exchange::HumanChat, customer, ts, self.current_session());
+        let mut e = self.event(
+            EventType::SentFromApp,
+            Exchange::HumanChat,
+            customer,
+            ts,
+            self.current_session(),
+        );
         e.message = Some(self.message(item, content, Source::BusinessApp));
         self.push(e, rule);
     }
 
     /// Pauses the AI agent until `until` (never shortening a pause in force).
-    fn pause(&mut self, since: Millis, until: Millis, customer: &Customer, trigger_message: Option<String>, rule: Rule) {
+    fn pause(
+        &mut self,
+        since: Millis,
+        until: Millis,
+        customer: &Customer,
+        trigger_message: Option<String>,
+        rule: Rule,
+    ) {
         self.out.rule = rule;
         if let Some(p) = self.out.state.pause.as_mut().filter(|p| p.until > self.now) {
             if until > p.until {
@@ -328,16 +463,37 @@ impl Decider<'_> {
             return;
         }
         let paused_until = until.rfc3339();
-        let bot_session = self.out.state.session_at(self.now).filter(|s| s.handler == Handler::Bot).map(|s| s.id.clone());
-        self.out.state.pause = Some(Pause { until, since, trigger: self.key.clone() });
+        let bot_session = self
+            .out
+            .state
+            .session_at(self.now)
+            .filter(|s| s.handler == Handler::Bot)
+            .map(|s| s.id.clone());
+        self.out.state.pause = Some(Pause {
+            until,
+            since,
+            trigger: self.key.clone(),
+        });
         self.out.schedule = Some((deadline_member(self.scope, &self.key), until));
         let session = self.touch_session(Handler::Human);
         if bot_session.is_some() {
-            let mut e = self.event(EventType::SessionPaused, Exchange::Bot, customer, since, Some(session.clone()));
+            let mut e = self.event(
+                EventType::SessionPaused,
+                Exchange::Bot,
+                customer,
+                since,
+                Some(session.clone()),
+            );
             e.paused_until = Some(paused_until.clone());
             self.out.events.push(e);
         }
-        let mut e = self.event(EventType::Handover, Exchange::HumanChat, customer, since, Some(session));
+        let mut e = self.event(
+            EventType::Handover,
+            Exchange::HumanChat,
+            customer,
+            since,
+            Some(session),
+        );
         e.paused_until = Some(paused_until);
         e.trigger_message_id = Some(trigger_message);
         self.out.events.push(e);
@@ -356,7 +512,13 @@ impl Decider<'_> {
                 self.release(&p, reason, at, customer);
             }
             None => {
-                if self.out.state.session.as_ref().is_some_and(|s| s.started <= at) {
+                if self
+                    .out
+                    .state
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.started <= at)
+                {
                     self.out.state.session = None;
                 }
             }
@@ -379,10 +541,21 @@ impl Decider<'_> {
         self.out.state.pause = None;
         self.out.state.session = None;
         self.out.unschedule = Some(deadline_member(self.scope, &p.trigger));
-        if self.out.schedule.as_ref().is_some_and(|(m, _)| self.out.unschedule.as_ref() == Some(m)) {
+        if self
+            .out
+            .schedule
+            .as_ref()
+            .is_some_and(|(m, _)| self.out.unschedule.as_ref() == Some(m))
+        {
             self.out.schedule = None;
         }
-        let mut e = self.event(EventType::Released, Exchange::HumanChat, customer, at, session);
+        let mut e = self.event(
+            EventType::Released,
+            Exchange::HumanChat,
+            customer,
+            at,
+            session,
+        );
         e.release_reason = Some(reason);
         self.out.events.push(e);
     }
@@ -394,7 +567,13 @@ impl Decider<'_> {
     /// Restarts the inactivity clock of the live session (opening one if there is none).
     fn touch_session(&mut self, handler: Handler) -> String {
         let expires = self.now.plus(self.rules.session_timeout);
-        match self.out.state.session.as_mut().filter(|s| s.expires > self.now) {
+        match self
+            .out
+            .state
+            .session
+            .as_mut()
+            .filter(|s| s.expires > self.now)
+        {
             Some(s) => {
                 s.handler = handler;
                 s.expires = expires;
@@ -407,12 +586,21 @@ impl Decider<'_> {
     fn open_session(&mut self, handler: Handler) -> String {
         let id = stable_id(&[&self.scope_str, "session", &self.key]);
         let expires = self.now.plus(self.rules.session_timeout);
-        self.out.state.session = Some(Session { id: id.clone(), handler, started: self.now, expires });
+        self.out.state.session = Some(Session {
+            id: id.clone(),
+            handler,
+            started: self.now,
+            expires,
+        });
         id
     }
 
     fn scope_customer(&self) -> Customer {
-        self.scope.customer.as_ref().map(Customer::from_key).unwrap_or_default()
+        self.scope
+            .customer
+            .as_ref()
+            .map(Customer::from_key)
+            .unwrap_or_default()
     }
 
     fn push(&mut self, e: Event, rule: Rule) {
@@ -420,7 +608,14 @@ impl Decider<'_> {
         self.out.rule = rule;
     }
 
-    fn event(&self, kind: EventType, exchange: Exchange, customer: &Customer, at: Millis, session_id: Option<String>) -> Event {
+    fn event(
+        &self,
+        kind: EventType,
+        exchange: Exchange,
+        customer: &Customer,
+        at: Millis,
+        session_id: Option<String>,
+    ) -> Event {
         Event {
             event_id: stable_id(&[&self.scope_str, &self.key, kind.as_str()]),
             kind,

@@ -34,7 +34,9 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Int(v))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-        Ok(i64::try_from(v).map(Scalar::Int).unwrap_or(Scalar::Float(v as f64)))
+        Ok(i64::try_from(v)
+            .map(Scalar::Int)
+            .unwrap_or(Scalar::Float(v as f64)))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
         Ok(Scalar::Float(v))
@@ -100,7 +102,9 @@ impl<'de> Deserialize<'de> for LNum {
 impl LNum {
     /// The value when it is a whole number.
     pub fn int(self) -> Option<i64> {
-        self.0.filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+        self.0
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
     }
 }
 
@@ -110,7 +114,9 @@ pub struct LTime(pub Option<Millis>);
 
 impl<'de> Deserialize<'de> for LTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let secs = LNum::deserialize(d)?.int().filter(|s| (0..=253_402_300_799).contains(s));
+        let secs = LNum::deserialize(d)?
+            .int()
+            .filter(|s| (0..=253_402_300_799).contains(s));
         Ok(LTime(secs.map(Millis::from_secs)))
     }
 }
@@ -313,7 +319,10 @@ mod tests {
 
     #[test]
     fn right_types_are_read() {
-        let p: Probe = serde_json::from_str(r#"{"s":"x","n":"1.5","t":"1764000000","o":{"body":"hi"},"a":["a",2]}"#).unwrap();
+        let p: Probe = serde_json::from_str(
+            r#"{"s":"x","n":"1.5","t":"1764000000","o":{"body":"hi"},"a":["a",2]}"#,
+        )
+        .unwrap();
         assert_eq!(p.s.get(), Some("x"));
         assert_eq!(p.n.0, Some(1.5));
         assert_eq!(p.t.0, Some(Millis::from_secs(1764000000)));
@@ -329,7 +338,8 @@ mod tests {
         assert_eq!(p.t.0, None);
         assert!(p.o.get().is_none());
         assert!(p.a.0.is_empty());
-        let p: Probe = serde_json::from_str(r#"{"s":null,"n":null,"t":-5,"o":[1],"a":"x"}"#).unwrap();
+        let p: Probe =
+            serde_json::from_str(r#"{"s":null,"n":null,"t":-5,"o":[1],"a":"x"}"#).unwrap();
         assert_eq!(p.s.get(), None);
         assert_eq!(p.t.0, None, "negative timestamps are refused");
         assert!(p.o.get().is_none());

@@ -9,8 +9,8 @@
 pub mod lenient;
 pub mod wire;
 
-use serde::{Deserialize, Serialize};
 use lenient::RawList;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::domain::{phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope};
@@ -49,19 +49,43 @@ pub struct Item {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ItemKind {
     /// `messages[]`: a customer wrote.
-    Customer { customer: Customer, message: Content },
+    Customer {
+        customer: Customer,
+        message: Content,
+    },
     /// `message_echoes[]`: the business wrote, edited or deleted from the Business App.
     Echo { customer: Customer, echo: Echo },
     /// `statuses[]`: what happened to a message sent through the API.
-    Status { customer: Customer, message_id: Option<String>, status: Option<String>, errors: Box<RawValue> },
+    Status {
+        customer: Customer,
+        message_id: Option<String>,
+        status: Option<String>,
+        errors: Box<RawValue>,
+    },
     /// `account_update`.
-    AccountUpdate { event: Option<String>, reason: Option<String> },
+    AccountUpdate {
+        event: Option<String>,
+        reason: Option<String>,
+    },
     /// One message of the history sync (`history` threads, or the follow-up `messages[]`).
-    History { customer: Customer, message: Content, direction: Direction },
+    History {
+        customer: Customer,
+        message: Content,
+        direction: Direction,
+    },
     /// Progress of the history sync (one per `history[]` chunk), or its decline.
-    HistoryStatus { phase: Option<i64>, chunk_order: Option<i64>, progress: Option<i64>, declined: bool },
+    HistoryStatus {
+        phase: Option<i64>,
+        chunk_order: Option<i64>,
+        progress: Option<i64>,
+        declined: bool,
+    },
     /// `smb_app_state_sync`: a contact added, edited or removed in the App.
-    ContactSync { customer: Customer, action: Option<String>, contact: Option<Box<RawValue>> },
+    ContactSync {
+        customer: Customer,
+        action: Option<String>,
+        contact: Option<Box<RawValue>>,
+    },
     /// `value.errors[]` of a `messages` change: Meta reports a problem with no message attached.
     Errors,
     /// A change of a field this product does not subscribe to (kept for logs and metrics).
@@ -75,8 +99,13 @@ pub enum ItemKind {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Echo {
     Send(Content),
-    Edit { original_message_id: Option<String>, message: Content },
-    Revoke { original_message_id: Option<String> },
+    Edit {
+        original_message_id: Option<String>,
+        message: Content,
+    },
+    Revoke {
+        original_message_id: Option<String>,
+    },
 }
 
 /// Direction of a history message, seen from the business.
@@ -117,10 +146,12 @@ pub struct Media {
 pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
     // Serde would read an array as a struct's fields by position: only an object is a webhook.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => BodyError::NotWebhook("the body is not a JSON object".into()),
-            Err(e) => BodyError::NotJson(e.to_string()),
-        });
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => BodyError::NotWebhook("the body is not a JSON object".into()),
+                Err(e) => BodyError::NotJson(e.to_string()),
+            },
+        );
     }
     let envelope: wire::Envelope = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -131,7 +162,11 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
     })?;
     match envelope.object.get() {
         None | Some("whatsapp_business_account") => {}
-        Some(other) => return Err(BodyError::NotWebhook(format!("`object` is {other:?}, not \"whatsapp_business_account\""))),
+        Some(other) => {
+            return Err(BodyError::NotWebhook(format!(
+                "`object` is {other:?}, not \"whatsapp_business_account\""
+            )))
+        }
     }
     let entries = match envelope.entry {
         RawList::List(entries) => entries,
@@ -151,7 +186,9 @@ fn unreadable(scope: Scope, raw: &RawValue, reason: impl Into<String>) -> Item {
         key: format!("x:{}", stable_id(&[raw.get()])),
         timestamp: None,
         raw: compact(raw),
-        kind: ItemKind::Unreadable { reason: reason.into() },
+        kind: ItemKind::Unreadable {
+            reason: reason.into(),
+        },
     }
 }
 
@@ -175,24 +212,43 @@ fn read_entry(raw: &RawValue, out: &mut Vec<Item>) {
         return out.push(unreadable(unknown, raw, "`changes` is not an array"));
     };
     for change in changes {
-        let parsed = serde_json::from_str::<lenient::Obj<wire::Change>>(change.get()).ok().and_then(|c| c.0);
+        let parsed = serde_json::from_str::<lenient::Obj<wire::Change>>(change.get())
+            .ok()
+            .and_then(|c| c.0);
         let Some(c) = parsed else {
-            out.push(unreadable(unknown.clone(), change, "a change that is not an object"));
+            out.push(unreadable(
+                unknown.clone(),
+                change,
+                "a change that is not an object",
+            ));
             continue;
         };
         read_change(&entry, c, change, out);
     }
 }
 
-fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue, out: &mut Vec<Item>) {
+fn read_change(
+    entry: &wire::Entry,
+    change: wire::Change,
+    raw_change: &RawValue,
+    out: &mut Vec<Item>,
+) {
     let field = change.field.get().unwrap_or("").to_owned();
     let value_raw = change.value.unwrap_or(raw_change);
     let value = match serde_json::from_str::<lenient::Obj<wire::Value>>(value_raw.get()) {
         Ok(lenient::Obj(Some(v))) => v,
-        _ => return out.push(unreadable(Scope::number("unknown"), raw_change, format!("`{field}` change without a readable value"))),
+        _ => {
+            return out.push(unreadable(
+                Scope::number("unknown"),
+                raw_change,
+                format!("`{field}` change without a readable value"),
+            ))
+        }
     };
     let metadata = value.metadata.get();
-    let pnid = metadata.and_then(|m| m.phone_number_id.get()).filter(|s| valid_phone_number_id(s));
+    let pnid = metadata
+        .and_then(|m| m.phone_number_id.get())
+        .filter(|s| valid_phone_number_id(s));
 
     if field == "account_update" {
         // No metadata: the business account (entry.id) stands for the number.
@@ -212,26 +268,54 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             key,
             timestamp: time,
             raw: compact(value_raw),
-            kind: ItemKind::AccountUpdate { event, reason: value.disconnection_info.get().and_then(|d| d.reason.0.clone()) },
+            kind: ItemKind::AccountUpdate {
+                event,
+                reason: value
+                    .disconnection_info
+                    .get()
+                    .and_then(|d| d.reason.0.clone()),
+            },
         });
     }
 
     let Some(pnid) = pnid else {
-        let kind = if matches!(field.as_str(), "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync") {
-            ItemKind::Unreadable { reason: format!("`{field}` change without metadata.phone_number_id") }
+        let kind = if matches!(
+            field.as_str(),
+            "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync"
+        ) {
+            ItemKind::Unreadable {
+                reason: format!("`{field}` change without metadata.phone_number_id"),
+            }
         } else {
-            ItemKind::Unhandled { field: field.clone() }
+            ItemKind::Unhandled {
+                field: field.clone(),
+            }
         };
-        let mut item = unreadable(Scope::number(entry.id.get().unwrap_or("unknown")), raw_change, "");
+        let mut item = unreadable(
+            Scope::number(entry.id.get().unwrap_or("unknown")),
+            raw_change,
+            "",
+        );
         item.kind = kind;
         return out.push(item);
     };
-    let ctx = Ctx { raw: value_raw, pnid, business: metadata.and_then(|m| m.display_phone_number.get()).and_then(phone_digits), value: &value };
+    let ctx = Ctx {
+        raw: value_raw,
+        pnid,
+        business: metadata
+            .and_then(|m| m.display_phone_number.get())
+            .and_then(phone_digits),
+        value: &value,
+    };
 
     match field.as_str() {
         "messages" => {
-            ctx.each(&value.messages, "messages", out, |ctx, raw, out| ctx.customer_message(raw, out));
-            ctx.each(&value.statuses, "statuses", out, |ctx, raw, out| ctx.status(raw, out));
+            ctx.each(&value.messages, "messages", out, |ctx, raw, out| {
+                ctx.customer_message(raw, out)
+            });
+            ctx.each(&value.statuses, "statuses", out, |ctx, raw, out| {
+                ctx.status(raw, out)
+            });
             ctx.each(&value.errors, "errors", out, |ctx, raw, out| {
                 out.push(Item {
                     scope: Scope::number(ctx.pnid),
@@ -242,13 +326,24 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
                 })
             });
         }
-        "smb_message_echoes" => ctx.each(&value.message_echoes, "message_echoes", out, |ctx, raw, out| ctx.echo(raw, out)),
+        "smb_message_echoes" => ctx.each(
+            &value.message_echoes,
+            "message_echoes",
+            out,
+            |ctx, raw, out| ctx.echo(raw, out),
+        ),
         "history" => {
-            ctx.each(&value.history, "history", out, |ctx, raw, out| ctx.history_chunk(raw, out));
+            ctx.each(&value.history, "history", out, |ctx, raw, out| {
+                ctx.history_chunk(raw, out)
+            });
             // The follow-up form: media for earlier placeholders, as `messages[]`.
-            ctx.each(&value.messages, "messages", out, |ctx, raw, out| ctx.history_message(raw, None, out));
+            ctx.each(&value.messages, "messages", out, |ctx, raw, out| {
+                ctx.history_message(raw, None, out)
+            });
         }
-        "smb_app_state_sync" => ctx.each(&value.state_sync, "state_sync", out, |ctx, raw, out| ctx.state_sync(raw, out)),
+        "smb_app_state_sync" => ctx.each(&value.state_sync, "state_sync", out, |ctx, raw, out| {
+            ctx.state_sync(raw, out)
+        }),
         _ => out.push(Item {
             scope: Scope::number(pnid),
             key: format!("u:{}", stable_id(&[value_raw.get()])),
@@ -268,21 +363,37 @@ struct Ctx<'v, 'a> {
 }
 
 impl Ctx<'_, '_> {
-    fn each<'r>(&self, list: &RawList<'r>, name: &str, out: &mut Vec<Item>, mut f: impl FnMut(&Self, &'r RawValue, &mut Vec<Item>)) {
+    fn each<'r>(
+        &self,
+        list: &RawList<'r>,
+        name: &str,
+        out: &mut Vec<Item>,
+        mut f: impl FnMut(&Self, &'r RawValue, &mut Vec<Item>),
+    ) {
         match list {
             RawList::Absent => {}
             RawList::List(items) => items.iter().for_each(|r| f(self, r, out)),
-            RawList::NotList => out.push(unreadable(Scope::number(self.pnid), self.raw, format!("`{name}` is not an array"))),
+            RawList::NotList => out.push(unreadable(
+                Scope::number(self.pnid),
+                self.raw,
+                format!("`{name}` is not an array"),
+            )),
         }
     }
 
     fn message(&self, raw: &RawValue) -> Option<wire::Message> {
-        serde_json::from_str::<lenient::Obj<wire::Message>>(raw.get()).ok().and_then(|m| m.0)
+        serde_json::from_str::<lenient::Obj<wire::Message>>(raw.get())
+            .ok()
+            .and_then(|m| m.0)
     }
 
     fn customer_message(&self, raw: &RawValue, out: &mut Vec<Item>) {
         let Some(m) = self.message(raw) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a message that is not an object"));
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a message that is not an object",
+            ));
         };
         let from = m.from.get().and_then(phone_digits);
         let from_user = m.from_user_id.get();
@@ -295,27 +406,48 @@ impl Ctx<'_, '_> {
                 (from.is_some() && c.wa_id.get().and_then(phone_digits) == from)
                     || (from_user.is_some() && c.user_id.get() == from_user)
             })
-            .or_else(|| if contacts.len() == 1 { contacts[0].get() } else { None });
+            .or_else(|| {
+                if contacts.len() == 1 {
+                    contacts[0].get()
+                } else {
+                    None
+                }
+            });
         let customer = Customer {
             wa_id: from.or_else(|| contact.and_then(|c| c.wa_id.get()).and_then(phone_digits)),
-            user_id: from_user.or(contact.and_then(|c| c.user_id.get())).map(str::to_owned),
-            name: contact.and_then(|c| c.profile.get()).and_then(|p| p.name.0.clone()),
+            user_id: from_user
+                .or(contact.and_then(|c| c.user_id.get()))
+                .map(str::to_owned),
+            name: contact
+                .and_then(|c| c.profile.get())
+                .and_then(|p| p.name.0.clone()),
         };
         let Some(key) = customer.key() else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a customer message without a sender"));
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a customer message without a sender",
+            ));
         };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
             key: message_key(&m, raw),
             timestamp: m.timestamp.0,
             raw: compact(raw),
-            kind: ItemKind::Customer { message: content(&m), customer },
+            kind: ItemKind::Customer {
+                message: content(&m),
+                customer,
+            },
         });
     }
 
     fn echo(&self, raw: &RawValue, out: &mut Vec<Item>) {
         let Some(m) = self.message(raw) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "an echo that is not an object"));
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "an echo that is not an object",
+            ));
         };
         let customer = Customer {
             wa_id: m.to.get().and_then(phone_digits),
@@ -323,23 +455,38 @@ impl Ctx<'_, '_> {
             name: None,
         };
         let Some(key) = customer.key() else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "an echo without a recipient"));
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "an echo without a recipient",
+            ));
         };
         let echo = match m.kind.get() {
-            Some("revoke") => Echo::Revoke { original_message_id: m.revoke.get().and_then(|r| r.original_message_id.0.clone()) },
+            Some("revoke") => Echo::Revoke {
+                original_message_id: m.revoke.get().and_then(|r| r.original_message_id.0.clone()),
+            },
             Some("edit") => {
                 let edit = m.edit.get();
                 let message = match edit.and_then(|e| e.message.get()) {
-                    Some(inner) => Content { id: m.id.0.clone(), ..content(inner) },
+                    Some(inner) => Content {
+                        id: m.id.0.clone(),
+                        ..content(inner)
+                    },
                     None => Content {
                         id: m.id.0.clone(),
                         kind: "text".into(),
-                        text: edit.and_then(|e| e.text.get()).and_then(|t| t.body.0.clone()).unwrap_or_default(),
+                        text: edit
+                            .and_then(|e| e.text.get())
+                            .and_then(|t| t.body.0.clone())
+                            .unwrap_or_default(),
                         media: None,
                         reply_to: None,
                     },
                 };
-                Echo::Edit { original_message_id: edit.and_then(|e| e.original_message_id.0.clone()), message }
+                Echo::Edit {
+                    original_message_id: edit.and_then(|e| e.original_message_id.0.clone()),
+                    message,
+                }
             }
             _ => Echo::Send(content(&m)),
         };
@@ -353,8 +500,15 @@ impl Ctx<'_, '_> {
     }
 
     fn status(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(s) = serde_json::from_str::<lenient::Obj<wire::Status>>(raw.get()).ok().and_then(|s| s.0) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a status that is not an object"));
+        let Some(s) = serde_json::from_str::<lenient::Obj<wire::Status>>(raw.get())
+            .ok()
+            .and_then(|s| s.0)
+        else {
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a status that is not an object",
+            ));
         };
         let customer = Customer {
             wa_id: s.recipient_id.get().and_then(phone_digits),
@@ -378,20 +532,38 @@ impl Ctx<'_, '_> {
             key,
             timestamp: s.timestamp.0,
             raw: compact(raw),
-            kind: ItemKind::Status { customer, message_id: s.id.0.clone(), status: s.status.0.clone(), errors },
+            kind: ItemKind::Status {
+                customer,
+                message_id: s.id.0.clone(),
+                status: s.status.0.clone(),
+                errors,
+            },
         });
     }
 
     fn history_chunk(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(chunk) = serde_json::from_str::<lenient::Obj<wire::HistoryChunk>>(raw.get()).ok().and_then(|c| c.0) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a history chunk that is not an object"));
+        let Some(chunk) = serde_json::from_str::<lenient::Obj<wire::HistoryChunk>>(raw.get())
+            .ok()
+            .and_then(|c| c.0)
+        else {
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a history chunk that is not an object",
+            ));
         };
         for thread in chunk.threads.0.iter().filter_map(|t| t.get()) {
             let thread_customer = thread.id.get();
             match &thread.messages {
                 RawList::Absent => {}
-                RawList::List(msgs) => msgs.iter().for_each(|m| self.history_message(m, thread_customer, out)),
-                RawList::NotList => out.push(unreadable(Scope::number(self.pnid), raw, "`threads[].messages` is not an array")),
+                RawList::List(msgs) => msgs
+                    .iter()
+                    .for_each(|m| self.history_message(m, thread_customer, out)),
+                RawList::NotList => out.push(unreadable(
+                    Scope::number(self.pnid),
+                    raw,
+                    "`threads[].messages` is not an array",
+                )),
             }
         }
         let meta = chunk.metadata.get();
@@ -399,7 +571,12 @@ impl Ctx<'_, '_> {
             Some(m) => (m.phase.int(), m.chunk_order.int(), m.progress.int()),
             None => (None, None, None),
         };
-        let declined = chunk.errors.0.iter().filter_map(|e| e.get()).any(|e| e.code.int() == Some(HISTORY_DECLINED));
+        let declined = chunk
+            .errors
+            .0
+            .iter()
+            .filter_map(|e| e.get())
+            .any(|e| e.code.int() == Some(HISTORY_DECLINED));
         let key = if meta.is_some() {
             format!("hs:{}:{}:{}", opt(phase), opt(chunk_order), opt(progress))
         } else {
@@ -410,13 +587,22 @@ impl Ctx<'_, '_> {
             key,
             timestamp: None,
             raw: compact(raw),
-            kind: ItemKind::HistoryStatus { phase, chunk_order, progress, declined },
+            kind: ItemKind::HistoryStatus {
+                phase,
+                chunk_order,
+                progress,
+                declined,
+            },
         });
     }
 
     fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Vec<Item>) {
         let Some(m) = self.message(raw) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a history message that is not an object"));
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a history message that is not an object",
+            ));
         };
         let from = m.from.get().and_then(phone_digits);
         let outbound = match (&from, &self.business) {
@@ -425,14 +611,28 @@ impl Ctx<'_, '_> {
             (Some(_), None) => m.to.get().is_some() && thread.and_then(phone_digits) != from,
         };
         let customer = if outbound {
-            Customer { wa_id: m.to.get().and_then(phone_digits), user_id: m.to_user_id.0.clone(), name: None }
+            Customer {
+                wa_id: m.to.get().and_then(phone_digits),
+                user_id: m.to_user_id.0.clone(),
+                name: None,
+            }
         } else {
-            Customer { wa_id: from.clone(), user_id: m.from_user_id.0.clone(), name: None }
+            Customer {
+                wa_id: from.clone(),
+                user_id: m.from_user_id.0.clone(),
+                name: None,
+            }
         };
         let customer = match (customer.key(), thread.and_then(CustomerKey::parse)) {
             (Some(_), _) => customer,
             (None, Some(k)) => Customer::from_key(&k),
-            (None, None) => return out.push(unreadable(Scope::number(self.pnid), raw, "a history message without a customer")),
+            (None, None) => {
+                return out.push(unreadable(
+                    Scope::number(self.pnid),
+                    raw,
+                    "a history message without a customer",
+                ))
+            }
         };
         let key = customer.key().expect("checked above");
         let message = content(&m);
@@ -442,13 +642,28 @@ impl Ctx<'_, '_> {
             key: format!("h:{}:{}", message_key(&m, raw), message.kind),
             timestamp: m.timestamp.0,
             raw: compact(raw),
-            kind: ItemKind::History { customer, message, direction: if outbound { Direction::Outbound } else { Direction::Inbound } },
+            kind: ItemKind::History {
+                customer,
+                message,
+                direction: if outbound {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                },
+            },
         });
     }
 
     fn state_sync(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(s) = serde_json::from_str::<lenient::Obj<wire::StateSync>>(raw.get()).ok().and_then(|s| s.0) else {
-            return out.push(unreadable(Scope::number(self.pnid), raw, "a state_sync item that is not an object"));
+        let Some(s) = serde_json::from_str::<lenient::Obj<wire::StateSync>>(raw.get())
+            .ok()
+            .and_then(|s| s.0)
+        else {
+            return out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                "a state_sync item that is not an object",
+            ));
         };
         if s.kind.get().is_some_and(|k| k != "contact") {
             return out.push(Item {
@@ -456,14 +671,24 @@ impl Ctx<'_, '_> {
                 key: format!("u:{}", stable_id(&[raw.get()])),
                 timestamp: None,
                 raw: compact(raw),
-                kind: ItemKind::Unhandled { field: format!("smb_app_state_sync:{}", s.kind.get().unwrap_or("")) },
+                kind: ItemKind::Unhandled {
+                    field: format!("smb_app_state_sync:{}", s.kind.get().unwrap_or("")),
+                },
             });
         }
-        let contact = s.contact.and_then(|c| serde_json::from_str::<lenient::Obj<wire::SyncContact>>(c.get()).ok()).and_then(|c| c.0);
+        let contact = s
+            .contact
+            .and_then(|c| serde_json::from_str::<lenient::Obj<wire::SyncContact>>(c.get()).ok())
+            .and_then(|c| c.0);
         let customer = Customer {
-            wa_id: contact.as_ref().and_then(|c| c.phone_number.get()).and_then(phone_digits),
+            wa_id: contact
+                .as_ref()
+                .and_then(|c| c.phone_number.get())
+                .and_then(phone_digits),
             user_id: None,
-            name: contact.as_ref().and_then(|c| c.full_name.0.clone().or(c.first_name.0.clone())),
+            name: contact
+                .as_ref()
+                .and_then(|c| c.full_name.0.clone().or(c.first_name.0.clone())),
         };
         let timestamp = s.metadata.get().and_then(|m| m.timestamp.0);
         let scope = match customer.key() {
@@ -471,11 +696,20 @@ impl Ctx<'_, '_> {
             None => Scope::number(self.pnid),
         };
         out.push(Item {
-            key: format!("c:{}:{}:{}", customer.wa_id.as_deref().unwrap_or(""), s.action.get().unwrap_or(""), timestamp.map_or(0, |t| t.0)),
+            key: format!(
+                "c:{}:{}:{}",
+                customer.wa_id.as_deref().unwrap_or(""),
+                s.action.get().unwrap_or(""),
+                timestamp.map_or(0, |t| t.0)
+            ),
             scope,
             timestamp,
             raw: compact(raw),
-            kind: ItemKind::ContactSync { customer, action: s.action.0.clone(), contact: s.contact.map(compact) },
+            kind: ItemKind::ContactSync {
+                customer,
+                action: s.action.0.clone(),
+                contact: s.contact.map(compact),
+            },
         });
     }
 }
@@ -540,7 +774,8 @@ mod tests {
 
     #[test]
     fn compact_drops_only_whitespace_between_tokens() {
-        let raw: Box<RawValue> = serde_json::from_str("{\n \"a\" : [1, 2.50],\n \"b\": \"x  y\\\" \\n z\"\t}").unwrap();
+        let raw: Box<RawValue> =
+            serde_json::from_str("{\n \"a\" : [1, 2.50],\n \"b\": \"x  y\\\" \\n z\"\t}").unwrap();
         assert_eq!(compact(&raw).get(), r#"{"a":[1,2.50],"b":"x  y\" \n z"}"#);
         let already: Box<RawValue> = serde_json::from_str(r#"{"k":"v"}"#).unwrap();
         assert_eq!(compact(&already).get(), r#"{"k":"v"}"#);

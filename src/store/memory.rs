@@ -36,7 +36,11 @@ impl MemoryStore {
 
     /// The state of a conversation (for tests and inspection).
     pub fn state(&self, scope: &Scope) -> State {
-        self.lock().conversations.get(scope).map(|c| c.state.clone()).unwrap_or_default()
+        self.lock()
+            .conversations
+            .get(scope)
+            .map(|c| c.state.clone())
+            .unwrap_or_default()
     }
 
     /// The deadlines in the schedule, by member.
@@ -45,7 +49,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -53,7 +59,11 @@ impl StateStore for MemoryStore {
     async fn load(&self, scope: &Scope, key: &str, _now: Millis) -> Result<Snapshot> {
         let inner = self.lock();
         Ok(match inner.conversations.get(scope) {
-            Some(c) => Snapshot { state: c.state.clone(), version: c.version, seen: c.seen.get(key).cloned() },
+            Some(c) => Snapshot {
+                state: c.state.clone(),
+                version: c.version,
+                seen: c.seen.get(key).cloned(),
+            },
             None => Snapshot::default(),
         })
     }
@@ -61,7 +71,9 @@ impl StateStore for MemoryStore {
     async fn commit(&self, commit: Commit<'_>) -> Result<Committed> {
         let mut inner = self.lock();
         let c = inner.conversations.entry(commit.scope.clone()).or_default();
-        if commit.expected_version.is_some_and(|v| v != c.version) || c.seen.contains_key(commit.key) {
+        if commit.expected_version.is_some_and(|v| v != c.version)
+            || c.seen.contains_key(commit.key)
+        {
             return Ok(Committed::Conflict);
         }
         if let Some(state) = commit.state {
@@ -73,7 +85,12 @@ impl StateStore for MemoryStore {
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
-        if let Some(seen) = self.lock().conversations.get_mut(scope).and_then(|c| c.seen.get_mut(key)) {
+        if let Some(seen) = self
+            .lock()
+            .conversations
+            .get_mut(scope)
+            .and_then(|c| c.seen.get_mut(key))
+        {
             *seen = Seen::Done;
         }
         Ok(())
@@ -89,9 +106,19 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> Result<Vec<(String, Millis)>> {
+    async fn claim_due(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, Millis)>> {
         let mut inner = self.lock();
-        let mut due: Vec<(String, Millis)> = inner.deadlines.iter().filter(|(_, at)| **at <= now).map(|(m, at)| (m.clone(), *at)).collect();
+        let mut due: Vec<(String, Millis)> = inner
+            .deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(m, at)| (m.clone(), *at))
+            .collect();
         due.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         due.truncate(limit);
         let lease_until = now.plus(lease);

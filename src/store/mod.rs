@@ -87,7 +87,12 @@ pub enum Committed {
 /// Where conversation state lives. All methods are atomic on their own.
 pub trait StateStore: Send + Sync {
     /// The state of `scope` and the dedup mark of `key` in it, read at once.
-    fn load(&self, scope: &Scope, key: &str, now: Millis) -> impl Future<Output = Result<Snapshot>> + Send;
+    fn load(
+        &self,
+        scope: &Scope,
+        key: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
     fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
     /// Marks an input's events as published (its mark keeps its expiry).
     fn mark_published(&self, scope: &Scope, key: &str) -> impl Future<Output = Result<()>> + Send;
@@ -96,9 +101,18 @@ pub trait StateStore: Send + Sync {
     fn unschedule(&self, member: &str) -> impl Future<Output = Result<()>> + Send;
     /// Claims up to `limit` deadlines due at `now`: each is held for `lease` (its score becomes
     /// `now + lease`), so one claimer gets it; an unfinished claim comes due again.
-    fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> impl Future<Output = Result<Vec<(String, Millis)>>> + Send;
+    fn claim_due(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Millis)>>> + Send;
     /// Removes a claimed deadline, unless it was moved since the claim.
-    fn finish_claim(&self, member: &str, lease_until: Millis) -> impl Future<Output = Result<()>> + Send;
+    fn finish_claim(
+        &self,
+        member: &str,
+        lease_until: Millis,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The settings of every business number: the defaults and per-number overrides.
@@ -166,18 +180,30 @@ impl<S: StateStore> Engine<S> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.store.load(scope, &key, now).await?;
             match snap.seen {
-                Some(Seen::Done) => return Ok(self.applied(input, key, None, Delivery::Duplicate, Vec::new())),
-                Some(Seen::Pending(events)) => return Ok(self.applied(input, key, None, Delivery::Redelivered, events)),
+                Some(Seen::Done) => {
+                    return Ok(self.applied(input, key, None, Delivery::Duplicate, Vec::new()))
+                }
+                Some(Seen::Pending(events)) => {
+                    return Ok(self.applied(input, key, None, Delivery::Redelivered, events))
+                }
                 None => {}
             }
             let d = decide(&snap.state, input, now, rules);
-            let events: Vec<Outbound> = d.events.iter().map(|e| Outbound::encode(e, &scope_str)).collect();
+            let events: Vec<Outbound> = d
+                .events
+                .iter()
+                .map(|e| Outbound::encode(e, &scope_str))
+                .collect();
             // The deadline goes in before the state that needs it: a crash in between leaves a
             // deadline that finds nothing to release, never a pause without a deadline.
             if let Some((member, at)) = &d.schedule {
                 self.store.schedule(member, *at).await?;
             }
-            let seen = if events.is_empty() { Seen::Done } else { Seen::Pending(events) };
+            let seen = if events.is_empty() {
+                Seen::Done
+            } else {
+                Seen::Pending(events)
+            };
             let changed = d.state != snap.state;
             let commit = Commit {
                 scope,
@@ -202,14 +228,30 @@ impl<S: StateStore> Engine<S> {
         Err(Error::Contention(format!("{scope_str} {key}")))
     }
 
-    fn applied(&self, input: &Input, key: String, rule: Option<Rule>, delivery: Delivery, events: Vec<Outbound>) -> Applied {
-        Applied { scope: input.scope().clone(), key, rule, delivery, events, claim: None }
+    fn applied(
+        &self,
+        input: &Input,
+        key: String,
+        rule: Option<Rule>,
+        delivery: Delivery,
+        events: Vec<Outbound>,
+    ) -> Applied {
+        Applied {
+            scope: input.scope().clone(),
+            key,
+            rule,
+            delivery,
+            events,
+            claim: None,
+        }
     }
 
     /// Records that an applied input's events are published (and finishes its deadline claim).
     pub async fn acknowledge(&self, applied: &Applied) -> Result<()> {
         if !applied.events.is_empty() {
-            self.store.mark_published(&applied.scope, &applied.key).await?;
+            self.store
+                .mark_published(&applied.scope, &applied.key)
+                .await?;
         }
         if let Some((member, lease)) = &applied.claim {
             self.store.finish_claim(member, *lease).await?;

@@ -128,7 +128,10 @@ impl RedisStore {
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
-    Error::Corrupt { key: key.to_owned(), reason: e.to_string() }
+    Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -144,8 +147,17 @@ impl StateStore for RedisStore {
             self.key(scope, "state"),
             self.key(scope, &format!("seen:{key}")),
         ];
-        let (v, pause_key, session, stored, seen): (Option<u64>, Option<String>, Option<String>, Option<String>, Option<String>) =
-            redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+        type Row = (
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (v, pause_key, session, stored, seen): Row = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
         let stored: Stored = match stored {
             Some(s) => serde_json::from_str(&s).map_err(|e| corrupt(&keys[3], e))?,
             None => Stored::default(),
@@ -164,9 +176,19 @@ impl StateStore for RedisStore {
         let seen = match seen.as_deref() {
             None => None,
             Some(DONE) => Some(Seen::Done),
-            Some(s) => Some(Seen::Pending(serde_json::from_str::<Vec<Outbound>>(s).map_err(|e| corrupt(&keys[4], e))?)),
+            Some(s) => Some(Seen::Pending(
+                serde_json::from_str::<Vec<Outbound>>(s).map_err(|e| corrupt(&keys[4], e))?,
+            )),
         };
-        Ok(Snapshot { state: State { pause, session, last_reset: stored.last_reset }, version: v.unwrap_or(0), seen })
+        Ok(Snapshot {
+            state: State {
+                pause,
+                session,
+                last_reset: stored.last_reset,
+            },
+            version: v.unwrap_or(0),
+            seen,
+        })
     }
 
     async fn commit(&self, c: Commit<'_>) -> Result<Committed> {
@@ -181,7 +203,11 @@ impl StateStore for RedisStore {
         for k in &keys {
             inv.key(k);
         }
-        inv.arg(c.expected_version.map(|v| v.to_string()).unwrap_or_default());
+        inv.arg(
+            c.expected_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
         match c.state {
             Some(state) => {
                 let live_pause = state.pause.as_ref().filter(|p| p.until > c.now);
@@ -191,7 +217,10 @@ impl StateStore for RedisStore {
                     .arg(live_pause.map_or(0, |p| p.until.0))
                     .arg(live_session.map(json).unwrap_or_default())
                     .arg(live_session.map_or(0, |s| s.expires.0))
-                    .arg(json(&Stored { pause: state.pause.clone(), last_reset: state.last_reset }));
+                    .arg(json(&Stored {
+                        pause: state.pause.clone(),
+                        last_reset: state.last_reset,
+                    }));
             }
             None => {
                 inv.arg("0").arg("").arg(0).arg("").arg(0).arg("");
@@ -204,7 +233,11 @@ impl StateStore for RedisStore {
         };
         inv.arg(super::DEDUP_RETENTION.as_millis() as u64);
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(if ok == 1 { Committed::Yes } else { Committed::Conflict })
+        Ok(if ok == 1 {
+            Committed::Yes
+        } else {
+            Committed::Conflict
+        })
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
@@ -219,7 +252,11 @@ impl StateStore for RedisStore {
     }
 
     async fn schedule(&self, member: &str, at: Millis) -> Result<()> {
-        let _: i64 = self.conn.clone().zadd(self.deadlines(), member, at.0).await?;
+        let _: i64 = self
+            .conn
+            .clone()
+            .zadd(self.deadlines(), member, at.0)
+            .await?;
         Ok(())
     }
 
@@ -228,7 +265,12 @@ impl StateStore for RedisStore {
         Ok(())
     }
 
-    async fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> Result<Vec<(String, Millis)>> {
+    async fn claim_due(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, Millis)>> {
         let lease_until = now.plus(lease);
         let due: Vec<String> = self
             .claim
@@ -242,7 +284,13 @@ impl StateStore for RedisStore {
     }
 
     async fn finish_claim(&self, member: &str, lease_until: Millis) -> Result<()> {
-        let _: i64 = self.finish.key(self.deadlines()).arg(member).arg(lease_until.0).invoke_async(&mut self.conn.clone()).await?;
+        let _: i64 = self
+            .finish
+            .key(self.deadlines())
+            .arg(member)
+            .arg(lease_until.0)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }

@@ -25,7 +25,11 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(conn: ConnectionManager, namespace: &str, id: String) -> Self {
-        Membership { conn, key: format!("{namespace}:workers"), id }
+        Membership {
+            conn,
+            key: format!("{namespace}:workers"),
+            id,
+        }
     }
 
     /// Heartbeats, forgets silent workers, and returns the live ones (sorted).
@@ -98,7 +102,10 @@ mod tests {
         for w in &two {
             let before = owned(w, &three, 64);
             let after = owned(w, &two, 64);
-            assert!(before.iter().all(|p| after.contains(p)), "{w} keeps what it had");
+            assert!(
+                before.iter().all(|p| after.contains(p)),
+                "{w} keeps what it had"
+            );
         }
         assert_eq!(owned("w0", &["w0".to_owned()], 16).len(), 16);
         assert!(owned("ghost", &three, 16).is_empty());

@@ -118,15 +118,25 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
     // The link outlives the work: it closes only after every lane has finished and acknowledged
     // what it held (closing it first would send that work back to be delivered again).
     let (link_trigger, link_shutdown) = Shutdown::new();
-    let link = Link::spawn(config.amqp_url.expose().to_owned(), format!("coexist-worker-{id}"), topology.clone(), link_shutdown);
+    let link = Link::spawn(
+        config.amqp_url.expose().to_owned(),
+        format!("coexist-worker-{id}"),
+        topology.clone(),
+        link_shutdown,
+    );
     let redis_url = config.redis_url.expose().to_owned();
     let ns = config.namespace.clone();
-    let store = until_ok("connecting to Redis", &shutdown, |_, _| false, || RedisStore::connect(&redis_url, &ns))
-        .await
-        .map_err(|(e, _)| {
-            link_trigger.trigger();
-            std::io::Error::other(format!("Redis: {e}"))
-        })?;
+    let store = until_ok(
+        "connecting to Redis",
+        &shutdown,
+        |_, _| false,
+        || RedisStore::connect(&redis_url, &ns),
+    )
+    .await
+    .map_err(|(e, _)| {
+        link_trigger.trigger();
+        std::io::Error::other(format!("Redis: {e}"))
+    })?;
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
@@ -137,9 +147,18 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
         log_content: config.log_content,
     });
     let ready_shared = shared.clone();
-    let ready: crate::http::Readiness =
-        Arc::new(move || vec![("rabbitmq", ready_shared.link.is_connected()), ("redis", ready_shared.redis_ok.load(Ordering::SeqCst))]);
-    let (admin_addr, admin) = crate::http::serve(config.admin_listen, crate::http::admin_routes(ready), shutdown.clone()).await?;
+    let ready: crate::http::Readiness = Arc::new(move || {
+        vec![
+            ("rabbitmq", ready_shared.link.is_connected()),
+            ("redis", ready_shared.redis_ok.load(Ordering::SeqCst)),
+        ]
+    });
+    let (admin_addr, admin) = crate::http::serve(
+        config.admin_listen,
+        crate::http::admin_routes(ready),
+        shutdown.clone(),
+    )
+    .await?;
     let (owned_tx, owned_rx) = watch::channel(Vec::new());
     let membership = Membership::new(store.connection(), &config.namespace, id.clone());
     let sweeper = tokio::spawn(sweep(shared.clone()));
@@ -151,18 +170,37 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> std::io::Result<Worke
         let _ = admin.await;
     });
     tracing::info!(worker = %id, admin = %admin_addr, "worker started");
-    Ok(Worker { id, admin_addr, owned: owned_rx, trigger, done })
+    Ok(Worker {
+        id,
+        admin_addr,
+        owned: owned_rx,
+        trigger,
+        done,
+    })
 }
 
 /// A worker id unique among processes and within one: host, process, instant and a counter.
 fn worker_id() -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    format!("{}-{}-{:x}-{}", hostname(), std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{}-{}-{:x}-{}",
+        hostname(),
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
 }
 
 struct Running {
@@ -190,11 +228,19 @@ async fn manage(shared: Arc<Shared>, membership: Membership, owned_tx: watch::Se
         running.retain(|p, r| {
             let alive = !r.task.is_finished();
             if !alive {
-                tracing::info!(partition = p, "partition consumer ended; it restarts when the broker is back");
+                tracing::info!(
+                    partition = p,
+                    "partition consumer ended; it restarts when the broker is back"
+                );
             }
             alive
         });
-        for p in running.keys().copied().filter(|p| !wanted.contains(p)).collect::<Vec<_>>() {
+        for p in running
+            .keys()
+            .copied()
+            .filter(|p| !wanted.contains(p))
+            .collect::<Vec<_>>()
+        {
             let r = running.remove(&p).expect("present");
             tracing::info!(partition = p, "handing partition over");
             r.stop.trigger();
@@ -203,11 +249,13 @@ async fn manage(shared: Arc<Shared>, membership: Membership, owned_tx: watch::Se
         stopping.retain(|t| !t.is_finished());
         if let Some(conn) = shared.link.connection().await {
             for &p in &wanted {
-                if !running.contains_key(&p) {
+                running.entry(p).or_insert_with(|| {
                     let (stop, stop_signal) = Shutdown::new();
-                    let task = tokio::spawn(consume(shared.clone(), p, conn.clone(), stop_signal));
-                    running.insert(p, Running { stop, task });
-                }
+                    Running {
+                        stop,
+                        task: tokio::spawn(consume(shared.clone(), p, conn.clone(), stop_signal)),
+                    }
+                });
             }
         }
         let mut now_owned: Vec<u16> = running.keys().copied().collect();
@@ -240,16 +288,29 @@ async fn consume(shared: Arc<Shared>, partition: u16, conn: Arc<Connection>, sto
     }
 }
 
-async fn consume_inner(shared: &Arc<Shared>, partition: u16, conn: &Connection, stop: &Shutdown) -> Result<(), lapin::Error> {
+async fn consume_inner(
+    shared: &Arc<Shared>,
+    partition: u16,
+    conn: &Connection,
+    stop: &Shutdown,
+) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let tag = format!("{}-p{partition}", shared.id);
     let queue = shared.topology.partition_queue(partition);
-    let mut consumer = ch.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     tracing::info!(partition, "consuming");
     // One lane per conversation: a conversation's deliveries are handled one after the other, in
     // the order the partition delivered them; different conversations run side by side.
-    let lanes: Arc<std::sync::Mutex<HashMap<String, VecDeque<lapin::message::Delivery>>>> = Arc::default();
+    let lanes: Arc<std::sync::Mutex<HashMap<String, VecDeque<lapin::message::Delivery>>>> =
+        Arc::default();
     let halted = Arc::new(AtomicBool::new(false));
     let mut running = tokio::task::JoinSet::new();
     let result = loop {
@@ -272,7 +333,14 @@ async fn consume_inner(shared: &Arc<Shared>, partition: u16, conn: &Connection, 
                     Some(waiting) => waiting.push_back(delivery),
                     None => {
                         map.insert(lane.clone(), VecDeque::new());
-                        running.spawn(run_lane(shared.clone(), partition, lane, delivery, lanes.clone(), halted.clone()));
+                        running.spawn(run_lane(
+                            shared.clone(),
+                            partition,
+                            lane,
+                            delivery,
+                            lanes.clone(),
+                            halted.clone(),
+                        ));
                     }
                 }
             }
@@ -281,7 +349,9 @@ async fn consume_inner(shared: &Arc<Shared>, partition: u16, conn: &Connection, 
     // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
     // unacknowledged and go back to the queue with the channel, in order.
     halted.store(true, Ordering::SeqCst);
-    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
     let mut result = result;
     while let Some(joined) = running.join_next().await {
         if let Ok(Err(e)) = joined {
@@ -298,7 +368,9 @@ fn lane_of(data: &[u8]) -> String {
     struct Head {
         scope: String,
     }
-    serde_json::from_slice::<Head>(data).map(|h| h.scope).unwrap_or_default()
+    serde_json::from_slice::<Head>(data)
+        .map(|h| h.scope)
+        .unwrap_or_default()
 }
 
 /// Handles a conversation's deliveries in order until none is waiting, or the partition halts.
@@ -322,7 +394,11 @@ async fn run_lane(
             return Err(e);
         }
         let mut map = lanes.lock().expect("lanes");
-        let next = if halted.load(Ordering::SeqCst) { None } else { map.get_mut(&lane).and_then(VecDeque::pop_front) };
+        let next = if halted.load(Ordering::SeqCst) {
+            None
+        } else {
+            map.get_mut(&lane).and_then(VecDeque::pop_front)
+        };
         match next {
             Some(d) => delivery = d,
             None => {
@@ -341,7 +417,12 @@ fn transient(e: &HandleError) -> bool {
                 || r.is_timeout()
                 || r.is_connection_dropped()
                 || r.is_connection_refusal()
-                || matches!(r.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY"))
+                || matches!(
+                    r.code(),
+                    Some(
+                        "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY"
+                    )
+                )
         }
         HandleError::Store(_) => false,
     }
@@ -352,15 +433,32 @@ impl Shared {
     async fn handle(&self, partition: u16, data: &[u8]) -> bool {
         let unit: Unit = match serde_json::from_slice::<Unit>(data) {
             Ok(u) if u.v == VERSION => u,
-            Ok(u) => return self.dead_letter(data.to_vec(), None, &format!("unit version {} is not understood", u.v), 1).await,
-            Err(e) => return self.dead_letter(data.to_vec(), None, &format!("unreadable unit: {e}"), 1).await,
+            Ok(u) => {
+                return self
+                    .dead_letter(
+                        data.to_vec(),
+                        None,
+                        &format!("unit version {} is not understood", u.v),
+                        1,
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .dead_letter(data.to_vec(), None, &format!("unreadable unit: {e}"), 1)
+                    .await
+            }
         };
         for (i, item) in unit.items.iter().enumerate() {
             let decided = until_ok(
                 "deciding an item",
                 &self.shutdown,
                 |e: &HandleError, attempt| !transient(e) && attempt >= MAX_ATTEMPTS,
-                || async { Ok::<_, HandleError>(self.engine.apply(&Input::Item(item), Millis::now()).await?) },
+                || async {
+                    Ok::<_, HandleError>(
+                        self.engine.apply(&Input::Item(item), Millis::now()).await?,
+                    )
+                },
             )
             .await;
             let applied = match decided {
@@ -369,9 +467,14 @@ impl Shared {
                 Err((e, attempts)) => {
                     // Keeps failing: park this item and the rest of the unit, with the reason.
                     tracing::error!(partition, conversation = %self.scope_for_log(&unit), error = %e, attempts, "dead-lettering an item that keeps failing");
-                    let rest = Unit { items: unit.items[i..].to_vec(), ..unit.clone() };
+                    let rest = Unit {
+                        items: unit.items[i..].to_vec(),
+                        ..unit.clone()
+                    };
                     let body = serde_json::to_vec(&rest).expect("units serialise");
-                    return self.dead_letter(body, Some(&rest.id()), &e.to_string(), attempts as i64).await;
+                    return self
+                        .dead_letter(body, Some(&rest.id()), &e.to_string(), attempts as i64)
+                        .await;
                 }
             };
             crate::metrics::applied(&applied);
@@ -400,9 +503,12 @@ impl Shared {
         if !self.publish(&applied.events).await {
             return false;
         }
-        let acked = until_ok("recording events as published", &self.shutdown, |e: &HandleError, _| !transient(e), || async {
-            Ok::<_, HandleError>(self.engine.acknowledge(applied).await?)
-        })
+        let acked = until_ok(
+            "recording events as published",
+            &self.shutdown,
+            |e: &HandleError, _| !transient(e),
+            || async { Ok::<_, HandleError>(self.engine.acknowledge(applied).await?) },
+        )
         .await;
         // Not recorded: a redelivery publishes the same events again (same ids), nothing is lost.
         acked.is_ok() || !self.shutdown.is_triggered()
@@ -413,8 +519,17 @@ impl Shared {
         if events.is_empty() {
             return true;
         }
-        let messages: Vec<Outgoing> = events.iter().map(|e| Outgoing::event(&self.topology, e)).collect();
-        let published = until_ok("publishing events", &self.shutdown, |_: &broker::Error, _| false, || self.publish_now(&messages)).await;
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|e| Outgoing::event(&self.topology, e))
+            .collect();
+        let published = until_ok(
+            "publishing events",
+            &self.shutdown,
+            |_: &broker::Error, _| false,
+            || self.publish_now(&messages),
+        )
+        .await;
         if published.is_ok() {
             crate::metrics::published(events);
         }
@@ -422,13 +537,41 @@ impl Shared {
     }
 
     async fn publish_now(&self, messages: &[Outgoing]) -> Result<(), broker::Error> {
-        let publisher = self.link.publisher().await.ok_or(broker::Error::NotConnected)?;
-        publisher.publish_all(messages).await.inspect_err(|_| self.link.report_failure())
+        let publisher = self
+            .link
+            .publisher()
+            .await
+            .ok_or(broker::Error::NotConnected)?;
+        publisher
+            .publish_all(messages)
+            .await
+            .inspect_err(|_| self.link.report_failure())
     }
 
-    async fn dead_letter(&self, body: Vec<u8>, id: Option<&str>, reason: &str, attempts: i64) -> bool {
-        let message = Outgoing::dead_letter(&self.topology, body, UNIT_TYPE, id, reason, "worker", attempts);
-        let ok = until_ok("dead-lettering", &self.shutdown, |_: &broker::Error, _| false, || self.publish_now(std::slice::from_ref(&message))).await.is_ok();
+    async fn dead_letter(
+        &self,
+        body: Vec<u8>,
+        id: Option<&str>,
+        reason: &str,
+        attempts: i64,
+    ) -> bool {
+        let message = Outgoing::dead_letter(
+            &self.topology,
+            body,
+            UNIT_TYPE,
+            id,
+            reason,
+            "worker",
+            attempts,
+        );
+        let ok = until_ok(
+            "dead-lettering",
+            &self.shutdown,
+            |_: &broker::Error, _| false,
+            || self.publish_now(std::slice::from_ref(&message)),
+        )
+        .await
+        .is_ok();
         if ok {
             metrics::counter!(crate::metrics::DEAD_LETTERS, "stage" => "worker").increment(1);
         }

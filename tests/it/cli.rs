@@ -9,20 +9,37 @@ use crate::support::*;
 
 fn coexist(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coexist"));
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     child.wait_with_output().unwrap()
 }
 
 fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
 }
 
 fn stderr(out: &Output) -> String {
@@ -35,9 +52,18 @@ fn process_tells_the_handover_story() {
     assert!(out.status.success(), "{}", stderr(&out));
     let got: Vec<(String, String, Value)> = lines(&out)
         .into_iter()
-        .map(|l| (l["exchange"].as_str().unwrap().to_owned(), l["routing_key"].as_str().unwrap().to_owned(), l["event"].clone()))
+        .map(|l| {
+            (
+                l["exchange"].as_str().unwrap().to_owned(),
+                l["routing_key"].as_str().unwrap().to_owned(),
+                l["event"].clone(),
+            )
+        })
         .collect();
-    let route: Vec<(&str, &str)> = got.iter().map(|(x, k, _)| (x.as_str(), k.as_str())).collect();
+    let route: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(x, k, _)| (x.as_str(), k.as_str()))
+        .collect();
     assert_eq!(
         route,
         vec![
@@ -58,10 +84,17 @@ fn process_tells_the_handover_story() {
     for (_, kind, event) in &got {
         assert_eq!(event["type"].as_str(), Some(kind.as_str()));
     }
-    assert_eq!(got[5].2["message"]["text"], json!("Shared location: Shop, 5th Ave"));
+    assert_eq!(
+        got[5].2["message"]["text"],
+        json!("Shared location: Shop, 5th Ave")
+    );
     assert_eq!(got[6].2["reason"], json!("reset_command"));
     assert_eq!(got[7].2["session_started"], json!(true));
-    assert_eq!(got[10].2["reason"], json!("timeout"), "Omar's pause timed out between two items");
+    assert_eq!(
+        got[10].2["reason"],
+        json!("timeout"),
+        "Omar's pause timed out between two items"
+    );
     assert_eq!(got[10].2["occurred_at"], json!("2025-12-02T12:05:00Z"));
     // Deterministic: the same run prints the same bytes.
     let again = coexist(&["process", "examples/handover-story.jsonl"], &[], None);
@@ -70,26 +103,59 @@ fn process_tells_the_handover_story() {
 
 #[test]
 fn process_reads_stdin_and_follows_configuration() {
-    let story = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handover-story.jsonl")).unwrap();
+    let story = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/handover-story.jsonl"
+    ))
+    .unwrap();
     let out = coexist(&["process"], &[("COEXIST_RESET_TEXT", "")], Some(&story));
     assert!(out.status.success(), "{}", stderr(&out));
-    let reasons: Vec<Value> = lines(&out).iter().filter(|l| l["routing_key"] == json!("conversation.released")).map(|l| l["event"]["reason"].clone()).collect();
-    assert_eq!(reasons, vec![json!("timeout"), json!("timeout")], "with reset off, both pauses run out");
-    let texts: Vec<Value> = lines(&out).iter().map(|l| l["event"]["message"]["text"].clone()).collect();
-    assert!(texts.contains(&json!("/reset")), "reset off: /reset is an ordinary echo");
+    let reasons: Vec<Value> = lines(&out)
+        .iter()
+        .filter(|l| l["routing_key"] == json!("conversation.released"))
+        .map(|l| l["event"]["reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![json!("timeout"), json!("timeout")],
+        "with reset off, both pauses run out"
+    );
+    let texts: Vec<Value> = lines(&out)
+        .iter()
+        .map(|l| l["event"]["message"]["text"].clone())
+        .collect();
+    assert!(
+        texts.contains(&json!("/reset")),
+        "reset off: /reset is an ordinary echo"
+    );
 }
 
 #[test]
 fn process_stops_at_a_bad_body_after_the_good_ones() {
     let good = customer_text(ANA, "wamid.CL1", 1_764_000_000, "hola");
-    let input = format!("{good}\nthis is not json\n{}\n", customer_text(ANA, "wamid.CL2", 1_764_000_001, "otra"));
+    let input = format!(
+        "{good}\nthis is not json\n{}\n",
+        customer_text(ANA, "wamid.CL2", 1_764_000_001, "otra")
+    );
     let out = coexist(&["process"], &[], Some(&input));
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(lines(&out).len(), 1, "the good body before it was processed");
+    assert_eq!(
+        lines(&out).len(),
+        1,
+        "the good body before it was processed"
+    );
     let err = stderr(&out);
     assert!(err.starts_with("coexist: stdin:2: not JSON"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    let out = coexist(&["process", "examples/webhooks/customer-text.json", "/nonexistent.json"], &[], None);
+    let out = coexist(
+        &[
+            "process",
+            "examples/webhooks/customer-text.json",
+            "/nonexistent.json",
+        ],
+        &[],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(lines(&out).len(), 1);
     assert!(stderr(&out).contains("/nonexistent.json"));
@@ -118,8 +184,16 @@ fn a_bad_configuration_stops_with_one_line() {
     let out = coexist(&["--config", "/nonexistent.toml", "process"], &[], Some(""));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("coexist: config: /nonexistent.toml: cannot read"));
-    let out = coexist(&["process"], &[("COEXIST_CONFIG", "/nonexistent.toml")], Some(""));
-    assert_eq!(out.status.code(), Some(2), "COEXIST_CONFIG names the file too");
+    let out = coexist(
+        &["process"],
+        &[("COEXIST_CONFIG", "/nonexistent.toml")],
+        Some(""),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "COEXIST_CONFIG names the file too"
+    );
 }
 
 #[test]
@@ -141,7 +215,10 @@ fn every_command_explains_itself() {
     ] {
         let out = coexist(&args, &[], None);
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
     }
     let out = coexist(&["frobnicate"], &[], None);
     assert_eq!(out.status.code(), Some(2));
@@ -151,9 +228,17 @@ fn every_command_explains_itself() {
 fn conversation_commands_against_redis() {
     let ns = NsGuard(unique_ns("cli"));
     let _amqp = AmqpNsGuard(ns.0.clone());
-    let env = [("COEXIST_NAMESPACE", ns.0.as_str()), ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379"), ("COEXIST_PARTITIONS", "2")];
+    let env = [
+        ("COEXIST_NAMESPACE", ns.0.as_str()),
+        ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379"),
+        ("COEXIST_PARTITIONS", "2"),
+    ];
     let show = |env: &[(&str, &str)]| {
-        let out = coexist(&["conversation", "show", PNID, "+52 1 555 123 0001"], env, None);
+        let out = coexist(
+            &["conversation", "show", PNID, "+52 1 555 123 0001"],
+            env,
+            None,
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
@@ -167,7 +252,14 @@ fn conversation_commands_against_redis() {
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["routing_key"], json!("conversation.handover"));
     // Published, not only printed.
-    let got = tokio::runtime::Runtime::new().unwrap().block_on(take_events(&ns.0, "human_chat", 1, std::time::Duration::from_secs(5)));
+    let got = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(take_events(
+            &ns.0,
+            "human_chat",
+            1,
+            std::time::Duration::from_secs(5),
+        ));
     assert_eq!(got[0].kind, "conversation.handover");
     assert_eq!(got[0].body["event_id"], ev[0]["event"]["event_id"]);
     let v = show(&env);
@@ -180,12 +272,24 @@ fn conversation_commands_against_redis() {
     assert_eq!(ev[0]["event"]["reason"], json!("operator"));
     assert_eq!(show(&env)["handler"], json!("bot"));
     // Bad arguments: one line, non-zero.
-    let out = coexist(&["conversation", "show", PNID, "not a customer!"], &env, None);
+    let out = coexist(
+        &["conversation", "show", PNID, "not a customer!"],
+        &env,
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr(&out).lines().count(), 1);
-    let out = coexist(&["conversation", "show", PNID, ANA], &[("COEXIST_REDIS_URL", "redis://127.0.0.1:1")], None);
+    let out = coexist(
+        &["conversation", "show", PNID, ANA],
+        &[("COEXIST_REDIS_URL", "redis://127.0.0.1:1")],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).starts_with("coexist: cannot reach Redis"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("coexist: cannot reach Redis"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -193,6 +297,9 @@ fn the_ingress_refuses_to_start_without_an_app_secret() {
     for cmd in [vec!["ingress"], vec!["serve"]] {
         let out = coexist(&cmd, &[], None);
         assert_eq!(out.status.code(), Some(2), "{cmd:?}");
-        assert_eq!(stderr(&out).trim_end(), "coexist: config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)");
+        assert_eq!(
+            stderr(&out).trim_end(),
+            "coexist: config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)"
+        );
     }
 }

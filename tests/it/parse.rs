@@ -17,10 +17,16 @@ fn every_example_body_parses() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let items = parse_body(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let items = parse_body(&std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!items.is_empty(), "{}", path.display());
         for item in &items {
-            assert!(!matches!(item.kind, ItemKind::Unreadable { .. }), "{}: {:?}", path.display(), item.kind);
+            assert!(
+                !matches!(item.kind, ItemKind::Unreadable { .. }),
+                "{}: {:?}",
+                path.display(),
+                item.kind
+            );
         }
         n += 1;
     }
@@ -29,85 +35,172 @@ fn every_example_body_parses() {
 
 #[test]
 fn customer_message_with_context_media_and_profile() {
-    let body = customer_msg(ANA, "wamid.X1", 1_764_000_000, "image", json!({"id": "M1", "mime_type": "image/jpeg", "sha256": "abc", "caption": "mira"}));
+    let body = customer_msg(
+        ANA,
+        "wamid.X1",
+        1_764_000_000,
+        "image",
+        json!({"id": "M1", "mime_type": "image/jpeg", "sha256": "abc", "caption": "mira"}),
+    );
     let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["entry"][0]["changes"][0]["value"]["messages"][0]["context"] = json!({"from": BUSINESS, "id": "wamid.PREV"});
+    v["entry"][0]["changes"][0]["value"]["messages"][0]["context"] =
+        json!({"from": BUSINESS, "id": "wamid.PREV"});
     let items = parse_body(v.to_string().as_bytes()).unwrap();
     assert_eq!(items.len(), 1);
-    let ItemKind::Customer { customer, message } = &items[0].kind else { panic!("{:?}", items[0].kind) };
+    let ItemKind::Customer { customer, message } = &items[0].kind else {
+        panic!("{:?}", items[0].kind)
+    };
     assert_eq!(customer.wa_id.as_deref(), Some(ANA));
     assert_eq!(customer.name.as_deref(), Some("Ana Ruiz"));
     assert_eq!(message.text, "mira");
     assert_eq!(message.reply_to.as_deref(), Some("wamid.PREV"));
     let media = message.media.as_ref().unwrap();
-    assert_eq!((media.id.as_deref(), media.mime_type.as_deref()), (Some("M1"), Some("image/jpeg")));
+    assert_eq!(
+        (media.id.as_deref(), media.mime_type.as_deref()),
+        (Some("M1"), Some("image/jpeg"))
+    );
     assert_eq!(items[0].key, "m:wamid.X1");
     assert_eq!(items[0].scope.to_string(), format!("{PNID}:{ANA}"));
 }
 
 #[test]
 fn business_scoped_user_ids_identify_customers_without_a_number() {
-    let body = envelope("messages", json!({"metadata": metadata(),
+    let body = envelope(
+        "messages",
+        json!({"metadata": metadata(),
         "contacts": [{"profile": {"name": "Zoe"}, "user_id": "US.13491208655302741918"}],
-        "messages": [{"from_user_id": "US.13491208655302741918", "id": "wamid.U1", "timestamp": "1764000000", "type": "text", "text": {"body": "hi"}}]}));
+        "messages": [{"from_user_id": "US.13491208655302741918", "id": "wamid.U1", "timestamp": "1764000000", "type": "text", "text": {"body": "hi"}}]}),
+    );
     let items = parse_body(body.as_bytes()).unwrap();
-    let ItemKind::Customer { customer, .. } = &items[0].kind else { panic!() };
+    let ItemKind::Customer { customer, .. } = &items[0].kind else {
+        panic!()
+    };
     assert_eq!(customer.wa_id, None);
     assert_eq!(customer.user_id.as_deref(), Some("US.13491208655302741918"));
     assert_eq!(customer.name.as_deref(), Some("Zoe"));
-    assert_eq!(items[0].scope.to_string(), format!("{PNID}:US.13491208655302741918"));
+    assert_eq!(
+        items[0].scope.to_string(),
+        format!("{PNID}:US.13491208655302741918")
+    );
     // An echo to a username-only customer carries to_user_id.
-    let echo = envelope("smb_message_echoes", json!({"metadata": metadata(), "message_echoes": [
-        {"from": BUSINESS, "to_user_id": "US.13491208655302741918", "id": "wamid.U2", "timestamp": "1764000001", "type": "text", "text": {"body": "hola"}}]}));
+    let echo = envelope(
+        "smb_message_echoes",
+        json!({"metadata": metadata(), "message_echoes": [
+        {"from": BUSINESS, "to_user_id": "US.13491208655302741918", "id": "wamid.U2", "timestamp": "1764000001", "type": "text", "text": {"body": "hola"}}]}),
+    );
     let items = parse_body(echo.as_bytes()).unwrap();
-    assert_eq!(items[0].scope.to_string(), format!("{PNID}:US.13491208655302741918"), "same conversation as the message");
+    assert_eq!(
+        items[0].scope.to_string(),
+        format!("{PNID}:US.13491208655302741918"),
+        "same conversation as the message"
+    );
 }
 
 #[test]
 fn echoes_of_every_kind() {
     let items = parse_body(fixture("echo-edit.json").as_bytes()).unwrap();
-    let ItemKind::Echo { echo: Echo::Edit { original_message_id, message }, .. } = &items[0].kind else { panic!("{:?}", items[0].kind) };
+    let ItemKind::Echo {
+        echo: Echo::Edit {
+            original_message_id,
+            message,
+        },
+        ..
+    } = &items[0].kind
+    else {
+        panic!("{:?}", items[0].kind)
+    };
     assert_eq!(original_message_id.as_deref(), Some("wamid.EX1"));
     assert_eq!(message.text, "Mañana a las 10, no a las 9");
     // The new content may also stand directly in the edit object.
-    let flat = echo_msg(ANA, "wamid.E9", 1, "edit", json!({"original_message_id": "wamid.E8", "text": {"body": "nuevo"}}));
+    let flat = echo_msg(
+        ANA,
+        "wamid.E9",
+        1,
+        "edit",
+        json!({"original_message_id": "wamid.E8", "text": {"body": "nuevo"}}),
+    );
     let items = parse_body(flat.as_bytes()).unwrap();
-    let ItemKind::Echo { echo: Echo::Edit { message, .. }, .. } = &items[0].kind else { panic!() };
+    let ItemKind::Echo {
+        echo: Echo::Edit { message, .. },
+        ..
+    } = &items[0].kind
+    else {
+        panic!()
+    };
     assert_eq!(message.text, "nuevo");
     let items = parse_body(fixture("echo-revoke.json").as_bytes()).unwrap();
-    assert!(matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.EX1"));
+    assert!(
+        matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.EX1")
+    );
 }
 
 #[test]
 fn history_forms() {
     let items = parse_body(fixture("history-chunk.json").as_bytes()).unwrap();
-    let dirs: Vec<Direction> = items.iter().filter_map(|i| match &i.kind { ItemKind::History { direction, .. } => Some(*direction), _ => None }).collect();
+    let dirs: Vec<Direction> = items
+        .iter()
+        .filter_map(|i| match &i.kind {
+            ItemKind::History { direction, .. } => Some(*direction),
+            _ => None,
+        })
+        .collect();
     assert_eq!(dirs, vec![Direction::Outbound, Direction::Inbound]);
-    assert!(matches!(items.last().unwrap().kind, ItemKind::HistoryStatus { phase: Some(0), chunk_order: Some(1), progress: Some(55), declined: false }));
+    assert!(matches!(
+        items.last().unwrap().kind,
+        ItemKind::HistoryStatus {
+            phase: Some(0),
+            chunk_order: Some(1),
+            progress: Some(55),
+            declined: false
+        }
+    ));
     let items = parse_body(fixture("history-declined.json").as_bytes()).unwrap();
-    assert!(matches!(items[0].kind, ItemKind::HistoryStatus { declined: true, .. }));
+    assert!(matches!(
+        items[0].kind,
+        ItemKind::HistoryStatus { declined: true, .. }
+    ));
 }
 
 #[test]
 fn value_level_errors_and_unknown_fields_are_kept_as_items() {
-    let body = envelope("messages", json!({"metadata": metadata(), "errors": [{"code": 131000, "title": "Something went wrong"}]}));
+    let body = envelope(
+        "messages",
+        json!({"metadata": metadata(), "errors": [{"code": 131000, "title": "Something went wrong"}]}),
+    );
     let items = parse_body(body.as_bytes()).unwrap();
     assert!(matches!(items[0].kind, ItemKind::Errors));
-    let body = envelope("message_template_status_update", json!({"event": "APPROVED", "message_template_id": 1}));
+    let body = envelope(
+        "message_template_status_update",
+        json!({"event": "APPROVED", "message_template_id": 1}),
+    );
     let items = parse_body(body.as_bytes()).unwrap();
-    assert!(matches!(&items[0].kind, ItemKind::Unhandled { field } if field == "message_template_status_update"));
+    assert!(
+        matches!(&items[0].kind, ItemKind::Unhandled { field } if field == "message_template_status_update")
+    );
 }
 
 #[test]
 fn unknown_types_and_fields_are_data() {
-    let body = customer_msg(ANA, "wamid.V1", 1_764_000_000, "hologram", json!({"depth": 3}));
+    let body = customer_msg(
+        ANA,
+        "wamid.V1",
+        1_764_000_000,
+        "hologram",
+        json!({"depth": 3}),
+    );
     let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["entry"][0]["changes"][0]["value"]["messages"][0]["brand_new_field"] = json!({"nested": [1, 2, 3]});
+    v["entry"][0]["changes"][0]["value"]["messages"][0]["brand_new_field"] =
+        json!({"nested": [1, 2, 3]});
     v["entry"][0]["brand_new_entry_field"] = json!(true);
     let items = parse_body(v.to_string().as_bytes()).unwrap();
-    let ItemKind::Customer { message, .. } = &items[0].kind else { panic!() };
+    let ItemKind::Customer { message, .. } = &items[0].kind else {
+        panic!()
+    };
     assert_eq!(message.text, "[hologram message]");
-    assert!(items[0].raw.get().contains("brand_new_field"), "raw keeps everything");
+    assert!(
+        items[0].raw.get().contains("brand_new_field"),
+        "raw keeps everything"
+    );
 }
 
 #[test]
@@ -121,12 +214,22 @@ fn not_a_webhook_is_a_clear_error() {
         (b"\"text\"", "not a JSON object"),
         (b"{}", "no `entry` array"),
         (br#"{"object":"page","entry":[]}"#, "\"page\""),
-        (br#"{"object":"whatsapp_business_account","entry":{}}"#, "`entry` is not an array"),
+        (
+            br#"{"object":"whatsapp_business_account","entry":{}}"#,
+            "`entry` is not an array",
+        ),
     ];
     for (body, want) in cases {
         let err = parse_body(body).unwrap_err();
-        assert!(matches!(err, BodyError::NotJson(_) | BodyError::NotWebhook(_)));
-        assert!(err.to_string().contains(want), "{:?}: {err}", String::from_utf8_lossy(body));
+        assert!(matches!(
+            err,
+            BodyError::NotJson(_) | BodyError::NotWebhook(_)
+        ));
+        assert!(
+            err.to_string().contains(want),
+            "{:?}: {err}",
+            String::from_utf8_lossy(body)
+        );
         assert!(!err.to_string().contains('\n'));
     }
 }
@@ -141,10 +244,17 @@ fn wrong_types_in_known_fields_are_tolerated() {
         json!({"from": ANA, "id": "wamid.W5", "timestamp": "1764000000", "type": "contacts", "contacts": {"not": "an array"}}),
     ];
     for m in odd {
-        let body = envelope("messages", json!({"metadata": metadata(), "messages": [m.clone()]}));
+        let body = envelope(
+            "messages",
+            json!({"metadata": metadata(), "messages": [m.clone()]}),
+        );
         let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{m}: {e}"));
         assert_eq!(items.len(), 1, "{m}");
-        assert!(matches!(items[0].kind, ItemKind::Customer { .. }), "{m}: {:?}", items[0].kind);
+        assert!(
+            matches!(items[0].kind, ItemKind::Customer { .. }),
+            "{m}: {:?}",
+            items[0].kind
+        );
     }
     // Structures of the wrong shape become items kept with a reason, never dropped silently.
     let shapes = [
@@ -160,7 +270,11 @@ fn wrong_types_in_known_fields_are_tolerated() {
         let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
         assert!(!items.is_empty(), "{body}");
         for item in &items {
-            assert!(matches!(item.kind, ItemKind::Unreadable { .. }), "{body}: {:?}", item.kind);
+            assert!(
+                matches!(item.kind, ItemKind::Unreadable { .. }),
+                "{body}: {:?}",
+                item.kind
+            );
         }
     }
 }
@@ -168,11 +282,16 @@ fn wrong_types_in_known_fields_are_tolerated() {
 #[test]
 fn huge_strings_and_deep_nesting_do_not_panic() {
     let big = "é".repeat(3 << 20);
-    let items = parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes()).unwrap();
-    let ItemKind::Customer { message, .. } = &items[0].kind else { panic!() };
+    let items =
+        parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes()).unwrap();
+    let ItemKind::Customer { message, .. } = &items[0].kind else {
+        panic!()
+    };
     assert_eq!(message.text.len(), big.len());
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let body = format!(r#"{{"object":"whatsapp_business_account","entry":[{{"changes":[{{"field":"messages","value":{{"metadata":{{"phone_number_id":"1"}},"messages":[{{"from":"1","x":{deep}}}]}}}}]}}]}}"#);
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"changes":[{{"field":"messages","value":{{"metadata":{{"phone_number_id":"1"}},"messages":[{{"from":"1","x":{deep}}}]}}}}]}}]}}"#
+    );
     let _ = parse_body(body.as_bytes()); // an error or a tolerated item; never a panic or a stack overflow
     assert!(parse_body(deep.as_bytes()).is_err());
 }
@@ -182,7 +301,10 @@ fn a_thousand_items_in_one_body_all_count() {
     let msgs: Vec<_> = (0..1000)
         .map(|i| json!({"from": format!("52155500{i:05}"), "id": format!("wamid.N{i}"), "timestamp": "1764000000", "type": "text", "text": {"body": i.to_string()}}))
         .collect();
-    let body = envelope("messages", json!({"metadata": metadata(), "messages": msgs}));
+    let body = envelope(
+        "messages",
+        json!({"metadata": metadata(), "messages": msgs}),
+    );
     let items = parse_body(body.as_bytes()).unwrap();
     assert_eq!(items.len(), 1000);
     assert_eq!(items[999].key, "m:wamid.N999");
@@ -192,7 +314,10 @@ fn a_thousand_items_in_one_body_all_count() {
 #[tokio::test]
 async fn mutated_bodies_never_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhooks");
-    let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
     let mut rng = 0x2545F4914F6CDD1Du64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -218,7 +343,13 @@ async fn mutated_bodies_never_panic() {
         if let Ok(items) = parse_body(&body) {
             parsed += 1;
             for item in &items {
-                let _ = engine.apply(&coexist::engine::Input::Item(item), coexist::time::Millis::from_secs(1_764_000_000)).await.unwrap();
+                let _ = engine
+                    .apply(
+                        &coexist::engine::Input::Item(item),
+                        coexist::time::Millis::from_secs(1_764_000_000),
+                    )
+                    .await
+                    .unwrap();
             }
         }
     }

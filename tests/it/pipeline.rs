@@ -14,37 +14,124 @@ const SECS: Duration = Duration::from_secs(1);
 
 fn header(t: &Taken, name: &str) -> Option<String> {
     let h = t.properties.headers().as_ref()?;
-    h.inner().iter().find(|(k, _)| k.as_str() == name).and_then(|(_, v)| match v {
-        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        _ => None,
-    })
+    h.inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .and_then(|(_, v)| match v {
+            lapin::types::AMQPValue::LongString(s) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            _ => None,
+        })
 }
 
 #[tokio::test]
 async fn handshake_signatures_and_body_limit() {
     let stack = Stack::start("http", 0, &[("COEXIST_MAX_BODY_BYTES", "2048")]).await;
     let addr = stack.ingress.addr;
-    let ok = http(addr, "GET", "/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345", &[], b"").await;
+    let ok = http(
+        addr,
+        "GET",
+        "/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345",
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(ok, (200, "12345".to_owned()));
-    assert_eq!(http(addr, "GET", "/webhook?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", &[], b"").await.0, 403);
-    assert_eq!(http(addr, "GET", "/webhook?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1", &[], b"").await.0, 403);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/webhook?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+            &[],
+            b""
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/webhook?hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1",
+            &[],
+            b""
+        )
+        .await
+        .0,
+        403
+    );
     assert_eq!(http(addr, "GET", "/webhook", &[], b"").await.0, 403);
 
     let body = customer_text(ANA, "wamid.SIG1", t0(), "hola");
-    assert_eq!(http(addr, "POST", "/webhook", &[], body.as_bytes()).await.0, 401, "missing signature");
+    assert_eq!(
+        http(addr, "POST", "/webhook", &[], body.as_bytes()).await.0,
+        401,
+        "missing signature"
+    );
     let wrong = coexist::ingress::sign("another-secret", body.as_bytes());
-    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", wrong)], body.as_bytes()).await.0, 401, "wrong secret");
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/webhook",
+            &[("X-Hub-Signature-256", wrong)],
+            body.as_bytes()
+        )
+        .await
+        .0,
+        401,
+        "wrong secret"
+    );
     let good = coexist::ingress::sign(SECRET, body.as_bytes());
     let tampered = body.replace("hola", "HOLA");
-    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", good.clone())], tampered.as_bytes()).await.0, 401, "tampered body");
-    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", good)], body.as_bytes()).await.0, 200);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/webhook",
+            &[("X-Hub-Signature-256", good.clone())],
+            tampered.as_bytes()
+        )
+        .await
+        .0,
+        401,
+        "tampered body"
+    );
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/webhook",
+            &[("X-Hub-Signature-256", good)],
+            body.as_bytes()
+        )
+        .await
+        .0,
+        200
+    );
 
     let big = customer_text(ANA, "wamid.BIG1", t0(), &"x".repeat(4096));
     let sig = coexist::ingress::sign(SECRET, big.as_bytes());
-    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], big.as_bytes()).await.0, 413);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/webhook",
+            &[("X-Hub-Signature-256", sig)],
+            big.as_bytes()
+        )
+        .await
+        .0,
+        413
+    );
 
     assert_eq!(http(addr, "GET", "/healthz", &[], b"").await.0, 200);
-    assert_eq!(http(addr, "GET", "/readyz", &[], b"").await, (200, "rabbitmq: ok\n".to_owned()));
+    assert_eq!(
+        http(addr, "GET", "/readyz", &[], b"").await,
+        (200, "rabbitmq: ok\n".to_owned())
+    );
     let (status, metrics) = http(addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("coexist_webhooks_total"), "{metrics}");
@@ -56,16 +143,34 @@ async fn signed_garbage_is_accepted_and_parked() {
     let stack = Stack::start("garbage", 0, &[]).await;
     let status = stack.post("this is { not json").await;
     assert_eq!(status, 200, "a signed body is never refused");
-    let half = envelope("messages", json!({"metadata": metadata(), "messages": [{"id": "wamid.NOSENDER", "type": "text"}]}));
+    let half = envelope(
+        "messages",
+        json!({"metadata": metadata(), "messages": [{"id": "wamid.NOSENDER", "type": "text"}]}),
+    );
     assert_eq!(stack.post(&half).await, 200);
     let topology = Topology::new(&stack.ns, 4);
     let entries = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
-    assert!(entries[0].reason.starts_with("not JSON"), "{:?}", entries[0]);
+    assert!(
+        entries[0].reason.starts_with("not JSON"),
+        "{:?}",
+        entries[0]
+    );
     assert_eq!(entries[0].stage, "ingress");
     assert_eq!(entries[0].kind.as_deref(), Some("meta.webhook"));
-    assert!(entries[1].reason.contains("without a sender"), "{:?}", entries[1]);
-    assert_eq!(coexist::dlq::list(&amqp_url(), &topology).await.unwrap().len(), 2, "listing leaves them in place");
+    assert!(
+        entries[1].reason.contains("without a sender"),
+        "{:?}",
+        entries[1]
+    );
+    assert_eq!(
+        coexist::dlq::list(&amqp_url(), &topology)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "listing leaves them in place"
+    );
     stack.stop().await;
 }
 
@@ -86,19 +191,44 @@ async fn handover_story_with_amqp_properties() {
     let human = take_events(&stack.ns, "human_chat", 4, 10 * SECS).await;
     let bot_kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
     let human_kinds: Vec<&str> = human.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(bot_kinds, ["message.received", "session.paused", "message.received"]);
-    assert_eq!(human_kinds, ["conversation.handover", "message.sent_from_app", "message.received", "conversation.released"]);
+    assert_eq!(
+        bot_kinds,
+        ["message.received", "session.paused", "message.received"]
+    );
+    assert_eq!(
+        human_kinds,
+        [
+            "conversation.handover",
+            "message.sent_from_app",
+            "message.received",
+            "conversation.released"
+        ]
+    );
     assert_eq!(bot[2].body["session_started"], json!(true));
     assert_eq!(human[1].body["message"]["icon"], json!("📱"));
     for e in bot.iter().chain(&human) {
         let p = &e.properties;
-        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), e.body["event_id"].as_str(), "message_id = event_id");
-        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some(e.kind.as_str()), "type = event type");
-        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            e.body["event_id"].as_str(),
+            "message_id = event_id"
+        );
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some(e.kind.as_str()),
+            "type = event type"
+        );
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         assert_eq!(*p.delivery_mode(), Some(2), "persistent");
         assert_eq!(header(e, "conversation"), Some(format!("{PNID}:{ANA}")));
     }
-    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(), "nothing more");
+    assert!(
+        take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(),
+        "nothing more"
+    );
     stack.stop().await;
 }
 
@@ -112,12 +242,27 @@ async fn duplicates_and_batches() {
     let msgs: Vec<_> = (0..30)
         .map(|i| json!({"from": format!("52155577{:05}", i % 3), "id": format!("wamid.BA{i}"), "timestamp": t.to_string(), "type": "text", "text": {"body": i.to_string()}}))
         .collect();
-    assert_eq!(stack.post(&envelope("messages", json!({"metadata": metadata(), "messages": msgs}))).await, 200);
+    assert_eq!(
+        stack
+            .post(&envelope(
+                "messages",
+                json!({"metadata": metadata(), "messages": msgs})
+            ))
+            .await,
+        200
+    );
     let got = take_events(&stack.ns, "bot", 32, 10 * SECS).await;
-    assert_eq!(got.len(), 31, "one for the duplicated body, thirty for the batch");
+    assert_eq!(
+        got.len(),
+        31,
+        "one for the duplicated body, thirty for the batch"
+    );
     let mut per_customer: HashMap<String, Vec<i64>> = HashMap::new();
     for e in &got[1..] {
-        per_customer.entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned()).or_default().push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
+        per_customer
+            .entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
     }
     for (c, seq) in per_customer {
         let mut sorted = seq.clone();
@@ -140,9 +285,25 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
             let addr = stack.ingress.addr;
             tokio::spawn(async move {
                 for i in 0..per {
-                    let body = customer_text(&format!("52155588{c:05}"), &format!("wamid.O{c}.{i}"), t, &i.to_string());
+                    let body = customer_text(
+                        &format!("52155588{c:05}"),
+                        &format!("wamid.O{c}.{i}"),
+                        t,
+                        &i.to_string(),
+                    );
                     let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-                    assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+                    assert_eq!(
+                        http(
+                            addr,
+                            "POST",
+                            "/webhook",
+                            &[("X-Hub-Signature-256", sig)],
+                            body.as_bytes()
+                        )
+                        .await
+                        .0,
+                        200
+                    );
                 }
             })
         })
@@ -154,7 +315,9 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
     assert_eq!(got.len(), conversations * per);
     let mut seqs: HashMap<String, Vec<u32>> = HashMap::new();
     for e in &got {
-        seqs.entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned()).or_default().push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
+        seqs.entry(e.body["customer"]["wa_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e.body["message"]["text"].as_str().unwrap().parse().unwrap());
     }
     for (c, seq) in &seqs {
         assert_eq!(*seq, (0..per as u32).collect::<Vec<_>>(), "{c}");
@@ -167,21 +330,31 @@ async fn a_new_worker_gets_its_share_and_a_stopped_ones_share_moves() {
     let mut stack = Stack::start("share", 1, &[("COEXIST_PARTITIONS", "8")]).await;
     assert_eq!(stack.workers[0].owned().len(), 8);
     let (_t, shutdown) = coexist::retry::Shutdown::new();
-    let second = coexist::worker::start(&stack.config, shutdown).await.unwrap();
+    let second = coexist::worker::start(&stack.config, shutdown)
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     while second.owned().is_empty() || stack.workers[0].owned().len() + second.owned().len() != 8 {
-        assert!(started.elapsed() < 30 * SECS, "the newcomer gets its share within 30 s");
+        assert!(
+            started.elapsed() < 30 * SECS,
+            "the newcomer gets its share within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!stack.workers[0].owned().is_empty());
     second.stop().await;
     let started = std::time::Instant::now();
     while stack.workers[0].owned().len() != 8 {
-        assert!(started.elapsed() < 30 * SECS, "the leaver's share moves within 30 s");
+        assert!(
+            started.elapsed() < 30 * SECS,
+            "the leaver's share moves within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let t = t0();
-    stack.post_until_ok(&customer_text(ANA, "wamid.SH1", t, "hola"), 5 * SECS).await;
+    stack
+        .post_until_ok(&customer_text(ANA, "wamid.SH1", t, "hola"), 5 * SECS)
+        .await;
     assert_eq!(take_events(&stack.ns, "bot", 1, 10 * SECS).await.len(), 1);
     let w = stack.workers.remove(0);
     w.stop().await;
@@ -192,15 +365,35 @@ async fn a_new_worker_gets_its_share_and_a_stopped_ones_share_moves() {
 async fn timeouts_are_released_by_the_worker() {
     let stack = Stack::start("timeout", 2, &[("COEXIST_TIMEOUT", "3s")]).await;
     let t = t0();
-    assert_eq!(stack.post(&echo_text(ANA, "wamid.TO1", t, "te atiendo")).await, 200);
+    assert_eq!(
+        stack
+            .post(&echo_text(ANA, "wamid.TO1", t, "te atiendo"))
+            .await,
+        200
+    );
     let human = take_events(&stack.ns, "human_chat", 3, 15 * SECS).await;
     let kinds: Vec<&str> = human.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["conversation.handover", "message.sent_from_app", "conversation.released"]);
+    assert_eq!(
+        kinds,
+        [
+            "conversation.handover",
+            "message.sent_from_app",
+            "conversation.released"
+        ]
+    );
     assert_eq!(human[2].body["reason"], json!("timeout"));
     let deadline = Millis::from_secs(t + 3);
     let arrived = Millis::now();
-    assert!(arrived.0 - deadline.0 < 10_000, "released within 10 s of the deadline");
-    assert!(take_events(&stack.ns, "human_chat", 1, 2 * SECS).await.is_empty(), "exactly once across two workers");
+    assert!(
+        arrived.0 - deadline.0 < 10_000,
+        "released within 10 s of the deadline"
+    );
+    assert!(
+        take_events(&stack.ns, "human_chat", 1, 2 * SECS)
+            .await
+            .is_empty(),
+        "exactly once across two workers"
+    );
     stack.stop().await;
 }
 
@@ -211,10 +404,19 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     let stack = Stack::start("poison", 1, &[]).await;
     let t = t0();
     // Corrupt the conversation's state: every decision about it fails until it is repaired.
-    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let state_key = format!("{}:{{{PNID}:{ANA}}}:state", stack.ns);
     let _: () = redis.set(&state_key, "{not json").await.unwrap();
-    assert_eq!(stack.post(&customer_text(ANA, "wamid.PO1", t, "¿hay envío?")).await, 200);
+    assert_eq!(
+        stack
+            .post(&customer_text(ANA, "wamid.PO1", t, "¿hay envío?"))
+            .await,
+        200
+    );
     let topology = Topology::new(&stack.ns, 4);
     let mut entries = Vec::new();
     for _ in 0..100 {
@@ -226,21 +428,53 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     }
     assert_eq!(entries.len(), 1, "dead-lettered after its attempts");
     assert_eq!(entries[0].stage, "worker");
-    assert!(entries[0].reason.contains("cannot be read"), "{:?}", entries[0]);
+    assert!(
+        entries[0].reason.contains("cannot be read"),
+        "{:?}",
+        entries[0]
+    );
     assert_eq!(entries[0].attempts, 5);
-    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(), "nothing reached the bot");
+    assert!(
+        take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(),
+        "nothing reached the bot"
+    );
     // Repair, then a human takes the conversation before the replay.
     let _: () = redis.del(&state_key).await.unwrap();
-    assert_eq!(stack.post(&echo_text(ANA, "wamid.PO2", t + 1, "te atiendo")).await, 200);
-    assert_eq!(take_events(&stack.ns, "human_chat", 2, 10 * SECS).await.len(), 2);
-    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None).await.unwrap();
-    assert_eq!(replayed, coexist::dlq::Replayed { replayed: 1, units: 1, parked_again: 0 });
+    assert_eq!(
+        stack
+            .post(&echo_text(ANA, "wamid.PO2", t + 1, "te atiendo"))
+            .await,
+        200
+    );
+    assert_eq!(
+        take_events(&stack.ns, "human_chat", 2, 10 * SECS)
+            .await
+            .len(),
+        2
+    );
+    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        coexist::dlq::Replayed {
+            replayed: 1,
+            units: 1,
+            parked_again: 0
+        }
+    );
     let human = take_events(&stack.ns, "human_chat", 1, 10 * SECS).await;
     assert_eq!(human.len(), 1);
-    assert_eq!(human[0].kind, "message.received", "decided against the state at replay time: paused");
+    assert_eq!(
+        human[0].kind, "message.received",
+        "decided against the state at replay time: paused"
+    );
     assert_eq!(human[0].body["message"]["text"], json!("¿hay envío?"));
     assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty());
-    assert!(coexist::dlq::list(&amqp_url(), &topology).await.unwrap().is_empty());
+    assert!(coexist::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap()
+        .is_empty());
     stack.stop().await;
 }
 
@@ -252,13 +486,34 @@ async fn redis_unreachable_holds_items_back_until_it_returns() {
     let t = t0();
     proxy.cut();
     for i in 0..5 {
-        assert_eq!(stack.post(&customer_text(ANA, &format!("wamid.RD{i}"), t, &i.to_string())).await, 200, "the ingress needs no Redis");
+        assert_eq!(
+            stack
+                .post(&customer_text(
+                    ANA,
+                    &format!("wamid.RD{i}"),
+                    t,
+                    &i.to_string()
+                ))
+                .await,
+            200,
+            "the ingress needs no Redis"
+        );
     }
-    assert!(take_events(&stack.ns, "bot", 1, 3 * SECS).await.is_empty(), "no state, nothing to the AI agent");
+    assert!(
+        take_events(&stack.ns, "bot", 1, 3 * SECS).await.is_empty(),
+        "no state, nothing to the AI agent"
+    );
     proxy.restore().await;
     let got = take_events(&stack.ns, "bot", 5, 30 * SECS).await;
-    let texts: Vec<&str> = got.iter().map(|e| e.body["message"]["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, ["0", "1", "2", "3", "4"], "all of them, in order, once Redis is back");
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|e| e.body["message"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["0", "1", "2", "3", "4"],
+        "all of them, in order, once Redis is back"
+    );
     stack.stop().await;
 }
 
@@ -274,11 +529,24 @@ async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
         tokio::spawn(async move {
             let mut accepted = 0;
             for i in 0..total {
-                let body = customer_text(&format!("52155599{:05}", i % 6), &format!("wamid.BD{i}"), t, &i.to_string());
+                let body = customer_text(
+                    &format!("52155599{:05}", i % 6),
+                    &format!("wamid.BD{i}"),
+                    t,
+                    &i.to_string(),
+                );
                 let sig = coexist::ingress::sign(SECRET, body.as_bytes());
                 // Meta retries until it gets a 200.
                 loop {
-                    let status = http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig.clone())], body.as_bytes()).await.0;
+                    let status = http(
+                        addr,
+                        "POST",
+                        "/webhook",
+                        &[("X-Hub-Signature-256", sig.clone())],
+                        body.as_bytes(),
+                    )
+                    .await
+                    .0;
                     if status == 200 {
                         accepted += 1;
                         break;
@@ -298,21 +566,39 @@ async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
     assert_eq!(poster.await.unwrap(), total);
     let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
     eprintln!("{total} events, {copies} copies on the wire");
-    let ids: HashSet<String> = got.iter().map(|e| e.body["message"]["id"].as_str().unwrap().to_owned()).collect();
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|e| e.body["message"]["id"].as_str().unwrap().to_owned())
+        .collect();
     if ids.len() != total {
-        let missing: Vec<String> = (0..total).map(|i| format!("wamid.BD{i}")).filter(|id| !ids.contains(id)).collect();
-        let queues = std::process::Command::new("rabbitmqctl").args(["list_queues", "name", "messages", "messages_unacknowledged", "consumers"]).output();
-        let queues = queues.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&stack.ns)).collect::<Vec<_>>().join("\n")).unwrap_or_default();
-        panic!("missing {missing:?}; owned {:?}; queues:\n{queues}", stack.workers[0].owned());
+        let missing: Vec<String> = (0..total)
+            .map(|i| format!("wamid.BD{i}"))
+            .filter(|id| !ids.contains(id))
+            .collect();
+        let queues = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "name",
+                "messages",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+            .output();
+        let queues = queues
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&stack.ns))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        panic!(
+            "missing {missing:?}; owned {:?}; queues:\n{queues}",
+            stack.workers[0].owned()
+        );
     }
-    // Per conversation, in order.
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for e in &got {
-        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
-        let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
-        assert!(last.get(&c).is_none_or(|prev| *prev < n), "{c}: {n} after {:?}", last.get(&c));
-        last.insert(c, n);
-    }
+    assert_in_order_per_conversation(&got);
     stack.stop().await;
 }
 
@@ -341,16 +627,35 @@ async fn a_worker_killed_mid_load_loses_nothing() {
     let env = [("COEXIST_PARTITIONS", "6")];
     let mut a = spawn_worker(&stack.ns, &env);
     let b_admin = free_addr();
-    let mut b = spawn_worker(&stack.ns, &[env[0], ("COEXIST_ADMIN_LISTEN", &b_admin.to_string())]);
+    let mut b = spawn_worker(
+        &stack.ns,
+        &[env[0], ("COEXIST_ADMIN_LISTEN", &b_admin.to_string())],
+    );
     let t = t0();
     let total = 300;
     let poster = {
         let addr = stack.ingress.addr;
         tokio::spawn(async move {
             for i in 0..total {
-                let body = customer_text(&format!("52155566{:05}", i % 25), &format!("wamid.K{i}"), t, &i.to_string());
+                let body = customer_text(
+                    &format!("52155566{:05}", i % 25),
+                    &format!("wamid.K{i}"),
+                    t,
+                    &i.to_string(),
+                );
                 let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-                assert_eq!(http(addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+                assert_eq!(
+                    http(
+                        addr,
+                        "POST",
+                        "/webhook",
+                        &[("X-Hub-Signature-256", sig)],
+                        body.as_bytes()
+                    )
+                    .await
+                    .0,
+                    200
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -362,27 +667,38 @@ async fn a_worker_killed_mid_load_loses_nothing() {
     let killed_at = std::time::Instant::now();
     loop {
         let (_, metrics) = http(b_admin, "GET", "/metrics", &[], b"").await;
-        if metrics.lines().any(|l| l.trim() == "coexist_partitions_owned 6") {
+        if metrics
+            .lines()
+            .any(|l| l.trim() == "coexist_partitions_owned 6")
+        {
             break;
         }
-        assert!(killed_at.elapsed() < 30 * SECS, "the survivor takes the dead worker's partitions within 30 s");
+        assert!(
+            killed_at.elapsed() < 30 * SECS,
+            "the survivor takes the dead worker's partitions within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("survivor owns every partition {:?} after the kill", killed_at.elapsed());
+    eprintln!(
+        "survivor owns every partition {:?} after the kill",
+        killed_at.elapsed()
+    );
     poster.await.unwrap();
     // The survivor takes over the dead worker's partitions (membership expiry ~10 s).
     let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
     eprintln!("{} distinct events, {copies} copies", got.len());
-    let ids: HashSet<String> = got.iter().map(|e| e.body["message"]["id"].as_str().unwrap().to_owned()).collect();
-    let missing: Vec<usize> = (0..total).filter(|i| !ids.contains(&format!("wamid.K{i}"))).collect();
-    assert!(missing.is_empty(), "every accepted webhook's event: missing {missing:?}");
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for e in &got {
-        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
-        let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
-        assert!(last.get(&c).is_none_or(|prev| *prev < n), "{c}: {n} after {:?}", last.get(&c));
-        last.insert(c, n);
-    }
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|e| e.body["message"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let missing: Vec<usize> = (0..total)
+        .filter(|i| !ids.contains(&format!("wamid.K{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "every accepted webhook's event: missing {missing:?}"
+    );
+    assert_in_order_per_conversation(&got);
     b.kill().unwrap();
     let _ = b.wait();
     stack.stop().await;
@@ -394,26 +710,38 @@ async fn sigterm_stops_a_worker_within_ten_seconds() {
     let mut w = spawn_worker(&stack.ns, &[("COEXIST_PARTITIONS", "4")]);
     let t = t0();
     for i in 0..20 {
-        assert_eq!(stack.post(&customer_text(ANA, &format!("wamid.TERM{i}"), t, &i.to_string())).await, 200);
+        assert_eq!(
+            stack
+                .post(&customer_text(
+                    ANA,
+                    &format!("wamid.TERM{i}"),
+                    t,
+                    &i.to_string()
+                ))
+                .await,
+            200
+        );
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = std::time::Instant::now();
-    let _ = std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status();
-    let status = loop {
-        if let Some(s) = w.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "exits within 10 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0), "a clean exit");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status();
+    assert_eq!(
+        exit_within(&mut w, started, 10 * SECS).await,
+        Some(0),
+        "a clean exit within 10 s of SIGTERM"
+    );
     let (got, _) = take_distinct(&stack.ns, "bot", 20, 10 * SECS).await;
     assert_eq!(got.len(), 20, "what it held was finished or handed back");
     stack.stop().await;
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -440,27 +768,69 @@ async fn serve_runs_ingress_and_worker_in_one_process() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let t = t0();
-    for body in [customer_text(ANA, "wamid.SV1", t, "Hola"), echo_text(ANA, "wamid.SV2", t + 1, "te atiendo")] {
+    for body in [
+        customer_text(ANA, "wamid.SV1", t, "Hola"),
+        echo_text(ANA, "wamid.SV2", t + 1, "te atiendo"),
+    ] {
         let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-        assert_eq!(http(listen, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0, 200);
+        assert_eq!(
+            http(
+                listen,
+                "POST",
+                "/webhook",
+                &[("X-Hub-Signature-256", sig)],
+                body.as_bytes()
+            )
+            .await
+            .0,
+            200
+        );
     }
     let (bot, _) = take_distinct(&ns, "bot", 2, 15 * SECS).await;
     let kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["message.received", "session.paused"]);
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let stopping = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(stopping.elapsed() < 10 * SECS, "stops within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(
+        exit_within(&mut child, std::time::Instant::now(), 10 * SECS).await,
+        Some(0),
+        "a clean exit within 10 s"
+    );
 }
 
 /// `Some` once the ingress answers `/readyz` with 200.
 async fn http_ready(addr: std::net::SocketAddr) -> Option<()> {
     tokio::net::TcpStream::connect(addr).await.ok()?;
     (http(addr, "GET", "/readyz", &[], b"").await.0 == 200).then_some(())
+}
+
+/// Events carry each conversation's sequence numbers (the message text) in increasing order.
+fn assert_in_order_per_conversation(events: &[Taken]) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in events {
+        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
+        let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
+        assert!(
+            last.get(&c).is_none_or(|prev| *prev < n),
+            "{c}: {n} after {:?}",
+            last.get(&c)
+        );
+        last.insert(c, n);
+    }
+}
+
+/// The exit code of a process that must exit within `limit` of `since`.
+async fn exit_within(
+    child: &mut std::process::Child,
+    since: std::time::Instant,
+    limit: Duration,
+) -> Option<i32> {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(since.elapsed() < limit, "still running {limit:?} later");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

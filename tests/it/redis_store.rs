@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
-use coexist::store::{Delivery, Engine, StateStore};
+use coexist::store::{Delivery, Engine};
 use coexist::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
@@ -20,24 +20,45 @@ fn conv_key(ns: &str, customer: &str, suffix: &str) -> String {
 
 #[tokio::test]
 async fn the_pause_is_a_ttl_key_and_its_expiry_routes_back_to_the_bot() {
-    let (e, ns) = redis_engine("ttl", Rules::new("/reset", Duration::from_secs(2), Duration::from_secs(86_400))).await;
+    let (e, ns) = redis_engine(
+        "ttl",
+        Rules::new(
+            "/reset",
+            Duration::from_secs(2),
+            Duration::from_secs(86_400),
+        ),
+    )
+    .await;
     let mut conn = e.store().connection();
     let now_ms = Millis::now();
     let ts = now_ms.0 / 1000;
     let h = feed(&e, &echo_text(ANA, "wamid.TT1", ts, "Te atiendo"), ts).await;
     assert_eq!(h.len(), 2);
     let pttl: i64 = conn.pttl(conv_key(&ns.0, ANA, "pause")).await.unwrap();
-    assert!((0..=2000).contains(&pttl), "pause TTL follows the deadline: {pttl}");
+    assert!(
+        (0..=2000).contains(&pttl),
+        "pause TTL follows the deadline: {pttl}"
+    );
     // Wait for Redis to expire the key by itself.
     let until = (ts + 2) * 1000;
-    tokio::time::sleep(Duration::from_millis((until - Millis::now().0 + 150).max(0) as u64)).await;
+    tokio::time::sleep(Duration::from_millis(
+        (until - Millis::now().0 + 150).max(0) as u64,
+    ))
+    .await;
     let exists: bool = conn.exists(conv_key(&ns.0, ANA, "pause")).await.unwrap();
     assert!(!exists, "Redis expired the pause");
     let now = Millis::now();
-    let item = parse_body(customer_text(ANA, "wamid.TT2", now.0 / 1000, "hola").as_bytes()).unwrap();
+    let item =
+        parse_body(customer_text(ANA, "wamid.TT2", now.0 / 1000, "hola").as_bytes()).unwrap();
     let applied = e.apply(&Input::Item(&item[0]), now).await.unwrap();
     let ev = events(&applied);
-    assert_eq!(kinds(&ev), pairs(&[("human_chat", "conversation.released"), ("bot", "message.received")]));
+    assert_eq!(
+        kinds(&ev),
+        pairs(&[
+            ("human_chat", "conversation.released"),
+            ("bot", "message.received")
+        ])
+    );
     assert_eq!(ev[0].body["reason"], json!("timeout"));
 }
 
@@ -46,9 +67,20 @@ async fn deleting_the_pause_key_by_hand_releases_the_pause() {
     let (e, ns) = redis_engine("del", Rules::default()).await;
     let t = t0();
     feed(&e, &echo_text(ANA, "wamid.DL1", t, "Te atiendo"), t).await;
-    let _: i64 = e.store().connection().del(conv_key(&ns.0, ANA, "pause")).await.unwrap();
+    let _: i64 = e
+        .store()
+        .connection()
+        .del(conv_key(&ns.0, ANA, "pause"))
+        .await
+        .unwrap();
     let m = feed(&e, &customer_text(ANA, "wamid.DL2", t + 1, "hola"), t + 1).await;
-    assert_eq!(kinds(&m), pairs(&[("human_chat", "conversation.released"), ("bot", "message.received")]));
+    assert_eq!(
+        kinds(&m),
+        pairs(&[
+            ("human_chat", "conversation.released"),
+            ("bot", "message.received")
+        ])
+    );
 }
 
 #[tokio::test]
@@ -58,22 +90,54 @@ async fn keys_share_one_slot_and_live_as_long_as_promised() {
     feed(&e, &customer_text(ANA, "wamid.KL1", t, "Hola"), t).await;
     feed(&e, &echo_text(ANA, "wamid.KL2", t, "Te atiendo"), t).await;
     let mut conn = e.store().connection();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", ns.0)).query_async(&mut conn).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", ns.0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let tag = format!("{{{PNID}:{ANA}}}");
     let conv: Vec<&String> = keys.iter().filter(|k| k.contains(&tag)).collect();
-    let suffixes: HashSet<&str> = conv.iter().map(|k| k.rsplit_once("}:").unwrap().1.split(':').next().unwrap()).collect();
-    assert_eq!(suffixes, HashSet::from(["v", "pause", "session", "state", "seen"]), "{keys:?}");
+    let suffixes: HashSet<&str> = conv
+        .iter()
+        .map(|k| k.rsplit_once("}:").unwrap().1.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        suffixes,
+        HashSet::from(["v", "pause", "session", "state", "seen"]),
+        "{keys:?}"
+    );
     assert!(keys.contains(&format!("{}:deadlines", ns.0)));
     for k in &keys {
-        assert!(k.starts_with(&format!("{}:", ns.0)), "every key under the namespace: {k}");
+        assert!(
+            k.starts_with(&format!("{}:", ns.0)),
+            "every key under the namespace: {k}"
+        );
     }
-    let seen_ttl: i64 = conn.ttl(conv_key(&ns.0, ANA, "seen:m:wamid.KL1")).await.unwrap();
-    assert!(seen_ttl >= 7 * 86_400, "dedup marks live at least 7 days: {seen_ttl}");
+    let seen_ttl: i64 = conn
+        .ttl(conv_key(&ns.0, ANA, "seen:m:wamid.KL1"))
+        .await
+        .unwrap();
+    assert!(
+        seen_ttl >= 7 * 86_400,
+        "dedup marks live at least 7 days: {seen_ttl}"
+    );
     let pause_ttl: i64 = conn.ttl(conv_key(&ns.0, ANA, "pause")).await.unwrap();
-    assert!((7 * 86_400 - 5..=7 * 86_400).contains(&pause_ttl), "{pause_ttl}");
+    assert!(
+        (7 * 86_400 - 5..=7 * 86_400).contains(&pause_ttl),
+        "{pause_ttl}"
+    );
     let session_ttl: i64 = conn.ttl(conv_key(&ns.0, ANA, "session")).await.unwrap();
-    assert!((86_400 - 5..=86_400).contains(&session_ttl), "{session_ttl}");
-    let deadline: Option<f64> = conn.zscore(format!("{}:deadlines", ns.0), format!("{PNID}:{ANA}|m:wamid.KL2")).await.unwrap();
+    assert!(
+        (86_400 - 5..=86_400).contains(&session_ttl),
+        "{session_ttl}"
+    );
+    let deadline: Option<f64> = conn
+        .zscore(
+            format!("{}:deadlines", ns.0),
+            format!("{PNID}:{ANA}|m:wamid.KL2"),
+        )
+        .await
+        .unwrap();
     assert_eq!(deadline, Some(((t + 7 * 86_400) * 1000) as f64));
 }
 
@@ -97,8 +161,17 @@ async fn one_item_applied_by_many_tasks_is_decided_once() {
         if applied.delivery == Delivery::Fresh {
             fresh += 1;
         }
-        assert_ne!(applied.delivery, Delivery::Duplicate, "never acknowledged, so never a bare duplicate");
-        bodies.insert(events(&applied).iter().map(|e| e.body.to_string()).collect::<Vec<_>>());
+        assert_ne!(
+            applied.delivery,
+            Delivery::Duplicate,
+            "never acknowledged, so never a bare duplicate"
+        );
+        bodies.insert(
+            events(&applied)
+                .iter()
+                .map(|e| e.body.to_string())
+                .collect::<Vec<_>>(),
+        );
     }
     assert_eq!(fresh, 1, "decided exactly once");
     assert_eq!(bodies.len(), 1, "every task got the same events");
@@ -115,7 +188,14 @@ async fn concurrent_messages_start_exactly_one_session() {
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 for i in 0..40 {
-                    out.extend(feed(&e, &customer_text(ANA, &format!("wamid.CS{task}.{i}"), t, "hola"), t).await);
+                    out.extend(
+                        feed(
+                            &e,
+                            &customer_text(ANA, &format!("wamid.CS{task}.{i}"), t, "hola"),
+                            t,
+                        )
+                        .await,
+                    );
                 }
                 out
             })
@@ -126,9 +206,22 @@ async fn concurrent_messages_start_exactly_one_session() {
         all.extend(task.await.unwrap());
     }
     assert_eq!(all.len(), 320, "every message decided once");
-    assert_eq!(all.iter().filter(|e| e.body["session_started"] == json!(true)).count(), 1, "no doubled session start");
-    let sessions: HashSet<_> = all.iter().map(|e| e.session().unwrap().to_owned()).collect();
-    assert_eq!(sessions.len(), 1, "no lost session: everyone is in the one session");
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.body["session_started"] == json!(true))
+            .count(),
+        1,
+        "no doubled session start"
+    );
+    let sessions: HashSet<_> = all
+        .iter()
+        .map(|e| e.session().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "no lost session: everyone is in the one session"
+    );
 }
 
 #[tokio::test]
@@ -162,21 +255,49 @@ async fn concurrent_echoes_and_messages_hand_over_exactly_once() {
     assert_eq!(count("human_chat", "conversation.handover"), 1);
     assert_eq!(count("bot", "session.paused"), 1);
     assert_eq!(count("human_chat", "message.sent_from_app"), 40);
-    assert_eq!(count("bot", "message.received") + count("human_chat", "message.received"), 80);
+    assert_eq!(
+        count("bot", "message.received") + count("human_chat", "message.received"),
+        80
+    );
     // After the handover, nothing reached the bot: every bot message was decided before it.
-    let sessions: HashSet<_> = all.iter().filter_map(|e| e.session().map(str::to_owned)).collect();
-    assert_eq!(sessions.len(), 1, "the bot session continued with the human");
+    let sessions: HashSet<_> = all
+        .iter()
+        .filter_map(|e| e.session().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "the bot session continued with the human"
+    );
     let m = feed(&e, &customer_text(ANA, "wamid.HO9", t + 2, "?"), t + 2).await;
     assert_eq!(kinds(&m), pairs(&[("human_chat", "message.received")]));
 }
 
 #[tokio::test]
 async fn deadlines_are_claimed_by_one_worker_each() {
-    let (e, _ns) = redis_engine("claims", Rules::new("/reset", Duration::from_secs(60), Duration::from_secs(86_400))).await;
+    let (e, _ns) = redis_engine(
+        "claims",
+        Rules::new(
+            "/reset",
+            Duration::from_secs(60),
+            Duration::from_secs(86_400),
+        ),
+    )
+    .await;
     let e = Arc::new(e);
     let t = t0();
     for i in 0..50 {
-        feed(&e, &echo_text(&format!("52155512{i:05}"), &format!("wamid.DC{i}"), t, "te atiendo"), t).await;
+        feed(
+            &e,
+            &echo_text(
+                &format!("52155512{i:05}"),
+                &format!("wamid.DC{i}"),
+                t,
+                "te atiendo",
+            ),
+            t,
+        )
+        .await;
     }
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -194,7 +315,8 @@ async fn deadlines_are_claimed_by_one_worker_each() {
     for task in tasks {
         for ev in task.await.unwrap() {
             assert_eq!(ev.body["reason"], json!("timeout"));
-            *ids.entry(ev.body["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+            *ids.entry(ev.body["event_id"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
         }
     }
     assert_eq!(ids.len(), 50, "every pause released");
@@ -203,42 +325,88 @@ async fn deadlines_are_claimed_by_one_worker_each() {
 
 #[tokio::test]
 async fn an_unfinished_claim_comes_due_again_with_the_same_event() {
-    let (e, _ns) = redis_engine("lease", Rules::new("/reset", Duration::from_secs(60), Duration::from_secs(86_400))).await;
+    let (e, _ns) = redis_engine(
+        "lease",
+        Rules::new(
+            "/reset",
+            Duration::from_secs(60),
+            Duration::from_secs(86_400),
+        ),
+    )
+    .await;
     let t = t0();
     feed(&e, &echo_text(ANA, "wamid.LS1", t, "te atiendo"), t).await;
     // A worker claims and decides the release, then dies before publishing.
     let first = e.release_due(Millis::from_secs(t + 61), 10).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert!(e.release_due(Millis::from_secs(t + 62), 10).await.unwrap().is_empty(), "held by the lease");
-    let again = e.release_due(Millis::from_secs(t + 61 + 31), 10).await.unwrap();
+    assert!(
+        e.release_due(Millis::from_secs(t + 62), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held by the lease"
+    );
+    let again = e
+        .release_due(Millis::from_secs(t + 61 + 31), 10)
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1, "the lease ran out: due again");
     assert_eq!(again[0].delivery, Delivery::Redelivered);
-    assert_eq!(events(&again[0])[0].body, events(&first[0])[0].body, "same event, same id");
+    assert_eq!(
+        events(&again[0])[0].body,
+        events(&first[0])[0].body,
+        "same event, same id"
+    );
     e.acknowledge(&again[0]).await.unwrap();
-    assert!(e.release_due(Millis::from_secs(t + 61 + 100), 10).await.unwrap().is_empty());
+    assert!(e
+        .release_due(Millis::from_secs(t + 61 + 100), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
 async fn redis_unreachable_is_an_error_not_a_decision() {
     let started = std::time::Instant::now();
-    assert!(coexist::store::redis::RedisStore::connect("redis://127.0.0.1:1", "test-unreachable").await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(8), "fails fast: {:?}", started.elapsed());
+    assert!(
+        coexist::store::redis::RedisStore::connect("redis://127.0.0.1:1", "test-unreachable")
+            .await
+            .is_err()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
 
     // Redis behind a proxy that the test cuts and restores.
     let proxy = TcpProxy::start("127.0.0.1:6379").await;
     let ns = NsGuard(unique_ns("outage"));
-    let store = coexist::store::redis::RedisStore::connect(&format!("redis://{}", proxy.addr), &ns.0).await.unwrap();
+    let store =
+        coexist::store::redis::RedisStore::connect(&format!("redis://{}", proxy.addr), &ns.0)
+            .await
+            .unwrap();
     let e = Engine::new(store, book(Rules::default()));
     let t = t0();
-    assert_eq!(feed(&e, &customer_text(ANA, "wamid.RD1", t, "hola"), t).await.len(), 1);
+    assert_eq!(
+        feed(&e, &customer_text(ANA, "wamid.RD1", t, "hola"), t)
+            .await
+            .len(),
+        1
+    );
     proxy.cut();
     let items = parse_body(customer_text(ANA, "wamid.RD2", t + 1, "¿hola?").as_bytes()).unwrap();
-    let r = e.apply(&Input::Item(&items[0]), Millis::from_secs(t + 1)).await;
+    let r = e
+        .apply(&Input::Item(&items[0]), Millis::from_secs(t + 1))
+        .await;
     assert!(r.is_err(), "no state, no decision: {r:?}");
     proxy.restore().await;
     let mut last = None;
     for _ in 0..20 {
-        match e.apply(&Input::Item(&items[0]), Millis::from_secs(t + 1)).await {
+        match e
+            .apply(&Input::Item(&items[0]), Millis::from_secs(t + 1))
+            .await
+        {
             Ok(applied) => {
                 last = Some(applied);
                 break;
@@ -249,5 +417,9 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
     let applied = last.expect("the connection comes back by itself");
     let ev = events(&applied);
     assert_eq!(kinds(&ev), pairs(&[("bot", "message.received")]));
-    assert_eq!(ev[0].body["session_started"], json!(false), "state survived the outage");
+    assert_eq!(
+        ev[0].body["session_started"],
+        json!(false),
+        "state survived the outage"
+    );
 }

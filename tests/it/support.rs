@@ -25,8 +25,15 @@ pub fn redis_url() -> String {
 /// A namespace no other test uses.
 pub fn unique_ns(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("test-{name}-{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test-{name}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Deletes every key of a namespace when dropped.
@@ -34,9 +41,16 @@ pub struct NsGuard(pub String);
 
 impl Drop for NsGuard {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(redis_url()) else { return };
-        let Ok(mut conn) = client.get_connection() else { return };
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap_or_default();
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
         for chunk in keys.chunks(500) {
             let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
         }
@@ -44,7 +58,10 @@ impl Drop for NsGuard {
 }
 
 pub fn book(rules: Rules) -> Arc<RuleBook> {
-    Arc::new(RuleBook { default: rules, numbers: Default::default() })
+    Arc::new(RuleBook {
+        default: rules,
+        numbers: Default::default(),
+    })
 }
 
 pub fn memory_engine(rules: Rules) -> Engine<MemoryStore> {
@@ -53,13 +70,10 @@ pub fn memory_engine(rules: Rules) -> Engine<MemoryStore> {
 
 pub async fn redis_engine(name: &str, rules: Rules) -> (Engine<RedisStore>, NsGuard) {
     let ns = unique_ns(name);
-    let store = RedisStore::connect(&redis_url(), &ns).await.expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
+    let store = RedisStore::connect(&redis_url(), &ns)
+        .await
+        .expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
     (Engine::new(store, book(rules)), NsGuard(ns))
-}
-
-/// Rules with a custom timeout (seconds) and the default session timeout and reset text.
-pub fn rules_with_timeout(secs: u64) -> Rules {
-    Rules::new("/reset", Duration::from_secs(secs), Duration::from_secs(86_400))
 }
 
 /// Now, in whole seconds (Meta's timestamps are seconds).
@@ -91,9 +105,13 @@ pub fn customer_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
 }
 
 pub fn echo_msg(to: &str, wamid: &str, ts: i64, kind: &str, content: Value) -> String {
-    let mut m = json!({"from": BUSINESS, "to": to, "id": wamid, "timestamp": ts.to_string(), "type": kind});
+    let mut m =
+        json!({"from": BUSINESS, "to": to, "id": wamid, "timestamp": ts.to_string(), "type": kind});
     m[kind] = content;
-    envelope("smb_message_echoes", json!({"messaging_product": "whatsapp", "metadata": metadata(), "message_echoes": [m]}))
+    envelope(
+        "smb_message_echoes",
+        json!({"messaging_product": "whatsapp", "metadata": metadata(), "message_echoes": [m]}),
+    )
 }
 
 pub fn echo_text(to: &str, wamid: &str, ts: i64, body: &str) -> String {
@@ -124,7 +142,12 @@ pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64)
     let items: Vec<Item> = parse_body(body.as_bytes()).expect("a webhook");
     let mut out = Vec::new();
     for item in &items {
-        out.push(engine.apply(&Input::Item(item), Millis::from_secs(now)).await.unwrap());
+        out.push(
+            engine
+                .apply(&Input::Item(item), Millis::from_secs(now))
+                .await
+                .unwrap(),
+        );
     }
     out
 }
@@ -132,7 +155,11 @@ pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64)
 /// Releases due deadlines at `now` (seconds), acknowledging them.
 pub async fn sweep<S: StateStore>(engine: &Engine<S>, now: i64) -> Vec<Ev> {
     let mut out = Vec::new();
-    for applied in engine.release_due(Millis::from_secs(now), 100).await.unwrap() {
+    for applied in engine
+        .release_due(Millis::from_secs(now), 100)
+        .await
+        .unwrap()
+    {
         engine.acknowledge(&applied).await.unwrap();
         out.extend(events(&applied));
     }
@@ -166,20 +193,37 @@ pub fn events(applied: &Applied) -> Vec<Ev> {
         .iter()
         .map(|o| {
             let body: Value = serde_json::from_str(o.body.get()).unwrap();
-            assert_eq!(body["type"].as_str(), Some(o.routing_key.as_str()), "routing key = type");
-            assert_eq!(body["event_id"].as_str(), Some(o.event_id.as_str()), "message_id = event_id");
-            Ev { exchange: o.exchange.as_str().to_owned(), kind: o.routing_key.clone(), conversation: o.conversation.clone(), body }
+            assert_eq!(
+                body["type"].as_str(),
+                Some(o.routing_key.as_str()),
+                "routing key = type"
+            );
+            assert_eq!(
+                body["event_id"].as_str(),
+                Some(o.event_id.as_str()),
+                "message_id = event_id"
+            );
+            Ev {
+                exchange: o.exchange.as_str().to_owned(),
+                kind: o.routing_key.clone(),
+                conversation: o.conversation.clone(),
+                body,
+            }
         })
         .collect()
 }
 
 /// The (exchange, type) pairs of a list of events.
 pub fn kinds(evs: &[Ev]) -> Vec<(String, String)> {
-    evs.iter().map(|e| (e.exchange.clone(), e.kind.clone())).collect()
+    evs.iter()
+        .map(|e| (e.exchange.clone(), e.kind.clone()))
+        .collect()
 }
 
 pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 /// A TCP proxy to a real server that a test can cut (dropping every connection, refusing new
@@ -193,7 +237,11 @@ pub struct TcpProxy {
 impl TcpProxy {
     pub async fn start(target: &str) -> Arc<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Arc::new(TcpProxy { addr: listener.local_addr().unwrap(), target: target.to_owned(), tasks: Default::default() });
+        let proxy = Arc::new(TcpProxy {
+            addr: listener.local_addr().unwrap(),
+            target: target.to_owned(),
+            tasks: Default::default(),
+        });
         proxy.serve(listener);
         proxy
     }
@@ -236,7 +284,8 @@ impl Drop for TcpProxy {
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("COEXIST_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("COEXIST_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Deletes a namespace's exchanges and queues when dropped.
@@ -246,19 +295,38 @@ impl Drop for AmqpNsGuard {
     fn drop(&mut self) {
         let ns = self.0.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                let Ok(conn) = coexist::broker::connect(&amqp_url(), "coexist-test-cleanup").await else { return };
-                let Ok(ch) = conn.create_channel().await else { return };
+                let Ok(conn) = coexist::broker::connect(&amqp_url(), "coexist-test-cleanup").await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
                 let t = coexist::broker::Topology::new(&ns, 64);
                 use coexist::engine::event::Exchange;
-                let mut queues = vec![t.dead(), t.default_queue(Exchange::Bot), t.default_queue(Exchange::HumanChat)];
+                let mut queues = vec![
+                    t.dead(),
+                    t.default_queue(Exchange::Bot),
+                    t.default_queue(Exchange::HumanChat),
+                ];
                 queues.extend((0..64).map(|i| t.partition_queue(i)));
                 for q in queues {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
-                for e in [t.inbound_exchange(), t.dead(), t.exchange(Exchange::Bot), t.exchange(Exchange::HumanChat)] {
-                    let _ = ch.exchange_delete(e.as_str().into(), Default::default()).await;
+                for e in [
+                    t.inbound_exchange(),
+                    t.dead(),
+                    t.exchange(Exchange::Bot),
+                    t.exchange(Exchange::HumanChat),
+                ] {
+                    let _ = ch
+                        .exchange_delete(e.as_str().into(), Default::default())
+                        .await;
                 }
                 let _ = conn.close(200, "cleaned".into()).await;
             });
@@ -278,17 +346,29 @@ pub struct Taken {
 /// Takes (and acknowledges) events from `{ns}.{exchange}.events` until `want` arrived or the
 /// time is up; returns what arrived.
 pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration) -> Vec<Taken> {
-    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-reader").await.unwrap();
+    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-reader")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let queue = format!("{ns}.{exchange}.events");
     let deadline = std::time::Instant::now() + within;
     let mut out = Vec::new();
     while out.len() < want && std::time::Instant::now() < deadline {
-        match ch.basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await {
+        match ch
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
             Ok(Some(m)) => {
                 let d = m.delivery;
                 let body: Value = serde_json::from_slice(&d.data).unwrap();
-                out.push(Taken { kind: body["type"].as_str().unwrap_or("").to_owned(), body, properties: d.properties });
+                out.push(Taken {
+                    kind: body["type"].as_str().unwrap_or("").to_owned(),
+                    body,
+                    properties: d.properties,
+                });
             }
             Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -336,12 +416,26 @@ impl Stack {
         let ns = unique_ns(name);
         let config = stack_config(&ns, extra);
         let (trigger, shutdown) = coexist::retry::Shutdown::new();
-        let ingress = coexist::ingress::start(&config, shutdown.clone()).await.unwrap();
+        let ingress = coexist::ingress::start(&config, shutdown.clone())
+            .await
+            .unwrap();
         let mut ws = Vec::new();
         for _ in 0..workers {
-            ws.push(coexist::worker::start(&config, shutdown.clone()).await.unwrap());
+            ws.push(
+                coexist::worker::start(&config, shutdown.clone())
+                    .await
+                    .unwrap(),
+            );
         }
-        let stack = Stack { ns: ns.clone(), config, ingress, workers: ws, trigger, _redis: NsGuard(ns.clone()), _amqp: AmqpNsGuard(ns) };
+        let stack = Stack {
+            ns: ns.clone(),
+            config,
+            ingress,
+            workers: ws,
+            trigger,
+            _redis: NsGuard(ns.clone()),
+            _amqp: AmqpNsGuard(ns),
+        };
         stack.wait_ready().await;
         stack
     }
@@ -350,19 +444,32 @@ impl Stack {
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
             let shares: Vec<usize> = self.workers.iter().map(|w| w.owned().len()).collect();
-            let spread = self.workers.is_empty() || (shares.iter().sum::<usize>() == self.config.partitions as usize && shares.iter().all(|s| *s > 0));
+            let spread = self.workers.is_empty()
+                || (shares.iter().sum::<usize>() == self.config.partitions as usize
+                    && shares.iter().all(|s| *s > 0));
             if self.ingress.link.is_connected() && spread {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("stack not ready: shares {:?}", self.workers.iter().map(|w| w.owned()).collect::<Vec<_>>());
+        panic!(
+            "stack not ready: shares {:?}",
+            self.workers.iter().map(|w| w.owned()).collect::<Vec<_>>()
+        );
     }
 
     /// Posts a body signed with the test secret; returns the status.
     pub async fn post(&self, body: &str) -> u16 {
         let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-        http(self.ingress.addr, "POST", "/webhook", &[("X-Hub-Signature-256", sig)], body.as_bytes()).await.0
+        http(
+            self.ingress.addr,
+            "POST",
+            "/webhook",
+            &[("X-Hub-Signature-256", sig)],
+            body.as_bytes(),
+        )
+        .await
+        .0
     }
 
     /// Posts until answered 200 (as Meta retries); panics after `within`.
@@ -373,7 +480,10 @@ impl Stack {
             if status == 200 {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "never accepted (last status {status})");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never accepted (last status {status})"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -388,10 +498,19 @@ impl Stack {
 }
 
 /// A minimal HTTP/1.1 request over a fresh connection: (status, body).
-pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -402,22 +521,41 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers:
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// Like [`take_events`], but counts distinct events: a redelivered copy (same `event_id`, which
 /// the contract allows after a failure) is counted once. Returns the distinct events in order of
 /// first arrival, and how many copies were seen in all.
-pub async fn take_distinct(ns: &str, exchange: &str, want: usize, within: Duration) -> (Vec<Taken>, usize) {
+pub async fn take_distinct(
+    ns: &str,
+    exchange: &str,
+    want: usize,
+    within: Duration,
+) -> (Vec<Taken>, usize) {
     let deadline = std::time::Instant::now() + within;
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut copies = 0;
     while out.len() < want && std::time::Instant::now() < deadline {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        for e in take_events(ns, exchange, want - out.len(), left.min(Duration::from_secs(2))).await {
+        for e in take_events(
+            ns,
+            exchange,
+            want - out.len(),
+            left.min(Duration::from_secs(2)),
+        )
+        .await
+        {
             copies += 1;
             if seen.insert(e.body["event_id"].as_str().unwrap_or_default().to_owned()) {
                 out.push(e);
