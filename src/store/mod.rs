@@ -225,7 +225,7 @@ impl<S: StateStore> Engine<S> {
                 return Ok(self.applied(input, key, Some(d.rule), Delivery::Fresh, events));
             }
         }
-        Err(Error::Contention(format!("{scope_str} {key}")))
+        Err(Error::Contention(format!("{} {key}", scope.redacted())))
     }
 
     fn applied(

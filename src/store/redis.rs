@@ -127,9 +127,11 @@ impl RedisStore {
     }
 }
 
-fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
+/// A stored value that does not parse. The error names the key with the customer redacted: it
+/// ends up in logs and dead-letter headers.
+fn corrupt(ns: &str, scope: &Scope, suffix: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt {
-        key: key.to_owned(),
+        key: format!("{ns}:{{{}}}:{suffix}", scope.redacted()),
         reason: e.to_string(),
     }
 }
@@ -159,11 +161,11 @@ impl StateStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         let stored: Stored = match stored {
-            Some(s) => serde_json::from_str(&s).map_err(|e| corrupt(&keys[3], e))?,
+            Some(s) => serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "state", e))?,
             None => Stored::default(),
         };
         let session: Option<Session> = match session {
-            Some(s) => Some(serde_json::from_str(&s).map_err(|e| corrupt(&keys[2], e))?),
+            Some(s) => Some(serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "session", e))?),
             None => None,
         };
         let mut pause = stored.pause;
@@ -177,7 +179,7 @@ impl StateStore for RedisStore {
             None => None,
             Some(DONE) => Some(Seen::Done),
             Some(s) => Some(Seen::Pending(
-                serde_json::from_str::<Vec<Outbound>>(s).map_err(|e| corrupt(&keys[4], e))?,
+                serde_json::from_str::<Vec<Outbound>>(s).map_err(|e| corrupt(&self.ns, scope, "seen", e))?,
             )),
         };
         Ok(Snapshot {

@@ -433,6 +433,11 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         "{:?}",
         entries[0]
     );
+    assert!(
+        entries[0].reason.contains(&format!("{{{PNID}:…0001}}")) && !entries[0].reason.contains(ANA),
+        "names the conversation without the full phone number: {:?}",
+        entries[0]
+    );
     assert_eq!(entries[0].attempts, 5);
     assert!(
         take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(),
