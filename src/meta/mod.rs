@@ -381,19 +381,29 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn message(&self, raw: &RawValue) -> Option<wire::Message> {
-        serde_json::from_str::<lenient::Obj<wire::Message>>(raw.get())
+    /// Reads an item as `T`; one that is not an object is kept as unreadable, naming `what`.
+    fn read<'r, T: serde::Deserialize<'r>>(
+        &self,
+        raw: &'r RawValue,
+        what: &str,
+        out: &mut Vec<Item>,
+    ) -> Option<T> {
+        let parsed = serde_json::from_str::<lenient::Obj<T>>(raw.get())
             .ok()
-            .and_then(|m| m.0)
+            .and_then(|o| o.0);
+        if parsed.is_none() {
+            out.push(unreadable(
+                Scope::number(self.pnid),
+                raw,
+                format!("{what} that is not an object"),
+            ));
+        }
+        parsed
     }
 
     fn customer_message(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(m) = self.message(raw) else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "a message that is not an object",
-            ));
+        let Some(m) = self.read::<wire::Message>(raw, "a message", out) else {
+            return;
         };
         let from = m.from.get().and_then(phone_digits);
         let from_user = m.from_user_id.get();
@@ -442,12 +452,8 @@ impl Ctx<'_, '_> {
     }
 
     fn echo(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(m) = self.message(raw) else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "an echo that is not an object",
-            ));
+        let Some(m) = self.read::<wire::Message>(raw, "an echo", out) else {
+            return;
         };
         let customer = Customer {
             wa_id: m.to.get().and_then(phone_digits),
@@ -500,15 +506,8 @@ impl Ctx<'_, '_> {
     }
 
     fn status(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(s) = serde_json::from_str::<lenient::Obj<wire::Status>>(raw.get())
-            .ok()
-            .and_then(|s| s.0)
-        else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "a status that is not an object",
-            ));
+        let Some(s) = self.read::<wire::Status>(raw, "a status", out) else {
+            return;
         };
         let customer = Customer {
             wa_id: s.recipient_id.get().and_then(phone_digits),
@@ -542,15 +541,8 @@ impl Ctx<'_, '_> {
     }
 
     fn history_chunk(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(chunk) = serde_json::from_str::<lenient::Obj<wire::HistoryChunk>>(raw.get())
-            .ok()
-            .and_then(|c| c.0)
-        else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "a history chunk that is not an object",
-            ));
+        let Some(chunk) = self.read::<wire::HistoryChunk>(raw, "a history chunk", out) else {
+            return;
         };
         for thread in chunk.threads.0.iter().filter_map(|t| t.get()) {
             let thread_customer = thread.id.get();
@@ -597,12 +589,8 @@ impl Ctx<'_, '_> {
     }
 
     fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Vec<Item>) {
-        let Some(m) = self.message(raw) else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "a history message that is not an object",
-            ));
+        let Some(m) = self.read::<wire::Message>(raw, "a history message", out) else {
+            return;
         };
         let from = m.from.get().and_then(phone_digits);
         let outbound = match (&from, &self.business) {
@@ -655,15 +643,8 @@ impl Ctx<'_, '_> {
     }
 
     fn state_sync(&self, raw: &RawValue, out: &mut Vec<Item>) {
-        let Some(s) = serde_json::from_str::<lenient::Obj<wire::StateSync>>(raw.get())
-            .ok()
-            .and_then(|s| s.0)
-        else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
-                "a state_sync item that is not an object",
-            ));
+        let Some(s) = self.read::<wire::StateSync>(raw, "a state_sync item", out) else {
+            return;
         };
         if s.kind.get().is_some_and(|k| k != "contact") {
             return out.push(Item {

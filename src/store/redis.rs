@@ -161,11 +161,15 @@ impl StateStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         let stored: Stored = match stored {
-            Some(s) => serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "state", e))?,
+            Some(s) => {
+                serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "state", e))?
+            }
             None => Stored::default(),
         };
         let session: Option<Session> = match session {
-            Some(s) => Some(serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "session", e))?),
+            Some(s) => {
+                Some(serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "session", e))?)
+            }
             None => None,
         };
         let mut pause = stored.pause;
@@ -179,7 +183,8 @@ impl StateStore for RedisStore {
             None => None,
             Some(DONE) => Some(Seen::Done),
             Some(s) => Some(Seen::Pending(
-                serde_json::from_str::<Vec<Outbound>>(s).map_err(|e| corrupt(&self.ns, scope, "seen", e))?,
+                serde_json::from_str::<Vec<Outbound>>(s)
+                    .map_err(|e| corrupt(&self.ns, scope, "seen", e))?,
             )),
         };
         Ok(Snapshot {

@@ -291,19 +291,7 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
                         t,
                         &i.to_string(),
                     );
-                    let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-                    assert_eq!(
-                        http(
-                            addr,
-                            "POST",
-                            "/webhook",
-                            &[("X-Hub-Signature-256", sig)],
-                            body.as_bytes()
-                        )
-                        .await
-                        .0,
-                        200
-                    );
+                    assert_eq!(post_signed(addr, &body).await, 200);
                 }
             })
         })
@@ -434,7 +422,8 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         entries[0]
     );
     assert!(
-        entries[0].reason.contains(&format!("{{{PNID}:…0001}}")) && !entries[0].reason.contains(ANA),
+        entries[0].reason.contains(&format!("{{{PNID}:…0001}}"))
+            && !entries[0].reason.contains(ANA),
         "names the conversation without the full phone number: {:?}",
         entries[0]
     );
@@ -648,19 +637,7 @@ async fn a_worker_killed_mid_load_loses_nothing() {
                     t,
                     &i.to_string(),
                 );
-                let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-                assert_eq!(
-                    http(
-                        addr,
-                        "POST",
-                        "/webhook",
-                        &[("X-Hub-Signature-256", sig)],
-                        body.as_bytes()
-                    )
-                    .await
-                    .0,
-                    200
-                );
+                assert_eq!(post_signed(addr, &body).await, 200);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -777,19 +754,7 @@ async fn serve_runs_ingress_and_worker_in_one_process() {
         customer_text(ANA, "wamid.SV1", t, "Hola"),
         echo_text(ANA, "wamid.SV2", t + 1, "te atiendo"),
     ] {
-        let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-        assert_eq!(
-            http(
-                listen,
-                "POST",
-                "/webhook",
-                &[("X-Hub-Signature-256", sig)],
-                body.as_bytes()
-            )
-            .await
-            .0,
-            200
-        );
+        assert_eq!(post_signed(listen, &body).await, 200);
     }
     let (bot, _) = take_distinct(&ns, "bot", 2, 15 * SECS).await;
     let kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();

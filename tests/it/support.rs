@@ -460,16 +460,7 @@ impl Stack {
 
     /// Posts a body signed with the test secret; returns the status.
     pub async fn post(&self, body: &str) -> u16 {
-        let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-        http(
-            self.ingress.addr,
-            "POST",
-            "/webhook",
-            &[("X-Hub-Signature-256", sig)],
-            body.as_bytes(),
-        )
-        .await
-        .0
+        post_signed(self.ingress.addr, body).await
     }
 
     /// Posts until answered 200 (as Meta retries); panics after `within`.
@@ -495,6 +486,20 @@ impl Stack {
         }
         let _ = self.ingress.server.await;
     }
+}
+
+/// Posts a body signed with the test secret to `addr`'s `/webhook`: the status.
+pub async fn post_signed(addr: std::net::SocketAddr, body: &str) -> u16 {
+    let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+    http(
+        addr,
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", sig)],
+        body.as_bytes(),
+    )
+    .await
+    .0
 }
 
 /// A minimal HTTP/1.1 request over a fresh connection: (status, body).
