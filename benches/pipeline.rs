@@ -350,6 +350,8 @@ fn main() {
     rt.block_on(async move {
         let ceiling = broker_ceiling(ceiling_n).await;
 
+        // BENCH_PARTITIONS sets the partition count (default 16, as in production).
+        let partitions: u16 = std::env::var("BENCH_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
         let ns = format!("bench-pipeline-{}", std::process::id());
         let ingress_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admins: Vec<SocketAddr> = (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
@@ -358,7 +360,7 @@ fn main() {
                 .args(args)
                 .env("COEXIST_NAMESPACE", &ns)
                 .env("COEXIST_APP_SECRET", SECRET)
-                .env("COEXIST_PARTITIONS", "16")
+                .env("COEXIST_PARTITIONS", partitions.to_string())
                 .env("COEXIST_LOG", "warn")
                 .env(listen.0, listen.1)
                 .stdout(std::process::Stdio::null())
@@ -449,7 +451,7 @@ fn main() {
         lat.sort();
         let mem: Vec<(u64, u64)> = workers.iter().map(|w| rss_kib(w.id())).collect();
 
-        println!("pipeline benchmark: one ingress and two worker processes, 16 partitions, RabbitMQ and Redis on this machine");
+        println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine");
         println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
         println!("  end to end at maximum rate ({clients} keep-alive clients)                {:>9.0} webhooks/s ({max_n} webhooks, all accepted in {:.1} s)", end_to_end, accepted_in.as_secs_f64());
         println!("  end to end / ceiling                                                 {:>8.0} %    (goal: at least 40 %)", end_to_end / ceiling * 100.0);
@@ -476,10 +478,10 @@ fn main() {
         // Clean the namespace: queues and exchanges, Redis keys.
         let conn = coexist::broker::connect(&amqp_url(), "bench-cleanup").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
-        let t = coexist::broker::Topology::new(&ns, 16);
+        let t = coexist::broker::Topology::new(&ns, partitions);
         use coexist::engine::event::Exchange;
         let mut queues = vec![t.dead(), t.default_queue(Exchange::Bot), t.default_queue(Exchange::HumanChat)];
-        queues.extend((0..16).map(|i| t.partition_queue(i)));
+        queues.extend((0..partitions).map(|i| t.partition_queue(i)));
         for q in queues {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
