@@ -318,7 +318,16 @@ async fn consume_inner(
             d = consumer.next() => d,
             _ = stop.wait() => break Ok(()),
             _ = shared.shutdown.wait() => break Ok(()),
-            Some(Ok(Err(e))) = running.join_next(), if !running.is_empty() => break Err(e),
+            Some(joined) = running.join_next(), if !running.is_empty() => match joined {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break Err(e),
+                Err(e) => {
+                    // A lane that panicked would hold its conversation forever: give the whole
+                    // partition back (its deliveries return to the queue) and let it restart.
+                    tracing::error!(partition, error = %e, "a conversation lane failed; restarting the partition");
+                    break Ok(());
+                }
+            },
         };
         if halted.load(Ordering::SeqCst) {
             break Ok(());
