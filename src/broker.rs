@@ -26,6 +26,8 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// AMQP `type` of an inbound unit, and of a webhook body parked by the ingress.
 pub const UNIT_TYPE: &str = "coexist.unit";
 pub const WEBHOOK_TYPE: &str = "meta.webhook";
+/// AMQP `type` of one item the ingress parked because it names no conversation.
+pub const ITEM_TYPE: &str = "meta.item";
 
 /// Headers of a dead letter written by coexist.
 pub const REASON_HEADER: &str = "x-coexist-reason";

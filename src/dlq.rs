@@ -11,8 +11,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
 use crate::broker::{
-    self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, REASON_HEADER, STAGE_HEADER, UNIT_TYPE,
-    WEBHOOK_TYPE,
+    self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER, STAGE_HEADER,
+    UNIT_TYPE, WEBHOOK_TYPE,
 };
 use crate::meta::parse_body;
 use crate::time::Millis;
@@ -22,7 +22,8 @@ use crate::unit::{self, Unit};
 #[derive(Debug, Serialize)]
 pub struct Entry {
     pub id: Option<String>,
-    /// `coexist.unit` (work for a partition) or `meta.webhook` (a body the ingress parked).
+    /// `coexist.unit` (work for a partition), `meta.webhook` (a body the ingress parked) or
+    /// `meta.item` (one item the ingress parked: it names no conversation).
     pub kind: Option<String>,
     pub reason: String,
     /// Where it failed: `ingress`, `worker`, or `broker` (the delivery limit).
@@ -182,6 +183,10 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
         Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data)
             .map(|u| vec![u])
             .map_err(|e| format!("unreadable unit: {e}")),
+        // An item that names no conversation still names none: it keeps its reason.
+        Some(ITEM_TYPE) => Err(header(d.properties.headers(), REASON_HEADER)
+            .and_then(text)
+            .unwrap_or_else(|| "an item that names no conversation".into())),
         _ => match parse_body(&d.data) {
             Ok(items) => {
                 let (units, unreadable) = unit::split(items, now);

@@ -19,7 +19,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::broker::{Link, Outgoing, Topology, UNIT_TYPE, WEBHOOK_TYPE};
+use crate::broker::{Link, Outgoing, Topology, ITEM_TYPE, UNIT_TYPE, WEBHOOK_TYPE};
 use crate::config::{Config, Secret};
 use crate::meta::{parse_body, ItemKind};
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
@@ -173,7 +173,7 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> S
                 out.push(Outgoing::dead_letter(
                     &s.topology,
                     item.raw.get().as_bytes().to_vec(),
-                    WEBHOOK_TYPE,
+                    ITEM_TYPE,
                     Some(&item.key),
                     reason,
                     "ingress",

@@ -163,6 +163,25 @@ async fn signed_garbage_is_accepted_and_parked() {
         "{:?}",
         entries[1]
     );
+    assert_eq!(entries[1].kind.as_deref(), Some("meta.item"));
+    // Replaying input that still cannot be placed puts it back, with its reason.
+    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        coexist::dlq::Replayed {
+            replayed: 2,
+            units: 0,
+            parked_again: 2
+        }
+    );
+    let again = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let reasons: Vec<&str> = again.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons[0].starts_with("not JSON") && reasons[1].contains("without a sender"),
+        "{reasons:?}"
+    );
     assert_eq!(
         coexist::dlq::list(&amqp_url(), &topology)
             .await
