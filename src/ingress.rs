@@ -114,7 +114,23 @@ fn rejected(reason: &'static str) {
     metrics::counter!(WEBHOOKS, "result" => "rejected", "reason" => reason).increment(1);
 }
 
-async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(s): State<Ingress>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> StatusCode {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            rejected(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable_body"
+            });
+            return status;
+        }
+    };
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());

@@ -4,8 +4,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Webhooks by `result` (`accepted`, `rejected`) and `reason` (`ok`, `signature`, `too_large`,
-/// `broker_unavailable`, `parked`).
+/// Webhooks by `result` (`accepted`, `rejected`) and `reason` (`ok`, `parked`; `signature`,
+/// `too_large`, `unreadable_body`, `broker_unavailable`).
 pub const WEBHOOKS: &str = "coexist_webhooks_total";
 /// Items decided, by `rule` (R1..R12, operator_*, noop, ignored, unreadable) and `delivery`
 /// (`fresh`, `redelivered`, `duplicate`).

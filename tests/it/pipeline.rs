@@ -134,7 +134,10 @@ async fn handshake_signatures_and_body_limit() {
     );
     let (status, metrics) = http(addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("coexist_webhooks_total"), "{metrics}");
+    for reason in ["signature", "too_large"] {
+        let line = format!("coexist_webhooks_total{{result=\"rejected\",reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     stack.stop().await;
 }
 
