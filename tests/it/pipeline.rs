@@ -826,3 +826,82 @@ async fn exit_within(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `serve` with JSON logs at `level`, passes a story through, stops it; returns stderr.
+async fn serve_logs(level: &str, content: bool) -> String {
+    let ns = unique_ns("logs");
+    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let listen = free_addr();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+        .arg("serve")
+        .env_clear()
+        .env("COEXIST_NAMESPACE", &ns)
+        .env("COEXIST_APP_SECRET", SECRET)
+        .env("COEXIST_PARTITIONS", "2")
+        .env("COEXIST_LISTEN", listen.to_string())
+        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("COEXIST_AMQP_URL", amqp_url())
+        .env("COEXIST_REDIS_URL", redis_url())
+        .env("COEXIST_LOG", level)
+        .env("COEXIST_LOG_FORMAT", "json")
+        .env("COEXIST_LOG_CONTENT", content.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while http_ready(listen).await.is_none() {
+        assert!(started.elapsed() < 10 * SECS, "serve comes up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = t0();
+    for body in [
+        customer_text(ANA, "wamid.LG1", t, "mi dirección secreta"),
+        echo_text(ANA, "wamid.LG2", t + 1, "respuesta privada"),
+        "not a webhook at all".to_owned(),
+    ] {
+        assert_eq!(post_signed(listen, &body).await, 200);
+    }
+    let unsigned = customer_text(ANA, "wamid.LG3", t, "sin firma");
+    assert_eq!(
+        http(listen, "POST", "/webhook", &[], unsigned.as_bytes())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        take_distinct(&ns, "human_chat", 2, 10 * SECS).await.0.len(),
+        2
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn logs_are_json_without_message_text_or_phone_numbers() {
+    let logs = serve_logs("debug", false).await;
+    assert!(logs.lines().count() > 5, "something was logged: {logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"].is_object(),
+            "structured: {line}"
+        );
+        for secret in ["secreta", "privada", "sin firma", ANA] {
+            assert!(!line.contains(secret), "{secret:?} leaked: {line}");
+        }
+    }
+    assert!(
+        logs.contains("…0001"),
+        "conversations appear redacted: {logs}"
+    );
+    // The debug setting that asks for them shows full conversations.
+    let logs = serve_logs("coexist=debug,info", true).await;
+    assert!(
+        logs.contains(&format!("{PNID}:{ANA}")),
+        "full conversation with COEXIST_LOG_CONTENT=true"
+    );
+}
