@@ -226,6 +226,21 @@ impl Outgoing {
         }
     }
 
+    /// A unit of inbound work, to its conversation's partition.
+    pub fn unit(topology: &Topology, u: &crate::unit::Unit, sent_at: crate::time::Millis) -> Self {
+        Outgoing {
+            exchange: topology.inbound_exchange(),
+            routing_key: topology.partition_of(&u.scope).to_string(),
+            body: serde_json::to_vec(u).expect("units serialise"),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_type(UNIT_TYPE.into())
+                .with_message_id(u.id().as_str().into())
+                .with_timestamp(sent_at.0 as u64 / 1000),
+        }
+    }
+
     /// A dead letter: the bytes as they came, the reason and where it failed.
     pub fn dead_letter(
         topology: &Topology,

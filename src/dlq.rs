@@ -203,17 +203,7 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
         Ok(units) => (
             units
                 .iter()
-                .map(|u| Outgoing {
-                    exchange: topology.inbound_exchange(),
-                    routing_key: topology.partition_of(&u.scope).to_string(),
-                    body: serde_json::to_vec(u).expect("units serialise"),
-                    properties: lapin::BasicProperties::default()
-                        .with_content_type("application/json".into())
-                        .with_delivery_mode(2)
-                        .with_type(UNIT_TYPE.into())
-                        .with_message_id(u.id().into())
-                        .with_timestamp(now.0 as u64 / 1000),
-                })
+                .map(|u| Outgoing::unit(topology, u, now))
                 .collect(),
             0,
         ),

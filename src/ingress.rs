@@ -19,7 +19,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::broker::{Link, Outgoing, Topology, ITEM_TYPE, UNIT_TYPE, WEBHOOK_TYPE};
+use crate::broker::{Link, Outgoing, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::config::{Config, Secret};
 use crate::meta::{parse_body, ItemKind};
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
@@ -163,20 +163,11 @@ async fn receive(
         Ok(items) => {
             let (units, unreadable) = unit::split(items, accepted_at);
             let mut out = Vec::with_capacity(units.len() + unreadable.len());
-            for u in &units {
-                let properties = lapin::BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_type(UNIT_TYPE.into())
-                    .with_message_id(u.id().into())
-                    .with_timestamp(accepted_at.0 as u64 / 1000);
-                out.push(Outgoing {
-                    exchange: s.topology.inbound_exchange(),
-                    routing_key: s.topology.partition_of(&u.scope).to_string(),
-                    body: serde_json::to_vec(u).expect("units serialise"),
-                    properties,
-                });
-            }
+            out.extend(
+                units
+                    .iter()
+                    .map(|u| Outgoing::unit(&s.topology, u, accepted_at)),
+            );
             let parked = unreadable.len();
             for item in unreadable {
                 let ItemKind::Unreadable { reason } = &item.kind else {

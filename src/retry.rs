@@ -55,11 +55,6 @@ impl ShutdownTrigger {
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown {
-            rx: self.tx.subscribe(),
-        }
-    }
 }
 
 /// The schedule: 50 ms doubling to 5 s between attempts, with jitter, never giving up.

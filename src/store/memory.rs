@@ -34,20 +34,6 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// The state of a conversation (for tests and inspection).
-    pub fn state(&self, scope: &Scope) -> State {
-        self.lock()
-            .conversations
-            .get(scope)
-            .map(|c| c.state.clone())
-            .unwrap_or_default()
-    }
-
-    /// The deadlines in the schedule, by member.
-    pub fn deadlines(&self) -> HashMap<String, Millis> {
-        self.lock().deadlines.clone()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()

@@ -166,10 +166,6 @@ impl<S: StateStore> Engine<S> {
         &self.store
     }
 
-    pub fn rules(&self) -> &RuleBook {
-        &self.rules
-    }
-
     /// Decides an input and stores the outcome; the events are then the caller's to publish.
     pub async fn apply(&self, input: &Input<'_>, now: Millis) -> Result<Applied> {
         let scope = input.scope();

@@ -103,10 +103,6 @@ impl RedisStore {
         }
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.ns
-    }
-
     /// The connection (for callers that need raw commands, e.g. tests cleaning a namespace).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()

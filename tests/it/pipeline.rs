@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use coexist::broker::Topology;
+use coexist::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -406,8 +407,6 @@ async fn timeouts_are_released_by_the_worker() {
     );
     stack.stop().await;
 }
-
-use coexist::time::Millis;
 
 #[tokio::test]
 async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_replay_time() {
