@@ -33,7 +33,7 @@ fn main() {
     let start = Instant::now();
     let mut items = 0usize;
     for b in &bodies {
-        items += parse_body(b).unwrap().len();
+        items += parse_body(b).unwrap().items.len();
     }
     let parse = start.elapsed();
 
@@ -42,7 +42,7 @@ fn main() {
     let start = Instant::now();
     let mut out_bytes = 0usize;
     for b in &bodies {
-        for item in parse_body(b).unwrap() {
+        for item in parse_body(b).unwrap().items {
             let d = decide(
                 &State::default(),
                 &Input::Item(&item),
@@ -62,7 +62,7 @@ fn main() {
     let mut events = 0usize;
     rt.block_on(async {
         for (i, b) in bodies.iter().enumerate() {
-            for item in parse_body(b).unwrap() {
+            for item in parse_body(b).unwrap().items {
                 let applied = engine
                     .apply(
                         &Input::Item(&item),

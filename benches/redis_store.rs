@@ -69,7 +69,7 @@ fn main() {
                     let mut events = 0;
                     for i in 0..per_conv {
                         let b = body(conv, i, t);
-                        for item in parse_body(&b).unwrap() {
+                        for item in parse_body(&b).unwrap().items {
                             let applied = engine
                                 .apply(&Input::Item(&item), Millis::from_secs(t))
                                 .await

@@ -5,14 +5,16 @@
 //! `--limit`), sends each back to its conversation's partition, and removes it only once the
 //! broker has confirmed the new copy. A replayed item is decided against the state at that time.
 
+use std::time::Duration;
+
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
 use crate::broker::{
-    self, Outgoing, Publisher, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER, STAGE_HEADER,
-    UNIT_TYPE, WEBHOOK_TYPE,
+    self, Outgoing, Publisher, Stage, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER,
+    STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
 };
 use crate::meta::parse_body;
 use crate::time::Millis;
@@ -26,8 +28,8 @@ pub struct Entry {
     /// `meta.item` (one item the ingress parked: it names no conversation).
     pub kind: Option<String>,
     pub reason: String,
-    /// Where it failed: `ingress`, `worker`, or `broker` (the delivery limit).
-    pub stage: String,
+    /// Where it failed: `ingress`, `worker`, `replay`, or `broker` (the delivery limit).
+    pub stage: Stage,
     pub attempts: i64,
     pub age_secs: Option<i64>,
     pub bytes: usize,
@@ -87,7 +89,8 @@ pub fn describe(d: &Delivery, now: Millis) -> Entry {
         .unwrap_or_else(|| "unknown".into());
     let stage = header(h, STAGE_HEADER)
         .and_then(text)
-        .unwrap_or_else(|| "broker".into());
+        .and_then(|s| Stage::parse(&s))
+        .unwrap_or(Stage::Broker);
     let attempts = header(h, ATTEMPTS_HEADER)
         .and_then(int)
         .or_else(|| header(h, "x-delivery-count").and_then(int))
@@ -102,6 +105,30 @@ pub fn describe(d: &Delivery, now: Millis) -> Entry {
         age_secs: p.timestamp().map(|t| now.0 / 1000 - t as i64),
         bytes: d.data.len(),
     }
+}
+
+/// The table `dlq list` prints: a header line, then one line per dead letter.
+pub fn table(entries: &[Entry]) -> String {
+    let mut out = format!(
+        "{:<38} {:<13} {:<8} {:>8} {:>8}  reason\n",
+        "id", "kind", "stage", "attempts", "age"
+    );
+    for e in entries {
+        let age = e
+            .age_secs
+            .map(|s| humantime::format_duration(Duration::from_secs(s.max(0) as u64)).to_string())
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<38} {:<13} {:<8} {:>8} {:>8}  {}\n",
+            e.id.as_deref().unwrap_or("-"),
+            e.kind.as_deref().unwrap_or("-"),
+            e.stage.as_str(),
+            e.attempts,
+            age,
+            e.reason
+        ));
+    }
+    out
 }
 
 /// Every dead letter, left in the queue.
@@ -188,14 +215,10 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
             .and_then(text)
             .unwrap_or_else(|| "an item that names no conversation".into())),
         _ => match parse_body(&d.data) {
-            Ok(items) => {
-                let (units, unreadable) = unit::split(items, now);
-                if units.is_empty() && !unreadable.is_empty() {
-                    Err("nothing in it can be placed".into())
-                } else {
-                    Ok(units)
-                }
+            Ok(parsed) if parsed.items.is_empty() && !parsed.unreadable.is_empty() => {
+                Err("nothing in it can be placed".into())
             }
+            Ok(parsed) => Ok(unit::split(parsed.items, now)),
             Err(e) => Err(e.to_string()),
         },
     };
@@ -221,7 +244,7 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
                     &kind,
                     id.as_deref(),
                     &reason,
-                    "replay",
+                    Stage::Replay,
                     0,
                 )],
                 1,

@@ -170,6 +170,31 @@ impl Scope {
     }
 }
 
+/// `s` for logs: every run of five or more digits (a phone number, say) cut to its last four.
+pub fn redact_digits(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 5 {
+            out.push('…');
+            out.push_str(&run[run.len() - 4..]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 impl From<Scope> for String {
     fn from(s: Scope) -> String {
         s.to_string()
@@ -203,6 +228,15 @@ pub fn stable_id(parts: &[&str]) -> String {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Uuid::new_v8(bytes).hyphenated().to_string()
+}
+
+/// FNV-1a (64 bit): a small, stable hash for spreading conversations over partitions and
+/// partitions over workers. Stable across processes and versions (never change it: it decides
+/// where conversations go).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Whether a string can be a business number's `phone_number_id` (Meta's are digits; anything
@@ -251,6 +285,13 @@ mod tests {
             Some(CustomerKey::UserId("US.1".into()))
         );
         assert_eq!(CustomerKey::from_parts(None, None), None);
+    }
+
+    #[test]
+    fn digits_are_redacted_for_logs() {
+        assert_eq!(redact_digits("c:5215551230001:add:42"), "c:…0001:add:42");
+        assert_eq!(redact_digits("m:wamid.ST1"), "m:wamid.ST1");
+        assert_eq!(redact_digits("12345"), "…2345");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::retry::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` asks: named checks, each true when ready.
 pub type Readiness = Arc<dyn Fn() -> Vec<(&'static str, bool)> + Send + Sync>;
@@ -51,17 +51,18 @@ pub fn admin_routes(ready: Readiness) -> Router {
         )
 }
 
-/// Binds `addr` (port 0 picks one) and serves until shutdown; returns the bound address.
+/// Binds `addr` (port 0 picks one) and serves until `stop` is cancelled (requests in flight
+/// finish); returns the bound address and the serving task.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
-    shutdown: Shutdown,
+    stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "http server stopped");

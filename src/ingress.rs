@@ -19,9 +19,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::broker::{Link, Outgoing, Topology, ITEM_TYPE, WEBHOOK_TYPE};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::config::{Config, Secret};
-use crate::meta::{parse_body, ItemKind};
+use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
 use crate::time::Millis;
 use crate::unit;
@@ -147,43 +149,38 @@ async fn receive(
         Err(e) => {
             tracing::warn!(error = %e, bytes = body.len(), "signed body that is not a webhook: parked in the dead-letter queue");
             let id = crate::domain::stable_id(&[&String::from_utf8_lossy(&body)]);
-            (
-                vec![Outgoing::dead_letter(
-                    &s.topology,
-                    body.to_vec(),
-                    WEBHOOK_TYPE,
-                    Some(&id),
-                    &e.to_string(),
-                    "ingress",
-                    0,
-                )],
-                1,
-            )
+            let letter = Outgoing::dead_letter(
+                &s.topology,
+                body.to_vec(),
+                WEBHOOK_TYPE,
+                Some(&id),
+                &e.to_string(),
+                Stage::Ingress,
+                0,
+            );
+            (vec![letter], 1)
         }
-        Ok(items) => {
-            let (units, unreadable) = unit::split(items, accepted_at);
-            let mut out = Vec::with_capacity(units.len() + unreadable.len());
+        Ok(parsed) => {
+            let units = unit::split(parsed.items, accepted_at);
+            let parked = parsed.unreadable.len();
+            let mut out = Vec::with_capacity(units.len() + parked);
             out.extend(
                 units
                     .iter()
                     .map(|u| Outgoing::unit(&s.topology, u, accepted_at)),
             );
-            let parked = unreadable.len();
-            for item in unreadable {
-                let ItemKind::Unreadable { reason } = &item.kind else {
-                    continue;
-                };
+            for part in parsed.unreadable {
                 tracing::warn!(
-                    reason,
+                    reason = part.reason,
                     "part of a signed body cannot be placed: parked in the dead-letter queue"
                 );
                 out.push(Outgoing::dead_letter(
                     &s.topology,
-                    item.raw.get().as_bytes().to_vec(),
+                    part.raw.get().as_bytes().to_vec(),
                     ITEM_TYPE,
-                    Some(&item.key),
-                    reason,
-                    "ingress",
+                    Some(&part.key),
+                    &part.reason,
+                    Stage::Ingress,
                     0,
                 ));
             }
@@ -197,7 +194,8 @@ async fn receive(
     match tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_all(&messages)).await {
         Ok(Ok(())) => {
             if parked > 0 {
-                metrics::counter!(DEAD_LETTERS, "stage" => "ingress").increment(parked as u64);
+                metrics::counter!(DEAD_LETTERS, "stage" => Stage::Ingress.as_str())
+                    .increment(parked as u64);
             }
             let reason = if parked > 0 { "parked" } else { "ok" };
             metrics::counter!(WEBHOOKS, "result" => "accepted", "reason" => reason).increment(1);
@@ -218,39 +216,62 @@ async fn receive(
     }
 }
 
-/// A running ingress.
+/// A running ingress. Dropping it stops it (and its broker link).
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub link: Arc<Link>,
-    pub server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    stop: DropGuard,
 }
 
-/// Starts the ingress on `config.listen` (port 0 picks one) until `shutdown`.
-pub async fn start(config: &Config, shutdown: crate::retry::Shutdown) -> std::io::Result<Running> {
+impl Running {
+    /// Stops gracefully (requests in flight are answered) and waits until it has.
+    pub async fn stop(self) {
+        let Running { server, stop, .. } = self;
+        drop(stop);
+        let _ = server.await;
+    }
+
+    /// Resolves when it has stopped (after the token given to [`start`] was cancelled).
+    pub async fn stopped(self) {
+        let Running { server, stop, .. } = self;
+        let _ = server.await;
+        drop(stop);
+    }
+}
+
+/// Starts the ingress on `config.listen` (port 0 picks one) until `shutdown` is cancelled.
+pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Result<Running> {
     crate::metrics::handle(); // the recorder must exist before the first count
     let topology = Topology::new(&config.namespace, config.partitions);
+    let stop = shutdown.child_token();
     // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
-    let (link_trigger, link_shutdown) = crate::retry::Shutdown::new();
+    let link_stop = CancellationToken::new();
     let link = Link::spawn(
         config.amqp_url.expose().to_owned(),
         "coexist-ingress".into(),
         topology,
-        link_shutdown,
+        link_stop.clone(),
     );
     let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);
-    let (addr, http) = match crate::http::serve(config.listen, router, shutdown).await {
+    let (addr, http) = match crate::http::serve(config.listen, router, stop.clone()).await {
         Ok(bound) => bound,
         Err(e) => {
-            link_trigger.trigger();
+            link_stop.cancel();
             return Err(e);
         }
     };
     let server = tokio::spawn(async move {
         let _ = http.await;
-        link_trigger.trigger();
+        link_stop.cancel();
     });
     tracing::info!(%addr, "ingress listening");
-    Ok(Running { addr, link, server })
+    Ok(Running {
+        addr,
+        link,
+        server,
+        stop: stop.drop_guard(),
+    })
 }
 
 #[cfg(test)]

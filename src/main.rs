@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use coexist::config::{Config, LogFormat};
 use coexist::domain::{valid_phone_number_id, CustomerKey, Scope};
 use coexist::engine::OperatorAction;
-use coexist::store::redis::RedisStore;
-use coexist::store::Engine;
+use coexist::operator;
 use coexist::time::Millis;
+use tokio_util::sync::CancellationToken;
 
 /// Run the WhatsApp Business App (people) and a Cloud API AI agent on one number without the two
 /// talking over each other.
@@ -144,113 +144,31 @@ async fn signalled() {
 const STOP_BUDGET: std::time::Duration = std::time::Duration::from_secs(9);
 
 async fn run(command: Command, config: Config) -> Result<(), Failure> {
-    let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
-    let broker_failed = |e: coexist::broker::Error| Failure(e.to_string(), 1);
+    let failed = |e: &dyn std::fmt::Display| Failure(e.to_string(), 1);
     let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
     match command {
-        Command::Ingress | Command::Serve | Command::Worker => {
-            let wants_ingress = !matches!(command, Command::Worker);
-            if wants_ingress && config.app_secrets.is_empty() {
-                return Err(Failure(
-                    "config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)"
-                        .into(),
-                    2,
-                ));
-            }
-            let (trigger, shutdown) = coexist::retry::Shutdown::new();
-            let ingress = match wants_ingress {
-                true => Some(
-                    coexist::ingress::start(&config, shutdown.clone())
-                        .await
-                        .map_err(io("cannot start the ingress"))?,
-                ),
-                false => None,
-            };
-            let worker = match command {
-                Command::Ingress => None,
-                _ => Some(
-                    coexist::worker::start(&config, shutdown.clone())
-                        .await
-                        .map_err(io("cannot start the worker"))?,
-                ),
-            };
-            signalled().await;
-            tracing::info!("stopping");
-            trigger.trigger();
-            let stopping = async {
-                if let Some(w) = worker {
-                    w.stopped().await;
-                }
-                if let Some(i) = ingress {
-                    let _ = i.server.await;
-                }
-            };
-            if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
-                tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
-            }
-            Ok(())
-        }
+        Command::Ingress => services(config, true, false).await,
+        Command::Worker => services(config, false, true).await,
+        Command::Serve => services(config, true, true).await,
         Command::Topology => {
-            let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-topology")
+            coexist::broker::declare(config.amqp_url.expose(), &topology)
                 .await
-                .map_err(broker_failed)?;
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| broker_failed(e.into()))?;
-            topology.declare(&ch).await.map_err(broker_failed)?;
-            let _ = conn.close(200, "declared".into()).await;
-            println!(
-                "declared: exchanges {}, {}, {}, {}",
-                topology.inbound_exchange(),
-                topology.dead(),
-                topology.exchange(coexist::engine::event::Exchange::Bot),
-                topology.exchange(coexist::engine::event::Exchange::HumanChat)
-            );
-            println!(
-                "declared: queues {}.0..{} ({} partitions), {}, {}, {}",
-                topology.inbound_exchange(),
-                topology.partitions - 1,
-                topology.partitions,
-                topology.dead(),
-                topology.default_queue(coexist::engine::event::Exchange::Bot),
-                topology.default_queue(coexist::engine::event::Exchange::HumanChat)
-            );
+                .map_err(|e| failed(&e))?;
+            print!("{}", topology.describe());
             Ok(())
         }
         Command::Dlq(DlqCommand::List) => {
             let entries = coexist::dlq::list(config.amqp_url.expose(), &topology)
                 .await
-                .map_err(broker_failed)?;
-            println!(
-                "{:<38} {:<13} {:<8} {:>8} {:>8}  reason",
-                "id", "kind", "stage", "attempts", "age"
-            );
-            for e in &entries {
-                let age = e
-                    .age_secs
-                    .map(|s| {
-                        humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64))
-                            .to_string()
-                    })
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<38} {:<13} {:<8} {:>8} {:>8}  {}",
-                    e.id.as_deref().unwrap_or("-"),
-                    e.kind.as_deref().unwrap_or("-"),
-                    e.stage,
-                    e.attempts,
-                    age,
-                    e.reason
-                );
-            }
+                .map_err(|e| failed(&e))?;
+            print!("{}", coexist::dlq::table(&entries));
             eprintln!("{} dead letter(s) in {}", entries.len(), topology.dead());
             Ok(())
         }
         Command::Dlq(DlqCommand::Replay { limit }) => {
             let r = coexist::dlq::replay(config.amqp_url.expose(), &topology, limit)
                 .await
-                .map_err(broker_failed)?;
+                .map_err(|e| failed(&e))?;
             println!("{}", serde_json::to_string(&r).expect("serialises"));
             Ok(())
         }
@@ -259,10 +177,53 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             let mut out = std::io::BufWriter::new(stdout.lock());
             coexist::process::run(Arc::new(config.rules), &files, &mut out)
                 .await
-                .map_err(|e| Failure(e.to_string(), 1))
+                .map_err(|e| failed(&e))
         }
         Command::Conversation(c) => conversation(c, config).await,
     }
+}
+
+/// Runs the ingress and/or a worker until SIGTERM or SIGINT, then stops them gracefully.
+async fn services(config: Config, ingress: bool, worker: bool) -> Result<(), Failure> {
+    if ingress && config.app_secrets.is_empty() {
+        return Err(Failure(
+            "config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)".into(),
+            2,
+        ));
+    }
+    let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
+    let shutdown = CancellationToken::new();
+    let ingress = match ingress {
+        true => Some(
+            coexist::ingress::start(&config, &shutdown)
+                .await
+                .map_err(io("cannot start the ingress"))?,
+        ),
+        false => None,
+    };
+    let worker = match worker {
+        true => Some(
+            coexist::worker::start(&config, &shutdown)
+                .await
+                .map_err(io("cannot start the worker"))?,
+        ),
+        false => None,
+    };
+    signalled().await;
+    tracing::info!("stopping");
+    shutdown.cancel();
+    let stopping = async {
+        if let Some(w) = worker {
+            w.stopped().await;
+        }
+        if let Some(i) = ingress {
+            i.stopped().await;
+        }
+    };
+    if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
+        tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
+    }
+    Ok(())
 }
 
 async fn conversation(command: ConversationCommand, config: Config) -> Result<(), Failure> {
@@ -287,60 +248,26 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
         ));
     };
     let scope = Scope::conversation(&args.phone_number_id, customer);
-    let store = RedisStore::connect(config.redis_url.expose(), &config.namespace)
-        .await
-        .map_err(|e| Failure(format!("cannot reach Redis: {e}"), 1))?;
     let now = Millis::now();
-    let redis_failed = |e: coexist::store::Error| Failure(e.to_string(), 1);
+    let failed = |e: operator::Error| Failure(e.to_string(), 1);
     match action {
         None => {
-            let view = coexist::operator::show(&store, &scope, now)
+            let store = operator::store(&config).await.map_err(failed)?;
+            let view = operator::show(&store, &scope, now)
                 .await
-                .map_err(redis_failed)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&view).expect("views serialise")
-            );
+                .map_err(|e| failed(e.into()))?;
+            let json = serde_json::to_string_pretty(&view).expect("views serialise");
+            println!("{json}");
         }
         Some(action) => {
-            let engine = Engine::new(store, Arc::new(config.rules));
-            let applied = coexist::operator::command(&engine, scope.clone(), action, now)
+            let done = operator::act(&config, scope, action, now)
                 .await
-                .map_err(redis_failed)?;
-            // Published like any other events; acknowledged in Redis only once confirmed.
-            let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
-            if !applied.events.is_empty() {
-                let conn = coexist::broker::connect(config.amqp_url.expose(), "coexist-operator")
-                    .await
-                    .map_err(|e| Failure(format!("cannot reach RabbitMQ: {e}"), 1))?;
-                let publisher = coexist::broker::Publisher::open(&conn)
-                    .await
-                    .map_err(|e| Failure(e.to_string(), 1))?;
-                topology
-                    .declare(publisher.channel())
-                    .await
-                    .map_err(|e| Failure(e.to_string(), 1))?;
-                let messages: Vec<_> = applied
-                    .events
-                    .iter()
-                    .map(|e| coexist::broker::Outgoing::event(&topology, e))
-                    .collect();
-                publisher.publish_all(&messages).await.map_err(|e| {
-                    Failure(
-                        format!("the state changed but its events were not published: {e}"),
-                        1,
-                    )
-                })?;
-                let _ = conn.close(200, "done".into()).await;
-            }
-            for e in &applied.events {
+                .map_err(failed)?;
+            for e in &done.events {
                 println!("{}", e.to_line());
             }
-            engine.acknowledge(&applied).await.map_err(redis_failed)?;
-            let view = coexist::operator::show(engine.store(), &scope, now)
-                .await
-                .map_err(redis_failed)?;
-            eprintln!("{}", serde_json::to_string(&view).expect("views serialise"));
+            let json = serde_json::to_string(&done.view).expect("views serialise");
+            eprintln!("{json}");
         }
     }
     Ok(())

@@ -4,10 +4,12 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::engine::event::{Outbound, Payload};
+
 /// Webhooks by `result` (`accepted`, `rejected`) and `reason` (`ok`, `parked`; `signature`,
 /// `too_large`, `unreadable_body`, `broker_unavailable`).
 pub const WEBHOOKS: &str = "coexist_webhooks_total";
-/// Items decided, by `rule` (R1..R12, operator_*, noop, ignored, unreadable) and `delivery`
+/// Items decided, by `rule` (R1..R12, operator_*, noop, ignored) and `delivery`
 /// (`fresh`, `redelivered`, `duplicate`).
 pub const ITEMS: &str = "coexist_items_total";
 /// Events published and confirmed, by `exchange` and `type`.
@@ -63,17 +65,14 @@ pub fn applied(applied: &crate::store::Applied) {
 }
 
 /// Counts confirmed events.
-pub fn published(events: &[crate::engine::event::Outbound]) {
+pub fn published(events: &[Outbound]) {
     for e in events {
-        metrics::counter!(EVENTS, "exchange" => e.exchange.as_str(), "type" => e.routing_key.clone()).increment(1);
-        match e.routing_key.as_str() {
-            "conversation.handover" => metrics::counter!(HANDOVERS).increment(1),
-            "conversation.released" => {
-                let reason = serde_json::from_str::<serde_json::Value>(e.body.get())
-                    .ok()
-                    .and_then(|v| v["reason"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                metrics::counter!(RELEASES, "reason" => reason).increment(1);
+        metrics::counter!(EVENTS, "exchange" => e.exchange.as_str(), "type" => e.event.name())
+            .increment(1);
+        match &e.event.payload {
+            Payload::Handover(_) => metrics::counter!(HANDOVERS).increment(1),
+            Payload::Released(r) => {
+                metrics::counter!(RELEASES, "reason" => r.reason.as_str()).increment(1)
             }
             _ => {}
         }

@@ -1,13 +1,18 @@
 //! `coexist conversation show|pause|release`: the operator's view and control of one
 //! conversation, against Redis (the manual path for when an echo never arrives).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::broker::{self, Outgoing, Publisher, Topology};
+use crate::config::Config;
 use crate::domain::Scope;
+use crate::engine::event::Outbound;
 use crate::engine::state::{Handler, State};
 use crate::engine::{Input, OperatorAction};
 use crate::store::redis::RedisStore;
-use crate::store::{Applied, Engine, StateStore};
+use crate::store::{Engine, StateStore};
 use crate::time::Millis;
 
 /// What `conversation show` prints.
@@ -61,21 +66,71 @@ pub async fn show(store: &RedisStore, scope: &Scope, now: Millis) -> crate::stor
     Ok(view(scope, &snap.state, ttl, now))
 }
 
-/// Pauses or releases one conversation; returns the applied command with its events.
-pub async fn command(
-    engine: &Engine<RedisStore>,
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach Redis: {0}")]
+    Unreachable(crate::store::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::Error),
+    #[error("cannot reach RabbitMQ: {0}")]
+    Broker(#[from] broker::Error),
+    #[error("the state changed but its events were not published: {0}")]
+    NotPublished(broker::Error),
+}
+
+/// Connects to the conversation state of `config`'s namespace.
+pub async fn store(config: &Config) -> Result<RedisStore, Error> {
+    RedisStore::connect(config.redis_url.expose(), &config.namespace)
+        .await
+        .map_err(Error::Unreachable)
+}
+
+/// What `conversation pause|release` did: the events it published, and the state after.
+pub struct Done {
+    pub events: Vec<Outbound>,
+    pub view: View,
+}
+
+/// Pauses or releases one conversation: applies the command, publishes its events like any
+/// others (confirmed), and only then records them published.
+pub async fn act(
+    config: &Config,
     scope: Scope,
     action: OperatorAction,
     now: Millis,
-) -> crate::store::Result<Applied> {
-    engine
-        .apply(
-            &Input::Operator {
-                scope,
-                action,
-                at: now,
-            },
-            now,
-        )
+) -> Result<Done, Error> {
+    let engine = Engine::new(store(config).await?, Arc::new(config.rules.clone()));
+    let input = Input::Operator {
+        scope: scope.clone(),
+        action,
+        at: now,
+    };
+    let applied = engine.apply(&input, now).await?;
+    if !applied.events.is_empty() {
+        publish(config, &applied.events).await?;
+    }
+    engine.acknowledge(&applied).await?;
+    let view = show(engine.store(), &scope, now).await?;
+    Ok(Done {
+        events: applied.events,
+        view,
+    })
+}
+
+async fn publish(config: &Config, events: &[Outbound]) -> Result<(), Error> {
+    let topology = Topology::new(&config.namespace, config.partitions);
+    let conn = broker::connect(config.amqp_url.expose(), "coexist-operator").await?;
+    let publisher = Publisher::open(&conn).await?;
+    topology.declare(publisher.channel()).await?;
+    let messages: Vec<Outgoing> = events
+        .iter()
+        .map(|e| Outgoing::event(&topology, e))
+        .collect();
+    publisher
+        .publish_all(&messages)
         .await
+        .map_err(Error::NotPublished)?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
 }

@@ -79,23 +79,23 @@ impl Processor {
         body: &str,
         out: &mut impl Write,
     ) -> Result<(), Error> {
-        let items = parse_body(body.as_bytes()).map_err(|e| Error::BadBody {
+        let parsed = parse_body(body.as_bytes()).map_err(|e| Error::BadBody {
             source_name: name.to_owned(),
             reason: e.to_string(),
         })?;
-        for item in &items {
+        for part in &parsed.unreadable {
+            tracing::warn!(
+                source = name,
+                reason = part.reason,
+                "a part that cannot be placed was kept aside"
+            );
+        }
+        for item in &parsed.items {
             if let Some(ts) = item.timestamp {
                 self.clock = self.clock.max(ts);
             }
             self.release_due(out).await?;
             let applied = self.engine.apply(&Input::Item(item), self.clock).await?;
-            if let crate::meta::ItemKind::Unreadable { reason } = &item.kind {
-                tracing::warn!(
-                    source = name,
-                    reason,
-                    "an item that cannot be placed was kept aside"
-                );
-            }
             for e in &applied.events {
                 writeln!(out, "{}", e.to_line())?;
             }

@@ -1,4 +1,4 @@
-//! Retrying transient failures, and the shutdown signal that ends retrying. The one place that
+//! Retrying transient failures until they pass or shutdown is asked for. The one place that
 //! uses the `backoff` crate (unmaintained, RUSTSEC-2025-0012, but the one asked for): its
 //! exponential schedule, with no give-up time (its default of 15 minutes would drop work).
 
@@ -7,53 +7,26 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// A shutdown signal: cheap to clone, triggered once.
-#[derive(Clone)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+/// Work stopped because shutdown was asked for: what was in hand is left unacknowledged, to be
+/// delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted by shutdown")]
+pub struct Interrupted;
+
+/// Why [`until_ok`] stopped without success.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped<E> {
+    /// `permanent` said the error is not worth retrying: the last error and the attempts made.
+    GaveUp { error: E, attempts: u32 },
+    /// Shutdown was asked for.
+    Interrupted,
 }
 
-/// Triggers a [`Shutdown`].
-pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
-}
-
-impl Shutdown {
-    pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger { tx }, Shutdown { rx })
-    }
-
-    /// A signal that never fires.
-    pub fn never() -> Shutdown {
-        let (trigger, s) = Shutdown::new();
-        std::mem::forget(trigger);
-        s
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
-    /// Resolves when shutdown is triggered.
-    pub async fn wait(&self) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|v| *v).await;
-    }
-}
-
-impl ShutdownTrigger {
-    /// Another handle that triggers the same signal.
-    pub fn clone_trigger(&self) -> ShutdownTrigger {
-        ShutdownTrigger {
-            tx: self.tx.clone(),
-        }
-    }
-
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
+impl<E> From<Interrupted> for Stopped<E> {
+    fn from(_: Interrupted) -> Self {
+        Stopped::Interrupted
     }
 }
 
@@ -69,15 +42,14 @@ pub fn schedule() -> ExponentialBackoff {
     }
 }
 
-/// Runs `op` until it succeeds, `permanent` says its error is not worth retrying, or shutdown.
-/// Each failure is logged with `what` and the attempt number. Returns the last error when it
-/// stops without success, with the number of attempts made.
+/// Runs `op` until it succeeds, `permanent` says its error is not worth retrying, or `stop` is
+/// cancelled. Each failure is logged with `what` and the attempt number.
 pub async fn until_ok<T, E, F, Fut>(
     what: &str,
-    shutdown: &Shutdown,
+    stop: &CancellationToken,
     permanent: impl Fn(&E, u32) -> bool,
     mut op: F,
-) -> Result<T, (E, u32)>
+) -> Result<T, Stopped<E>>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -90,14 +62,20 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) => {
-                if permanent(&e, attempt) || shutdown.is_triggered() {
-                    return Err((e, attempt));
+                if stop.is_cancelled() {
+                    return Err(Stopped::Interrupted);
+                }
+                if permanent(&e, attempt) {
+                    return Err(Stopped::GaveUp {
+                        error: e,
+                        attempts: attempt,
+                    });
                 }
                 let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait() => return Err((e, attempt)),
+                    _ = stop.cancelled() => return Err(Stopped::Interrupted),
                 }
             }
         }
@@ -111,9 +89,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_until_success_and_stops_on_permanent_errors() {
         let mut n = 0;
-        let r: Result<u32, (String, u32)> = until_ok(
+        let never = CancellationToken::new();
+        let r: Result<u32, Stopped<String>> = until_ok(
             "t",
-            &Shutdown::never(),
+            &never,
             |_, _| false,
             || {
                 n += 1;
@@ -129,32 +108,42 @@ mod tests {
         )
         .await;
         assert_eq!(r.unwrap(), 5);
-        let r: Result<(), (String, u32)> = until_ok(
+        let r: Result<(), Stopped<String>> = until_ok(
             "t",
-            &Shutdown::never(),
+            &never,
             |_, attempt| attempt >= 3,
             || async { Err("no".to_owned()) },
         )
         .await;
-        assert_eq!(r.unwrap_err(), ("no".to_owned(), 3));
+        assert_eq!(
+            r.unwrap_err(),
+            Stopped::GaveUp {
+                error: "no".to_owned(),
+                attempts: 3
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_retrying() {
-        let (trigger, shutdown) = Shutdown::new();
+        let stop = CancellationToken::new();
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (token, counted) = (stop.clone(), attempts.clone());
         let task = tokio::spawn(async move {
             until_ok(
                 "t",
-                &shutdown,
+                &token,
                 |_, _| false,
-                || async { Err::<(), _>("down".to_owned()) },
+                || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { Err::<(), _>("down".to_owned()) }
+                },
             )
             .await
         });
         tokio::time::sleep(Duration::from_secs(30)).await;
-        trigger.trigger();
-        let (e, attempts) = task.await.unwrap().unwrap_err();
-        assert_eq!(e, "down");
-        assert!(attempts > 3);
+        stop.cancel();
+        assert_eq!(task.await.unwrap().unwrap_err(), Stopped::Interrupted);
+        assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) > 3);
     }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Scope;
-use crate::meta::{Item, ItemKind};
+use crate::meta::Item;
 use crate::time::Millis;
 
 /// Version of the unit format.
@@ -32,16 +32,11 @@ impl Unit {
     }
 }
 
-/// Splits a body's items into one unit per conversation (keeping their order of appearance
-/// within each), and the items that cannot be placed.
-pub fn split(items: Vec<Item>, accepted_at: Millis) -> (Vec<Unit>, Vec<Item>) {
+/// Splits a body's items into one unit per conversation, keeping their order of appearance
+/// within each.
+pub fn split(items: Vec<Item>, accepted_at: Millis) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
-    let mut unreadable = Vec::new();
     for item in items {
-        if matches!(item.kind, ItemKind::Unreadable { .. }) {
-            unreadable.push(item);
-            continue;
-        }
         match units.iter_mut().find(|u| u.scope == item.scope) {
             Some(u) => u.items.push(item),
             None => units.push(Unit {
@@ -52,5 +47,5 @@ pub fn split(items: Vec<Item>, accepted_at: Millis) -> (Vec<Unit>, Vec<Item>) {
             }),
         }
     }
-    (units, unreadable)
+    units
 }

@@ -1,4 +1,6 @@
-//! Downstream events (SPEC section 5): their names, their fields, and their wire form.
+//! Downstream events (SPEC section 5): a header every event has ([`Event`]), and what its type
+//! adds ([`Payload`], one variant per type). The JSON on the wire is `event_id`, `type`, the rest
+//! of the header, then the type's own fields, each present (null where empty).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -7,11 +9,10 @@ use crate::domain::Customer;
 use crate::meta::{Direction, Media};
 
 /// The two downstream exchanges (`{ns}.bot`, `{ns}.human_chat`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exchange {
     /// The AI agent's.
-    #[default]
     Bot,
     /// The human inbox's.
     HumanChat,
@@ -27,57 +28,177 @@ impl Exchange {
     }
 }
 
-/// Every event type: the routing key and the body's `type`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
-pub enum EventType {
-    #[default]
-    #[serde(rename = "message.received")]
-    MessageReceived,
-    #[serde(rename = "session.paused")]
-    SessionPaused,
-    #[serde(rename = "message.status")]
-    MessageStatus,
-    #[serde(rename = "account.updated")]
-    AccountUpdated,
-    #[serde(rename = "message.sent_from_app")]
-    SentFromApp,
-    #[serde(rename = "conversation.handover")]
-    Handover,
-    #[serde(rename = "conversation.released")]
-    Released,
-    #[serde(rename = "message.edited")]
-    Edited,
-    #[serde(rename = "message.revoked")]
-    Revoked,
-    #[serde(rename = "message.history")]
-    History,
-    #[serde(rename = "history.status")]
-    HistoryStatus,
-    #[serde(rename = "contact.synced")]
-    ContactSynced,
+/// One event: the fields every event has, and what its type adds.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Deterministic: the same input always yields the same id.
+    pub event_id: String,
+    /// RFC 3339, UTC.
+    pub occurred_at: String,
+    pub phone_number_id: String,
+    pub customer: Customer,
+    pub session_id: Option<String>,
+    pub payload: Payload,
 }
 
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::MessageReceived => "message.received",
-            EventType::SessionPaused => "session.paused",
-            EventType::MessageStatus => "message.status",
-            EventType::AccountUpdated => "account.updated",
-            EventType::SentFromApp => "message.sent_from_app",
-            EventType::Handover => "conversation.handover",
-            EventType::Released => "conversation.released",
-            EventType::Edited => "message.edited",
-            EventType::Revoked => "message.revoked",
-            EventType::History => "message.history",
-            EventType::HistoryStatus => "history.status",
-            EventType::ContactSynced => "contact.synced",
+/// Declares [`Payload`]: one line per event type, `Variant(FieldsType) = "type"`. The type's
+/// name is written here once; serialising, reading back and routing all use it.
+macro_rules! event_types {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// What an event's type adds to the common fields.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(untagged)]
+        pub enum Payload {
+            $($(#[$doc])* $variant($variant),)*
         }
-    }
+
+        impl Payload {
+            /// The event's `type`: its routing key and AMQP `type`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Payload::$variant(_) => $name,)*
+                }
+            }
+
+            /// Every event type's name.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// Reads the fields of the type `name` from an event's JSON.
+            fn from_json(name: &str, json: &str) -> serde_json::Result<Payload> {
+                match name {
+                    $($name => serde_json::from_str(json).map(Payload::$variant),)*
+                    other => Err(serde::de::Error::custom(format!("unknown event type {other:?}"))),
+                }
+            }
+        }
+    };
+}
+
+event_types! {
+    /// A customer message: for the AI agent (R1, R2), or for the human inbox while paused (R3).
+    MessageReceived = "message.received",
+    /// A human replied from the App: the AI agent must stop answering this customer (bot).
+    SessionPaused = "session.paused",
+    /// A status of a message sent through the API (bot).
+    MessageStatus = "message.status",
+    /// An `account_update` (bot).
+    AccountUpdated = "account.updated",
+    /// A human's message from the Business App (human_chat).
+    SentFromApp = "message.sent_from_app",
+    /// The AI agent was paused for this customer (human_chat).
+    Handover = "conversation.handover",
+    /// The AI agent may handle this customer again (human_chat).
+    Released = "conversation.released",
+    /// A message was edited (R10).
+    Edited = "message.edited",
+    /// A message was deleted (R10).
+    Revoked = "message.revoked",
+    /// One message of the history sync (human_chat).
+    History = "message.history",
+    /// History sync progress (human_chat).
+    HistoryStatus = "history.status",
+    /// A contact added, edited or removed in the App (human_chat).
+    ContactSynced = "contact.synced",
+}
+
+/// `message.received`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageReceived {
+    pub message: EventMessage,
+    /// What the AI agent's copy adds (absent from the human inbox's).
+    #[serde(flatten)]
+    pub agent: Option<ForAgent>,
+}
+
+/// The fields of a `message.received` on the bot exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForAgent {
+    /// This message opened a new session (R2).
+    pub session_started: bool,
+}
+
+/// `session.paused`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionPaused {
+    pub paused_until: String,
+}
+
+/// `message.status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageStatus {
+    pub status: Option<String>,
+    pub message_id: Option<String>,
+    /// Meta's `errors`, as sent (null when none).
+    pub errors: Box<RawValue>,
+}
+
+/// `account.updated`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountUpdated {
+    pub event: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// `message.sent_from_app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentFromApp {
+    pub message: EventMessage,
+}
+
+/// `conversation.handover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handover {
+    pub paused_until: String,
+    /// The echo that paused (null for an operator's pause).
+    pub trigger_message_id: Option<String>,
+}
+
+/// `conversation.released`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Released {
+    pub reason: ReleaseReason,
+}
+
+/// `message.edited`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Edited {
+    /// The message as it reads now.
+    pub message: EventMessage,
+    pub original_message_id: Option<String>,
+}
+
+/// `message.revoked`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub original_message_id: Option<String>,
+}
+
+/// `message.history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct History {
+    pub message: EventMessage,
+    pub direction: Direction,
+}
+
+/// `history.status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryStatus {
+    pub phase: Option<i64>,
+    pub chunk_order: Option<i64>,
+    pub progress: Option<i64>,
+    /// The business declined to share its history (error 2593109).
+    pub declined: bool,
+}
+
+/// `contact.synced`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContactSynced {
+    pub action: Option<String>,
+    pub contact: Option<Box<RawValue>>,
 }
 
 /// Where a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Customer,
@@ -85,25 +206,38 @@ pub enum Source {
     History,
 }
 
-/// The phone icon that marks a message typed in the Business App.
-pub const APP_ICON: &str = "📱";
+impl Source {
+    /// The icon events show beside the message: the phone for what was typed in the App.
+    pub fn icon(self) -> Option<Icon> {
+        (self == Source::BusinessApp).then_some(Icon::App)
+    }
+}
+
+/// `message.icon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Icon {
+    /// Typed in the Business App.
+    #[serde(rename = "📱")]
+    App,
+}
 
 /// `message` of an event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventMessage {
     pub id: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
     pub text: String,
     pub source: Source,
-    pub icon: Option<&'static str>,
+    pub icon: Option<Icon>,
     pub media: Option<Media>,
     pub reply_to: Option<String>,
+    /// The item exactly as Meta sent it.
     pub raw: Box<RawValue>,
 }
 
 /// Why the AI agent may handle a customer again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     ResetCommand,
@@ -111,104 +245,292 @@ pub enum ReleaseReason {
     Operator,
 }
 
-/// One event. The common fields come first; each type adds its own (absent ones are not written).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Event {
-    pub event_id: String,
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    #[serde(skip)]
-    pub exchange: Exchange,
-    pub occurred_at: String,
-    pub phone_number_id: String,
-    pub customer: Customer,
-    pub session_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<EventMessage>,
-    // message.received
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_started: Option<bool>,
-    // session.paused, conversation.handover
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paused_until: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger_message_id: Option<Option<String>>,
-    // conversation.released
-    #[serde(skip_serializing_if = "Option::is_none", rename = "reason")]
-    pub release_reason: Option<ReleaseReason>,
-    // message.status
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Box<RawValue>>,
-    // account.updated
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none", rename = "reason")]
-    pub account_reason: Option<Option<String>>,
-    // message.edited, message.revoked
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub original_message_id: Option<Option<String>>,
-    // message.history
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<Direction>,
-    // history.status
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Option<i64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub chunk_order: Option<Option<i64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Option<i64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub declined: Option<bool>,
-    // contact.synced
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub contact: Option<Option<Box<RawValue>>>,
+impl ReleaseReason {
+    /// As written in events (and the releases metric).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::ResetCommand => "reset_command",
+            ReleaseReason::Timeout => "timeout",
+            ReleaseReason::Operator => "operator",
+        }
+    }
 }
 
-/// An event ready for the wire: where it goes, its AMQP properties, and its JSON body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl Event {
+    /// The event's `type`.
+    pub fn name(&self) -> &'static str {
+        self.payload.name()
+    }
+
+    /// The event's JSON, one line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events always serialise")
+    }
+
+    /// Reads an event's JSON back (a pending event stored by any build).
+    pub fn from_json(json: &str) -> serde_json::Result<Event> {
+        #[derive(Deserialize)]
+        struct Header {
+            event_id: String,
+            #[serde(rename = "type")]
+            kind: String,
+            occurred_at: String,
+            phone_number_id: String,
+            customer: Customer,
+            session_id: Option<String>,
+        }
+        let h: Header = serde_json::from_str(json)?;
+        Ok(Event {
+            payload: Payload::from_json(&h.kind, json)?,
+            event_id: h.event_id,
+            occurred_at: h.occurred_at,
+            phone_number_id: h.phone_number_id,
+            customer: h.customer,
+            session_id: h.session_id,
+        })
+    }
+}
+
+/// Two events are equal when their JSON is (raw JSON has no equality of its own).
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            event_id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            occurred_at: &'a str,
+            phone_number_id: &'a str,
+            customer: &'a Customer,
+            session_id: Option<&'a str>,
+            #[serde(flatten)]
+            payload: &'a Payload,
+        }
+        Wire {
+            event_id: &self.event_id,
+            kind: self.name(),
+            occurred_at: &self.occurred_at,
+            phone_number_id: &self.phone_number_id,
+            customer: &self.customer,
+            session_id: self.session_id.as_deref(),
+            payload: &self.payload,
+        }
+        .serialize(s)
+    }
+}
+
+/// An event with where it goes: its exchange and its conversation (the `conversation` header,
+/// `{phone_number_id}:{customer}`). Stored in Redis until published, in the form
+/// `{"exchange", "routing_key", "event_id", "conversation", "body"}` (`body` the event's JSON),
+/// which every build reads.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outbound {
     pub exchange: Exchange,
-    /// The routing key: the event's `type`.
-    pub routing_key: String,
-    /// The AMQP `message_id`: the event's `event_id`.
-    pub event_id: String,
-    /// The `conversation` header: `{phone_number_id}:{customer}`.
     pub conversation: String,
-    /// The event's JSON.
-    pub body: Box<RawValue>,
+    pub event: Event,
+}
+
+/// [`Outbound`] as stored.
+#[derive(Serialize, Deserialize)]
+struct Stored<B> {
+    exchange: Exchange,
+    routing_key: String,
+    event_id: String,
+    conversation: String,
+    body: B,
+}
+
+impl Serialize for Outbound {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Stored {
+            exchange: self.exchange,
+            routing_key: self.event.name().to_owned(),
+            event_id: self.event.event_id.clone(),
+            conversation: self.conversation.clone(),
+            body: &self.event,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Outbound {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let stored = Stored::<Box<RawValue>>::deserialize(d)?;
+        let event = Event::from_json(stored.body.get()).map_err(serde::de::Error::custom)?;
+        Ok(Outbound {
+            exchange: stored.exchange,
+            conversation: stored.conversation,
+            event,
+        })
+    }
 }
 
 impl Outbound {
-    /// Encodes an event for the conversation (scope) it belongs to.
-    pub fn encode(event: &Event, conversation: &str) -> Self {
-        Outbound {
-            exchange: event.exchange,
-            routing_key: event.kind.as_str().to_owned(),
-            event_id: event.event_id.clone(),
-            conversation: conversation.to_owned(),
-            body: serde_json::value::to_raw_value(event).expect("events always serialise"),
-        }
-    }
-
     /// The line `coexist process` prints: `{"exchange", "routing_key", "event"}`.
     pub fn to_line(&self) -> String {
         #[derive(Serialize)]
         struct Line<'a> {
             exchange: &'static str,
-            routing_key: &'a str,
-            event: &'a RawValue,
+            routing_key: &'static str,
+            event: &'a Event,
         }
         serde_json::to_string(&Line {
             exchange: self.exchange.as_str(),
-            routing_key: &self.routing_key,
-            event: &self.body,
+            routing_key: self.event.name(),
+            event: &self.event,
         })
         .expect("lines always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    fn message(source: Source) -> EventMessage {
+        EventMessage {
+            id: Some("wamid.1".into()),
+            kind: "text".into(),
+            text: "hola".into(),
+            source,
+            icon: source.icon(),
+            media: None,
+            reply_to: None,
+            raw: raw(r#"{"id":"wamid.1","type":"text","text":{"body":"hola"}}"#),
+        }
+    }
+
+    fn one_of_each() -> Vec<Payload> {
+        vec![
+            Payload::MessageReceived(MessageReceived {
+                message: message(Source::Customer),
+                agent: Some(ForAgent {
+                    session_started: true,
+                }),
+            }),
+            Payload::MessageReceived(MessageReceived {
+                message: message(Source::Customer),
+                agent: None,
+            }),
+            Payload::SessionPaused(SessionPaused {
+                paused_until: "2026-12-03T10:00:00Z".into(),
+            }),
+            Payload::MessageStatus(MessageStatus {
+                status: Some("failed".into()),
+                message_id: None,
+                errors: raw(r#"[{"code":131047}]"#),
+            }),
+            Payload::AccountUpdated(AccountUpdated {
+                event: Some("PARTNER_REMOVED".into()),
+                reason: None,
+            }),
+            Payload::SentFromApp(SentFromApp {
+                message: message(Source::BusinessApp),
+            }),
+            Payload::Handover(Handover {
+                paused_until: "2026-12-03T10:00:00Z".into(),
+                trigger_message_id: None,
+            }),
+            Payload::Released(Released {
+                reason: ReleaseReason::Timeout,
+            }),
+            Payload::Edited(Edited {
+                message: message(Source::BusinessApp),
+                original_message_id: Some("wamid.0".into()),
+            }),
+            Payload::Revoked(Revoked {
+                original_message_id: None,
+            }),
+            Payload::History(History {
+                message: message(Source::History),
+                direction: Direction::Outbound,
+            }),
+            Payload::HistoryStatus(HistoryStatus {
+                phase: Some(0),
+                chunk_order: None,
+                progress: Some(50),
+                declined: false,
+            }),
+            Payload::ContactSynced(ContactSynced {
+                action: Some("add".into()),
+                contact: None,
+            }),
+        ]
+    }
+
+    fn event(payload: Payload) -> Event {
+        Event {
+            event_id: "e1".into(),
+            occurred_at: "2026-11-26T10:00:00Z".into(),
+            phone_number_id: "410".into(),
+            customer: Customer {
+                wa_id: Some("5215551230001".into()),
+                user_id: None,
+                name: None,
+            },
+            session_id: None,
+            payload,
+        }
+    }
+
+    #[test]
+    fn every_type_writes_the_header_first_and_reads_back_the_same() {
+        let mut names = std::collections::HashSet::new();
+        for payload in one_of_each() {
+            let e = event(payload);
+            names.insert(e.name());
+            let json = e.to_json();
+            let head = format!(
+                r#"{{"event_id":"e1","type":"{}","occurred_at":"2026-11-26T10:00:00Z","phone_number_id":"410","customer":{{"wa_id":"5215551230001","user_id":null,"name":null}},"session_id":null"#,
+                e.name()
+            );
+            assert!(json.starts_with(&head), "{json}");
+            assert_eq!(Event::from_json(&json).unwrap(), e, "{json}");
+        }
+        assert_eq!(names.len(), Payload::NAMES.len(), "one of each type");
+    }
+
+    #[test]
+    fn fields_are_written_even_when_empty_and_the_agent_fields_only_on_its_copy() {
+        let json = event(Payload::Revoked(Revoked {
+            original_message_id: None,
+        }))
+        .to_json();
+        assert!(json.ends_with(r#""session_id":null,"original_message_id":null}"#), "{json}");
+        let for_agent = event(one_of_each().remove(0)).to_json();
+        assert!(for_agent.ends_with(r#","session_started":true}"#), "{for_agent}");
+        let for_human = event(one_of_each().remove(1)).to_json();
+        assert!(!for_human.contains("session_started"), "{for_human}");
+        assert!(for_human.contains(r#""source":"customer","icon":null"#));
+        let app = event(one_of_each().remove(5)).to_json();
+        assert!(app.contains(r#""source":"business_app","icon":"📱""#), "{app}");
+    }
+
+    #[test]
+    fn pending_events_stored_by_the_earlier_build_are_read() {
+        // The form the flat-struct build wrote to `{ns}:{c}:seen:{item}` (a release, verbatim).
+        let stored = r#"[{"exchange":"human_chat","routing_key":"conversation.released","event_id":"0b1c","conversation":"410:5215551230001","body":{"event_id":"0b1c","type":"conversation.released","occurred_at":"2026-11-26T10:00:00Z","phone_number_id":"410","customer":{"wa_id":"5215551230001","user_id":null,"name":null},"session_id":"s1","reason":"reset_command"}}]"#;
+        let read: Vec<Outbound> = serde_json::from_str(stored).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].exchange, Exchange::HumanChat);
+        assert!(matches!(
+            read[0].event.payload,
+            Payload::Released(Released {
+                reason: ReleaseReason::ResetCommand
+            })
+        ));
+        assert_eq!(serde_json::to_string(&read).unwrap(), stored, "written back the same");
+        let unknown = stored.replace("\"type\":\"conversation.released\"", "\"type\":\"x.y\"");
+        assert!(serde_json::from_str::<Vec<Outbound>>(&unknown).is_err());
     }
 }

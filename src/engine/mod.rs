@@ -10,7 +10,11 @@ use std::time::Duration;
 use crate::domain::{stable_id, Customer, Scope};
 use crate::meta::{Content, Echo, Item, ItemKind};
 use crate::time::Millis;
-use event::{Event, EventMessage, EventType, Exchange, ReleaseReason, Source, APP_ICON};
+use event::{
+    AccountUpdated, ContactSynced, Edited, Event, EventMessage, Exchange, ForAgent, Handover,
+    History, HistoryStatus, MessageReceived, MessageStatus, Outbound, Payload, ReleaseReason,
+    Released, Revoked, SentFromApp, SessionPaused, Source,
+};
 use state::{Handler, Pause, Session, State};
 
 /// The settings the rules read, for one business number.
@@ -122,8 +126,6 @@ pub enum Rule {
     Noop,
     /// Something Meta sent that has no event (value-level errors, unsubscribed fields).
     Ignored,
-    /// Part of a body that could not be placed.
-    Unreadable,
 }
 
 impl Rule {
@@ -143,7 +145,6 @@ impl Rule {
             Rule::OperatorRelease => "operator_release",
             Rule::Noop => "noop",
             Rule::Ignored => "ignored",
-            Rule::Unreadable => "unreadable",
         }
     }
 }
@@ -165,7 +166,7 @@ pub struct Decision {
     /// The conversation's state afterwards.
     pub state: State,
     /// The events, in the order they are to be published.
-    pub events: Vec<Event>,
+    pub events: Vec<Outbound>,
     pub rule: Rule,
     /// Whether the decision depended on the state (if not, it can be stored without a version check).
     pub reads_state: bool,
@@ -268,16 +269,13 @@ impl Decider<'_> {
                         message,
                     },
             } => {
-                let mut e = self.event(
-                    EventType::Edited,
-                    Exchange::HumanChat,
-                    customer,
-                    ts,
-                    self.current_session(),
-                );
-                e.message = Some(self.message(item, message, Source::BusinessApp));
-                e.original_message_id = Some(original_message_id.clone());
-                self.push(e, Rule::R10);
+                let payload = Payload::Edited(Edited {
+                    message: self.message(item, message, Source::BusinessApp),
+                    original_message_id: original_message_id.clone(),
+                });
+                let session = self.current_session();
+                self.emit(Exchange::HumanChat, customer, ts, session, payload);
+                self.out.rule = Rule::R10;
             }
             ItemKind::Echo {
                 customer,
@@ -285,15 +283,12 @@ impl Decider<'_> {
                     original_message_id,
                 },
             } => {
-                let mut e = self.event(
-                    EventType::Revoked,
-                    Exchange::HumanChat,
-                    customer,
-                    ts,
-                    self.current_session(),
-                );
-                e.original_message_id = Some(original_message_id.clone());
-                self.push(e, Rule::R10);
+                let payload = Payload::Revoked(Revoked {
+                    original_message_id: original_message_id.clone(),
+                });
+                let session = self.current_session();
+                self.emit(Exchange::HumanChat, customer, ts, session, payload);
+                self.out.rule = Rule::R10;
             }
             ItemKind::Status {
                 customer,
@@ -301,36 +296,30 @@ impl Decider<'_> {
                 status,
                 errors,
             } => {
-                self.out.reads_state = false;
-                let mut e = self.event(EventType::MessageStatus, Exchange::Bot, customer, ts, None);
-                e.status = Some(status.clone());
-                e.message_id = Some(message_id.clone());
-                e.errors = Some(errors.clone());
-                self.push(e, Rule::R12);
+                let payload = Payload::MessageStatus(MessageStatus {
+                    status: status.clone(),
+                    message_id: message_id.clone(),
+                    errors: errors.clone(),
+                });
+                self.stateless(Exchange::Bot, customer, ts, payload, Rule::R12);
             }
             ItemKind::AccountUpdate { event, reason } => {
-                self.out.reads_state = false;
-                let mut e = self.event(
-                    EventType::AccountUpdated,
-                    Exchange::Bot,
-                    &Customer::default(),
-                    ts,
-                    None,
-                );
-                e.event = Some(event.clone());
-                e.account_reason = Some(reason.clone());
-                self.push(e, Rule::R12);
+                let payload = Payload::AccountUpdated(AccountUpdated {
+                    event: event.clone(),
+                    reason: reason.clone(),
+                });
+                self.stateless(Exchange::Bot, &Customer::default(), ts, payload, Rule::R12);
             }
             ItemKind::History {
                 customer,
                 message,
                 direction,
             } => {
-                self.out.reads_state = false;
-                let mut e = self.event(EventType::History, Exchange::HumanChat, customer, ts, None);
-                e.message = Some(self.message(item, message, Source::History));
-                e.direction = Some(*direction);
-                self.push(e, Rule::R11);
+                let payload = Payload::History(History {
+                    message: self.message(item, message, Source::History),
+                    direction: *direction,
+                });
+                self.stateless(Exchange::HumanChat, customer, ts, payload, Rule::R11);
             }
             ItemKind::HistoryStatus {
                 phase,
@@ -338,46 +327,45 @@ impl Decider<'_> {
                 progress,
                 declined,
             } => {
-                self.out.reads_state = false;
-                let mut e = self.event(
-                    EventType::HistoryStatus,
-                    Exchange::HumanChat,
-                    &Customer::default(),
-                    ts,
-                    None,
-                );
-                e.phase = Some(*phase);
-                e.chunk_order = Some(*chunk_order);
-                e.progress = Some(*progress);
-                e.declined = Some(*declined);
-                self.push(e, Rule::R11);
+                let payload = Payload::HistoryStatus(HistoryStatus {
+                    phase: *phase,
+                    chunk_order: *chunk_order,
+                    progress: *progress,
+                    declined: *declined,
+                });
+                let nobody = Customer::default();
+                self.stateless(Exchange::HumanChat, &nobody, ts, payload, Rule::R11);
             }
             ItemKind::ContactSync {
                 customer,
                 action,
                 contact,
             } => {
-                self.out.reads_state = false;
-                let mut e = self.event(
-                    EventType::ContactSynced,
-                    Exchange::HumanChat,
-                    customer,
-                    ts,
-                    None,
-                );
-                e.action = Some(action.clone());
-                e.contact = Some(contact.clone());
-                self.push(e, Rule::R11);
+                let payload = Payload::ContactSynced(ContactSynced {
+                    action: action.clone(),
+                    contact: contact.clone(),
+                });
+                self.stateless(Exchange::HumanChat, customer, ts, payload, Rule::R11);
             }
             ItemKind::Errors | ItemKind::Unhandled { .. } => {
                 self.out.reads_state = false;
                 self.out.rule = Rule::Ignored;
             }
-            ItemKind::Unreadable { .. } => {
-                self.out.reads_state = false;
-                self.out.rule = Rule::Unreadable;
-            }
         }
+    }
+
+    /// An event that depends on no conversation state (R11, R12): no session, no version check.
+    fn stateless(
+        &mut self,
+        exchange: Exchange,
+        customer: &Customer,
+        at: Millis,
+        payload: Payload,
+        rule: Rule,
+    ) {
+        self.out.reads_state = false;
+        self.emit(exchange, customer, at, None, payload);
+        self.out.rule = rule;
     }
 
     /// R1, R2, R3.
@@ -388,18 +376,16 @@ impl Decider<'_> {
         content: &Content,
         ts: Millis,
     ) {
-        let msg = self.message(item, content, Source::Customer);
+        let message = self.message(item, content, Source::Customer);
         if self.out.state.paused(self.now).is_some() {
             let session = self.touch_session(Handler::Human);
-            let mut e = self.event(
-                EventType::MessageReceived,
-                Exchange::HumanChat,
-                customer,
-                ts,
-                Some(session),
-            );
-            e.message = Some(msg);
-            return self.push(e, Rule::R3);
+            let payload = Payload::MessageReceived(MessageReceived {
+                message,
+                agent: None,
+            });
+            self.emit(Exchange::HumanChat, customer, ts, Some(session), payload);
+            self.out.rule = Rule::R3;
+            return;
         }
         let bot_session = self
             .out
@@ -411,16 +397,14 @@ impl Decider<'_> {
         } else {
             self.open_session(Handler::Bot)
         };
-        let mut e = self.event(
-            EventType::MessageReceived,
-            Exchange::Bot,
-            customer,
-            ts,
-            Some(session),
-        );
-        e.message = Some(msg);
-        e.session_started = Some(!bot_session);
-        self.push(e, if bot_session { Rule::R1 } else { Rule::R2 });
+        let payload = Payload::MessageReceived(MessageReceived {
+            message,
+            agent: Some(ForAgent {
+                session_started: !bot_session,
+            }),
+        });
+        self.emit(Exchange::Bot, customer, ts, Some(session), payload);
+        self.out.rule = if bot_session { Rule::R1 } else { Rule::R2 };
     }
 
     /// R4 and R8: an echo that is not the reset command.
@@ -433,15 +417,12 @@ impl Decider<'_> {
             self.pause(ts, until, customer, content.id.clone(), Rule::R4);
             Rule::R4
         };
-        let mut e = self.event(
-            EventType::SentFromApp,
-            Exchange::HumanChat,
-            customer,
-            ts,
-            self.current_session(),
-        );
-        e.message = Some(self.message(item, content, Source::BusinessApp));
-        self.push(e, rule);
+        let payload = Payload::SentFromApp(SentFromApp {
+            message: self.message(item, content, Source::BusinessApp),
+        });
+        let session = self.current_session();
+        self.emit(Exchange::HumanChat, customer, ts, session, payload);
+        self.out.rule = rule;
     }
 
     /// Pauses the AI agent until `until` (never shortening a pause in force).
@@ -477,26 +458,16 @@ impl Decider<'_> {
         self.out.schedule = Some((deadline_member(self.scope, &self.key), until));
         let session = self.touch_session(Handler::Human);
         if bot_session.is_some() {
-            let mut e = self.event(
-                EventType::SessionPaused,
-                Exchange::Bot,
-                customer,
-                since,
-                Some(session.clone()),
-            );
-            e.paused_until = Some(paused_until.clone());
-            self.out.events.push(e);
+            let payload = Payload::SessionPaused(SessionPaused {
+                paused_until: paused_until.clone(),
+            });
+            self.emit(Exchange::Bot, customer, since, Some(session.clone()), payload);
         }
-        let mut e = self.event(
-            EventType::Handover,
-            Exchange::HumanChat,
-            customer,
-            since,
-            Some(session),
-        );
-        e.paused_until = Some(paused_until);
-        e.trigger_message_id = Some(trigger_message);
-        self.out.events.push(e);
+        let payload = Payload::Handover(Handover {
+            paused_until,
+            trigger_message_id: trigger_message,
+        });
+        self.emit(Exchange::HumanChat, customer, since, Some(session), payload);
     }
 
     /// R5 (and the operator's release): ends the pause and the session.
@@ -549,15 +520,8 @@ impl Decider<'_> {
         {
             self.out.schedule = None;
         }
-        let mut e = self.event(
-            EventType::Released,
-            Exchange::HumanChat,
-            customer,
-            at,
-            session,
-        );
-        e.release_reason = Some(reason);
-        self.out.events.push(e);
+        let payload = Payload::Released(Released { reason });
+        self.emit(Exchange::HumanChat, customer, at, session, payload);
     }
 
     fn current_session(&self) -> Option<String> {
@@ -603,29 +567,29 @@ impl Decider<'_> {
             .unwrap_or_default()
     }
 
-    fn push(&mut self, e: Event, rule: Rule) {
-        self.out.events.push(e);
-        self.out.rule = rule;
-    }
-
-    fn event(
-        &self,
-        kind: EventType,
+    /// Adds an event; its id comes from the conversation, the input and the type, so the same
+    /// input always yields the same ids.
+    fn emit(
+        &mut self,
         exchange: Exchange,
         customer: &Customer,
         at: Millis,
         session_id: Option<String>,
-    ) -> Event {
-        Event {
-            event_id: stable_id(&[&self.scope_str, &self.key, kind.as_str()]),
-            kind,
-            exchange,
+        payload: Payload,
+    ) {
+        let event = Event {
+            event_id: stable_id(&[&self.scope_str, &self.key, payload.name()]),
             occurred_at: at.rfc3339(),
             phone_number_id: self.scope.phone_number_id.clone(),
             customer: customer.clone(),
             session_id,
-            ..Event::default()
-        }
+            payload,
+        };
+        self.out.events.push(Outbound {
+            exchange,
+            conversation: self.scope_str.clone(),
+            event,
+        });
     }
 
     fn message(&self, item: &Item, c: &Content, source: Source) -> EventMessage {
@@ -634,7 +598,7 @@ impl Decider<'_> {
             kind: c.kind.clone(),
             text: c.text.clone(),
             source,
-            icon: (source == Source::BusinessApp).then_some(APP_ICON),
+            icon: source.icon(),
             media: c.media.clone(),
             reply_to: c.reply_to.clone(),
             raw: item.raw.clone(),

@@ -2,9 +2,9 @@
 //! history progress, contact change or account update, in order of appearance.
 //!
 //! Reading is tolerant: unknown fields and types are data, a field of the wrong type reads as
-//! absent, and an item that cannot be placed in any conversation becomes an
-//! [`ItemKind::Unreadable`] item (kept with its reason, never dropped). Only a body that is not a
-//! webhook at all is an error ([`BodyError`]).
+//! absent, and a part that cannot be placed in any conversation is kept aside as [`Unreadable`]
+//! with its reason (never dropped). Only a body that is not a webhook at all is an error
+//! ([`BodyError`]).
 
 pub mod lenient;
 pub mod wire;
@@ -90,8 +90,25 @@ pub enum ItemKind {
     Errors,
     /// A change of a field this product does not subscribe to (kept for logs and metrics).
     Unhandled { field: String },
-    /// Part of a signed body that cannot be placed: kept with the reason.
-    Unreadable { reason: String },
+}
+
+/// A webhook body, read: its items in order of appearance, and the parts that cannot be placed
+/// in any conversation.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub items: Vec<Item>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Part of a signed body that cannot be placed (no number, no customer, not an object): kept
+/// with the reason, never dropped (the ingress parks it in the dead-letter queue).
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// A digest of its bytes (the dead letter's id).
+    pub key: String,
+    /// As sent (whitespace between tokens removed).
+    pub raw: Box<RawValue>,
+    pub reason: String,
 }
 
 /// What an echo did.
@@ -143,7 +160,7 @@ pub struct Media {
 }
 
 /// Reads a webhook body into its items. Errors only when the body is not a webhook at all.
-pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+pub fn parse_body(body: &[u8]) -> Result<Parsed, BodyError> {
     // Serde would read an array as a struct's fields by position: only an object is a webhook.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
@@ -173,22 +190,25 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, BodyError> {
         RawList::Absent => return Err(BodyError::NotWebhook("no `entry` array".into())),
         RawList::NotList => return Err(BodyError::NotWebhook("`entry` is not an array".into())),
     };
-    let mut out = Vec::new();
+    let mut out = Parsed::default();
     for entry in entries {
         read_entry(entry, &mut out);
     }
     Ok(out)
 }
 
-fn unreadable(scope: Scope, raw: &RawValue, reason: impl Into<String>) -> Item {
-    Item {
-        scope,
-        key: format!("x:{}", stable_id(&[raw.get()])),
-        timestamp: None,
-        raw: compact(raw),
-        kind: ItemKind::Unreadable {
+impl Parsed {
+    fn push(&mut self, item: Item) {
+        self.items.push(item);
+    }
+
+    /// Keeps a part that cannot be placed, with the reason.
+    fn park(&mut self, raw: &RawValue, reason: impl Into<String>) {
+        self.unreadable.push(Unreadable {
+            key: format!("x:{}", stable_id(&[raw.get()])),
+            raw: compact(raw),
             reason: reason.into(),
-        },
+        });
     }
 }
 
@@ -200,27 +220,24 @@ fn array(list: RawList<'_>) -> Result<Vec<&RawValue>, ()> {
     }
 }
 
-fn read_entry(raw: &RawValue, out: &mut Vec<Item>) {
-    let unknown = Scope::number("unknown");
+fn read_entry(raw: &RawValue, out: &mut Parsed) {
     let Ok(entry) = serde_json::from_str::<lenient::Obj<wire::Entry>>(raw.get()) else {
-        return out.push(unreadable(unknown, raw, "an entry that cannot be read"));
+        return out.park(raw, "an entry that cannot be read");
     };
     let Some(mut entry) = entry.0 else {
-        return out.push(unreadable(unknown, raw, "an entry that is not an object"));
+        return out.park(raw, "an entry that is not an object");
     };
     let Ok(changes) = array(std::mem::take(&mut entry.changes)) else {
-        return out.push(unreadable(unknown, raw, "`changes` is not an array"));
+        return out.park(raw, "`changes` is not an array");
     };
     for change in changes {
         let parsed = serde_json::from_str::<lenient::Obj<wire::Change>>(change.get())
             .ok()
             .and_then(|c| c.0);
         let Some(c) = parsed else {
-            out.push(unreadable(
-                unknown.clone(),
-                change,
+            out.park(change,
                 "a change that is not an object",
-            ));
+            );
             continue;
         };
         read_change(&entry, c, change, out);
@@ -231,18 +248,16 @@ fn read_change(
     entry: &wire::Entry,
     change: wire::Change,
     raw_change: &RawValue,
-    out: &mut Vec<Item>,
+    out: &mut Parsed,
 ) {
     let field = change.field.get().unwrap_or("").to_owned();
     let value_raw = change.value.unwrap_or(raw_change);
     let value = match serde_json::from_str::<lenient::Obj<wire::Value>>(value_raw.get()) {
         Ok(lenient::Obj(Some(v))) => v,
         _ => {
-            return out.push(unreadable(
-                Scope::number("unknown"),
-                raw_change,
+            return out.park(raw_change,
                 format!("`{field}` change without a readable value"),
-            ))
+            )
         }
     };
     let metadata = value.metadata.get();
@@ -255,8 +270,10 @@ fn read_change(
         let id = [value.phone_number_id.get(), pnid, entry.id.get()]
             .into_iter()
             .flatten()
-            .find(|s| valid_phone_number_id(s))
-            .unwrap_or("unknown");
+            .find(|s| valid_phone_number_id(s));
+        let Some(id) = id else {
+            return out.park(raw_change, "an account_update that names no account");
+        };
         let event = value.event.0.clone();
         let time = entry.time.0;
         let key = match (&event, time) {
@@ -278,26 +295,27 @@ fn read_change(
         });
     }
 
+    let subscribed = matches!(
+        field.as_str(),
+        "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync"
+    );
     let Some(pnid) = pnid else {
-        let kind = if matches!(
-            field.as_str(),
-            "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync"
-        ) {
-            ItemKind::Unreadable {
-                reason: format!("`{field}` change without metadata.phone_number_id"),
-            }
-        } else {
-            ItemKind::Unhandled {
-                field: field.clone(),
-            }
+        // A field this product does not read is kept under the business account; one it reads
+        // cannot be placed without its number.
+        let account = entry.id.get().filter(|id| valid_phone_number_id(id));
+        return match account.filter(|_| !subscribed) {
+            Some(account) => out.push(Item {
+                scope: Scope::number(account),
+                key: format!("u:{}", stable_id(&[raw_change.get()])),
+                timestamp: None,
+                raw: compact(raw_change),
+                kind: ItemKind::Unhandled { field },
+            }),
+            None => out.park(
+                raw_change,
+                format!("`{field}` change without metadata.phone_number_id"),
+            ),
         };
-        let mut item = unreadable(
-            Scope::number(entry.id.get().unwrap_or("unknown")),
-            raw_change,
-            "",
-        );
-        item.kind = kind;
-        return out.push(item);
     };
     let ctx = Ctx {
         raw: value_raw,
@@ -367,17 +385,15 @@ impl Ctx<'_, '_> {
         &self,
         list: &RawList<'r>,
         name: &str,
-        out: &mut Vec<Item>,
-        mut f: impl FnMut(&Self, &'r RawValue, &mut Vec<Item>),
+        out: &mut Parsed,
+        mut f: impl FnMut(&Self, &'r RawValue, &mut Parsed),
     ) {
         match list {
             RawList::Absent => {}
             RawList::List(items) => items.iter().for_each(|r| f(self, r, out)),
-            RawList::NotList => out.push(unreadable(
-                Scope::number(self.pnid),
-                self.raw,
+            RawList::NotList => out.park(self.raw,
                 format!("`{name}` is not an array"),
-            )),
+            ),
         }
     }
 
@@ -386,22 +402,20 @@ impl Ctx<'_, '_> {
         &self,
         raw: &'r RawValue,
         what: &str,
-        out: &mut Vec<Item>,
+        out: &mut Parsed,
     ) -> Option<T> {
         let parsed = serde_json::from_str::<lenient::Obj<T>>(raw.get())
             .ok()
             .and_then(|o| o.0);
         if parsed.is_none() {
-            out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
+            out.park(raw,
                 format!("{what} that is not an object"),
-            ));
+            );
         }
         parsed
     }
 
-    fn customer_message(&self, raw: &RawValue, out: &mut Vec<Item>) {
+    fn customer_message(&self, raw: &RawValue, out: &mut Parsed) {
         let Some(m) = self.read::<wire::Message>(raw, "a message", out) else {
             return;
         };
@@ -433,11 +447,9 @@ impl Ctx<'_, '_> {
                 .and_then(|p| p.name.0.clone()),
         };
         let Some(key) = customer.key() else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
+            return out.park(raw,
                 "a customer message without a sender",
-            ));
+            );
         };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
@@ -451,7 +463,7 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn echo(&self, raw: &RawValue, out: &mut Vec<Item>) {
+    fn echo(&self, raw: &RawValue, out: &mut Parsed) {
         let Some(m) = self.read::<wire::Message>(raw, "an echo", out) else {
             return;
         };
@@ -461,11 +473,9 @@ impl Ctx<'_, '_> {
             name: None,
         };
         let Some(key) = customer.key() else {
-            return out.push(unreadable(
-                Scope::number(self.pnid),
-                raw,
+            return out.park(raw,
                 "an echo without a recipient",
-            ));
+            );
         };
         let echo = match m.kind.get() {
             Some("revoke") => Echo::Revoke {
@@ -505,7 +515,7 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn status(&self, raw: &RawValue, out: &mut Vec<Item>) {
+    fn status(&self, raw: &RawValue, out: &mut Parsed) {
         let Some(s) = self.read::<wire::Status>(raw, "a status", out) else {
             return;
         };
@@ -540,7 +550,7 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn history_chunk(&self, raw: &RawValue, out: &mut Vec<Item>) {
+    fn history_chunk(&self, raw: &RawValue, out: &mut Parsed) {
         let Some(chunk) = self.read::<wire::HistoryChunk>(raw, "a history chunk", out) else {
             return;
         };
@@ -551,11 +561,9 @@ impl Ctx<'_, '_> {
                 RawList::List(msgs) => msgs
                     .iter()
                     .for_each(|m| self.history_message(m, thread_customer, out)),
-                RawList::NotList => out.push(unreadable(
-                    Scope::number(self.pnid),
-                    raw,
+                RawList::NotList => out.park(raw,
                     "`threads[].messages` is not an array",
-                )),
+                ),
             }
         }
         let meta = chunk.metadata.get();
@@ -588,7 +596,7 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Vec<Item>) {
+    fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Parsed) {
         let Some(m) = self.read::<wire::Message>(raw, "a history message", out) else {
             return;
         };
@@ -615,11 +623,9 @@ impl Ctx<'_, '_> {
             (Some(_), _) => customer,
             (None, Some(k)) => Customer::from_key(&k),
             (None, None) => {
-                return out.push(unreadable(
-                    Scope::number(self.pnid),
-                    raw,
+                return out.park(raw,
                     "a history message without a customer",
-                ))
+                )
             }
         };
         let key = customer.key().expect("checked above");
@@ -642,7 +648,7 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn state_sync(&self, raw: &RawValue, out: &mut Vec<Item>) {
+    fn state_sync(&self, raw: &RawValue, out: &mut Parsed) {
         let Some(s) = self.read::<wire::StateSync>(raw, "a state_sync item", out) else {
             return;
         };

@@ -44,6 +44,33 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether the failure should pass by itself (Redis unreachable, loading, failing over):
+    /// worth retrying for as long as it lasts, never a reason to dead-letter.
+    pub fn transient(&self) -> bool {
+        match self {
+            Error::Redis(r) => {
+                r.is_io_error()
+                    || r.is_timeout()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || matches!(
+                        r.code(),
+                        Some(
+                            "LOADING"
+                                | "BUSY"
+                                | "TRYAGAIN"
+                                | "MASTERDOWN"
+                                | "CLUSTERDOWN"
+                                | "READONLY"
+                        )
+                    )
+            }
+            Error::Corrupt { .. } | Error::Contention(_) => false,
+        }
+    }
+}
+
 /// The dedup mark of an input.
 #[derive(Debug, Clone)]
 pub enum Seen {
@@ -170,7 +197,6 @@ impl<S: StateStore> Engine<S> {
     pub async fn apply(&self, input: &Input<'_>, now: Millis) -> Result<Applied> {
         let scope = input.scope();
         let key = input.key();
-        let scope_str = scope.to_string();
         let rules = self.rules.for_number(&scope.phone_number_id);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
         for _ in 0..MAX_ATTEMPTS {
@@ -184,12 +210,8 @@ impl<S: StateStore> Engine<S> {
                 }
                 None => {}
             }
-            let d = decide(&snap.state, input, now, rules);
-            let events: Vec<Outbound> = d
-                .events
-                .iter()
-                .map(|e| Outbound::encode(e, &scope_str))
-                .collect();
+            let mut d = decide(&snap.state, input, now, rules);
+            let events = std::mem::take(&mut d.events);
             // The deadline goes in before the state that needs it: a crash in between leaves a
             // deadline that finds nothing to release, never a pause without a deadline.
             if let Some((member, at)) = &d.schedule {

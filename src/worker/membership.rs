@@ -68,11 +68,11 @@ pub fn owned(me: &str, live: &[String], partitions: u16) -> Vec<u16> {
 }
 
 fn score(worker: &str, partition: u16) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in worker.bytes().chain([b'|']).chain(partition.to_le_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let mut key = Vec::with_capacity(worker.len() + 3);
+    key.extend_from_slice(worker.as_bytes());
+    key.push(b'|');
+    key.extend_from_slice(&partition.to_le_bytes());
+    let mut h = crate::domain::fnv1a(&key);
     // A final mix, so similar ids spread well.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51afd7ed558ccd);

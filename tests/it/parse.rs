@@ -17,17 +17,15 @@ fn every_example_body_parses() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let items = parse_body(&std::fs::read(&path).unwrap())
+        let parsed = parse_body(&std::fs::read(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(!items.is_empty(), "{}", path.display());
-        for item in &items {
-            assert!(
-                !matches!(item.kind, ItemKind::Unreadable { .. }),
-                "{}: {:?}",
-                path.display(),
-                item.kind
-            );
-        }
+        assert!(!parsed.items.is_empty(), "{}", path.display());
+        assert!(
+            parsed.unreadable.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            parsed.unreadable
+        );
         n += 1;
     }
     assert!(n >= 8, "the examples are there");
@@ -45,7 +43,7 @@ fn customer_message_with_context_media_and_profile() {
     let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["entry"][0]["changes"][0]["value"]["messages"][0]["context"] =
         json!({"from": BUSINESS, "id": "wamid.PREV"});
-    let items = parse_body(v.to_string().as_bytes()).unwrap();
+    let items = parse_body(v.to_string().as_bytes()).unwrap().items;
     assert_eq!(items.len(), 1);
     let ItemKind::Customer { customer, message } = &items[0].kind else {
         panic!("{:?}", items[0].kind)
@@ -71,7 +69,7 @@ fn business_scoped_user_ids_identify_customers_without_a_number() {
         "contacts": [{"profile": {"name": "Zoe"}, "user_id": "US.13491208655302741918"}],
         "messages": [{"from_user_id": "US.13491208655302741918", "id": "wamid.U1", "timestamp": "1764000000", "type": "text", "text": {"body": "hi"}}]}),
     );
-    let items = parse_body(body.as_bytes()).unwrap();
+    let items = parse_body(body.as_bytes()).unwrap().items;
     let ItemKind::Customer { customer, .. } = &items[0].kind else {
         panic!()
     };
@@ -88,7 +86,7 @@ fn business_scoped_user_ids_identify_customers_without_a_number() {
         json!({"metadata": metadata(), "message_echoes": [
         {"from": BUSINESS, "to_user_id": "US.13491208655302741918", "id": "wamid.U2", "timestamp": "1764000001", "type": "text", "text": {"body": "hola"}}]}),
     );
-    let items = parse_body(echo.as_bytes()).unwrap();
+    let items = parse_body(echo.as_bytes()).unwrap().items;
     assert_eq!(
         items[0].scope.to_string(),
         format!("{PNID}:US.13491208655302741918"),
@@ -98,7 +96,7 @@ fn business_scoped_user_ids_identify_customers_without_a_number() {
 
 #[test]
 fn echoes_of_every_kind() {
-    let items = parse_body(fixture("echo-edit.json").as_bytes()).unwrap();
+    let items = parse_body(fixture("echo-edit.json").as_bytes()).unwrap().items;
     let ItemKind::Echo {
         echo: Echo::Edit {
             original_message_id,
@@ -119,7 +117,7 @@ fn echoes_of_every_kind() {
         "edit",
         json!({"original_message_id": "wamid.E8", "text": {"body": "nuevo"}}),
     );
-    let items = parse_body(flat.as_bytes()).unwrap();
+    let items = parse_body(flat.as_bytes()).unwrap().items;
     let ItemKind::Echo {
         echo: Echo::Edit { message, .. },
         ..
@@ -128,7 +126,7 @@ fn echoes_of_every_kind() {
         panic!()
     };
     assert_eq!(message.text, "nuevo");
-    let items = parse_body(fixture("echo-revoke.json").as_bytes()).unwrap();
+    let items = parse_body(fixture("echo-revoke.json").as_bytes()).unwrap().items;
     assert!(
         matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.EX1")
     );
@@ -136,7 +134,7 @@ fn echoes_of_every_kind() {
 
 #[test]
 fn history_forms() {
-    let items = parse_body(fixture("history-chunk.json").as_bytes()).unwrap();
+    let items = parse_body(fixture("history-chunk.json").as_bytes()).unwrap().items;
     let dirs: Vec<Direction> = items
         .iter()
         .filter_map(|i| match &i.kind {
@@ -154,7 +152,7 @@ fn history_forms() {
             declined: false
         }
     ));
-    let items = parse_body(fixture("history-declined.json").as_bytes()).unwrap();
+    let items = parse_body(fixture("history-declined.json").as_bytes()).unwrap().items;
     assert!(matches!(
         items[0].kind,
         ItemKind::HistoryStatus { declined: true, .. }
@@ -167,13 +165,13 @@ fn value_level_errors_and_unknown_fields_are_kept_as_items() {
         "messages",
         json!({"metadata": metadata(), "errors": [{"code": 131000, "title": "Something went wrong"}]}),
     );
-    let items = parse_body(body.as_bytes()).unwrap();
+    let items = parse_body(body.as_bytes()).unwrap().items;
     assert!(matches!(items[0].kind, ItemKind::Errors));
     let body = envelope(
         "message_template_status_update",
         json!({"event": "APPROVED", "message_template_id": 1}),
     );
-    let items = parse_body(body.as_bytes()).unwrap();
+    let items = parse_body(body.as_bytes()).unwrap().items;
     assert!(
         matches!(&items[0].kind, ItemKind::Unhandled { field } if field == "message_template_status_update")
     );
@@ -192,7 +190,7 @@ fn unknown_types_and_fields_are_data() {
     v["entry"][0]["changes"][0]["value"]["messages"][0]["brand_new_field"] =
         json!({"nested": [1, 2, 3]});
     v["entry"][0]["brand_new_entry_field"] = json!(true);
-    let items = parse_body(v.to_string().as_bytes()).unwrap();
+    let items = parse_body(v.to_string().as_bytes()).unwrap().items;
     let ItemKind::Customer { message, .. } = &items[0].kind else {
         panic!()
     };
@@ -248,7 +246,7 @@ fn wrong_types_in_known_fields_are_tolerated() {
             "messages",
             json!({"metadata": metadata(), "messages": [m.clone()]}),
         );
-        let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{m}: {e}")).items;
         assert_eq!(items.len(), 1, "{m}");
         assert!(
             matches!(items[0].kind, ItemKind::Customer { .. }),
@@ -267,14 +265,11 @@ fn wrong_types_in_known_fields_are_tolerated() {
         json!({"object": "whatsapp_business_account", "entry": [5, {"changes": "x"}, {"changes": [7]}]}).to_string(),
     ];
     for body in shapes {
-        let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
-        assert!(!items.is_empty(), "{body}");
-        for item in &items {
-            assert!(
-                matches!(item.kind, ItemKind::Unreadable { .. }),
-                "{body}: {:?}",
-                item.kind
-            );
+        let parsed = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert!(parsed.items.is_empty(), "{body}: {:?}", parsed.items);
+        assert!(!parsed.unreadable.is_empty(), "{body}");
+        for part in &parsed.unreadable {
+            assert!(!part.reason.is_empty(), "{body}: a reason");
         }
     }
 }
@@ -283,7 +278,7 @@ fn wrong_types_in_known_fields_are_tolerated() {
 fn huge_strings_and_deep_nesting_do_not_panic() {
     let big = "é".repeat(3 << 20);
     let items =
-        parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes()).unwrap();
+        parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes()).unwrap().items;
     let ItemKind::Customer { message, .. } = &items[0].kind else {
         panic!()
     };
@@ -305,7 +300,7 @@ fn a_thousand_items_in_one_body_all_count() {
         "messages",
         json!({"metadata": metadata(), "messages": msgs}),
     );
-    let items = parse_body(body.as_bytes()).unwrap();
+    let items = parse_body(body.as_bytes()).unwrap().items;
     assert_eq!(items.len(), 1000);
     assert_eq!(items[999].key, "m:wamid.N999");
 }
@@ -340,9 +335,9 @@ async fn mutated_bodies_never_panic() {
                 _ => body.insert(at, alphabet[(next() as usize) % alphabet.len()]),
             }
         }
-        if let Ok(items) = parse_body(&body) {
+        if let Ok(read) = parse_body(&body) {
             parsed += 1;
-            for item in &items {
+            for item in &read.items {
                 let _ = engine
                     .apply(
                         &coexist::engine::Input::Item(item),

@@ -8,6 +8,7 @@ use coexist::broker::Topology;
 use coexist::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -160,7 +161,7 @@ async fn signed_garbage_is_accepted_and_parked() {
         "{:?}",
         entries[0]
     );
-    assert_eq!(entries[0].stage, "ingress");
+    assert_eq!(entries[0].stage, coexist::broker::Stage::Ingress);
     assert_eq!(entries[0].kind.as_deref(), Some("meta.webhook"));
     assert!(
         entries[1].reason.contains("without a sender"),
@@ -340,8 +341,7 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
 async fn a_new_worker_gets_its_share_and_a_stopped_ones_share_moves() {
     let mut stack = Stack::start("share", 1, &[("COEXIST_PARTITIONS", "8")]).await;
     assert_eq!(stack.workers[0].owned().len(), 8);
-    let (_t, shutdown) = coexist::retry::Shutdown::new();
-    let second = coexist::worker::start(&stack.config, shutdown)
+    let second = coexist::worker::start(&stack.config, &CancellationToken::new())
         .await
         .unwrap();
     let started = std::time::Instant::now();
@@ -436,7 +436,7 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(entries.len(), 1, "dead-lettered after its attempts");
-    assert_eq!(entries[0].stage, "worker");
+    assert_eq!(entries[0].stage, coexist::broker::Stage::Worker);
     assert!(
         entries[0].reason.contains("cannot be read"),
         "{:?}",

@@ -11,6 +11,7 @@ use coexist::store::redis::RedisStore;
 use coexist::store::{Applied, Engine, RuleBook, StateStore};
 use coexist::time::Millis;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 pub const PNID: &str = "410000000000088";
 pub const WABA: &str = "310000000000077";
@@ -139,7 +140,7 @@ pub async fn feed<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Ve
 
 /// Applies every item of a body without acknowledging.
 pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Vec<Applied> {
-    let items: Vec<Item> = parse_body(body.as_bytes()).expect("a webhook");
+    let items: Vec<Item> = parse_body(body.as_bytes()).expect("a webhook").items;
     let mut out = Vec::new();
     for item in &items {
         out.push(
@@ -192,20 +193,16 @@ pub fn events(applied: &Applied) -> Vec<Ev> {
         .events
         .iter()
         .map(|o| {
-            let body: Value = serde_json::from_str(o.body.get()).unwrap();
-            assert_eq!(
-                body["type"].as_str(),
-                Some(o.routing_key.as_str()),
-                "routing key = type"
-            );
+            let body: Value = serde_json::from_str(&o.event.to_json()).unwrap();
+            assert_eq!(body["type"].as_str(), Some(o.event.name()), "type");
             assert_eq!(
                 body["event_id"].as_str(),
-                Some(o.event_id.as_str()),
-                "message_id = event_id"
+                Some(o.event.event_id.as_str()),
+                "event_id"
             );
             Ev {
                 exchange: o.exchange.as_str().to_owned(),
-                kind: o.routing_key.clone(),
+                kind: o.event.name().to_owned(),
                 conversation: o.conversation.clone(),
                 body,
             }
@@ -406,7 +403,7 @@ pub struct Stack {
     pub config: coexist::config::Config,
     pub ingress: coexist::ingress::Running,
     pub workers: Vec<coexist::worker::Worker>,
-    trigger: coexist::retry::ShutdownTrigger,
+    shutdown: CancellationToken,
     _redis: NsGuard,
     _amqp: AmqpNsGuard,
 }
@@ -415,24 +412,18 @@ impl Stack {
     pub async fn start(name: &str, workers: usize, extra: &[(&str, &str)]) -> Stack {
         let ns = unique_ns(name);
         let config = stack_config(&ns, extra);
-        let (trigger, shutdown) = coexist::retry::Shutdown::new();
-        let ingress = coexist::ingress::start(&config, shutdown.clone())
-            .await
-            .unwrap();
+        let shutdown = CancellationToken::new();
+        let ingress = coexist::ingress::start(&config, &shutdown).await.unwrap();
         let mut ws = Vec::new();
         for _ in 0..workers {
-            ws.push(
-                coexist::worker::start(&config, shutdown.clone())
-                    .await
-                    .unwrap(),
-            );
+            ws.push(coexist::worker::start(&config, &shutdown).await.unwrap());
         }
         let stack = Stack {
             ns: ns.clone(),
             config,
             ingress,
             workers: ws,
-            trigger,
+            shutdown,
             _redis: NsGuard(ns.clone()),
             _amqp: AmqpNsGuard(ns),
         };
@@ -440,22 +431,27 @@ impl Stack {
         stack
     }
 
-    /// Waits until the ingress is connected and the workers share every partition.
+    /// Waits until the ingress is connected and the workers share every partition (generously:
+    /// a loaded machine is slow to connect and rebalance).
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            let shares: Vec<usize> = self.workers.iter().map(|w| w.owned().len()).collect();
-            let spread = self.workers.is_empty()
-                || (shares.iter().sum::<usize>() == self.config.partitions as usize
-                    && shares.iter().all(|s| *s > 0));
-            if self.ingress.link.is_connected() && spread {
-                return;
+        let partitions = self.config.partitions as usize;
+        eventually(READY_WITHIN, "the stack to be ready", || async {
+            let shares: Vec<Vec<u16>> = self.workers.iter().map(|w| w.owned()).collect();
+            let owned: usize = shares.iter().map(Vec::len).sum();
+            if !self.ingress.link.is_connected() {
+                return Err("the ingress is not connected to RabbitMQ".into());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "stack not ready: shares {:?}",
-            self.workers.iter().map(|w| w.owned()).collect::<Vec<_>>()
-        );
+            if !self.workers.is_empty() && owned != partitions {
+                return Err(format!(
+                    "the workers own {owned} of {partitions} partitions: {shares:?}"
+                ));
+            }
+            if let Some(i) = shares.iter().position(Vec::is_empty) {
+                return Err(format!("worker {i} owns no partition yet: {shares:?}"));
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Posts a body signed with the test secret; returns the status.
@@ -480,11 +476,35 @@ impl Stack {
     }
 
     pub async fn stop(self) {
-        self.trigger.trigger();
+        self.shutdown.cancel();
         for w in self.workers {
             w.stopped().await;
         }
-        let _ = self.ingress.server.await;
+        self.ingress.stopped().await;
+    }
+}
+
+/// How long a test waits for a stack (or a process) to become ready.
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Checks `check` every 50 ms until it passes; after `within`, fails naming `what` and what
+/// `check` last said was missing.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let missing = match check().await {
+            Ok(()) => return,
+            Err(missing) => missing,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {within:?} for {what}; still missing: {missing}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

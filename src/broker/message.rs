@@ -1,0 +1,130 @@
+//! What coexist publishes, encoded for the wire: events (SPEC section 5), inbound units, and dead
+//! letters with the headers that say why.
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
+use super::topology::{long, Topology};
+use crate::engine::event::Outbound;
+use crate::time::Millis;
+use crate::unit::Unit;
+
+/// AMQP `type` of an inbound unit, and of a webhook body parked by the ingress.
+pub const UNIT_TYPE: &str = "coexist.unit";
+pub const WEBHOOK_TYPE: &str = "meta.webhook";
+/// AMQP `type` of one item the ingress parked because it names no conversation.
+pub const ITEM_TYPE: &str = "meta.item";
+
+/// Headers of a dead letter written by coexist.
+pub const REASON_HEADER: &str = "x-coexist-reason";
+pub const STAGE_HEADER: &str = "x-coexist-stage";
+pub const ATTEMPTS_HEADER: &str = "x-coexist-attempts";
+
+/// The `conversation` header of every event.
+pub const CONVERSATION_HEADER: &str = "conversation";
+
+/// Where a dead letter was written: its `x-coexist-stage` header and its metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// A signed body, or part of one, that cannot be read.
+    Ingress,
+    /// An item that kept failing in a worker.
+    Worker,
+    /// A dead letter that `dlq replay` still could not place.
+    Replay,
+    /// The broker's own dead-lettering (the delivery limit): no coexist header.
+    Broker,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingress => "ingress",
+            Stage::Worker => "worker",
+            Stage::Replay => "replay",
+            Stage::Broker => "broker",
+        }
+    }
+
+    /// Reads a stage header back (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Stage> {
+        [Stage::Ingress, Stage::Worker, Stage::Replay, Stage::Broker]
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Outgoing {
+    /// An event, with the properties SPEC section 5 names.
+    pub fn event(topology: &Topology, e: &Outbound) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert(CONVERSATION_HEADER.into(), long(&e.conversation));
+        let name = e.event.name();
+        Outgoing {
+            exchange: topology.exchange(e.exchange),
+            routing_key: name.to_owned(),
+            body: e.event.to_json().into_bytes(),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(e.event.event_id.as_str().into())
+                .with_type(name.into())
+                .with_headers(headers),
+        }
+    }
+
+    /// A unit of inbound work, to its conversation's partition.
+    pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
+        Outgoing {
+            exchange: topology.inbound_exchange(),
+            routing_key: topology.partition_of(&u.scope).to_string(),
+            body: serde_json::to_vec(u).expect("units serialise"),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_type(UNIT_TYPE.into())
+                .with_message_id(u.id().as_str().into())
+                .with_timestamp(sent_at.0 as u64 / 1000),
+        }
+    }
+
+    /// A dead letter: the bytes as they came, the reason and where it failed.
+    pub fn dead_letter(
+        topology: &Topology,
+        body: Vec<u8>,
+        kind: &str,
+        message_id: Option<&str>,
+        reason: &str,
+        stage: Stage,
+        attempts: i64,
+    ) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), long(reason));
+        headers.insert(STAGE_HEADER.into(), long(stage.as_str()));
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts));
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_type(kind.into())
+            .with_timestamp(Millis::now().0 as u64 / 1000)
+            .with_headers(headers);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        Outgoing {
+            exchange: topology.dead(),
+            routing_key: String::new(),
+            body,
+            properties,
+        }
+    }
+}

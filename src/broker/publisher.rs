@@ -1,0 +1,66 @@
+//! Publishing with confirms: every message persistent and mandatory, the confirms awaited
+//! together (pipelined), a nack or a returned message an error.
+
+use futures_util::future::try_join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Connection};
+
+use super::message::Outgoing;
+use super::{Error, Result};
+
+/// Publishes with confirms on one channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a channel in confirm mode.
+    pub async fn open(conn: &Connection) -> Result<Self> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes every message (persistent, mandatory) and waits until the broker has confirmed
+    /// all of them; the confirms are awaited together, not one by one.
+    pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<()> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    ShortString::from(m.exchange.as_str()),
+                    ShortString::from(m.routing_key.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &m.body,
+                    m.properties.clone(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let results = try_join_all(confirms).await?;
+        for (confirmation, m) in results.into_iter().zip(messages) {
+            if confirmation.is_nack() {
+                return Err(Error::Nack);
+            }
+            if confirmation.take_message().is_some() {
+                return Err(Error::Returned {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

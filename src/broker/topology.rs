@@ -1,0 +1,168 @@
+//! Every exchange and queue name of a namespace, and their declaration.
+//!
+//! | name | kind | purpose |
+//! |---|---|---|
+//! | `{ns}.inbound` | direct exchange | the ingress publishes units here, routing key = partition number |
+//! | `{ns}.inbound.{i}` | quorum queue, single active consumer, delivery limit, dead-lettered at least once to `{ns}.dead` | partition `i` of the inbound work |
+//! | `{ns}.dead` | fanout exchange + quorum queue | dead letters: input that could not be read or kept failing |
+//! | `{ns}.bot`, `{ns}.human_chat` | topic exchanges | downstream events, routing key = event type |
+//! | `{ns}.bot.events`, `{ns}.human_chat.events` | quorum queues bound with `#` | default queues, so nothing is dropped before a consumer exists |
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use super::Result;
+use crate::domain::{fnv1a, Scope};
+use crate::engine::event::Exchange;
+
+/// Deliveries of one inbound message before the broker dead-letters it (a worker that keeps
+/// dying on it, say). Failures the worker sees are retried in place and do not count.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The names of one namespace.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub ns: String,
+    pub partitions: u16,
+}
+
+impl Topology {
+    pub fn new(ns: &str, partitions: u16) -> Self {
+        Topology {
+            ns: ns.to_owned(),
+            partitions,
+        }
+    }
+    pub fn inbound_exchange(&self) -> String {
+        format!("{}.inbound", self.ns)
+    }
+    pub fn partition_queue(&self, i: u16) -> String {
+        format!("{}.inbound.{i}", self.ns)
+    }
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.ns)
+    }
+    pub fn exchange(&self, e: Exchange) -> String {
+        format!("{}.{}", self.ns, e.as_str())
+    }
+    pub fn default_queue(&self, e: Exchange) -> String {
+        format!("{}.{}.events", self.ns, e.as_str())
+    }
+
+    /// The partition of a conversation: FNV-1a (64 bit) of its scope string, modulo the count.
+    /// Stable across processes and versions; changing the partition count moves conversations.
+    pub fn partition_of(&self, scope: &Scope) -> u16 {
+        (fnv1a(scope.to_string().as_bytes()) % self.partitions as u64) as u16
+    }
+
+    /// What [`Topology::declare`] declares, as `coexist topology` prints it.
+    pub fn describe(&self) -> String {
+        let (bot, human) = (Exchange::Bot, Exchange::HumanChat);
+        format!(
+            "declared: exchanges {}, {}, {}, {}\ndeclared: queues {}.0..{} ({} partitions), {}, {}, {}\n",
+            self.inbound_exchange(),
+            self.dead(),
+            self.exchange(bot),
+            self.exchange(human),
+            self.inbound_exchange(),
+            self.partitions - 1,
+            self.partitions,
+            self.dead(),
+            self.default_queue(bot),
+            self.default_queue(human)
+        )
+    }
+
+    /// Declares everything (idempotent: the same arguments every time).
+    pub async fn declare(&self, ch: &Channel) -> Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let none = FieldTable::default;
+        ch.exchange_declare(
+            self.inbound_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            none(),
+        )
+        .await?;
+        ch.exchange_declare(self.dead().into(), ExchangeKind::Fanout, durable, none())
+            .await?;
+        queue(ch, &self.dead(), quorum()).await?;
+        bind(ch, &self.dead(), &self.dead(), "").await?;
+        for i in 0..self.partitions {
+            let mut args = quorum();
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            args.insert("x-dead-letter-exchange".into(), long(&self.dead()));
+            args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+            args.insert("x-overflow".into(), long("reject-publish"));
+            let q = self.partition_queue(i);
+            queue(ch, &q, args).await?;
+            bind(ch, &q, &self.inbound_exchange(), &i.to_string()).await?;
+        }
+        for e in [Exchange::Bot, Exchange::HumanChat] {
+            ch.exchange_declare(self.exchange(e).into(), ExchangeKind::Topic, durable, none())
+                .await?;
+            queue(ch, &self.default_queue(e), quorum()).await?;
+            bind(ch, &self.default_queue(e), &self.exchange(e), "#").await?;
+        }
+        Ok(())
+    }
+}
+
+async fn queue(ch: &Channel, name: &str, args: FieldTable) -> Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name.into(), durable, args).await?;
+    Ok(())
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An AMQP long string.
+pub(super) fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn quorum() -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert("x-queue-type".into(), long("quorum"));
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let t = Topology::new("coexist", 16);
+        let scope = Scope::parse("410000000000088:5215551230001").unwrap();
+        assert_eq!(t.partition_of(&scope), t.partition_of(&scope.clone()));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            seen.insert(t.partition_of(&Scope::parse(&format!("410:52155512{i:05}")).unwrap()));
+        }
+        assert_eq!(seen.len(), 16, "200 customers cover all 16 partitions");
+        // Pinned: a changed hash would move every conversation (and break their order).
+        assert_eq!(t.partition_of(&scope), 6, "FNV-1a, checked independently");
+    }
+}

@@ -1,0 +1,186 @@
+//! Handling one delivery: each item of the unit is decided (retrying while Redis is away),
+//! its events published with confirms (retrying while the broker is away), and recorded as
+//! published. An item that keeps failing for another reason is dead-lettered with the rest of
+//! its unit. Each item is handled inside a span naming it, so every log line says which it is.
+
+use tracing::Instrument;
+
+use super::Shared;
+use crate::broker::{Outgoing, Stage, UNIT_TYPE};
+use crate::domain::{redact_digits, Scope};
+use crate::engine::event::Outbound;
+use crate::engine::Input;
+use crate::retry::{until_ok, Interrupted, Stopped};
+use crate::store::{Applied, Delivery};
+use crate::time::Millis;
+use crate::unit::{Unit, VERSION};
+
+/// Attempts at an item failing for a reason other than an unreachable server before it is
+/// dead-lettered.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// What became of an item.
+enum Outcome {
+    Decided,
+    /// Dead-lettered, with the rest of its unit.
+    Parked,
+}
+
+impl Shared {
+    /// Handles one delivery; `Err(Interrupted)` when shutdown came first (leave it
+    /// unacknowledged: it is delivered again).
+    pub(super) async fn handle(&self, partition: u16, data: &[u8]) -> Result<(), Interrupted> {
+        let unit: Unit = match serde_json::from_slice::<Unit>(data) {
+            Ok(u) if u.v == VERSION => u,
+            Ok(u) => {
+                let reason = format!("unit version {} is not understood", u.v);
+                return self.dead_letter(data.to_vec(), None, &reason, 1).await;
+            }
+            Err(e) => {
+                let reason = format!("unreadable unit: {e}");
+                return self.dead_letter(data.to_vec(), None, &reason, 1).await;
+            }
+        };
+        for i in 0..unit.items.len() {
+            let span = tracing::info_span!(
+                "item",
+                partition,
+                conversation = %self.for_log(&unit.scope),
+                item = %self.key_for_log(&unit.items[i].key),
+                rule = tracing::field::Empty,
+            );
+            match self.item(&unit, i).instrument(span).await? {
+                Outcome::Decided => {}
+                Outcome::Parked => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, publishes and acknowledges the unit's item `i`.
+    async fn item(&self, unit: &Unit, i: usize) -> Result<Outcome, Interrupted> {
+        let item = &unit.items[i];
+        let input = Input::Item(item);
+        let decided = until_ok(
+            "deciding an item",
+            &self.stop,
+            |e: &crate::store::Error, attempt| !e.transient() && attempt >= MAX_ATTEMPTS,
+            || self.engine.apply(&input, Millis::now()),
+        )
+        .await;
+        let applied = match decided {
+            Ok(a) => a,
+            Err(Stopped::Interrupted) => return Err(Interrupted),
+            Err(Stopped::GaveUp { error, attempts }) => {
+                // Keeps failing: park this item and the rest of the unit, with the reason.
+                tracing::error!(error = %error, attempts, "dead-lettering an item that keeps failing");
+                let rest = Unit {
+                    items: unit.items[i..].to_vec(),
+                    ..unit.clone()
+                };
+                let body = serde_json::to_vec(&rest).expect("units serialise");
+                let reason = error.to_string();
+                self.dead_letter(body, Some(&rest.id()), &reason, attempts as i64)
+                    .await?;
+                return Ok(Outcome::Parked);
+            }
+        };
+        if let Some(rule) = applied.rule {
+            tracing::Span::current().record("rule", rule.as_str());
+        }
+        crate::metrics::applied(&applied);
+        self.publish_and_acknowledge(&applied).await?;
+        tracing::debug!(events = applied.events.len(), "item decided");
+        if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
+            let secs = (Millis::now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
+            metrics::histogram!(crate::metrics::LATENCY).record(secs);
+        }
+        Ok(Outcome::Decided)
+    }
+
+    fn for_log(&self, scope: &Scope) -> String {
+        if self.log_content {
+            scope.to_string()
+        } else {
+            scope.redacted()
+        }
+    }
+
+    fn key_for_log(&self, key: &str) -> String {
+        if self.log_content {
+            key.to_owned()
+        } else {
+            redact_digits(key)
+        }
+    }
+
+    /// Publishes an applied input's events, then records them published.
+    pub(super) async fn publish_and_acknowledge(
+        &self,
+        applied: &Applied,
+    ) -> Result<(), Interrupted> {
+        self.publish(&applied.events).await?;
+        let acked = until_ok(
+            "recording events as published",
+            &self.stop,
+            |e: &crate::store::Error, _| !e.transient(),
+            || self.engine.acknowledge(applied),
+        )
+        .await;
+        match acked {
+            Ok(()) => Ok(()),
+            Err(Stopped::Interrupted) => Err(Interrupted),
+            // Not recorded: a redelivery publishes the same events again (same ids), nothing is lost.
+            Err(Stopped::GaveUp { error, .. }) => {
+                tracing::warn!(error = %error, "events published but not recorded as such; a redelivery repeats them");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes events, retrying while the broker is away.
+    async fn publish(&self, events: &[Outbound]) -> Result<(), Interrupted> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|e| Outgoing::event(&self.topology, e))
+            .collect();
+        self.publish_retrying("publishing events", &messages).await?;
+        crate::metrics::published(events);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        body: Vec<u8>,
+        id: Option<&str>,
+        reason: &str,
+        attempts: i64,
+    ) -> Result<(), Interrupted> {
+        let message = Outgoing::dead_letter(
+            &self.topology,
+            body,
+            UNIT_TYPE,
+            id,
+            reason,
+            Stage::Worker,
+            attempts,
+        );
+        self.publish_retrying("dead-lettering", std::slice::from_ref(&message))
+            .await?;
+        metrics::counter!(crate::metrics::DEAD_LETTERS, "stage" => Stage::Worker.as_str())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Publishes until confirmed: a broker failure is always worth waiting out.
+    async fn publish_retrying(&self, what: &str, messages: &[Outgoing]) -> Result<(), Interrupted> {
+        until_ok(what, &self.stop, |_, _| false, || {
+            self.link.publish_all(messages)
+        })
+        .await
+        .map_err(|_| Interrupted)
+    }
+}

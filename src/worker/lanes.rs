@@ -1,0 +1,161 @@
+//! Consuming one partition: one lane per conversation. A conversation's deliveries are handled
+//! one after the other, in the order the partition delivered them; different conversations run
+//! side by side.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// Deliveries a partition consumer holds ahead of the ones it works on.
+const PREFETCH: u16 = 16;
+
+/// The deliveries waiting behind the one each lane works on, by conversation.
+type Waiting = Arc<Mutex<HashMap<String, VecDeque<Delivery>>>>;
+
+/// Consumes one partition until `stop` (the partition handed over, or the worker stopping), or
+/// a broker failure.
+pub(super) async fn consume(
+    shared: Arc<Shared>,
+    partition: u16,
+    conn: Arc<Connection>,
+    stop: CancellationToken,
+) {
+    if let Err(e) = consume_inner(&shared, partition, &conn, &stop).await {
+        tracing::warn!(partition, error = %e, "partition consumer failed");
+    }
+}
+
+async fn consume_inner(
+    shared: &Arc<Shared>,
+    partition: u16,
+    conn: &Connection,
+    stop: &CancellationToken,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let tag = format!("{}-p{partition}", shared.id);
+    let queue = shared.topology.partition_queue(partition);
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(partition, "consuming");
+    let waiting: Waiting = Arc::default();
+    let halted = Arc::new(AtomicBool::new(false));
+    let mut running = tokio::task::JoinSet::new();
+    let result = loop {
+        let next = tokio::select! {
+            d = consumer.next() => d,
+            _ = stop.cancelled() => break Ok(()),
+            Some(joined) = running.join_next(), if !running.is_empty() => match joined {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break Err(e),
+                Err(e) => {
+                    // A lane that panicked would hold its conversation forever: give the whole
+                    // partition back (its deliveries return to the queue) and let it restart.
+                    tracing::error!(partition, error = %e, "a conversation lane failed; restarting the partition");
+                    break Ok(());
+                }
+            },
+        };
+        if halted.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        match next {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(delivery)) => {
+                let lane = lane_of(&delivery.data);
+                let mut map = waiting.lock().expect("lanes");
+                match map.get_mut(&lane) {
+                    Some(queue) => queue.push_back(delivery),
+                    None => {
+                        map.insert(lane.clone(), VecDeque::new());
+                        running.spawn(run_lane(
+                            shared.clone(),
+                            partition,
+                            lane,
+                            delivery,
+                            waiting.clone(),
+                            halted.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
+    // unacknowledged and go back to the queue with the channel, in order.
+    halted.store(true, Ordering::SeqCst);
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let mut result = result;
+    while let Some(joined) = running.join_next().await {
+        if let Ok(Err(e)) = joined {
+            result = result.and(Err(e));
+        }
+    }
+    let _ = ch.close(200, "partition released".into()).await;
+    result
+}
+
+/// The conversation a delivery belongs to (its lane), read without decoding the items.
+fn lane_of(data: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        scope: String,
+    }
+    serde_json::from_slice::<Head>(data)
+        .map(|h| h.scope)
+        .unwrap_or_default()
+}
+
+/// Handles a conversation's deliveries in order until none is waiting, or the partition halts.
+async fn run_lane(
+    shared: Arc<Shared>,
+    partition: u16,
+    lane: String,
+    first: Delivery,
+    waiting: Waiting,
+    halted: Arc<AtomicBool>,
+) -> Result<(), lapin::Error> {
+    let mut delivery = first;
+    loop {
+        if shared.handle(partition, &delivery.data).await.is_err() {
+            // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
+            halted.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            halted.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        let mut map = waiting.lock().expect("lanes");
+        let next = if halted.load(Ordering::SeqCst) {
+            None
+        } else {
+            map.get_mut(&lane).and_then(VecDeque::pop_front)
+        };
+        match next {
+            Some(d) => delivery = d,
+            None => {
+                map.remove(&lane);
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The partition manager: every [`membership::TICK`] it heartbeats, works out which partitions
+//! this worker owns, and starts and stops their consumers to match.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::membership::{self, Membership};
+use super::{lanes, Shared};
+
+/// A partition being consumed.
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Runs until the worker stops; then stops every consumer, waits for them, and leaves.
+pub(super) async fn manage(
+    shared: Arc<Shared>,
+    membership: Membership,
+    owned_tx: watch::Sender<Vec<u16>>,
+) {
+    let mut running: HashMap<u16, Running> = HashMap::new();
+    let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+    let mut wanted: Vec<u16> = Vec::new();
+    loop {
+        match membership.beat().await {
+            Ok(live) => {
+                shared.redis_ok.store(true, Ordering::SeqCst);
+                wanted = membership::owned(&shared.id, &live, shared.topology.partitions);
+            }
+            Err(e) => {
+                // Keep what it has: without Redis nothing can be decided anyway.
+                shared.redis_ok.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %e, "cannot reach Redis for the membership; keeping current partitions");
+            }
+        }
+        running.retain(|p, r| {
+            let alive = !r.task.is_finished();
+            if !alive {
+                tracing::info!(
+                    partition = p,
+                    "partition consumer ended; it restarts when the broker is back"
+                );
+            }
+            alive
+        });
+        let leaving: Vec<u16> = running
+            .keys()
+            .copied()
+            .filter(|p| !wanted.contains(p))
+            .collect();
+        for p in leaving {
+            let r = running.remove(&p).expect("present");
+            tracing::info!(partition = p, "handing partition over");
+            r.stop.cancel();
+            stopping.push(r.task);
+        }
+        stopping.retain(|t| !t.is_finished());
+        if let Some(conn) = shared.link.connection().await {
+            for &p in &wanted {
+                running.entry(p).or_insert_with(|| {
+                    let stop = shared.stop.child_token();
+                    let task = lanes::consume(shared.clone(), p, conn.clone(), stop.clone());
+                    Running {
+                        stop,
+                        task: tokio::spawn(task),
+                    }
+                });
+            }
+        }
+        let mut now_owned: Vec<u16> = running.keys().copied().collect();
+        now_owned.sort();
+        metrics::gauge!(crate::metrics::PARTITIONS_OWNED).set(now_owned.len() as f64);
+        owned_tx.send_replace(now_owned);
+        tokio::select! {
+            _ = tokio::time::sleep(membership::TICK) => {}
+            _ = shared.stop.cancelled() => break,
+        }
+    }
+    for (_, r) in running.drain() {
+        r.stop.cancel();
+        stopping.push(r.task);
+    }
+    for t in stopping {
+        let _ = t.await;
+    }
+    owned_tx.send_replace(Vec::new());
+    if let Err(e) = membership.leave().await {
+        tracing::warn!(error = %e, "could not leave the membership; the others wait for the expiry");
+    }
+    tracing::info!(worker = %shared.id, "worker stopped");
+}

@@ -1,0 +1,37 @@
+//! The timeout sweeper (R7): every [`SWEEP_EVERY`] it claims the pause deadlines that came due
+//! (each claimed by exactly one worker) and publishes their `conversation.released`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shared;
+use crate::time::Millis;
+
+/// How often due pause deadlines are claimed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Deadlines claimed at once.
+const BATCH: usize = 100;
+
+/// Runs until the worker stops.
+pub(super) async fn run(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = shared.stop.cancelled() => return,
+        }
+        if !shared.link.is_connected() {
+            continue;
+        }
+        match shared.engine.release_due(Millis::now(), BATCH).await {
+            Ok(released) => {
+                for applied in released {
+                    crate::metrics::applied(&applied);
+                    if shared.publish_and_acknowledge(&applied).await.is_err() {
+                        return; // interrupted: the unacknowledged claims come due again
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming due timeouts failed; retrying"),
+        }
+    }
+}
