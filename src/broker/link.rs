@@ -27,7 +27,12 @@ pub struct Link {
 
 impl Link {
     /// Starts the link; it keeps reconnecting until `stop` is cancelled, then closes.
-    pub fn spawn(url: String, name: String, topology: Topology, stop: CancellationToken) -> Arc<Self> {
+    pub fn spawn(
+        url: String,
+        name: String,
+        topology: Topology,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
         let link = Arc::new(Link {
             current: Default::default(),
             broken: Default::default(),
@@ -37,7 +42,13 @@ impl Link {
         link
     }
 
-    async fn run(self: Arc<Self>, url: String, name: String, topology: Topology, stop: CancellationToken) {
+    async fn run(
+        self: Arc<Self>,
+        url: String,
+        name: String,
+        topology: Topology,
+        stop: CancellationToken,
+    ) {
         while !stop.is_cancelled() {
             let attempt = until_ok(
                 "connecting to RabbitMQ",

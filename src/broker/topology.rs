@@ -107,8 +107,13 @@ impl Topology {
             bind(ch, &q, &self.inbound_exchange(), &i.to_string()).await?;
         }
         for e in [Exchange::Bot, Exchange::HumanChat] {
-            ch.exchange_declare(self.exchange(e).into(), ExchangeKind::Topic, durable, none())
-                .await?;
+            ch.exchange_declare(
+                self.exchange(e).into(),
+                ExchangeKind::Topic,
+                durable,
+                none(),
+            )
+            .await?;
             queue(ch, &self.default_queue(e), quorum()).await?;
             bind(ch, &self.default_queue(e), &self.exchange(e), "#").await?;
         }

@@ -506,14 +506,23 @@ mod tests {
             original_message_id: None,
         }))
         .to_json();
-        assert!(json.ends_with(r#""session_id":null,"original_message_id":null}"#), "{json}");
+        assert!(
+            json.ends_with(r#""session_id":null,"original_message_id":null}"#),
+            "{json}"
+        );
         let for_agent = event(one_of_each().remove(0)).to_json();
-        assert!(for_agent.ends_with(r#","session_started":true}"#), "{for_agent}");
+        assert!(
+            for_agent.ends_with(r#","session_started":true}"#),
+            "{for_agent}"
+        );
         let for_human = event(one_of_each().remove(1)).to_json();
         assert!(!for_human.contains("session_started"), "{for_human}");
         assert!(for_human.contains(r#""source":"customer","icon":null"#));
         let app = event(one_of_each().remove(5)).to_json();
-        assert!(app.contains(r#""source":"business_app","icon":"📱""#), "{app}");
+        assert!(
+            app.contains(r#""source":"business_app","icon":"📱""#),
+            "{app}"
+        );
     }
 
     #[test]
@@ -529,7 +538,11 @@ mod tests {
                 reason: ReleaseReason::ResetCommand
             })
         ));
-        assert_eq!(serde_json::to_string(&read).unwrap(), stored, "written back the same");
+        assert_eq!(
+            serde_json::to_string(&read).unwrap(),
+            stored,
+            "written back the same"
+        );
         let unknown = stored.replace("\"type\":\"conversation.released\"", "\"type\":\"x.y\"");
         assert!(serde_json::from_str::<Vec<Outbound>>(&unknown).is_err());
     }

@@ -461,7 +461,13 @@ impl Decider<'_> {
             let payload = Payload::SessionPaused(SessionPaused {
                 paused_until: paused_until.clone(),
             });
-            self.emit(Exchange::Bot, customer, since, Some(session.clone()), payload);
+            self.emit(
+                Exchange::Bot,
+                customer,
+                since,
+                Some(session.clone()),
+                payload,
+            );
         }
         let payload = Payload::Handover(Handover {
             paused_until,
@@ -605,3 +611,6 @@ impl Decider<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

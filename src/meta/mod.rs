@@ -235,27 +235,21 @@ fn read_entry(raw: &RawValue, out: &mut Parsed) {
             .ok()
             .and_then(|c| c.0);
         let Some(c) = parsed else {
-            out.park(change,
-                "a change that is not an object",
-            );
+            out.park(change, "a change that is not an object");
             continue;
         };
         read_change(&entry, c, change, out);
     }
 }
 
-fn read_change(
-    entry: &wire::Entry,
-    change: wire::Change,
-    raw_change: &RawValue,
-    out: &mut Parsed,
-) {
+fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue, out: &mut Parsed) {
     let field = change.field.get().unwrap_or("").to_owned();
     let value_raw = change.value.unwrap_or(raw_change);
     let value = match serde_json::from_str::<lenient::Obj<wire::Value>>(value_raw.get()) {
         Ok(lenient::Obj(Some(v))) => v,
         _ => {
-            return out.park(raw_change,
+            return out.park(
+                raw_change,
                 format!("`{field}` change without a readable value"),
             )
         }
@@ -391,9 +385,7 @@ impl Ctx<'_, '_> {
         match list {
             RawList::Absent => {}
             RawList::List(items) => items.iter().for_each(|r| f(self, r, out)),
-            RawList::NotList => out.park(self.raw,
-                format!("`{name}` is not an array"),
-            ),
+            RawList::NotList => out.park(self.raw, format!("`{name}` is not an array")),
         }
     }
 
@@ -408,9 +400,7 @@ impl Ctx<'_, '_> {
             .ok()
             .and_then(|o| o.0);
         if parsed.is_none() {
-            out.park(raw,
-                format!("{what} that is not an object"),
-            );
+            out.park(raw, format!("{what} that is not an object"));
         }
         parsed
     }
@@ -447,9 +437,7 @@ impl Ctx<'_, '_> {
                 .and_then(|p| p.name.0.clone()),
         };
         let Some(key) = customer.key() else {
-            return out.park(raw,
-                "a customer message without a sender",
-            );
+            return out.park(raw, "a customer message without a sender");
         };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
@@ -473,9 +461,7 @@ impl Ctx<'_, '_> {
             name: None,
         };
         let Some(key) = customer.key() else {
-            return out.park(raw,
-                "an echo without a recipient",
-            );
+            return out.park(raw, "an echo without a recipient");
         };
         let echo = match m.kind.get() {
             Some("revoke") => Echo::Revoke {
@@ -561,9 +547,7 @@ impl Ctx<'_, '_> {
                 RawList::List(msgs) => msgs
                     .iter()
                     .for_each(|m| self.history_message(m, thread_customer, out)),
-                RawList::NotList => out.park(raw,
-                    "`threads[].messages` is not an array",
-                ),
+                RawList::NotList => out.park(raw, "`threads[].messages` is not an array"),
             }
         }
         let meta = chunk.metadata.get();
@@ -622,11 +606,7 @@ impl Ctx<'_, '_> {
         let customer = match (customer.key(), thread.and_then(CustomerKey::parse)) {
             (Some(_), _) => customer,
             (None, Some(k)) => Customer::from_key(&k),
-            (None, None) => {
-                return out.park(raw,
-                    "a history message without a customer",
-                )
-            }
+            (None, None) => return out.park(raw, "a history message without a customer"),
         };
         let key = customer.key().expect("checked above");
         let message = content(&m);

@@ -147,7 +147,8 @@ impl Shared {
             .iter()
             .map(|e| Outgoing::event(&self.topology, e))
             .collect();
-        self.publish_retrying("publishing events", &messages).await?;
+        self.publish_retrying("publishing events", &messages)
+            .await?;
         crate::metrics::published(events);
         Ok(())
     }
@@ -177,9 +178,12 @@ impl Shared {
 
     /// Publishes until confirmed: a broker failure is always worth waiting out.
     async fn publish_retrying(&self, what: &str, messages: &[Outgoing]) -> Result<(), Interrupted> {
-        until_ok(what, &self.stop, |_, _| false, || {
-            self.link.publish_all(messages)
-        })
+        until_ok(
+            what,
+            &self.stop,
+            |_, _| false,
+            || self.link.publish_all(messages),
+        )
         .await
         .map_err(|_| Interrupted)
     }

@@ -96,7 +96,9 @@ fn business_scoped_user_ids_identify_customers_without_a_number() {
 
 #[test]
 fn echoes_of_every_kind() {
-    let items = parse_body(fixture("echo-edit.json").as_bytes()).unwrap().items;
+    let items = parse_body(fixture("echo-edit.json").as_bytes())
+        .unwrap()
+        .items;
     let ItemKind::Echo {
         echo: Echo::Edit {
             original_message_id,
@@ -126,7 +128,9 @@ fn echoes_of_every_kind() {
         panic!()
     };
     assert_eq!(message.text, "nuevo");
-    let items = parse_body(fixture("echo-revoke.json").as_bytes()).unwrap().items;
+    let items = parse_body(fixture("echo-revoke.json").as_bytes())
+        .unwrap()
+        .items;
     assert!(
         matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.EX1")
     );
@@ -134,7 +138,9 @@ fn echoes_of_every_kind() {
 
 #[test]
 fn history_forms() {
-    let items = parse_body(fixture("history-chunk.json").as_bytes()).unwrap().items;
+    let items = parse_body(fixture("history-chunk.json").as_bytes())
+        .unwrap()
+        .items;
     let dirs: Vec<Direction> = items
         .iter()
         .filter_map(|i| match &i.kind {
@@ -152,7 +158,9 @@ fn history_forms() {
             declined: false
         }
     ));
-    let items = parse_body(fixture("history-declined.json").as_bytes()).unwrap().items;
+    let items = parse_body(fixture("history-declined.json").as_bytes())
+        .unwrap()
+        .items;
     assert!(matches!(
         items[0].kind,
         ItemKind::HistoryStatus { declined: true, .. }
@@ -246,7 +254,9 @@ fn wrong_types_in_known_fields_are_tolerated() {
             "messages",
             json!({"metadata": metadata(), "messages": [m.clone()]}),
         );
-        let items = parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{m}: {e}")).items;
+        let items = parse_body(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{m}: {e}"))
+            .items;
         assert_eq!(items.len(), 1, "{m}");
         assert!(
             matches!(items[0].kind, ItemKind::Customer { .. }),
@@ -277,8 +287,9 @@ fn wrong_types_in_known_fields_are_tolerated() {
 #[test]
 fn huge_strings_and_deep_nesting_do_not_panic() {
     let big = "é".repeat(3 << 20);
-    let items =
-        parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes()).unwrap().items;
+    let items = parse_body(customer_text(ANA, "wamid.BIG", 1_764_000_000, &big).as_bytes())
+        .unwrap()
+        .items;
     let ItemKind::Customer { message, .. } = &items[0].kind else {
         panic!()
     };

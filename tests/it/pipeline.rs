@@ -2,6 +2,8 @@
 //! partitions, dead letters, failures.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coexist::broker::Topology;
@@ -249,10 +251,9 @@ async fn handover_story_with_amqp_properties() {
         assert_eq!(*p.delivery_mode(), Some(2), "persistent");
         assert_eq!(header(e, "conversation"), Some(format!("{PNID}:{ANA}")));
     }
-    assert!(
-        take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(),
-        "nothing more"
-    );
+    wait_done(&stack.ns, ANA, "m:wamid.ST5").await;
+    assert_eq!(queue_len(&stack.ns, "bot").await, 0, "nothing more");
+    assert_eq!(queue_len(&stack.ns, "human_chat").await, 0, "nothing more");
     stack.stop().await;
 }
 
@@ -275,7 +276,16 @@ async fn duplicates_and_batches() {
             .await,
         200
     );
-    let got = take_events(&stack.ns, "bot", 32, 10 * SECS).await;
+    // Every conversation's last item published means everything before it was.
+    wait_done(&stack.ns, ANA, "m:wamid.DU1").await;
+    for (i, customer) in ["5215557700000", "5215557700001", "5215557700002"]
+        .iter()
+        .enumerate()
+    {
+        wait_done(&stack.ns, customer, &format!("m:wamid.BA{}", 27 + i)).await;
+    }
+    let ready = queue_len(&stack.ns, "bot").await as usize;
+    let got = take_events(&stack.ns, "bot", ready, 10 * SECS).await;
     assert_eq!(
         got.len(),
         31,
@@ -399,10 +409,27 @@ async fn timeouts_are_released_by_the_worker() {
         arrived.0 - deadline.0 < 10_000,
         "released within 10 s of the deadline"
     );
-    assert!(
-        take_events(&stack.ns, "human_chat", 1, 2 * SECS)
-            .await
-            .is_empty(),
+    // Once the deadline is finished no worker can claim it again: whatever was published is there.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadlines = format!("{}:deadlines", stack.ns);
+    eventually(READY_WITHIN, "the deadline to be finished", || {
+        let (mut redis, deadlines) = (redis.clone(), deadlines.clone());
+        async move {
+            let left: u64 = redis.zcard(&deadlines).await.unwrap();
+            (left == 0)
+                .then_some(())
+                .ok_or(format!("{left} deadline(s) left"))
+        }
+    })
+    .await;
+    let _: u64 = redis.zcard(&deadlines).await.unwrap();
+    assert_eq!(
+        queue_len(&stack.ns, "human_chat").await,
+        0,
         "exactly once across two workers"
     );
     stack.stop().await;
@@ -449,8 +476,9 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         entries[0]
     );
     assert_eq!(entries[0].attempts, 5);
-    assert!(
-        take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty(),
+    assert_eq!(
+        queue_len(&stack.ns, "bot").await,
+        0,
         "nothing reached the bot"
     );
     // Repair, then a human takes the conversation before the replay.
@@ -485,7 +513,7 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         "decided against the state at replay time: paused"
     );
     assert_eq!(human[0].body["message"]["text"], json!("¿hay envío?"));
-    assert!(take_events(&stack.ns, "bot", 1, SECS / 2).await.is_empty());
+    assert_eq!(queue_len(&stack.ns, "bot").await, 0);
     assert!(coexist::dlq::list(&amqp_url(), &topology)
         .await
         .unwrap()
@@ -514,8 +542,25 @@ async fn redis_unreachable_holds_items_back_until_it_returns() {
             "the ingress needs no Redis"
         );
     }
-    assert!(
-        take_events(&stack.ns, "bot", 1, 3 * SECS).await.is_empty(),
+    // The worker holds every unit and knows Redis is away: nothing can have reached the bot.
+    let admin = stack.workers[0].admin_addr;
+    eventually(
+        READY_WITHIN,
+        "the worker to hold the items without Redis",
+        || async {
+            let ready = partitions_ready(&stack.ns, 4).await;
+            let (_, readyz) = http(admin, "GET", "/readyz", &[], b"").await;
+            match (ready, readyz.contains("redis: not ready")) {
+                (0, true) => Ok(()),
+                (0, false) => Err(format!("/readyz does not report Redis down: {readyz:?}")),
+                (n, _) => Err(format!("{n} unit(s) not yet delivered")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        queue_len(&stack.ns, "bot").await,
+        0,
         "no state, nothing to the AI agent"
     );
     proxy.restore().await;
@@ -617,39 +662,21 @@ async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
     stack.stop().await;
 }
 
-/// A `coexist worker` process.
-fn spawn_worker(config_ns: &str, extra: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"));
-    cmd.arg("worker")
-        .env_clear()
-        .env("COEXIST_NAMESPACE", config_ns)
-        .env("COEXIST_AMQP_URL", amqp_url())
-        .env("COEXIST_REDIS_URL", redis_url())
-        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("COEXIST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_load_loses_nothing() {
     // Ingress in this process, two workers as processes.
     let stack = Stack::start("kill9", 0, &[("COEXIST_PARTITIONS", "6")]).await;
-    let env = [("COEXIST_PARTITIONS", "6")];
-    let mut a = spawn_worker(&stack.ns, &env);
-    let b_admin = free_addr();
-    let mut b = spawn_worker(
-        &stack.ns,
-        &[env[0], ("COEXIST_ADMIN_LISTEN", &b_admin.to_string())],
-    );
+    let env = [
+        ("COEXIST_NAMESPACE", stack.ns.as_str()),
+        ("COEXIST_PARTITIONS", "6"),
+    ];
+    let a = Process::start("worker", &env).await;
+    let b = Process::start("worker", &env).await;
     let t = t0();
     let total = 300;
+    let posted = Arc::new(AtomicUsize::new(0));
     let poster = {
-        let addr = stack.ingress.addr;
+        let (addr, posted) = (stack.ingress.addr, posted.clone());
         tokio::spawn(async move {
             for i in 0..total {
                 let body = customer_text(
@@ -659,35 +686,49 @@ async fn a_worker_killed_mid_load_loses_nothing() {
                     &i.to_string(),
                 );
                 assert_eq!(post_signed(addr, &body).await, 200);
+                posted.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
-    // Let both take their partitions and start working, then kill one without warning.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    a.kill().unwrap(); // SIGKILL
-    let _ = a.wait();
+    // Both share the partitions and work is flowing: then kill one without warning.
+    eventually(
+        READY_WITHIN,
+        "both workers to share the partitions under load",
+        || async {
+            let owned = (
+                a.metric("coexist_partitions_owned").await,
+                b.metric("coexist_partitions_owned").await,
+            );
+            let n = posted.load(Ordering::SeqCst);
+            match owned {
+                (Some(x), Some(y)) if x > 0.0 && y > 0.0 && x + y == 6.0 && n >= 60 => Ok(()),
+                _ => Err(format!("partitions owned {owned:?}, {n} webhooks posted")),
+            }
+        },
+    )
+    .await;
+    let mut a = a;
+    a.child.kill().unwrap(); // SIGKILL
+    let _ = a.child.wait();
     let killed_at = std::time::Instant::now();
-    loop {
-        let (_, metrics) = http(b_admin, "GET", "/metrics", &[], b"").await;
-        if metrics
-            .lines()
-            .any(|l| l.trim() == "coexist_partitions_owned 6")
-        {
-            break;
-        }
-        assert!(
-            killed_at.elapsed() < 30 * SECS,
-            "the survivor takes the dead worker's partitions within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The survivor takes over the dead worker's partitions (membership expiry ~10 s).
+    eventually(
+        30 * SECS,
+        "the survivor to take every partition",
+        || async {
+            match b.metric("coexist_partitions_owned").await {
+                Some(n) if n == 6.0 => Ok(()),
+                other => Err(format!("it owns {other:?}")),
+            }
+        },
+    )
+    .await;
     eprintln!(
         "survivor owns every partition {:?} after the kill",
         killed_at.elapsed()
     );
     poster.await.unwrap();
-    // The survivor takes over the dead worker's partitions (membership expiry ~10 s).
     let (got, copies) = take_distinct(&stack.ns, "bot", total, 60 * SECS).await;
     eprintln!("{} distinct events, {copies} copies", got.len());
     let ids: HashSet<String> = got
@@ -702,74 +743,65 @@ async fn a_worker_killed_mid_load_loses_nothing() {
         "every accepted webhook's event: missing {missing:?}"
     );
     assert_in_order_per_conversation(&got);
-    b.kill().unwrap();
-    let _ = b.wait();
+    drop(b);
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn sigterm_stops_a_worker_within_ten_seconds() {
     let stack = Stack::start("sigterm", 0, &[]).await;
-    let mut w = spawn_worker(&stack.ns, &[("COEXIST_PARTITIONS", "4")]);
+    let env = [
+        ("COEXIST_NAMESPACE", stack.ns.as_str()),
+        ("COEXIST_PARTITIONS", "4"),
+    ];
+    let mut w = Process::start("worker", &env).await;
+    eventually(READY_WITHIN, "the worker to own the partitions", || async {
+        match w.metric("coexist_partitions_owned").await {
+            Some(n) if n == 4.0 => Ok(()),
+            other => Err(format!("it owns {other:?}")),
+        }
+    })
+    .await;
     let t = t0();
     for i in 0..20 {
-        assert_eq!(
-            stack
-                .post(&customer_text(
-                    ANA,
-                    &format!("wamid.TERM{i}"),
-                    t,
-                    &i.to_string()
-                ))
-                .await,
-            200
-        );
+        let body = customer_text(ANA, &format!("wamid.TERM{i}"), t, &i.to_string());
+        assert_eq!(stack.post(&body).await, 200);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = std::time::Instant::now();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &w.id().to_string()])
-        .status();
+    w.terminate();
     assert_eq!(
-        exit_within(&mut w, started, 10 * SECS).await,
+        exit_within(&mut w.child, started, 10 * SECS).await,
         Some(0),
         "a clean exit within 10 s of SIGTERM"
     );
-    let (got, _) = take_distinct(&stack.ns, "bot", 20, 10 * SECS).await;
+    // What it finished is published; what it handed back is for the next worker.
+    let next = coexist::worker::start(&stack.config, &CancellationToken::new())
+        .await
+        .unwrap();
+    let (got, _) = take_distinct(&stack.ns, "bot", 20, 30 * SECS).await;
     assert_eq!(got.len(), 20, "what it held was finished or handed back");
+    assert_in_order_per_conversation(&got);
+    next.stop().await;
     stack.stop().await;
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 #[tokio::test]
 async fn serve_runs_ingress_and_worker_in_one_process() {
     let ns = unique_ns("serve");
     let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
-    let listen = free_addr();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-        .arg("serve")
-        .env_clear()
-        .env("COEXIST_NAMESPACE", &ns)
-        .env("COEXIST_APP_SECRET", SECRET)
-        .env("COEXIST_PARTITIONS", "2")
-        .env("COEXIST_LISTEN", listen.to_string())
-        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("COEXIST_AMQP_URL", amqp_url())
-        .env("COEXIST_REDIS_URL", redis_url())
-        .env("COEXIST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while http_ready(listen).await.is_none() {
-        assert!(started.elapsed() < 10 * SECS, "serve comes up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let env = [
+        ("COEXIST_NAMESPACE", ns.as_str()),
+        ("COEXIST_APP_SECRET", SECRET),
+        ("COEXIST_PARTITIONS", "2"),
+    ];
+    let mut serve = Process::start("serve", &env).await;
+    let listen = serve.listen.expect("the ingress address");
+    eventually(READY_WITHIN, "serve to be ready", || async {
+        http_ready(listen)
+            .await
+            .ok_or("/readyz is not 200".to_owned())
+    })
+    .await;
     let t = t0();
     for body in [
         customer_text(ANA, "wamid.SV1", t, "Hola"),
@@ -780,11 +812,9 @@ async fn serve_runs_ingress_and_worker_in_one_process() {
     let (bot, _) = take_distinct(&ns, "bot", 2, 15 * SECS).await;
     let kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["message.received", "session.paused"]);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    serve.terminate();
     assert_eq!(
-        exit_within(&mut child, std::time::Instant::now(), 10 * SECS).await,
+        exit_within(&mut serve.child, std::time::Instant::now(), 10 * SECS).await,
         Some(0),
         "a clean exit within 10 s"
     );
@@ -830,28 +860,22 @@ async fn exit_within(
 async fn serve_logs(level: &str, content: bool) -> String {
     let ns = unique_ns("logs");
     let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
-    let listen = free_addr();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-        .arg("serve")
-        .env_clear()
-        .env("COEXIST_NAMESPACE", &ns)
-        .env("COEXIST_APP_SECRET", SECRET)
-        .env("COEXIST_PARTITIONS", "2")
-        .env("COEXIST_LISTEN", listen.to_string())
-        .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("COEXIST_AMQP_URL", amqp_url())
-        .env("COEXIST_REDIS_URL", redis_url())
-        .env("COEXIST_LOG", level)
-        .env("COEXIST_LOG_FORMAT", "json")
-        .env("COEXIST_LOG_CONTENT", content.to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while http_ready(listen).await.is_none() {
-        assert!(started.elapsed() < 10 * SECS, "serve comes up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let content = content.to_string();
+    let env = [
+        ("COEXIST_NAMESPACE", ns.as_str()),
+        ("COEXIST_APP_SECRET", SECRET),
+        ("COEXIST_PARTITIONS", "2"),
+        ("COEXIST_LOG", level),
+        ("COEXIST_LOG_CONTENT", content.as_str()),
+    ];
+    let mut serve = Process::start("serve", &env).await;
+    let listen = serve.listen.expect("the ingress address");
+    eventually(READY_WITHIN, "serve to be ready", || async {
+        http_ready(listen)
+            .await
+            .ok_or("/readyz is not 200".to_owned())
+    })
+    .await;
     let t = t0();
     for body in [
         customer_text(ANA, "wamid.LG1", t, "mi dirección secreta"),
@@ -871,11 +895,18 @@ async fn serve_logs(level: &str, content: bool) -> String {
         take_distinct(&ns, "human_chat", 2, 10 * SECS).await.0.len(),
         2
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    serve.terminate();
+    exit_within(&mut serve.child, std::time::Instant::now(), 10 * SECS).await;
+    // The reading thread has the last lines once the pipe closes.
+    eventually(10 * SECS, "the log to end", || async {
+        serve
+            .log()
+            .contains("worker stopped")
+            .then_some(())
+            .ok_or("no \"worker stopped\" yet".to_owned())
+    })
+    .await;
+    serve.log()
 }
 
 #[tokio::test]
@@ -897,10 +928,96 @@ async fn logs_are_json_without_message_text_or_phone_numbers() {
         logs.contains("…0001"),
         "conversations appear redacted: {logs}"
     );
+    // Each item's lines carry a span naming it: partition, conversation, item, rule.
+    let decided: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["fields"]["message"] == "item decided")
+        .collect();
+    let first = decided
+        .iter()
+        .find(|v| v["span"]["item"] == "m:wamid.LG1")
+        .unwrap_or_else(|| panic!("an \"item decided\" line in the span of wamid.LG1: {logs}"));
+    assert_eq!(first["span"]["name"], "item");
+    assert_eq!(first["span"]["rule"], "R2");
+    assert_eq!(first["span"]["conversation"], format!("{PNID}:…0001"));
+    assert!(first["span"]["partition"].is_number());
     // The debug setting that asks for them shows full conversations.
     let logs = serve_logs("coexist=debug,info", true).await;
     assert!(
         logs.contains(&format!("{PNID}:{ANA}")),
         "full conversation with COEXIST_LOG_CONTENT=true"
     );
+}
+
+/// Whether RabbitMQ still has a connection whose name contains `name`.
+fn broker_has_connection(name: &str) -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout).contains(name)
+}
+
+#[tokio::test]
+async fn dropping_a_worker_or_the_ingress_without_stop_leaves_nothing_running() {
+    let ns = unique_ns("drop");
+    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let config = stack_config(&ns, &[]);
+    let never = CancellationToken::new(); // nobody cancels it: only the drops stop anything
+    let worker = coexist::worker::start(&config, &never).await.unwrap();
+    let ingress = coexist::ingress::start(&config, &never).await.unwrap();
+    let (id, admin, listen, link) = (
+        worker.id.clone(),
+        worker.admin_addr,
+        ingress.addr,
+        ingress.link.clone(),
+    );
+    eventually(
+        READY_WITHIN,
+        "the worker and the ingress to run",
+        || async {
+            let owned = worker.owned().len();
+            match (owned, link.is_connected(), broker_has_connection(&id)) {
+                (4, true, true) => Ok(()),
+                state => Err(format!(
+                    "(partitions, ingress linked, worker linked) = {state:?}"
+                )),
+            }
+        },
+    )
+    .await;
+    drop(worker);
+    drop(ingress);
+    let redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(READY_WITHIN, "every task of both to end", || async {
+        let mut running = Vec::new();
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            running.push("the worker's admin server");
+        }
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            running.push("the ingress's server");
+        }
+        let members: Vec<String> = redis
+            .clone()
+            .zrange(format!("{ns}:workers"), 0, -1)
+            .await
+            .unwrap();
+        if members.contains(&id) {
+            running.push("the worker's membership");
+        }
+        if broker_has_connection(&id) {
+            running.push("the worker's broker link");
+        }
+        if link.is_connected() {
+            running.push("the ingress's broker link");
+        }
+        running.is_empty().then_some(()).ok_or(running.join(", "))
+    })
+    .await;
+    assert!(!never.is_cancelled(), "stopped by the drops alone");
 }

@@ -48,8 +48,9 @@ async fn the_pause_is_a_ttl_key_and_its_expiry_routes_back_to_the_bot() {
     let exists: bool = conn.exists(conv_key(&ns.0, ANA, "pause")).await.unwrap();
     assert!(!exists, "Redis expired the pause");
     let now = Millis::now();
-    let item =
-        parse_body(customer_text(ANA, "wamid.TT2", now.0 / 1000, "hola").as_bytes()).unwrap().items;
+    let item = parse_body(customer_text(ANA, "wamid.TT2", now.0 / 1000, "hola").as_bytes())
+        .unwrap()
+        .items;
     let applied = e.apply(&Input::Item(&item[0]), now).await.unwrap();
     let ev = events(&applied);
     assert_eq!(
@@ -395,7 +396,9 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
         1
     );
     proxy.cut();
-    let items = parse_body(customer_text(ANA, "wamid.RD2", t + 1, "¿hola?").as_bytes()).unwrap().items;
+    let items = parse_body(customer_text(ANA, "wamid.RD2", t + 1, "¿hola?").as_bytes())
+        .unwrap()
+        .items;
     let r = e
         .apply(&Input::Item(&items[0]), Millis::from_secs(t + 1))
         .await;

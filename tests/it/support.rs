@@ -589,3 +589,180 @@ pub async fn take_distinct(
     }
     (out, copies)
 }
+
+/// Messages ready in `{ns}.{exchange}.events` now (a passive declare: nothing is taken).
+pub async fn queue_len(ns: &str, exchange: &str) -> u32 {
+    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-count")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            format!("{ns}.{exchange}.events").as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "counted".into()).await;
+    q.message_count()
+}
+
+/// Messages ready (not yet delivered to a consumer) in all of a namespace's partitions.
+pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
+    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-count")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let t = coexist::broker::Topology::new(ns, partitions);
+    let mut ready = 0;
+    for p in 0..partitions {
+        let q = ch
+            .queue_declare(
+                t.partition_queue(p).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        ready += q.message_count();
+    }
+    let _ = conn.close(200, "counted".into()).await;
+    ready
+}
+
+/// Waits until the item `key` of the conversation `{PNID}:{customer}` has been decided and its
+/// events published (its dedup mark says `done`).
+pub async fn wait_done(ns: &str, customer: &str, key: &str) {
+    let redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mark = format!("{ns}:{{{PNID}:{customer}}}:seen:{key}");
+    eventually(READY_WITHIN, &format!("{key} to be published"), || {
+        let (mut redis, mark) = (redis.clone(), mark.clone());
+        async move {
+            let v: Option<String> = redis::AsyncCommands::get(&mut redis, &mark).await.unwrap();
+            match v.as_deref() {
+                Some("done") => Ok(()),
+                Some(_) => Err("decided, events not yet confirmed".into()),
+                None => Err("not decided".into()),
+            }
+        }
+    })
+    .await;
+}
+
+/// A `coexist` process with JSON logs; its bound addresses are read from its log as it starts.
+pub struct Process {
+    pub child: std::process::Child,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: the worker's admin address (worker,
+    /// serve), or the ingress's own (ingress).
+    pub admin: std::net::SocketAddr,
+    /// `addr` of "ingress listening" (ingress, serve).
+    pub listen: Option<std::net::SocketAddr>,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `coexist <command>` with only `env` (plus JSON logs and ports picked by the OS) and
+    /// waits until it has logged its addresses.
+    pub async fn start(command: &str, env: &[(&str, &str)]) -> Process {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"));
+        cmd.arg(command)
+            .env_clear()
+            .env("COEXIST_AMQP_URL", amqp_url())
+            .env("COEXIST_REDIS_URL", redis_url())
+            .env("COEXIST_LISTEN", "127.0.0.1:0")
+            .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("COEXIST_LOG", "warn,coexist=info")
+            .env("COEXIST_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let (wants_admin, wants_listen) = (command != "ingress", command != "worker");
+        let (mut admin, mut listen) = (None, None);
+        let deadline = std::time::Instant::now() + READY_WITHIN;
+        while (wants_admin && admin.is_none()) || (wants_listen && listen.is_none()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(v) = rx.recv_timeout(left) else {
+                panic!(
+                    "coexist {command} did not log its addresses within {READY_WITHIN:?}:\n{}",
+                    log.lock().unwrap()
+                );
+            };
+            let fields = &v["fields"];
+            match fields["message"].as_str() {
+                Some("worker started") => {
+                    admin = fields["admin"].as_str().map(|a| a.parse().unwrap())
+                }
+                Some("ingress listening") => {
+                    listen = fields["addr"].as_str().map(|a| a.parse().unwrap())
+                }
+                _ => {}
+            }
+        }
+        // Keep draining, so the process never blocks on a full pipe.
+        std::thread::spawn(move || rx.into_iter().for_each(drop));
+        Process {
+            child,
+            admin: admin.or(listen).expect("an address"),
+            listen,
+            log,
+        }
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The value of an unlabelled gauge or counter on its `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = http(self.admin, "GET", "/metrics", &[], b"").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
