@@ -718,7 +718,7 @@ async fn a_worker_killed_mid_load_loses_nothing() {
         "the survivor to take every partition",
         || async {
             match b.metric("coexist_partitions_owned").await {
-                Some(n) if n == 6.0 => Ok(()),
+                Some(6.0) => Ok(()),
                 other => Err(format!("it owns {other:?}")),
             }
         },
@@ -757,7 +757,7 @@ async fn sigterm_stops_a_worker_within_ten_seconds() {
     let mut w = Process::start("worker", &env).await;
     eventually(READY_WITHIN, "the worker to own the partitions", || async {
         match w.metric("coexist_partitions_owned").await {
-            Some(n) if n == 4.0 => Ok(()),
+            Some(4.0) => Ok(()),
             other => Err(format!("it owns {other:?}")),
         }
     })
