@@ -1,7 +1,8 @@
 //! Configuration (SPEC section 3): built-in defaults (`config/default.toml`, compiled in), a file
 //! holding any subset of the keys (`--config` / `COEXIST_CONFIG`), then environment variables.
-//! [`ENV`] is the one list of keys and their variables. A wrong value stops start-up with one
-//! line naming the key, where the value came from, and what is wrong.
+//! [`ENV`] is the one list of keys and their variables; `Settings` reads them by type (serde),
+//! each type checking its own values. A wrong value stops start-up with one line naming the key,
+//! where the value came from, and what is wrong.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
+use serde::Deserialize;
 
 use crate::engine::Rules;
 use crate::store::RuleBook;
@@ -56,7 +58,8 @@ impl fmt::Debug for Secret {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -89,6 +92,39 @@ pub struct ConfigError(String);
 
 type Table = toml::map::Map<String, toml::Value>;
 
+/// The keys as written (defaults, file, environment), each read and checked by its type; a
+/// value from the environment is always a string, so every type also reads its string form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    amqp_url: AmqpUrl,
+    redis_url: RedisUrl,
+    namespace: Namespace,
+    listen: Address,
+    admin_listen: Address,
+    app_secret: Option<Secrets>,
+    verify_token: Option<String>,
+    reset_text: String,
+    timeout: Span,
+    session_timeout: Span,
+    partitions: Whole<1, 1024>,
+    max_body_bytes: Whole<1024, { 64 << 20 }>,
+    log: LogFilter,
+    log_format: LogFormat,
+    log_content: Flag,
+    #[serde(default)]
+    numbers: HashMap<String, NumberSettings>,
+}
+
+/// `[numbers."<phone_number_id>"]`: what one business number sets for itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NumberSettings {
+    reset_text: Option<String>,
+    timeout: Option<Span>,
+    session_timeout: Option<Span>,
+}
+
 impl Config {
     /// The defaults alone.
     pub fn defaults() -> Self {
@@ -101,248 +137,311 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut table: Table = DEFAULTS.parse().expect("config/default.toml parses");
-        let mut origin: HashMap<String, String> = HashMap::new();
-        let mut numbers = Table::new();
+        let mut origin = Origins::default();
         if let Some(path) = file {
-            let shown = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("{shown}: cannot read: {e}")))?;
-            let parsed: Table = text.parse().map_err(|e: toml::de::Error| {
-                let line = e.span().map(|s| text[..s.start].lines().count().max(1));
-                let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                ConfigError(format!(
-                    "{shown}: not valid TOML{at}: {}",
-                    e.message().replace('\n', " ")
-                ))
-            })?;
-            for (key, value) in parsed {
-                if key == "numbers" {
-                    numbers = match value {
-                        toml::Value::Table(t) => t,
-                        _ => return Err(ConfigError(format!("numbers (from {shown}): expected tables [numbers.\"<phone_number_id>\"]"))),
-                    };
-                } else if ENV.iter().any(|(k, _)| *k == key) {
-                    table.insert(key.clone(), value);
-                    origin.insert(key, shown.clone());
-                } else {
-                    let known: Vec<&str> = ENV.iter().map(|(k, _)| *k).collect();
-                    return Err(ConfigError(format!(
-                        "{shown}: unknown key `{key}` (known: {}, numbers)",
-                        known.join(", ")
-                    )));
-                }
+            origin.file = path.display().to_string();
+            for (key, value) in read_file(path)? {
+                origin.check_key(&key, &value)?;
+                origin.by_key.insert(key.clone(), origin.file.clone());
+                table.insert(key, value);
             }
         }
         for (key, var) in ENV {
             if let Some(v) = env(var) {
                 table.insert((*key).to_owned(), toml::Value::String(v));
-                origin.insert((*key).to_owned(), (*var).to_owned());
+                origin.by_key.insert((*key).to_owned(), (*var).to_owned());
             }
         }
-        let r = Reader {
-            table: &table,
-            origin: &origin,
-            prefix: String::new(),
-        };
-        let default_rules = Rules::new(
-            &r.string("reset_text")?,
-            r.duration("timeout")?,
-            r.duration("session_timeout")?,
-        );
-        let file_shown = file.map(|p| p.display().to_string()).unwrap_or_default();
-        let mut per_number = HashMap::new();
-        for (pnid, t) in numbers {
-            let at = |k: &str| format!("numbers.\"{pnid}\".{k}");
+        let json = serde_json::to_value(&table).expect("TOML is JSON");
+        let s: Settings = serde_path_to_error::deserialize(json).map_err(|e| {
+            let problem = e.inner().to_string();
+            origin.fail(
+                &e.path().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &problem,
+            )
+        })?;
+        let default_rules = Rules::new(&s.reset_text, s.timeout.0, s.session_timeout.0);
+        let mut numbers = HashMap::new();
+        for (pnid, n) in s.numbers {
             if !crate::domain::valid_phone_number_id(&pnid) {
-                return Err(ConfigError(format!(
-                    "numbers.\"{pnid}\" (from {file_shown}): not a phone_number_id"
-                )));
+                return Err(origin.fail(&["numbers".into(), pnid], "not a phone_number_id"));
             }
-            let toml::Value::Table(t) = t else {
-                return Err(ConfigError(format!(
-                    "numbers.\"{pnid}\" (from {file_shown}): expected a table"
-                )));
-            };
-            if let Some(k) = t.keys().find(|k| !NUMBER_KEYS.contains(&k.as_str())) {
-                return Err(ConfigError(format!(
-                    "{} (from {file_shown}): unknown key (allowed: {})",
-                    at(k),
-                    NUMBER_KEYS.join(", ")
-                )));
-            }
-            let mut o: HashMap<String, String> = HashMap::new();
-            for k in t.keys() {
-                o.insert(k.clone(), file_shown.clone());
-            }
-            let mut merged = t.clone();
-            for k in NUMBER_KEYS {
-                if !merged.contains_key(*k) {
-                    merged.insert((*k).to_owned(), table[*k].clone());
-                }
-            }
-            let nr = Reader {
-                table: &merged,
-                origin: &o,
-                prefix: format!("numbers.\"{pnid}\"."),
-            };
             let rules = Rules::new(
-                &nr.string("reset_text")?,
-                nr.duration("timeout")?,
-                nr.duration("session_timeout")?,
+                n.reset_text.as_deref().unwrap_or(&s.reset_text),
+                n.timeout.unwrap_or(s.timeout).0,
+                n.session_timeout.unwrap_or(s.session_timeout).0,
             );
-            per_number.insert(pnid, rules);
-        }
-
-        let namespace = r.string("namespace")?;
-        if !valid_namespace(&namespace) {
-            return Err(r.fail(
-                "namespace",
-                "use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit",
-            ));
-        }
-        let amqp_url = r.string("amqp_url")?;
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(r.fail("amqp_url", "expected an amqp:// or amqps:// URL"));
-        }
-        let redis_url = r.string("redis_url")?;
-        if let Err(e) = redis_url.as_str().into_connection_info() {
-            return Err(r.fail(
-                "redis_url",
-                &format!("not a Redis URL ({})", e.to_string().replace('\n', " ")),
-            ));
-        }
-        let app_secrets = match r.optional_string("app_secret")? {
-            None => Vec::new(),
-            Some(s) => {
-                let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-                if parts.iter().any(|p| p.is_empty()) {
-                    return Err(r.fail("app_secret", "an empty secret in the comma-separated list"));
-                }
-                parts.into_iter().map(|p| Secret(p.to_owned())).collect()
-            }
-        };
-        let verify_token = r
-            .optional_string("verify_token")?
-            .filter(|t| !t.is_empty())
-            .map(Secret);
-        let log_format = match r.string("log_format")?.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(r.fail("log_format", "expected \"text\" or \"json\"")),
-        };
-        let log = r.string("log")?;
-        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
-            return Err(r.fail(
-                "log",
-                "not a log level or filter (e.g. info, debug, coexist=debug)",
-            ));
+            numbers.insert(pnid, rules);
         }
         Ok(Config {
-            amqp_url: Secret(amqp_url),
-            redis_url: Secret(redis_url),
-            namespace,
-            listen: r.addr("listen")?,
-            admin_listen: r.addr("admin_listen")?,
-            app_secrets,
-            verify_token,
-            partitions: r.integer("partitions", 1, 1024)? as u16,
-            max_body_bytes: r.integer("max_body_bytes", 1024, 64 << 20)? as usize,
-            log,
-            log_format,
-            log_content: r.boolean("log_content")?,
+            amqp_url: Secret(s.amqp_url.0),
+            redis_url: Secret(s.redis_url.0),
+            namespace: s.namespace.0,
+            listen: s.listen.0,
+            admin_listen: s.admin_listen.0,
+            app_secrets: s.app_secret.map(|s| s.0).unwrap_or_default(),
+            verify_token: s.verify_token.filter(|t| !t.is_empty()).map(Secret),
+            partitions: s.partitions.0 as u16,
+            max_body_bytes: s.max_body_bytes.0 as usize,
+            log: s.log.0,
+            log_format: s.log_format,
+            log_content: s.log_content.0,
             rules: RuleBook {
                 default: default_rules,
-                numbers: per_number,
+                numbers,
             },
         })
     }
 }
 
-fn valid_namespace(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+/// Reads the file named by `--config` as a TOML table.
+fn read_file(path: &Path) -> Result<Table, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{shown}: cannot read: {e}")))?;
+    text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        ConfigError(format!(
+            "{shown}: not valid TOML{at}: {}",
+            e.message().replace('\n', " ")
+        ))
+    })
 }
 
-struct Reader<'a> {
-    table: &'a Table,
-    origin: &'a HashMap<String, String>,
-    /// Written before the key in errors (`numbers."<id>".` for per-number keys).
-    prefix: String,
+/// Where each value came from, for errors.
+#[derive(Default)]
+struct Origins {
+    /// The file's name as given (empty without a file).
+    file: String,
+    /// Top-level key -> the file or the variable that set it (absent: the built-in default).
+    by_key: HashMap<String, String>,
 }
 
-impl Reader<'_> {
-    fn fail(&self, key: &str, problem: &str) -> ConfigError {
-        let from = self
-            .origin
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or("built-in default");
-        ConfigError(format!("{}{key} (from {from}): {problem}", self.prefix))
-    }
-
-    fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        match self.table.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => {
-                Err(self.fail(key, &format!("expected a string, got {}", other.type_str())))
+impl Origins {
+    /// Refuses a key of the file that is not a configuration key.
+    fn check_key(&self, key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+        let file = &self.file;
+        if key == "numbers" {
+            let toml::Value::Table(numbers) = value else {
+                return Err(ConfigError(format!(
+                    "numbers (from {file}): expected tables [numbers.\"<phone_number_id>\"]"
+                )));
+            };
+            for (pnid, t) in numbers {
+                let toml::Value::Table(t) = t else {
+                    return Err(ConfigError(format!(
+                        "numbers.\"{pnid}\" (from {file}): expected a table"
+                    )));
+                };
+                if let Some(k) = t.keys().find(|k| !NUMBER_KEYS.contains(&k.as_str())) {
+                    return Err(ConfigError(format!(
+                        "numbers.\"{pnid}\".{k} (from {file}): unknown key (allowed: {})",
+                        NUMBER_KEYS.join(", ")
+                    )));
+                }
             }
+            return Ok(());
         }
+        if ENV.iter().any(|(k, _)| *k == key) {
+            return Ok(());
+        }
+        let known: Vec<&str> = ENV.iter().map(|(k, _)| *k).collect();
+        Err(ConfigError(format!(
+            "{file}: unknown key `{key}` (known: {}, numbers)",
+            known.join(", ")
+        )))
     }
 
-    fn string(&self, key: &str) -> Result<String, ConfigError> {
-        self.optional_string(key)?
-            .ok_or_else(|| self.fail(key, "missing"))
+    /// One line naming the key at `path`, where its value came from, and the problem.
+    fn fail(&self, path: &[String], problem: &str) -> ConfigError {
+        let (key, from) = match path {
+            [numbers, pnid, rest @ ..] if numbers == "numbers" => {
+                let rest: String = rest.iter().map(|k| format!(".{k}")).collect();
+                (format!("numbers.\"{pnid}\"{rest}"), self.file.as_str())
+            }
+            [key, ..] => (
+                key.clone(),
+                self.by_key
+                    .get(key)
+                    .map_or("built-in default", String::as_str),
+            ),
+            [] => (String::from("?"), "built-in default"),
+        };
+        ConfigError(format!(
+            "{key} (from {from}): {}",
+            problem.replace('\n', " ")
+        ))
     }
+}
 
-    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
-        let s = self.string(key)?;
+/// Reads a value from its string form (the environment's) or, for types TOML has, natively.
+fn from_text<'de, D, T>(d: D, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => {
+            parse(&s).ok_or_else(|| D::Error::custom(format!("{s:?} is not {what}")))
+        }
+        serde_json::Value::Number(n) => {
+            parse(&n.to_string()).ok_or_else(|| D::Error::custom(format!("{n} is not {what}")))
+        }
+        serde_json::Value::Bool(b) => {
+            parse(&b.to_string()).ok_or_else(|| D::Error::custom(format!("{b} is not {what}")))
+        }
+        other => Err(D::Error::custom(format!("expected {what}, got {other}"))),
+    }
+}
+
+/// A duration written like `30s`, `15m`, `24h`, `7d`: longer than zero, at most ten years.
+#[derive(Clone, Copy)]
+struct Span(Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d).map_err(|_| {
+            D::Error::custom("expected a duration written as a string, e.g. \"7d\"")
+        })?;
         let d = humantime::parse_duration(s.trim()).map_err(|_| {
-            self.fail(
-                key,
-                &format!("{s:?} is not a duration (write e.g. 30s, 15m, 24h, 7d)"),
-            )
+            D::Error::custom(format!(
+                "{s:?} is not a duration (write e.g. 30s, 15m, 24h, 7d)"
+            ))
         })?;
         if d.is_zero() {
-            return Err(self.fail(key, "must be longer than zero"));
+            return Err(D::Error::custom("must be longer than zero"));
         }
         if d > Duration::from_secs(10 * 365 * 86_400) {
-            return Err(self.fail(key, "must be at most ten years"));
+            return Err(D::Error::custom("must be at most ten years"));
         }
-        Ok(d)
+        Ok(Span(d))
     }
+}
 
-    fn integer(&self, key: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
-        let v = match self.table.get(key) {
-            Some(toml::Value::Integer(i)) => Some(*i),
-            Some(toml::Value::String(s)) => s.trim().parse::<i64>().ok(),
+/// A whole number from `MIN` to `MAX`.
+struct Whole<const MIN: i64, const MAX: i64>(i64);
+
+impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Whole<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let what = format!("a whole number from {MIN} to {MAX}");
+        from_text(d, &what, |s| {
+            s.trim().parse().ok().filter(|i| (MIN..=MAX).contains(i))
+        })
+        .map_err(|_| serde::de::Error::custom(format!("expected {what}")))
+        .map(Whole)
+    }
+}
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, and empty for false).
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parse = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" | "" => Some(false),
             _ => None,
         };
-        match v {
-            Some(i) if (min..=max).contains(&i) => Ok(i),
-            _ => Err(self.fail(key, &format!("expected a whole number from {min} to {max}"))),
+        from_text(d, "true or false", parse)
+            .map_err(|_| serde::de::Error::custom("expected true or false"))
+            .map(Flag)
+    }
+}
+
+/// An address like `127.0.0.1:8080`.
+struct Address(SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_text(d, "an address like 127.0.0.1:8080", |s| {
+            s.trim().parse().ok()
+        })
+        .map(Address)
+    }
+}
+
+/// 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit.
+struct Namespace(String);
+
+impl<'de> Deserialize<'de> for Namespace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let valid = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        match valid {
+            true => Ok(Namespace(s)),
+            false => Err(serde::de::Error::custom(
+                "use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit",
+            )),
         }
     }
+}
 
-    fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
-        match self.table.get(key) {
-            Some(toml::Value::Boolean(b)) => Ok(*b),
-            Some(toml::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" | "" => Ok(false),
-                _ => Err(self.fail(key, "expected true or false")),
-            },
-            _ => Err(self.fail(key, "expected true or false")),
+/// An `amqp://` or `amqps://` URL.
+struct AmqpUrl(String);
+
+impl<'de> Deserialize<'de> for AmqpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.starts_with("amqp://") || s.starts_with("amqps://") {
+            true => Ok(AmqpUrl(s)),
+            false => Err(serde::de::Error::custom(
+                "expected an amqp:// or amqps:// URL",
+            )),
         }
     }
+}
 
-    fn addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
-        let s = self.string(key)?;
-        s.trim()
-            .parse()
-            .map_err(|_| self.fail(key, &format!("{s:?} is not an address like 127.0.0.1:8080")))
+/// A URL the Redis client accepts.
+struct RedisUrl(String);
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str().into_connection_info() {
+            Ok(_) => Ok(RedisUrl(s)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "not a Redis URL ({})",
+                e.to_string().replace('\n', " ")
+            ))),
+        }
+    }
+}
+
+/// App secrets, comma-separated (several during rotation), none of them empty.
+struct Secrets(Vec<Secret>);
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(serde::de::Error::custom(
+                "an empty secret in the comma-separated list",
+            ));
+        }
+        Ok(Secrets(
+            parts.into_iter().map(|p| Secret(p.to_owned())).collect(),
+        ))
+    }
+}
+
+/// A log level or tracing filter.
+struct LogFilter(String);
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match tracing_subscriber::EnvFilter::try_new(&s) {
+            Ok(_) => Ok(LogFilter(s)),
+            Err(_) => Err(serde::de::Error::custom(
+                "not a log level or filter (e.g. info, debug, coexist=debug)",
+            )),
+        }
     }
 }
 
@@ -469,7 +568,7 @@ mod tests {
         let f = file("timeout = 5\n");
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
         assert!(
-            e.contains("timeout (from ") && e.contains("expected a string, got integer"),
+            e.contains("timeout (from ") && e.contains("expected a duration written as a string"),
             "{e}"
         );
         let f = file("tiemout = \"5d\"\n");
@@ -491,6 +590,18 @@ mod tests {
         let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
         assert!(
             e.starts_with("config: numbers.\"410\".timeout (from ") && e.contains("not a duration"),
+            "{e}"
+        );
+        let f = file("[numbers.\"41 0\"]\ntimeout = \"2d\"\n");
+        let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: numbers.\"41 0\" (from ") && e.contains("not a phone_number_id"),
+            "{e}"
+        );
+        let f = file("partitions = \"many\"\n");
+        let e = Config::load(Some(&f.0), env(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("partitions (from ") && e.contains("expected a whole number from 1 to 1024"),
             "{e}"
         );
         let e = Config::load(Some(Path::new("/nonexistent/coexist.toml")), env(&[]))
