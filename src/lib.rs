@@ -11,21 +11,25 @@
 //! - [`meta`]: Meta's webhook bodies read into items (tolerant of unknown and odd fields).
 //! - [`render`]: the one rendering of a message into `message.text`.
 //! - [`domain`]: customers, conversations (scopes) and deterministic ids.
-//! - [`engine`]: the rules R1-R13 as a pure function (state + input + clock -> decision), and the
-//!   event types ([`engine::event`]) and conversation state ([`engine::state`]).
+//! - [`engine`]: the rules R1-R13 as a pure function (state + input + clock -> decision), the
+//!   event types ([`engine::event`]: a header and one payload variant per type) and the
+//!   conversation state ([`engine::state`]).
 //! - [`store`]: conversation state behind one trait, in memory or in Redis, and the [`store::Engine`]
 //!   loop that applies the rules atomically and exactly once per input.
 //! - [`config`]: the configuration (defaults, file, environment) and its checks.
 //! - [`process`]: the offline `coexist process` command.
 //! - [`operator`]: `coexist conversation show|pause|release`.
 //! - [`time`]: instants (Unix ms) and RFC 3339.
-//! - [`broker`]: RabbitMQ names (every exchange and queue), declaration, confirmed publishing,
-//!   the self-reconnecting [`broker::Link`].
+//! - [`broker`]: RabbitMQ, one job per file: names and declaration ([`broker::topology`]), the
+//!   wire form of what is published ([`broker::message`]), confirms ([`broker::publisher`]), the
+//!   self-reconnecting [`broker::Link`].
 //! - [`unit`]: the inbound work unit (one conversation's items from one webhook).
 //! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
-//! - [`worker`]: partition consumers, publishing, timeouts, partition sharing ([`worker::membership`]).
+//! - [`worker`]: start and stop, the partition manager, a lane per conversation, item handling,
+//!   the timeout sweeper, partition sharing ([`worker::membership`]).
 //! - [`dlq`]: listing and replaying dead letters.
-//! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retry and shutdown.
+//! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
+//!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
 pub mod broker;
 pub mod config;

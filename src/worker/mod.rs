@@ -19,10 +19,10 @@
 //!   hand per conversation, returns the rest to the queues, leaves the membership and exits.
 //!   Dropping a [`Worker`] stops it the same way.
 //!
-//! One job per file: this one starts and stops a worker; [`partitions`] decides which partitions
-//! it consumes; [`lanes`] consumes one partition, a lane per conversation; [`handle`] decides an
-//! item, publishes and acknowledges it; [`sweep`] releases due pauses; [`membership`] shares the
-//! partitions among workers.
+//! One job per file: this one starts and stops a worker; `partitions.rs` decides which
+//! partitions it consumes; `lanes.rs` consumes one partition, a lane per conversation;
+//! `handle.rs` decides an item, publishes and acknowledges it; `sweep.rs` releases due pauses;
+//! [`membership`] shares the partitions among workers.
 
 mod handle;
 mod lanes;
