@@ -794,14 +794,7 @@ async fn serve_runs_ingress_and_worker_in_one_process() {
         ("COEXIST_APP_SECRET", SECRET),
         ("COEXIST_PARTITIONS", "2"),
     ];
-    let mut serve = Process::start("serve", &env).await;
-    let listen = serve.listen.expect("the ingress address");
-    eventually(READY_WITHIN, "serve to be ready", || async {
-        http_ready(listen)
-            .await
-            .ok_or("/readyz is not 200".to_owned())
-    })
-    .await;
+    let (mut serve, listen) = Process::serving(&env).await;
     let t = t0();
     for body in [
         customer_text(ANA, "wamid.SV1", t, "Hola"),
@@ -818,12 +811,6 @@ async fn serve_runs_ingress_and_worker_in_one_process() {
         Some(0),
         "a clean exit within 10 s"
     );
-}
-
-/// `Some` once the ingress answers `/readyz` with 200.
-async fn http_ready(addr: std::net::SocketAddr) -> Option<()> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    (http(addr, "GET", "/readyz", &[], b"").await.0 == 200).then_some(())
 }
 
 /// Events carry each conversation's sequence numbers (the message text) in increasing order.
@@ -868,14 +855,7 @@ async fn serve_logs(level: &str, content: bool) -> String {
         ("COEXIST_LOG", level),
         ("COEXIST_LOG_CONTENT", content.as_str()),
     ];
-    let mut serve = Process::start("serve", &env).await;
-    let listen = serve.listen.expect("the ingress address");
-    eventually(READY_WITHIN, "serve to be ready", || async {
-        http_ready(listen)
-            .await
-            .ok_or("/readyz is not 200".to_owned())
-    })
-    .await;
+    let (mut serve, listen) = Process::serving(&env).await;
     let t = t0();
     for body in [
         customer_text(ANA, "wamid.LG1", t, "mi dirección secreta"),

@@ -426,3 +426,39 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
         "state survived the outage"
     );
 }
+
+#[tokio::test]
+async fn pending_events_committed_by_the_earlier_build_are_published_by_this_one() {
+    let (e, ns) = redis_engine("oldpending", Rules::default()).await;
+    let t = t0();
+    let body = customer_text(ANA, "wamid.OLD1", t, "hola");
+    // What the build with the flat event struct committed for this item before it was killed:
+    // the mark holds its events (exchange, routing key, id, conversation, body) verbatim.
+    let old = r#"[{"exchange":"bot","routing_key":"message.received","event_id":"4f0b6a52-0f3e-8d6a-9d2c-2b7c1e3c0a11","conversation":"410000000000088:5215551230001","body":{"event_id":"4f0b6a52-0f3e-8d6a-9d2c-2b7c1e3c0a11","type":"message.received","occurred_at":"2026-11-26T10:00:00Z","phone_number_id":"410000000000088","customer":{"wa_id":"5215551230001","user_id":null,"name":"Ana Ruiz"},"session_id":"s-old","message":{"id":"wamid.OLD1","type":"text","text":"hola","source":"customer","icon":null,"media":null,"reply_to":null,"raw":{"from":"5215551230001","id":"wamid.OLD1","timestamp":"1764151200","type":"text","text":{"body":"hola"}}},"session_started":true}}]"#;
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mark = conv_key(&ns.0, ANA, "seen:m:wamid.OLD1");
+    let _: () = redis.set_ex(&mark, old, 600).await.unwrap();
+    let applied = apply_body(&e, &body, t).await.remove(0);
+    assert_eq!(applied.delivery, Delivery::Redelivered);
+    assert_eq!(applied.events.len(), 1);
+    let stored: serde_json::Value = serde_json::from_str(old).unwrap();
+    let republished: serde_json::Value =
+        serde_json::from_str(&applied.events[0].event.to_json()).unwrap();
+    assert_eq!(
+        republished, stored[0]["body"],
+        "the same event, as committed"
+    );
+    let committed_body = &old[old.find(r#""body":"#).unwrap() + 7..old.len() - 2];
+    assert_eq!(
+        applied.events[0].event.to_json(),
+        committed_body,
+        "byte for byte"
+    );
+    e.acknowledge(&applied).await.unwrap();
+    let done: String = redis.get(&mark).await.unwrap();
+    assert_eq!(done, "done");
+}

@@ -590,45 +590,32 @@ pub async fn take_distinct(
     (out, copies)
 }
 
-/// Messages ready in `{ns}.{exchange}.events` now (a passive declare: nothing is taken).
+/// Messages ready in `{ns}.{exchange}.events` now (nothing is taken).
 pub async fn queue_len(ns: &str, exchange: &str) -> u32 {
-    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-count")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            format!("{ns}.{exchange}.events").as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "counted".into()).await;
-    q.message_count()
+    ready_in(&[format!("{ns}.{exchange}.events")]).await
 }
 
 /// Messages ready (not yet delivered to a consumer) in all of a namespace's partitions.
 pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
+    let t = coexist::broker::Topology::new(ns, partitions);
+    let queues: Vec<String> = (0..partitions).map(|p| t.partition_queue(p)).collect();
+    ready_in(&queues).await
+}
+
+/// Messages ready in these queues together, read with passive declares.
+async fn ready_in(queues: &[String]) -> u32 {
     let conn = coexist::broker::connect(&amqp_url(), "coexist-test-count")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let t = coexist::broker::Topology::new(ns, partitions);
     let mut ready = 0;
-    for p in 0..partitions {
+    for queue in queues {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         let q = ch
-            .queue_declare(
-                t.partition_queue(p).as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+            .queue_declare(queue.as_str().into(), passive, Default::default())
             .await
             .unwrap();
         ready += q.message_count();
@@ -738,6 +725,18 @@ impl Process {
             listen,
             log,
         }
+    }
+
+    /// Starts `coexist serve` and waits until its ingress answers `/readyz` with 200.
+    pub async fn serving(env: &[(&str, &str)]) -> (Process, std::net::SocketAddr) {
+        let serve = Process::start("serve", env).await;
+        let listen = serve.listen.expect("the ingress address");
+        eventually(READY_WITHIN, "serve to be ready", || async {
+            let ready = http(listen, "GET", "/readyz", &[], b"").await.0 == 200;
+            ready.then_some(()).ok_or("/readyz is not 200".to_owned())
+        })
+        .await;
+        (serve, listen)
     }
 
     /// What it has logged so far.
