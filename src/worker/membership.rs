@@ -56,15 +56,38 @@ impl Membership {
     }
 }
 
-/// The partitions `me` owns among `live` workers (rendezvous hashing).
+/// The partitions `me` owns among `live` workers: rendezvous hashing with bounded loads. Each
+/// partition, in order, goes to the worker that scores highest for it among those with room:
+/// every worker takes `N/W` (rounded down), and `N mod W` of them one more. So shares differ by
+/// at most one (plain rendezvous hashing leaves a worker with none now and then: with 2 workers
+/// and 4 partitions, one run in eight), and a join or a death moves few partitions beyond the
+/// ones that must move. Every worker computes the same answer from the same live set.
 pub fn owned(me: &str, live: &[String], partitions: u16) -> Vec<u16> {
-    (0..partitions)
-        .filter(|p| {
-            live.iter()
-                .max_by_key(|w| (score(w, *p), (*w).clone()))
-                .is_some_and(|w| w == me)
-        })
-        .collect()
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let (floor, extra) = (
+        partitions as usize / live.len(),
+        partitions as usize % live.len(),
+    );
+    let mut load = vec![0usize; live.len()];
+    let mut with_extra = 0;
+    let mut mine = Vec::new();
+    for p in 0..partitions {
+        let room = |w: usize| load[w] < floor || (load[w] == floor && with_extra < extra);
+        let owner = (0..live.len())
+            .filter(|&w| room(w))
+            .max_by_key(|&w| (score(&live[w], p), &live[w]))
+            .expect("the rooms add up to N");
+        load[owner] += 1;
+        if load[owner] > floor {
+            with_extra += 1;
+        }
+        if live[owner] == me {
+            mine.push(p);
+        }
+    }
+    mine
 }
 
 fn score(worker: &str, partition: u16) -> u64 {
@@ -83,31 +106,51 @@ fn score(worker: &str, partition: u16) -> u64 {
 mod tests {
     use super::*;
 
+    fn workers(n: usize, seed: u64) -> Vec<String> {
+        (0..n).map(|i| format!("host-{seed:x}-{i}")).collect()
+    }
+
     #[test]
-    fn every_partition_has_exactly_one_owner_and_shares_are_fair() {
-        let live: Vec<String> = (0..3).map(|i| format!("worker-{i}")).collect();
-        let shares: Vec<Vec<u16>> = live.iter().map(|w| owned(w, &live, 48)).collect();
-        let mut all: Vec<u16> = shares.concat();
-        all.sort();
-        assert_eq!(all, (0..48).collect::<Vec<_>>());
-        for s in &shares {
-            assert!((8..=24).contains(&s.len()), "{shares:?}");
+    fn every_partition_has_exactly_one_owner_and_shares_differ_by_at_most_one() {
+        for seed in 0..200 {
+            for (w, n) in [(2, 4), (2, 6), (3, 16), (4, 16), (5, 16), (20, 16)] {
+                let live = workers(w, seed);
+                let shares: Vec<Vec<u16>> = live.iter().map(|me| owned(me, &live, n)).collect();
+                let mut all: Vec<u16> = shares.concat();
+                all.sort();
+                assert_eq!(all, (0..n).collect::<Vec<_>>(), "{seed} {w} {n}");
+                let (min, max) = (n as usize / w, (n as usize).div_ceil(w));
+                for s in &shares {
+                    assert!((min..=max).contains(&s.len()), "{seed} {w} {n}: {shares:?}");
+                }
+            }
         }
     }
 
     #[test]
-    fn a_death_moves_only_the_dead_workers_partitions() {
-        let three: Vec<String> = (0..3).map(|i| format!("w{i}")).collect();
-        let two = vec!["w0".to_owned(), "w1".to_owned()];
-        for w in &two {
-            let before = owned(w, &three, 64);
-            let after = owned(w, &two, 64);
-            assert!(
-                before.iter().all(|p| after.contains(p)),
-                "{w} keeps what it had"
-            );
+    fn a_join_or_a_death_moves_few_partitions() {
+        let mut moved_total = 0;
+        for seed in 0..200 {
+            let three = workers(3, seed);
+            let two = three[..2].to_vec();
+            let owner = |live: &[String], p: u16| {
+                live.iter()
+                    .find(|w| owned(w, live, 48).contains(&p))
+                    .cloned()
+            };
+            let moved = (0..48)
+                .filter(|&p| owner(&three, p) != owner(&two, p))
+                .count();
+            // The dead worker's 16 must move; a few more may, to keep the shares even.
+            assert!((16..=26).contains(&moved), "{seed}: {moved} moved");
+            moved_total += moved;
         }
+        eprintln!(
+            "a death of one worker of three moved {:.1} of 48 partitions on average",
+            moved_total as f64 / 200.0
+        );
         assert_eq!(owned("w0", &["w0".to_owned()], 16).len(), 16);
-        assert!(owned("ghost", &three, 16).is_empty());
+        assert!(owned("ghost", &workers(3, 0), 16).is_empty());
+        assert!(owned("w0", &[], 16).is_empty());
     }
 }
