@@ -32,6 +32,8 @@ pub const ENV: &[(&str, &str)] = &[
     ("timeout", "COEXIST_TIMEOUT"),
     ("session_timeout", "COEXIST_SESSION_TIMEOUT"),
     ("partitions", "COEXIST_PARTITIONS"),
+    ("automated_texts", "COEXIST_AUTOMATED_TEXTS"),
+    ("handback_messages", "COEXIST_HANDBACK_MESSAGES"),
     ("max_body_bytes", "COEXIST_MAX_BODY_BYTES"),
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
@@ -39,7 +41,13 @@ pub const ENV: &[(&str, &str)] = &[
 ];
 
 /// Keys a `[numbers."<phone_number_id>"]` table may set.
-const NUMBER_KEYS: &[&str] = &["reset_text", "timeout", "session_timeout"];
+const NUMBER_KEYS: &[&str] = &[
+    "reset_text",
+    "timeout",
+    "session_timeout",
+    "automated_texts",
+    "handback_messages",
+];
 
 /// A value that must not be printed (secrets, URLs with passwords).
 #[derive(Clone, PartialEq, Eq)]
@@ -108,6 +116,8 @@ struct Settings {
     timeout: Span,
     session_timeout: Span,
     partitions: Whole<1, 1024>,
+    automated_texts: Texts,
+    handback_messages: Whole<0, 1000>,
     max_body_bytes: Whole<1024, { 64 << 20 }>,
     log: LogFilter,
     log_format: LogFormat,
@@ -123,6 +133,8 @@ struct NumberSettings {
     reset_text: Option<String>,
     timeout: Option<Span>,
     session_timeout: Option<Span>,
+    automated_texts: Option<Texts>,
+    handback_messages: Option<Whole<0, 1000>>,
 }
 
 impl Config {
@@ -160,17 +172,28 @@ impl Config {
                 &problem,
             )
         })?;
-        let default_rules = Rules::new(&s.reset_text, s.timeout.0, s.session_timeout.0);
+        let default_rules = Rules::new(&s.reset_text, s.timeout.0, s.session_timeout.0)
+            .with_automated_texts(&s.automated_texts.0)
+            .with_handback_messages(s.handback_messages.0 as usize);
+        check_automated(&default_rules, || {
+            origin.fail(&["automated_texts".into()], "")
+        })?;
         let mut numbers = HashMap::new();
         for (pnid, n) in s.numbers {
+            let at = |key: &str| vec!["numbers".to_owned(), pnid.clone(), key.to_owned()];
             if !crate::domain::valid_phone_number_id(&pnid) {
                 return Err(origin.fail(&["numbers".into(), pnid], "not a phone_number_id"));
             }
+            let texts = n.automated_texts.as_ref().unwrap_or(&s.automated_texts);
+            let handback = n.handback_messages.unwrap_or(s.handback_messages);
             let rules = Rules::new(
                 n.reset_text.as_deref().unwrap_or(&s.reset_text),
                 n.timeout.unwrap_or(s.timeout).0,
                 n.session_timeout.unwrap_or(s.session_timeout).0,
-            );
+            )
+            .with_automated_texts(&texts.0)
+            .with_handback_messages(handback.0 as usize);
+            check_automated(&rules, || origin.fail(&at("automated_texts"), ""))?;
             numbers.insert(pnid, rules);
         }
         Ok(Config {
@@ -191,6 +214,18 @@ impl Config {
                 numbers,
             },
         })
+    }
+}
+
+/// Refuses an automated text that is the reset command (R15 would hide every reset). `at` names
+/// the key and its origin.
+fn check_automated(rules: &Rules, at: impl Fn() -> ConfigError) -> Result<(), ConfigError> {
+    match rules.automated_reset() {
+        None => Ok(()),
+        Some(text) => Err(ConfigError(format!(
+            "{}{text:?} is the reset command (reset_text): as an automated text it would never reset",
+            at().0
+        ))),
     }
 }
 
@@ -321,6 +356,7 @@ impl<'de> Deserialize<'de> for Span {
 }
 
 /// A whole number from `MIN` to `MAX`.
+#[derive(Clone, Copy)]
 struct Whole<const MIN: i64, const MAX: i64>(i64);
 
 impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Whole<MIN, MAX> {
@@ -427,6 +463,40 @@ impl<'de> Deserialize<'de> for Secrets {
         Ok(Secrets(
             parts.into_iter().map(|p| Secret(p.to_owned())).collect(),
         ))
+    }
+}
+
+/// Texts: a TOML list of strings, or (from the environment) one text per line; blank lines are
+/// skipped, an empty text in a list is refused.
+struct Texts(Vec<String>);
+
+impl<'de> Deserialize<'de> for Texts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wrong = "expected a list of texts (TOML) or one text per line (environment)";
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Texts(
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+            serde_json::Value::Array(items) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        serde_json::Value::String(t) if !t.trim().is_empty() => texts.push(t),
+                        serde_json::Value::String(_) => {
+                            return Err(D::Error::custom("an empty text in the list"))
+                        }
+                        other => return Err(D::Error::custom(format!("{wrong}; got {other}"))),
+                    }
+                }
+                Ok(Texts(texts))
+            }
+            other => Err(D::Error::custom(format!("{wrong}; got {other}"))),
+        }
     }
 }
 

@@ -49,3 +49,28 @@ pub fn split(items: Vec<Item>, accepted_at: Millis) -> Vec<Unit> {
     }
     units
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{Change, Echo, ItemKind};
+
+    #[test]
+    fn units_written_by_the_earlier_build_are_read_and_written_the_same() {
+        // An edit echo as the ingress of the previous build published it.
+        let old = r#"{"v":1,"scope":"410:5215551230001","accepted_at":1764000000000,"items":[{"scope":"410:5215551230001","key":"m:wamid.ED","timestamp":1764000000000,"raw":{"id":"wamid.ED"},"kind":{"kind":"echo","customer":{"wa_id":"5215551230001","user_id":null,"name":null},"echo":{"action":"edit","original_message_id":"wamid.1","message":{"id":"wamid.ED","kind":"text","text":"corregido","media":null,"reply_to":null}}}},{"scope":"410:5215551230001","key":"m:wamid.S","timestamp":1764000000000,"raw":{"id":"wamid.S"},"kind":{"kind":"echo","customer":{"wa_id":"5215551230001","user_id":null,"name":null},"echo":{"action":"send","id":"wamid.S","kind":"text","text":"hola","media":null,"reply_to":null}}}]}"#;
+        let unit: Unit = serde_json::from_str(old).unwrap();
+        let ItemKind::Echo { echo, .. } = &unit.items[0].kind else {
+            panic!("{:?}", unit.items[0].kind)
+        };
+        assert!(matches!(
+            echo,
+            Echo::Change(Change::Edit { original_message_id: Some(id), message }) if id == "wamid.1" && message.text == "corregido"
+        ));
+        let ItemKind::Echo { echo, .. } = &unit.items[1].kind else {
+            panic!()
+        };
+        assert!(matches!(echo, Echo::Send(c) if c.text == "hola"));
+        assert_eq!(serde_json::to_string(&unit).unwrap(), old);
+    }
+}

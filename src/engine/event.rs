@@ -89,9 +89,9 @@ event_types! {
     Handover = "conversation.handover",
     /// The AI agent may handle this customer again (human_chat).
     Released = "conversation.released",
-    /// A message was edited (R10).
+    /// A message was edited: from the App (R10), or by the customer (R14).
     Edited = "message.edited",
-    /// A message was deleted (R10).
+    /// A message was deleted: from the App (R10), or by the customer (R14).
     Revoked = "message.revoked",
     /// One message of the history sync (human_chat).
     History = "message.history",
@@ -115,7 +115,38 @@ pub struct MessageReceived {
 pub struct ForAgent {
     /// This message opened a new session (R2).
     pub session_started: bool,
+    /// R16: what was said while a human handled the customer, on the first message after the
+    /// release; null otherwise.
+    #[serde(default)]
+    pub handback: Option<Handback>,
 }
+
+/// `handback` (R16): the human-handled stretch that just ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handback {
+    pub reason: ReleaseReason,
+    /// RFC 3339: when the pause began.
+    pub paused_at: String,
+    /// RFC 3339: when it ended.
+    pub released_at: String,
+    /// The stretch's last messages, oldest first (never the reset command).
+    pub messages: Vec<HandbackMessage>,
+}
+
+/// One message of a handback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandbackMessage {
+    /// RFC 3339: Meta's timestamp of the message.
+    pub at: String,
+    /// `customer`, `business_app` or `business_app_automation`.
+    pub source: Source,
+    pub message_id: Option<String>,
+    /// As `message.text` renders it (cut to [`HANDBACK_TEXT_LIMIT`] characters).
+    pub text: String,
+}
+
+/// The longest text a handback message keeps, in characters (longer ones end in `…`).
+pub const HANDBACK_TEXT_LIMIT: usize = 2000;
 
 /// `session.paused`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,14 +233,17 @@ pub struct ContactSynced {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Customer,
+    /// Typed by a person in the Business App (or a linked device).
     BusinessApp,
+    /// Sent by the Business App itself: a greeting or away message (R15).
+    BusinessAppAutomation,
     History,
 }
 
 impl Source {
-    /// The icon events show beside the message: the phone for what was typed in the App.
+    /// The icon events show beside the message: the phone for what came from the App.
     pub fn icon(self) -> Option<Icon> {
-        (self == Source::BusinessApp).then_some(Icon::App)
+        matches!(self, Source::BusinessApp | Source::BusinessAppAutomation).then_some(Icon::App)
     }
 }
 
@@ -416,6 +450,17 @@ mod tests {
                 message: message(Source::Customer),
                 agent: Some(ForAgent {
                     session_started: true,
+                    handback: Some(Handback {
+                        reason: ReleaseReason::ResetCommand,
+                        paused_at: "2026-11-26T09:00:00Z".into(),
+                        released_at: "2026-11-26T09:30:00Z".into(),
+                        messages: vec![HandbackMessage {
+                            at: "2026-11-26T09:01:00Z".into(),
+                            source: Source::BusinessAppAutomation,
+                            message_id: Some("wamid.G".into()),
+                            text: "¡Hola! Te respondemos pronto".into(),
+                        }],
+                    }),
                 }),
             }),
             Payload::MessageReceived(MessageReceived {
@@ -512,11 +557,21 @@ mod tests {
         );
         let for_agent = event(one_of_each().remove(0)).to_json();
         assert!(
-            for_agent.ends_with(r#","session_started":true}"#),
+            for_agent.ends_with(r#","session_started":true,"handback":{"reason":"reset_command","paused_at":"2026-11-26T09:00:00Z","released_at":"2026-11-26T09:30:00Z","messages":[{"at":"2026-11-26T09:01:00Z","source":"business_app_automation","message_id":"wamid.G","text":"¡Hola! Te respondemos pronto"}]}}"#),
             "{for_agent}"
+        );
+        let mut no_handback = one_of_each().remove(0);
+        if let Payload::MessageReceived(m) = &mut no_handback {
+            m.agent.as_mut().unwrap().handback = None;
+        }
+        let later = event(no_handback).to_json();
+        assert!(
+            later.ends_with(r#","session_started":true,"handback":null}"#),
+            "{later}"
         );
         let for_human = event(one_of_each().remove(1)).to_json();
         assert!(!for_human.contains("session_started"), "{for_human}");
+        assert!(!for_human.contains("handback"), "{for_human}");
         assert!(for_human.contains(r#""source":"customer","icon":null"#));
         let app = event(one_of_each().remove(5)).to_json();
         assert!(

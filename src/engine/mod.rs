@@ -8,14 +8,15 @@ pub mod state;
 use std::time::Duration;
 
 use crate::domain::{stable_id, Customer, Scope};
-use crate::meta::{Content, Echo, Item, ItemKind};
+use crate::meta::{Change, Content, Echo, Item, ItemKind};
 use crate::time::Millis;
 use event::{
-    AccountUpdated, ContactSynced, Edited, Event, EventMessage, Exchange, ForAgent, Handover,
-    History, HistoryStatus, MessageReceived, MessageStatus, Outbound, Payload, ReleaseReason,
-    Released, Revoked, SentFromApp, SessionPaused, Source,
+    AccountUpdated, ContactSynced, Edited, Event, EventMessage, Exchange, ForAgent, Handback,
+    HandbackMessage, Handover, History, HistoryStatus, MessageReceived, MessageStatus, Outbound,
+    Payload, ReleaseReason, Released, Revoked, SentFromApp, SessionPaused, Source,
+    HANDBACK_TEXT_LIMIT,
 };
-use state::{Handler, Pause, Session, State};
+use state::{Ended, Handler, Pause, Session, State, Stretch};
 
 /// The settings the rules read, for one business number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +27,14 @@ pub struct Rules {
     pub timeout: Duration,
     /// A session ends after this long without activity.
     pub session_timeout: Duration,
+    /// Texts the Business App sends by itself (R15), as [`automation_form`] writes them.
+    pub automated_texts: Vec<String>,
+    /// How many messages of a human-handled stretch the AI agent gets back (R16); 0: none.
+    pub handback_messages: usize,
 }
+
+/// How many handback messages are kept unless configured otherwise.
+pub const DEFAULT_HANDBACK_MESSAGES: usize = 20;
 
 impl Default for Rules {
     fn default() -> Self {
@@ -39,13 +47,28 @@ impl Default for Rules {
 }
 
 impl Rules {
+    /// Rules with no automated texts and the default handback.
     pub fn new(reset_text: &str, timeout: Duration, session_timeout: Duration) -> Self {
         let reset = normalise(reset_text);
         Rules {
             reset_text: (!reset.is_empty()).then_some(reset),
             timeout,
             session_timeout,
+            automated_texts: Vec::new(),
+            handback_messages: DEFAULT_HANDBACK_MESSAGES,
         }
+    }
+
+    /// The same rules with these automated texts (R15).
+    pub fn with_automated_texts<S: AsRef<str>>(mut self, texts: &[S]) -> Self {
+        self.automated_texts = texts.iter().map(|t| automation_form(t.as_ref())).collect();
+        self
+    }
+
+    /// The same rules keeping this many handback messages (R16; 0 turns handback off).
+    pub fn with_handback_messages(mut self, n: usize) -> Self {
+        self.handback_messages = n;
+        self
     }
 
     /// Whether an echo's typed text is the reset command (trimmed, case-insensitive).
@@ -55,10 +78,34 @@ impl Rules {
             _ => false,
         }
     }
+
+    /// Whether an echo is one of the App's own automated messages (R15).
+    pub fn is_automated(&self, content: &Content) -> bool {
+        content
+            .typed_text()
+            .is_some_and(|t| self.automated_texts.contains(&automation_form(t)))
+    }
+
+    /// An automated text that would hide the reset command (a configuration error).
+    pub fn automated_reset(&self) -> Option<&str> {
+        let reset = automation_form(self.reset_text.as_deref()?);
+        self.automated_texts
+            .iter()
+            .find(|t| **t == reset)
+            .map(String::as_str)
+    }
 }
 
 fn normalise(s: &str) -> String {
     s.trim().to_lowercase()
+}
+
+/// How automated texts are compared (R15): trimmed, lower-cased, runs of whitespace as one space.
+pub fn automation_form(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// An operator's command on one conversation.
@@ -120,6 +167,8 @@ pub enum Rule {
     R10,
     R11,
     R12,
+    R14,
+    R15,
     OperatorPause,
     OperatorRelease,
     /// A timeout check that found nothing to release (extended, reset or already released).
@@ -141,6 +190,8 @@ impl Rule {
             Rule::R10 => "R10",
             Rule::R11 => "R11",
             Rule::R12 => "R12",
+            Rule::R14 => "R14",
+            Rule::R15 => "R15",
             Rule::OperatorPause => "operator_pause",
             Rule::OperatorRelease => "operator_release",
             Rule::Noop => "noop",
@@ -257,38 +308,35 @@ impl Decider<'_> {
                 self.expire();
                 if self.rules.is_reset(content) {
                     self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5);
+                } else if self.rules.is_automated(content) {
+                    self.automated(item, customer, content, ts);
                 } else {
                     self.echo(item, customer, content, ts);
                 }
             }
             ItemKind::Echo {
                 customer,
-                echo:
-                    Echo::Edit {
-                        original_message_id,
-                        message,
-                    },
+                echo: Echo::Change(change),
             } => {
-                let payload = Payload::Edited(Edited {
-                    message: self.message(item, message, Source::BusinessApp),
-                    original_message_id: original_message_id.clone(),
-                });
-                let session = self.current_session();
-                self.emit(Exchange::HumanChat, customer, ts, session, payload);
+                // R10: the App's edits and deletions are the human inbox's, whoever handles.
+                self.change(
+                    item,
+                    customer,
+                    change,
+                    Source::BusinessApp,
+                    Exchange::HumanChat,
+                    ts,
+                );
                 self.out.rule = Rule::R10;
             }
-            ItemKind::Echo {
-                customer,
-                echo: Echo::Revoke {
-                    original_message_id,
-                },
-            } => {
-                let payload = Payload::Revoked(Revoked {
-                    original_message_id: original_message_id.clone(),
-                });
-                let session = self.current_session();
-                self.emit(Exchange::HumanChat, customer, ts, session, payload);
-                self.out.rule = Rule::R10;
+            ItemKind::CustomerChange { customer, change } => {
+                // R14: to whoever handles the conversation now; no session, no pause changes.
+                let exchange = match self.out.state.paused(self.now) {
+                    Some(_) => Exchange::HumanChat,
+                    None => Exchange::Bot,
+                };
+                self.change(item, customer, change, Source::Customer, exchange, ts);
+                self.out.rule = Rule::R14;
             }
             ItemKind::Status {
                 customer,
@@ -354,6 +402,78 @@ impl Decider<'_> {
         }
     }
 
+    /// `message.edited` / `message.revoked` for an edit or deletion (R10, R14).
+    fn change(
+        &mut self,
+        item: &Item,
+        customer: &Customer,
+        change: &Change,
+        source: Source,
+        exchange: Exchange,
+        ts: Millis,
+    ) {
+        let payload = match change {
+            Change::Edit {
+                original_message_id,
+                message,
+            } => Payload::Edited(Edited {
+                message: self.message(item, message, source),
+                original_message_id: original_message_id.clone(),
+            }),
+            Change::Revoke {
+                original_message_id,
+            } => Payload::Revoked(Revoked {
+                original_message_id: original_message_id.clone(),
+            }),
+        };
+        let session = self.current_session();
+        self.emit(exchange, customer, ts, session, payload);
+    }
+
+    /// R15: the App's own greeting or away message: recorded, and nothing else changes.
+    fn automated(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
+        let message = self.message(item, content, Source::BusinessAppAutomation);
+        self.keep(&message, ts);
+        let session = self.current_session();
+        let payload = Payload::SentFromApp(SentFromApp { message });
+        self.emit(Exchange::HumanChat, customer, ts, session, payload);
+        self.out.rule = Rule::R15;
+    }
+
+    /// R16: while paused, keeps a message of the stretch for the AI agent (the last
+    /// `handback_messages` of them, each text at most [`HANDBACK_TEXT_LIMIT`] characters).
+    fn keep(&mut self, message: &EventMessage, at: Millis) {
+        let limit = self.rules.handback_messages;
+        if limit == 0 || self.out.state.paused(self.now).is_none() {
+            return;
+        }
+        let text = match message.text.char_indices().nth(HANDBACK_TEXT_LIMIT) {
+            Some((cut, _)) => format!("{}…", &message.text[..cut]),
+            None => message.text.clone(),
+        };
+        let stretch = self.out.state.handback.get_or_insert_with(Stretch::default);
+        stretch.messages.push(HandbackMessage {
+            at: at.rfc3339(),
+            source: message.source,
+            message_id: message.id.clone(),
+            text,
+        });
+        let over = stretch.messages.len().saturating_sub(limit);
+        stretch.messages.drain(..over);
+    }
+
+    /// R16: the handback of a stretch that ended, for the AI agent's first message after it.
+    fn take_handback(&mut self) -> Option<Handback> {
+        let ended = self.out.state.handback.as_ref()?.ended?;
+        let stretch = self.out.state.handback.take()?;
+        Some(Handback {
+            reason: ended.reason,
+            paused_at: ended.paused_at.rfc3339(),
+            released_at: ended.released_at.rfc3339(),
+            messages: stretch.messages,
+        })
+    }
+
     /// An event that depends on no conversation state (R11, R12): no session, no version check.
     fn stateless(
         &mut self,
@@ -378,6 +498,7 @@ impl Decider<'_> {
     ) {
         let message = self.message(item, content, Source::Customer);
         if self.out.state.paused(self.now).is_some() {
+            self.keep(&message, ts);
             let session = self.touch_session(Handler::Human);
             let payload = Payload::MessageReceived(MessageReceived {
                 message,
@@ -397,10 +518,15 @@ impl Decider<'_> {
         } else {
             self.open_session(Handler::Bot)
         };
+        let handback = match bot_session {
+            true => None,
+            false => self.take_handback(),
+        };
         let payload = Payload::MessageReceived(MessageReceived {
             message,
             agent: Some(ForAgent {
                 session_started: !bot_session,
+                handback,
             }),
         });
         self.emit(Exchange::Bot, customer, ts, Some(session), payload);
@@ -417,9 +543,11 @@ impl Decider<'_> {
             self.pause(ts, until, customer, content.id.clone(), Rule::R4);
             Rule::R4
         };
-        let payload = Payload::SentFromApp(SentFromApp {
-            message: self.message(item, content, Source::BusinessApp),
-        });
+        let message = self.message(item, content, Source::BusinessApp);
+        if rule == Rule::R4 {
+            self.keep(&message, ts);
+        }
+        let payload = Payload::SentFromApp(SentFromApp { message });
         let session = self.current_session();
         self.emit(Exchange::HumanChat, customer, ts, session, payload);
         self.out.rule = rule;
@@ -455,6 +583,14 @@ impl Decider<'_> {
             since,
             trigger: self.key.clone(),
         });
+        if self.rules.handback_messages > 0 {
+            // A stretch begins (continuing one whose handback the AI agent has not had yet).
+            self.out
+                .state
+                .handback
+                .get_or_insert_with(Stretch::default)
+                .ended = None;
+        }
         self.out.schedule = Some((deadline_member(self.scope, &self.key), until));
         let session = self.touch_session(Handler::Human);
         if bot_session.is_some() {
@@ -517,6 +653,13 @@ impl Decider<'_> {
         let session = self.current_session();
         self.out.state.pause = None;
         self.out.state.session = None;
+        if let Some(stretch) = self.out.state.handback.as_mut() {
+            stretch.ended = Some(Ended {
+                reason,
+                paused_at: p.since,
+                released_at: at,
+            });
+        }
         self.out.unschedule = Some(deadline_member(self.scope, &p.trigger));
         if self
             .out

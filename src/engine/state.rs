@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::event::{HandbackMessage, ReleaseReason};
 use crate::time::Millis;
 
 /// Everything the rules read and write for one conversation.
@@ -14,6 +15,24 @@ pub struct State {
     pub session: Option<Session>,
     /// Meta's timestamp of the latest reset (or operator release): older echoes do not pause (R8).
     pub last_reset: Option<Millis>,
+    /// R16: the human-handled stretch, kept for the AI agent's first message after it.
+    pub handback: Option<Stretch>,
+}
+
+/// The messages of a human-handled stretch (R16), oldest first, at most `handback_messages`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stretch {
+    pub messages: Vec<HandbackMessage>,
+    /// Set when the pause ended: the next message to the AI agent carries the stretch.
+    pub ended: Option<Ended>,
+}
+
+/// How a human-handled stretch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub reason: ReleaseReason,
+    pub paused_at: Millis,
+    pub released_at: Millis,
 }
 
 /// The AI agent is paused for this conversation.

@@ -9,7 +9,7 @@ use super::event::{Exchange, Payload, ReleaseReason, Source};
 use super::state::{Handler, Pause, Session, State};
 use super::{deadline_member, decide, Decision, Input, OperatorAction, Rule, Rules};
 use crate::domain::{Customer, CustomerKey, Scope};
-use crate::meta::{Content, Direction, Echo, Item, ItemKind};
+use crate::meta::{Change, Content, Direction, Echo, Item, ItemKind};
 use crate::time::Millis;
 
 const PNID: &str = "410";
@@ -108,6 +108,7 @@ fn paused_state(since: i64, until: i64) -> State {
             expires: Millis(since + DAY),
         }),
         last_reset: None,
+        handback: None,
     }
 }
 
@@ -330,10 +331,10 @@ fn r10_edits_and_revokes_from_the_app_leave_the_pause_alone() {
         T + 1,
         ItemKind::Echo {
             customer: ana(),
-            echo: Echo::Edit {
+            echo: Echo::Change(Change::Edit {
                 original_message_id: Some("wamid.E".into()),
                 message: text("wamid.ED", "corregido"),
-            },
+            }),
         },
     );
     let d = run(&state, &edit, T + 1);
@@ -350,9 +351,9 @@ fn r10_edits_and_revokes_from_the_app_leave_the_pause_alone() {
         T + 2,
         ItemKind::Echo {
             customer: ana(),
-            echo: Echo::Revoke {
+            echo: Echo::Change(Change::Revoke {
                 original_message_id: Some("wamid.R".into()),
-            },
+            }),
         },
     );
     let d = run(&state, &revoke, T + 2);

@@ -53,6 +53,9 @@ pub enum ItemKind {
         customer: Customer,
         message: Content,
     },
+    /// `messages[]` of type `edit` or `revoke`: the customer edited or deleted a message (Meta
+    /// sends these to coexistence numbers).
+    CustomerChange { customer: Customer, change: Change },
     /// `message_echoes[]`: the business wrote, edited or deleted from the Business App.
     Echo { customer: Customer, echo: Echo },
     /// `statuses[]`: what happened to a message sent through the API.
@@ -111,11 +114,21 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// What an echo did.
+/// What an echo did: sent a message, or changed one sent before.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Echo {
     Send(Content),
+    /// Written as the change itself (`"action": "edit"` / `"revoke"`).
+    #[serde(untagged)]
+    Change(Change),
+}
+
+/// An edit or a deletion of a message sent before (by the customer, or from the App).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Change {
+    /// The message now reads `message`.
     Edit {
         original_message_id: Option<String>,
         message: Content,
@@ -439,15 +452,19 @@ impl Ctx<'_, '_> {
         let Some(key) = customer.key() else {
             return out.park(raw, "a customer message without a sender");
         };
+        let kind = match change(&m) {
+            Some(change) => ItemKind::CustomerChange { customer, change },
+            None => ItemKind::Customer {
+                message: content(&m),
+                customer,
+            },
+        };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
             key: message_key(&m, raw),
             timestamp: m.timestamp.0,
             raw: compact(raw),
-            kind: ItemKind::Customer {
-                message: content(&m),
-                customer,
-            },
+            kind,
         });
     }
 
@@ -463,34 +480,9 @@ impl Ctx<'_, '_> {
         let Some(key) = customer.key() else {
             return out.park(raw, "an echo without a recipient");
         };
-        let echo = match m.kind.get() {
-            Some("revoke") => Echo::Revoke {
-                original_message_id: m.revoke.get().and_then(|r| r.original_message_id.0.clone()),
-            },
-            Some("edit") => {
-                let edit = m.edit.get();
-                let message = match edit.and_then(|e| e.message.get()) {
-                    Some(inner) => Content {
-                        id: m.id.0.clone(),
-                        ..content(inner)
-                    },
-                    None => Content {
-                        id: m.id.0.clone(),
-                        kind: "text".into(),
-                        text: edit
-                            .and_then(|e| e.text.get())
-                            .and_then(|t| t.body.0.clone())
-                            .unwrap_or_default(),
-                        media: None,
-                        reply_to: None,
-                    },
-                };
-                Echo::Edit {
-                    original_message_id: edit.and_then(|e| e.original_message_id.0.clone()),
-                    message,
-                }
-            }
-            _ => Echo::Send(content(&m)),
+        let echo = match change(&m) {
+            Some(change) => Echo::Change(change),
+            None => Echo::Send(content(&m)),
         };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
@@ -716,6 +708,41 @@ fn message_key(m: &wire::Message, raw: &RawValue) -> String {
     match m.id.get().filter(|id| !id.is_empty()) {
         Some(id) => format!("m:{id}"),
         None => format!("m:{}", stable_id(&[raw.get()])),
+    }
+}
+
+/// The edit or deletion a message of type `edit` / `revoke` is (customer's or echo, one shape).
+/// An edit's new content is its nested `message`, else the edit's own fields; it keeps the
+/// edit's own id.
+fn change(m: &wire::Message) -> Option<Change> {
+    match m.kind.get()? {
+        "revoke" => Some(Change::Revoke {
+            original_message_id: m.revoke.get().and_then(|r| r.original_message_id.0.clone()),
+        }),
+        "edit" => {
+            let edit = m.edit.get();
+            let message = match edit.and_then(|e| e.message.get()) {
+                Some(inner) => Content {
+                    id: m.id.0.clone(),
+                    ..content(inner)
+                },
+                None => Content {
+                    id: m.id.0.clone(),
+                    kind: "text".into(),
+                    text: edit
+                        .and_then(|e| e.text.get())
+                        .and_then(|t| t.body.0.clone())
+                        .unwrap_or_default(),
+                    media: None,
+                    reply_to: None,
+                },
+            };
+            Some(Change::Edit {
+                original_message_id: edit.and_then(|e| e.original_message_id.0.clone()),
+                message,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Commit<'a> {
     pub expected_version: Option<u64>,
     /// The new state, when it changed.
     pub state: Option<&'a State>,
+    /// Whether the state's handback (R16) changed (stores that keep it apart rewrite it only then).
+    pub handback_changed: bool,
     /// The dedup mark to set (only if none is set yet).
     pub seen: &'a Seen,
     /// How long the state outlives its last change.
@@ -228,6 +230,7 @@ impl<S: StateStore> Engine<S> {
                 key: &key,
                 expected_version: d.reads_state.then_some(snap.version),
                 state: changed.then_some(&d.state),
+                handback_changed: d.state.handback != snap.state.handback,
                 seen: &seen,
                 retain,
                 now,

@@ -7,6 +7,7 @@
 //! | `{ns}:{c}:session` | the session (JSON) | at the end of its inactivity timeout (`PXAT`) |
 //! | `{ns}:{c}:state` | the pause awaiting release, the last reset (JSON) | timeout + 8 days after the last change |
 //! | `{ns}:{c}:v` | the version that guards commits | as `state` |
+//! | `{ns}:{c}:handback` | R16: the human-handled stretch's messages for the AI agent (JSON, bounded: at most `handback_messages` texts of at most 2,000 characters) | as `state` |
 //! | `{ns}:{c}:seen:{item}` | dedup mark: events not yet published, or `done` | 8 days |
 //! | `{ns}:deadlines` | sorted set of pause deadlines (`{c}\|{trigger}` by instant) | none |
 //!
@@ -23,15 +24,16 @@ use serde::{Deserialize, Serialize};
 use super::{Commit, Committed, Error, Result, Seen, Snapshot, StateStore};
 use crate::domain::Scope;
 use crate::engine::event::Outbound;
-use crate::engine::state::{Pause, Session, State};
+use crate::engine::state::{Pause, Session, State, Stretch};
 use crate::time::Millis;
 
 const DONE: &str = "done";
 
 const COMMIT: &str = r#"
--- KEYS: v, pause, session, state, seen
+-- KEYS: v, pause, session, state, seen, handback
 -- ARGV: expected version ('' = no check), write state ('1'/'0'), pause JSON ('' = none),
---       pause PXAT, session JSON ('' = none), session PXAT, state JSON, retain ms, mark, mark ms
+--       pause PXAT, session JSON ('' = none), session PXAT, state JSON, retain ms, mark, mark ms,
+--       handback JSON ('' = none, '-' = unchanged)
 if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if ARGV[2] == '1' then
@@ -40,10 +42,16 @@ if ARGV[2] == '1' then
   if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3], 'PXAT', ARGV[4]) end
   if ARGV[5] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[5], 'PXAT', ARGV[6]) end
   redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[8])
+  if ARGV[11] == '' then redis.call('DEL', KEYS[6])
+  elseif ARGV[11] ~= '-' then redis.call('SET', KEYS[6], ARGV[11], 'PX', ARGV[8])
+  else redis.call('PEXPIRE', KEYS[6], ARGV[8]) end
 end
 redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[10])
 return 1
 "#;
+
+/// The handback argument of a commit whose handback did not change.
+const UNCHANGED: &str = "-";
 
 const CLAIM: &str = r#"
 -- KEYS: deadlines; ARGV: now, lease until, limit
@@ -144,6 +152,7 @@ impl StateStore for RedisStore {
             self.key(scope, "session"),
             self.key(scope, "state"),
             self.key(scope, &format!("seen:{key}")),
+            self.key(scope, "handback"),
         ];
         type Row = (
             Option<u64>,
@@ -151,8 +160,9 @@ impl StateStore for RedisStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (v, pause_key, session, stored, seen): Row = redis::cmd("MGET")
+        let (v, pause_key, session, stored, seen, handback): Row = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await?;
@@ -161,6 +171,12 @@ impl StateStore for RedisStore {
                 serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "state", e))?
             }
             None => Stored::default(),
+        };
+        let handback: Option<Stretch> = match handback {
+            Some(h) => Some(
+                serde_json::from_str(&h).map_err(|e| corrupt(&self.ns, scope, "handback", e))?,
+            ),
+            None => None,
         };
         let session: Option<Session> = match session {
             Some(s) => {
@@ -188,6 +204,7 @@ impl StateStore for RedisStore {
                 pause,
                 session,
                 last_reset: stored.last_reset,
+                handback,
             },
             version: v.unwrap_or(0),
             seen,
@@ -201,6 +218,7 @@ impl StateStore for RedisStore {
             self.key(c.scope, "session"),
             self.key(c.scope, "state"),
             self.key(c.scope, &format!("seen:{}", c.key)),
+            self.key(c.scope, "handback"),
         ];
         let mut inv = self.commit.prepare_invoke();
         for k in &keys {
@@ -235,6 +253,10 @@ impl StateStore for RedisStore {
             Seen::Pending(events) => inv.arg(json(events)),
         };
         inv.arg(super::DEDUP_RETENTION.as_millis() as u64);
+        match (c.state, c.handback_changed) {
+            (Some(state), true) => inv.arg(state.handback.as_ref().map(json).unwrap_or_default()),
+            _ => inv.arg(UNCHANGED),
+        };
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(if ok == 1 {
             Committed::Yes

@@ -1,7 +1,7 @@
 //! Meta's webhook model: every field and type read, unknown ones tolerated, bad input a clear
 //! error or a tolerated item, never a panic.
 
-use coexist::meta::{parse_body, BodyError, Direction, Echo, ItemKind};
+use coexist::meta::{parse_body, BodyError, Change, Direction, Echo, ItemKind};
 use serde_json::json;
 
 use crate::support::*;
@@ -100,10 +100,11 @@ fn echoes_of_every_kind() {
         .unwrap()
         .items;
     let ItemKind::Echo {
-        echo: Echo::Edit {
-            original_message_id,
-            message,
-        },
+        echo:
+            Echo::Change(Change::Edit {
+                original_message_id,
+                message,
+            }),
         ..
     } = &items[0].kind
     else {
@@ -121,7 +122,7 @@ fn echoes_of_every_kind() {
     );
     let items = parse_body(flat.as_bytes()).unwrap().items;
     let ItemKind::Echo {
-        echo: Echo::Edit { message, .. },
+        echo: Echo::Change(Change::Edit { message, .. }),
         ..
     } = &items[0].kind
     else {
@@ -132,7 +133,7 @@ fn echoes_of_every_kind() {
         .unwrap()
         .items;
     assert!(
-        matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.EX1")
+        matches!(&items[0].kind, ItemKind::Echo { echo: Echo::Change(Change::Revoke { original_message_id: Some(id) }), .. } if id == "wamid.EX1")
     );
 }
 
