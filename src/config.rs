@@ -606,6 +606,69 @@ mod tests {
     }
 
     #[test]
+    fn automated_texts_and_handback_globally_and_per_number() {
+        let f = file(concat!(
+            "automated_texts = [\"Hola, gracias por escribir\", \"Fuera   de horario\"]\n",
+            "handback_messages = 5\n",
+            "[numbers.\"410\"]\nautomated_texts = [\"Bienvenido\"]\nhandback_messages = 0\n",
+        ));
+        let c = Config::load(Some(&f.0), env(&[])).unwrap();
+        assert_eq!(
+            c.rules.default.automated_texts,
+            ["hola, gracias por escribir", "fuera de horario"]
+        );
+        assert_eq!(c.rules.default.handback_messages, 5);
+        assert_eq!(c.rules.for_number("410").automated_texts, ["bienvenido"]);
+        assert_eq!(c.rules.for_number("410").handback_messages, 0);
+        // The environment: one text per line, blank lines skipped.
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "COEXIST_AUTOMATED_TEXTS",
+                    "Hola\r\n\n  Fuera de horario  \n",
+                ),
+                ("COEXIST_HANDBACK_MESSAGES", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.rules.default.automated_texts,
+            ["hola", "fuera de horario"]
+        );
+        assert_eq!(c.rules.default.handback_messages, 7);
+        let d = Config::defaults();
+        assert!(d.rules.default.automated_texts.is_empty());
+        assert_eq!(d.rules.default.handback_messages, 20);
+    }
+
+    #[test]
+    fn automated_texts_errors_are_one_line_naming_the_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("automated_texts = \"Hola\"\n", &[], ""),
+            ("automated_texts = 5\n", &[], "automated_texts (from "),
+            ("automated_texts = [\"ok\", 3]\n", &[], "automated_texts (from "),
+            ("automated_texts = [\"ok\", \"  \"]\n", &[], "an empty text"),
+            ("", &[("COEXIST_AUTOMATED_TEXTS", "Hola\n /RESET ")], "automated_texts (from COEXIST_AUTOMATED_TEXTS): \"/reset\" is the reset command"),
+            ("reset_text = \"#bot\"\nautomated_texts = [\"#BOT\"]\n", &[], "is the reset command"),
+            ("[numbers.\"410\"]\nreset_text = \"listo\"\nautomated_texts = [\"Listo\"]\n", &[], "numbers.\"410\".automated_texts (from "),
+            ("handback_messages = -1\n", &[], "handback_messages (from "),
+            ("", &[("COEXIST_HANDBACK_MESSAGES", "lots")], "handback_messages (from COEXIST_HANDBACK_MESSAGES): expected a whole number from 0 to 1000"),
+        ];
+        for (text, vars, want) in cases {
+            let f = file(text);
+            let result = Config::load(Some(&f.0), env(vars));
+            if want.is_empty() {
+                assert!(result.is_ok(), "{text:?}: a single string is one text");
+                continue;
+            }
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?} {vars:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
     fn empty_reset_text_turns_reset_off() {
         let c = Config::load(None, env(&[("COEXIST_RESET_TEXT", "")])).unwrap();
         assert_eq!(c.rules.default.reset_text, None);

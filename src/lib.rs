@@ -11,7 +11,7 @@
 //! - [`meta`]: Meta's webhook bodies read into items (tolerant of unknown and odd fields).
 //! - [`render`]: the one rendering of a message into `message.text`.
 //! - [`domain`]: customers, conversations (scopes) and deterministic ids.
-//! - [`engine`]: the rules R1-R13 as a pure function (state + input + clock -> decision), the
+//! - [`engine`]: the rules R1-R16 as a pure function (state + input + clock -> decision), the
 //!   event types ([`engine::event`]: a header and one payload variant per type) and the
 //!   conversation state ([`engine::state`]).
 //! - [`store`]: conversation state behind one trait, in memory or in Redis, and the [`store::Engine`]

@@ -200,6 +200,14 @@ impl Rule {
     }
 }
 
+/// A text as a handback keeps it: at most [`HANDBACK_TEXT_LIMIT`] characters, then `…`.
+fn handback_text(text: &str) -> String {
+    match text.char_indices().nth(HANDBACK_TEXT_LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// The member naming a pause in the deadline schedule: `{scope}|{trigger}`.
 pub fn deadline_member(scope: &Scope, trigger: &str) -> String {
     format!("{scope}|{trigger}")
@@ -426,8 +434,44 @@ impl Decider<'_> {
                 original_message_id: original_message_id.clone(),
             }),
         };
+        self.amend_handback(change, &payload);
         let session = self.current_session();
         self.emit(exchange, customer, ts, session, payload);
+    }
+
+    /// R16: an edit or deletion of a message kept for the handback changes the kept message too:
+    /// the AI agent gets the stretch as it reads now.
+    fn amend_handback(&mut self, change: &Change, payload: &Payload) {
+        let Some(stretch) = self.out.state.handback.as_mut() else {
+            return;
+        };
+        let same = |id: &Option<String>, m: &HandbackMessage| id.is_some() && m.message_id == *id;
+        match (change, payload) {
+            (
+                Change::Edit {
+                    original_message_id,
+                    ..
+                },
+                Payload::Edited(edited),
+            ) => {
+                for m in stretch
+                    .messages
+                    .iter_mut()
+                    .filter(|m| same(original_message_id, m))
+                {
+                    m.text = handback_text(&edited.message.text);
+                }
+            }
+            (
+                Change::Revoke {
+                    original_message_id,
+                },
+                _,
+            ) => {
+                stretch.messages.retain(|m| !same(original_message_id, m));
+            }
+            _ => {}
+        }
     }
 
     /// R15: the App's own greeting or away message: recorded, and nothing else changes.
@@ -447,16 +491,12 @@ impl Decider<'_> {
         if limit == 0 || self.out.state.paused(self.now).is_none() {
             return;
         }
-        let text = match message.text.char_indices().nth(HANDBACK_TEXT_LIMIT) {
-            Some((cut, _)) => format!("{}…", &message.text[..cut]),
-            None => message.text.clone(),
-        };
         let stretch = self.out.state.handback.get_or_insert_with(Stretch::default);
         stretch.messages.push(HandbackMessage {
             at: at.rfc3339(),
             source: message.source,
             message_id: message.id.clone(),
-            text,
+            text: handback_text(&message.text),
         });
         let over = stretch.messages.len().saturating_sub(limit);
         stretch.messages.drain(..over);

@@ -151,6 +151,16 @@ pub struct RuleBook {
     pub numbers: std::collections::HashMap<String, Rules>,
 }
 
+impl From<Rules> for RuleBook {
+    /// The same rules for every number.
+    fn from(default: Rules) -> Self {
+        RuleBook {
+            default,
+            numbers: Default::default(),
+        }
+    }
+}
+
 impl RuleBook {
     pub fn for_number(&self, phone_number_id: &str) -> &Rules {
         self.numbers.get(phone_number_id).unwrap_or(&self.default)

@@ -102,6 +102,68 @@ fn process_tells_the_handover_story() {
 }
 
 #[test]
+fn process_tells_the_coexistence_story() {
+    let args = [
+        "--config",
+        "examples/coexistence.toml",
+        "process",
+        "examples/coexistence-story.jsonl",
+    ];
+    let out = coexist(&args, &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = lines(&out);
+    let route: Vec<(&str, &str)> = got
+        .iter()
+        .map(|l| {
+            (
+                l["exchange"].as_str().unwrap(),
+                l["routing_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        route,
+        [
+            ("bot", "message.received"),
+            ("human_chat", "message.sent_from_app"), // the App's greeting: no pause
+            ("bot", "message.edited"),               // Lena's edit, while the AI handles her
+            ("bot", "session.paused"),
+            ("human_chat", "conversation.handover"),
+            ("human_chat", "message.sent_from_app"),
+            ("human_chat", "message.received"),
+            ("human_chat", "message.edited"), // her edit, while Jo handles her
+            ("human_chat", "message.sent_from_app"),
+            ("human_chat", "conversation.released"),
+            ("bot", "message.received"),
+        ]
+    );
+    let greeting = &got[1]["event"]["message"];
+    assert_eq!(greeting["source"], json!("business_app_automation"));
+    assert_eq!(greeting["icon"], json!("📱"));
+    assert_eq!(got[2]["event"]["original_message_id"], json!("wamid.CS1"));
+    let handback = &got[10]["event"]["handback"];
+    assert_eq!(handback["reason"], json!("reset_command"));
+    let texts: Vec<&str> = handback["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "Hi Lena, Jo here. Yes, we fix e-bikes. Which model?",
+            "A VanMoof S3, the motor cuts out on hills",
+            "Bring it in Thursday and I'll take a look",
+        ]
+    );
+    assert_eq!(got[0]["event"]["handback"], json!(null));
+    // Without the configuration, the greeting is taken for a human and pauses the AI agent.
+    let out = coexist(&args[2..], &[], None);
+    assert_eq!(lines(&out)[1]["routing_key"], json!("session.paused"));
+}
+
+#[test]
 fn process_reads_stdin_and_follows_configuration() {
     let story = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

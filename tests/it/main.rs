@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per concern.
 
+#[macro_use]
 mod support;
 
 mod cli;
@@ -7,3 +8,4 @@ mod parse;
 mod pipeline;
 mod redis_store;
 mod rules;
+mod traffic;

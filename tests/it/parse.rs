@@ -332,7 +332,7 @@ async fn mutated_bodies_never_panic() {
         rng ^= rng << 17;
         rng
     };
-    let engine = memory_engine(Default::default());
+    let engine = memory_engine(coexist::engine::Rules::default());
     let alphabet = b"{}[]\":,0123456789 abcnulltruefalse\\";
     let mut parsed = 0;
     for round in 0..4000 {
@@ -361,4 +361,63 @@ async fn mutated_bodies_never_panic() {
         }
     }
     assert!(parsed > 100, "some mutants are still webhooks ({parsed})");
+}
+
+#[test]
+fn customer_edits_and_revokes_are_changes_not_messages() {
+    let edit = customer_msg(
+        ANA,
+        "wamid.CE1",
+        1_764_000_000,
+        "edit",
+        json!({"original_message_id": "wamid.C0", "message": {"type": "image", "image": {"id": "m1", "caption": "la nueva"}}}),
+    );
+    let items = parse_body(edit.as_bytes()).unwrap().items;
+    let ItemKind::CustomerChange {
+        customer,
+        change: Change::Edit {
+            original_message_id,
+            message,
+        },
+    } = &items[0].kind
+    else {
+        panic!("{:?}", items[0].kind)
+    };
+    assert_eq!(customer.wa_id.as_deref(), Some(ANA));
+    assert_eq!(original_message_id.as_deref(), Some("wamid.C0"));
+    assert_eq!(
+        (message.kind.as_str(), message.text.as_str()),
+        ("image", "la nueva")
+    );
+    assert_eq!(
+        message.id.as_deref(),
+        Some("wamid.CE1"),
+        "the edit's own id"
+    );
+    assert_eq!(items[0].key, "m:wamid.CE1");
+    let revoke = customer_msg(
+        ANA,
+        "wamid.CR1",
+        1_764_000_000,
+        "revoke",
+        json!({"original_message_id": "wamid.C0"}),
+    );
+    let items = parse_body(revoke.as_bytes()).unwrap().items;
+    assert!(matches!(
+        &items[0].kind,
+        ItemKind::CustomerChange { change: Change::Revoke { original_message_id: Some(id) }, .. } if id == "wamid.C0"
+    ));
+    // Missing pieces: still a change, with what is known.
+    let bare = customer_msg(ANA, "wamid.CE2", 1_764_000_000, "edit", json!(null));
+    let items = parse_body(bare.as_bytes()).unwrap().items;
+    assert!(matches!(
+        &items[0].kind,
+        ItemKind::CustomerChange {
+            change: Change::Edit {
+                original_message_id: None,
+                ..
+            },
+            ..
+        }
+    ));
 }

@@ -17,27 +17,6 @@ fn rfc(secs: i64) -> String {
     Millis::from_secs(secs).rfc3339()
 }
 
-/// Runs a scenario against both stores.
-macro_rules! both {
-    ($name:ident) => {
-        both!($name, Rules::default());
-    };
-    ($name:ident, $rules:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn memory() {
-                super::$name(&memory_engine($rules), t0()).await;
-            }
-            #[tokio::test]
-            async fn redis() {
-                let (engine, _ns) = redis_engine(stringify!($name), $rules).await;
-                super::$name(&engine, t0()).await;
-            }
-        }
-    };
-}
-
 both!(r1_active_session_continues);
 async fn r1_active_session_continues<S: StateStore>(e: &Engine<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.A1", t, "Hola"), t).await;

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::engine::{Input, Rules};
+use coexist::engine::Input;
 use coexist::meta::{parse_body, Item};
 use coexist::store::memory::MemoryStore;
 use coexist::store::redis::RedisStore;
@@ -58,23 +58,44 @@ impl Drop for NsGuard {
     }
 }
 
-pub fn book(rules: Rules) -> Arc<RuleBook> {
-    Arc::new(RuleBook {
-        default: rules,
-        numbers: Default::default(),
-    })
+pub fn book(rules: impl Into<RuleBook>) -> Arc<RuleBook> {
+    Arc::new(rules.into())
 }
 
-pub fn memory_engine(rules: Rules) -> Engine<MemoryStore> {
+/// An engine over memory, with `rules` for every number (or a [`RuleBook`]).
+pub fn memory_engine(rules: impl Into<RuleBook>) -> Engine<MemoryStore> {
     Engine::new(MemoryStore::new(), book(rules))
 }
 
-pub async fn redis_engine(name: &str, rules: Rules) -> (Engine<RedisStore>, NsGuard) {
+/// An engine over the real Redis, in a namespace of its own (deleted with the guard).
+pub async fn redis_engine(name: &str, rules: impl Into<RuleBook>) -> (Engine<RedisStore>, NsGuard) {
     let ns = unique_ns(name);
     let store = RedisStore::connect(&redis_url(), &ns)
         .await
         .expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
     (Engine::new(store, book(rules)), NsGuard(ns))
+}
+
+/// Runs a scenario `async fn name<S: StateStore>(e: &Engine<S>, t: i64)` against both stores:
+/// memory, and Redis in a namespace of its own. The rules default to [`Rules::default`].
+macro_rules! both {
+    ($name:ident) => {
+        both!($name, coexist::engine::Rules::default());
+    };
+    ($name:ident, $rules:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn memory() {
+                super::$name(&memory_engine($rules), t0()).await;
+            }
+            #[tokio::test]
+            async fn redis() {
+                let (engine, _ns) = redis_engine(stringify!($name), $rules).await;
+                super::$name(&engine, t0()).await;
+            }
+        }
+    };
 }
 
 /// Now, in whole seconds (Meta's timestamps are seconds).
