@@ -644,7 +644,8 @@ mod tests {
 
     #[test]
     fn automated_texts_errors_are_one_line_naming_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(&str, Vars, &str)] = &[
             ("automated_texts = \"Hola\"\n", &[], ""),
             ("automated_texts = 5\n", &[], "automated_texts (from "),
             ("automated_texts = [\"ok\", 3]\n", &[], "automated_texts (from "),
