@@ -94,6 +94,26 @@ impl Customer {
         CustomerKey::from_parts(self.wa_id.as_deref(), self.user_id.as_deref())
     }
 
+    /// Whether two customers share a name (a phone number or a user id).
+    pub fn same_person(&self, other: &Customer) -> bool {
+        (self.wa_id.is_some() && self.wa_id == other.wa_id)
+            || (self.user_id.is_some() && self.user_id == other.user_id)
+    }
+
+    /// This customer, completed from `other` when `other` is the same person (or when this one
+    /// has no name at all): missing names and profile name are taken from it.
+    pub fn or(self, other: &Customer) -> Customer {
+        let nameless = self.wa_id.is_none() && self.user_id.is_none();
+        if !nameless && !self.same_person(other) {
+            return self;
+        }
+        Customer {
+            wa_id: self.wa_id.or_else(|| other.wa_id.clone()),
+            user_id: self.user_id.or_else(|| other.user_id.clone()),
+            name: self.name.or_else(|| other.name.clone()),
+        }
+    }
+
     /// The customer named by a key alone (no profile name).
     pub fn from_key(key: &CustomerKey) -> Self {
         match key {

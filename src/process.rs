@@ -1,6 +1,7 @@
 //! `coexist process`: webhook bodies through the engine with in-memory state, offline.
 //!
-//! The clock is the items' own timestamps (never going backwards), so a run is deterministic,
+//! The clock is the items' own timestamps (never going backwards; an item without one is dated
+//! the latest time seen, else now), so a run is deterministic,
 //! and a pause deadline that falls between two items is released before the later one.
 
 use std::io::Write;
@@ -56,14 +57,15 @@ pub fn bodies(source: &Source) -> Vec<(String, &str)> {
 /// The offline processor: one engine over memory, and the clock.
 pub struct Processor {
     engine: Engine<MemoryStore>,
-    clock: Millis,
+    /// The latest time seen (none before the first item with a timestamp).
+    clock: Option<Millis>,
 }
 
 impl Processor {
     pub fn new(rules: Arc<RuleBook>) -> Self {
         Processor {
             engine: Engine::new(MemoryStore::new(), rules),
-            clock: Millis(0),
+            clock: None,
         }
     }
 
@@ -90,12 +92,16 @@ impl Processor {
                 "a part that cannot be placed was kept aside"
             );
         }
-        for item in &parsed.items {
-            if let Some(ts) = item.timestamp {
-                self.clock = self.clock.max(ts);
-            }
-            self.release_due(out).await?;
-            let applied = self.engine.apply(&Input::Item(item), self.clock).await?;
+        for mut item in parsed.items {
+            // An item without a time (nor its entry's) is dated the latest time seen, else now.
+            let at = item
+                .timestamp
+                .unwrap_or_else(|| self.clock.unwrap_or_else(Millis::now));
+            item.timestamp = Some(at);
+            let clock = self.clock.map_or(at, |c| c.max(at));
+            self.clock = Some(clock);
+            self.release_due(clock, out).await?;
+            let applied = self.engine.apply(&Input::Item(&item), clock).await?;
             for e in &applied.events {
                 writeln!(out, "{}", e.to_line())?;
             }
@@ -112,9 +118,9 @@ impl Processor {
         Ok(())
     }
 
-    async fn release_due(&mut self, out: &mut impl Write) -> Result<(), Error> {
+    async fn release_due(&mut self, clock: Millis, out: &mut impl Write) -> Result<(), Error> {
         loop {
-            let released = self.engine.release_due(self.clock, RELEASE_BATCH).await?;
+            let released = self.engine.release_due(clock, RELEASE_BATCH).await?;
             if released.is_empty() {
                 return Ok(());
             }

@@ -33,10 +33,11 @@ impl Unit {
 }
 
 /// Splits a body's items into one unit per conversation, keeping their order of appearance
-/// within each.
+/// within each. An item that has no time of its own (nor its entry's) takes `accepted_at`.
 pub fn split(items: Vec<Item>, accepted_at: Millis) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
-    for item in items {
+    for mut item in items {
+        item.timestamp = item.timestamp.or(Some(accepted_at));
         match units.iter_mut().find(|u| u.scope == item.scope) {
             Some(u) => u.items.push(item),
             None => units.push(Unit {

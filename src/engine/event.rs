@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::domain::Customer;
-use crate::meta::{Direction, Media};
+use crate::meta::{Direction, Media, NameChange};
 
 /// The two downstream exchanges (`{ns}.bot`, `{ns}.human_chat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +99,8 @@ event_types! {
     HistoryStatus = "history.status",
     /// A contact added, edited or removed in the App (human_chat).
     ContactSynced = "contact.synced",
+    /// The customer changed number, business-scoped id or identity (R12a; both exchanges).
+    CustomerChanged = "customer.changed",
 }
 
 /// `message.received`.
@@ -226,6 +228,20 @@ pub struct HistoryStatus {
 pub struct ContactSynced {
     pub action: Option<String>,
     pub contact: Option<Box<RawValue>>,
+}
+
+/// `customer.changed`: `customer` names them as they are now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CustomerChanged {
+    pub change: NameChange,
+    pub previous: Previous,
+}
+
+/// `customer.changed`'s `previous`: the names before the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previous {
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
 }
 
 /// Where a message came from.
@@ -509,6 +525,13 @@ mod tests {
             Payload::ContactSynced(ContactSynced {
                 action: Some("add".into()),
                 contact: None,
+            }),
+            Payload::CustomerChanged(CustomerChanged {
+                change: NameChange::Number,
+                previous: Previous {
+                    wa_id: Some("5215550000000".into()),
+                    user_id: None,
+                },
             }),
         ]
     }

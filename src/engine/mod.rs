@@ -11,10 +11,10 @@ use crate::domain::{stable_id, Customer, Scope};
 use crate::meta::{Change, Content, Echo, Item, ItemKind};
 use crate::time::Millis;
 use event::{
-    AccountUpdated, ContactSynced, Edited, Event, EventMessage, Exchange, ForAgent, Handback,
-    HandbackMessage, Handover, History, HistoryStatus, MessageReceived, MessageStatus, Outbound,
-    Payload, ReleaseReason, Released, Revoked, SentFromApp, SessionPaused, Source,
-    HANDBACK_TEXT_LIMIT,
+    AccountUpdated, ContactSynced, CustomerChanged, Edited, Event, EventMessage, Exchange,
+    ForAgent, Handback, HandbackMessage, Handover, History, HistoryStatus, MessageReceived,
+    MessageStatus, Outbound, Payload, Previous, ReleaseReason, Released, Revoked, SentFromApp,
+    SessionPaused, Source, HANDBACK_TEXT_LIMIT,
 };
 use state::{Ended, Handler, Pause, Session, State, Stretch};
 
@@ -167,6 +167,7 @@ pub enum Rule {
     R10,
     R11,
     R12,
+    R12a,
     R14,
     R15,
     OperatorPause,
@@ -190,6 +191,7 @@ impl Rule {
             Rule::R10 => "R10",
             Rule::R11 => "R11",
             Rule::R12 => "R12",
+            Rule::R12a => "R12a",
             Rule::R14 => "R14",
             Rule::R15 => "R15",
             Rule::OperatorPause => "operator_pause",
@@ -336,6 +338,30 @@ impl Decider<'_> {
                     ts,
                 );
                 self.out.rule = Rule::R10;
+            }
+            ItemKind::System {
+                customer,
+                previous,
+                change,
+            } => {
+                // R12a: both the AI agent and the inbox learn who the customer is now.
+                let payload = Payload::CustomerChanged(CustomerChanged {
+                    change: *change,
+                    previous: Previous {
+                        wa_id: previous.wa_id.clone(),
+                        user_id: previous.user_id.clone(),
+                    },
+                });
+                let session = self.current_session();
+                self.emit(
+                    Exchange::HumanChat,
+                    customer,
+                    ts,
+                    session.clone(),
+                    payload.clone(),
+                );
+                self.emit(Exchange::Bot, customer, ts, session, payload);
+                self.out.rule = Rule::R12a;
             }
             ItemKind::CustomerChange { customer, change } => {
                 // R14: to whoever handles the conversation now; no session, no pause changes.
@@ -766,8 +792,24 @@ impl Decider<'_> {
         session_id: Option<String>,
         payload: Payload,
     ) {
+        // The same type on both exchanges (customer.changed): the second copy's id names its
+        // exchange too.
+        let again = self
+            .out
+            .events
+            .iter()
+            .any(|o| o.event.name() == payload.name());
+        let event_id = match again {
+            false => stable_id(&[&self.scope_str, &self.key, payload.name()]),
+            true => stable_id(&[
+                &self.scope_str,
+                &self.key,
+                payload.name(),
+                exchange.as_str(),
+            ]),
+        };
         let event = Event {
-            event_id: stable_id(&[&self.scope_str, &self.key, payload.name()]),
+            event_id,
             occurred_at: at.rfc3339(),
             phone_number_id: self.scope.phone_number_id.clone(),
             customer: customer.clone(),

@@ -9,7 +9,7 @@
 pub mod lenient;
 pub mod wire;
 
-use lenient::RawList;
+use lenient::{LStr, RawList};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -56,6 +56,13 @@ pub enum ItemKind {
     /// `messages[]` of type `edit` or `revoke`: the customer edited or deleted a message (Meta
     /// sends these to coexistence numbers).
     CustomerChange { customer: Customer, change: Change },
+    /// A customer's `system` message: they changed number, business-scoped id or identity.
+    /// `customer` names them as they are now, `previous` as they were.
+    System {
+        customer: Customer,
+        previous: Customer,
+        change: NameChange,
+    },
     /// `message_echoes[]`: the business wrote, edited or deleted from the Business App.
     Echo { customer: Customer, echo: Echo },
     /// `statuses[]`: what happened to a message sent through the API.
@@ -101,6 +108,8 @@ pub enum ItemKind {
 pub struct Parsed {
     pub items: Vec<Item>,
     pub unreadable: Vec<Unreadable>,
+    /// The `time` of the entry being read: the time of its items that carry none.
+    entry_time: Option<Millis>,
 }
 
 /// Part of a signed body that cannot be placed (no number, no customer, not an object): kept
@@ -136,6 +145,18 @@ pub enum Change {
     Revoke {
         original_message_id: Option<String>,
     },
+}
+
+/// What a `system` message says changed (`customer.changed`'s `change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameChange {
+    /// A new phone number (`user_changed_number`).
+    Number,
+    /// A new business-scoped user id (`user_changed_user_id`).
+    UserId,
+    /// A new identity (security code) on the same number.
+    Identity,
 }
 
 /// Direction of a history message, seen from the business.
@@ -211,7 +232,9 @@ pub fn parse_body(body: &[u8]) -> Result<Parsed, BodyError> {
 }
 
 impl Parsed {
-    fn push(&mut self, item: Item) {
+    /// Keeps an item; one without a timestamp of its own takes its entry's `time`.
+    fn push(&mut self, mut item: Item) {
+        item.timestamp = item.timestamp.or(self.entry_time);
         self.items.push(item);
     }
 
@@ -243,6 +266,7 @@ fn read_entry(raw: &RawValue, out: &mut Parsed) {
     let Ok(changes) = array(std::mem::take(&mut entry.changes)) else {
         return out.park(raw, "`changes` is not an array");
     };
+    out.entry_time = entry.time.0;
     for change in changes {
         let parsed = serde_json::from_str::<lenient::Obj<wire::Change>>(change.get())
             .ok()
@@ -361,10 +385,18 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             ctx.each(&value.history, "history", out, |ctx, raw, out| {
                 ctx.history_chunk(raw, out)
             });
-            // The follow-up form: media for earlier placeholders, as `messages[]`.
+            // The follow-up form (media for earlier placeholders): the customer's as `messages[]`,
+            // the business's as `message_echoes[]`.
+            let nobody = Customer::default();
             ctx.each(&value.messages, "messages", out, |ctx, raw, out| {
-                ctx.history_message(raw, None, out)
+                ctx.history_message(raw, &nobody, Some(Direction::Inbound), out)
             });
+            ctx.each(
+                &value.message_echoes,
+                "message_echoes",
+                out,
+                |ctx, raw, out| ctx.history_message(raw, &nobody, Some(Direction::Outbound), out),
+            );
         }
         "smb_app_state_sync" => ctx.each(&value.state_sync, "state_sync", out, |ctx, raw, out| {
             ctx.state_sync(raw, out)
@@ -422,42 +454,25 @@ impl Ctx<'_, '_> {
         let Some(m) = self.read::<wire::Message>(raw, "a message", out) else {
             return;
         };
-        let from = m.from.get().and_then(phone_digits);
-        let from_user = m.from_user_id.get();
-        // The profile of this sender among `contacts[]` (or the only contact there is).
-        let contacts = &self.value.contacts.0;
-        let contact = contacts
-            .iter()
-            .filter_map(|c| c.get())
-            .find(|c| {
-                (from.is_some() && c.wa_id.get().and_then(phone_digits) == from)
-                    || (from_user.is_some() && c.user_id.get() == from_user)
-            })
-            .or_else(|| {
-                if contacts.len() == 1 {
-                    contacts[0].get()
-                } else {
-                    None
-                }
-            });
-        let customer = Customer {
-            wa_id: from.or_else(|| contact.and_then(|c| c.wa_id.get()).and_then(phone_digits)),
-            user_id: from_user
-                .or(contact.and_then(|c| c.user_id.get()))
-                .map(str::to_owned),
-            name: contact
-                .and_then(|c| c.profile.get())
-                .and_then(|p| p.name.0.clone()),
+        let sender = Customer {
+            wa_id: m.from.get().and_then(phone_digits),
+            user_id: m.from_user_id.0.clone(),
+            name: None,
         };
+        let customer = self.not_the_business(self.with_contact(sender));
         let Some(key) = customer.key() else {
             return out.park(raw, "a customer message without a sender");
         };
-        let kind = match change(&m) {
-            Some(change) => ItemKind::CustomerChange { customer, change },
-            None => ItemKind::Customer {
-                message: content(&m),
-                customer,
-            },
+        let kind = if m.kind.get() == Some("system") {
+            system(&m, customer)
+        } else {
+            match change(&m) {
+                Some(change) => ItemKind::CustomerChange { customer, change },
+                None => ItemKind::Customer {
+                    message: content(&m),
+                    customer,
+                },
+            }
         };
         out.push(Item {
             scope: Scope::conversation(self.pnid, key),
@@ -472,11 +487,11 @@ impl Ctx<'_, '_> {
         let Some(m) = self.read::<wire::Message>(raw, "an echo", out) else {
             return;
         };
-        let customer = Customer {
+        let customer = self.not_the_business(Customer {
             wa_id: m.to.get().and_then(phone_digits),
             user_id: m.to_user_id.0.clone(),
             name: None,
-        };
+        });
         let Some(key) = customer.key() else {
             return out.park(raw, "an echo without a recipient");
         };
@@ -497,11 +512,11 @@ impl Ctx<'_, '_> {
         let Some(s) = self.read::<wire::Status>(raw, "a status", out) else {
             return;
         };
-        let customer = Customer {
+        let customer = self.not_the_business(self.with_contact(Customer {
             wa_id: s.recipient_id.get().and_then(phone_digits),
             user_id: s.recipient_user_id.0.clone(),
             name: None,
-        };
+        }));
         let scope = match customer.key() {
             Some(k) => Scope::conversation(self.pnid, k),
             None => Scope::number(self.pnid),
@@ -533,12 +548,30 @@ impl Ctx<'_, '_> {
             return;
         };
         for thread in chunk.threads.0.iter().filter_map(|t| t.get()) {
-            let thread_customer = thread.id.get();
+            // Who the thread is with: its id (a phone, or a user id) and its `context`.
+            let id = thread.id.get().and_then(CustomerKey::parse);
+            let context = thread.context.get();
+            let with = Customer {
+                wa_id: context
+                    .and_then(|c| c.wa_id.get())
+                    .and_then(phone_digits)
+                    .or_else(|| match &id {
+                        Some(CustomerKey::WaId(w)) => Some(w.clone()),
+                        _ => None,
+                    }),
+                user_id: context
+                    .and_then(|c| c.user_id.0.clone())
+                    .or_else(|| match &id {
+                        Some(CustomerKey::UserId(u)) => Some(u.clone()),
+                        _ => None,
+                    }),
+                name: None,
+            };
             match &thread.messages {
                 RawList::Absent => {}
                 RawList::List(msgs) => msgs
                     .iter()
-                    .for_each(|m| self.history_message(m, thread_customer, out)),
+                    .for_each(|m| self.history_message(m, &with, None, out)),
                 RawList::NotList => out.park(raw, "`threads[].messages` is not an array"),
             }
         }
@@ -572,34 +605,37 @@ impl Ctx<'_, '_> {
         });
     }
 
-    fn history_message(&self, raw: &RawValue, thread: Option<&str>, out: &mut Parsed) {
+    /// One message of the history sync. `thread` names the customer when the thread does;
+    /// `direction` is given by the form the message came in, else read from who sent it.
+    fn history_message(
+        &self,
+        raw: &RawValue,
+        thread: &Customer,
+        direction: Option<Direction>,
+        out: &mut Parsed,
+    ) {
         let Some(m) = self.read::<wire::Message>(raw, "a history message", out) else {
             return;
         };
-        let from = m.from.get().and_then(phone_digits);
-        let outbound = match (&from, &self.business) {
-            (Some(f), Some(b)) => f == b,
-            (None, _) => m.to.get().is_some(),
-            (Some(_), None) => m.to.get().is_some() && thread.and_then(phone_digits) != from,
+        let sender = Customer {
+            wa_id: m.from.get().and_then(phone_digits),
+            user_id: m.from_user_id.0.clone(),
+            name: None,
         };
-        let customer = if outbound {
-            Customer {
-                wa_id: m.to.get().and_then(phone_digits),
-                user_id: m.to_user_id.0.clone(),
-                name: None,
-            }
-        } else {
-            Customer {
-                wa_id: from.clone(),
-                user_id: m.from_user_id.0.clone(),
-                name: None,
-            }
+        let recipient = Customer {
+            wa_id: m.to.get().and_then(phone_digits),
+            user_id: m.to_user_id.0.clone(),
+            name: None,
         };
-        let customer = match (customer.key(), thread.and_then(CustomerKey::parse)) {
-            (Some(_), _) => customer,
-            (None, Some(k)) => Customer::from_key(&k),
-            (None, None) => return out.park(raw, "a history message without a customer"),
+        let direction = direction.unwrap_or_else(|| self.direction(&sender, &recipient, thread));
+        let customer = match direction {
+            Direction::Inbound => sender,
+            Direction::Outbound => recipient,
         };
+        let customer = self.not_the_business(customer.or(thread));
+        if customer.key().is_none() {
+            return out.park(raw, "a history message without a customer");
+        }
         let key = customer.key().expect("checked above");
         let message = content(&m);
         out.push(Item {
@@ -611,13 +647,64 @@ impl Ctx<'_, '_> {
             kind: ItemKind::History {
                 customer,
                 message,
-                direction: if outbound {
-                    Direction::Outbound
-                } else {
-                    Direction::Inbound
-                },
+                direction,
             },
         });
+    }
+
+    /// A customer completed from the change's `contacts[]`: the contact that shares a name with
+    /// them (or the only contact there is, when they have no name) gives its profile name and
+    /// the names they lack.
+    fn with_contact(&self, customer: Customer) -> Customer {
+        let contacts: Vec<Customer> = self
+            .value
+            .contacts
+            .0
+            .iter()
+            .filter_map(|c| c.get())
+            .map(|c| Customer {
+                wa_id: c.wa_id.get().and_then(phone_digits),
+                user_id: c.user_id.0.clone(),
+                name: c.profile.get().and_then(|p| p.name.0.clone()),
+            })
+            .collect();
+        let matching = contacts.iter().find(|c| c.same_person(&customer));
+        match (matching, contacts.as_slice()) {
+            (Some(c), _) => customer.or(c),
+            (None, [only]) => customer.or(only),
+            (None, _) => customer,
+        }
+    }
+
+    /// Whether a history message went out from the business or came in from the customer.
+    fn direction(&self, sender: &Customer, recipient: &Customer, thread: &Customer) -> Direction {
+        let business = |c: &Customer| c.wa_id.is_some() && c.wa_id == self.business;
+        let named = |c: &Customer| c.wa_id.is_some() || c.user_id.is_some();
+        if business(sender) {
+            Direction::Outbound
+        } else if business(recipient) || (sender.wa_id.is_none() && sender.user_id.is_some()) {
+            // Sent to the business, or by a customer named only by their user id.
+            Direction::Inbound
+        } else if !named(sender) {
+            match named(recipient) {
+                true => Direction::Outbound,
+                false => Direction::Inbound,
+            }
+        } else if self.business.is_none() && named(recipient) && !sender.same_person(thread) {
+            // The business's number is unknown: a message to someone, from other than the
+            // thread's customer, is the business's.
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        }
+    }
+
+    /// The business's own number is never the customer: it is dropped from a customer's names.
+    fn not_the_business(&self, mut c: Customer) -> Customer {
+        if c.wa_id.is_some() && c.wa_id == self.business {
+            c.wa_id = None;
+        }
+        c
     }
 
     fn state_sync(&self, raw: &RawValue, out: &mut Parsed) {
@@ -644,7 +731,7 @@ impl Ctx<'_, '_> {
                 .as_ref()
                 .and_then(|c| c.phone_number.get())
                 .and_then(phone_digits),
-            user_id: None,
+            user_id: contact.as_ref().and_then(|c| c.user_id.0.clone()),
             name: contact
                 .as_ref()
                 .and_then(|c| c.full_name.0.clone().or(c.first_name.0.clone())),
@@ -708,6 +795,47 @@ fn message_key(m: &wire::Message, raw: &RawValue) -> String {
     match m.id.get().filter(|id| !id.is_empty()) {
         Some(id) => format!("m:{id}"),
         None => format!("m:{}", stable_id(&[raw.get()])),
+    }
+}
+
+/// A `system` message: what changed, and the customer before and after. Older payloads say
+/// `customer_changed_number` / `new_wa_id` and `customer_identity_changed`.
+fn system(m: &wire::Message, sender: Customer) -> ItemKind {
+    let sys = m.system.get();
+    let field = |f: fn(&wire::System) -> &LStr| sys.and_then(|s| f(s).0.clone());
+    let kind = sys.and_then(|s| s.kind.get()).unwrap_or("");
+    let change = if kind.contains("number") {
+        NameChange::Number
+    } else if kind.contains("user_id") {
+        NameChange::UserId
+    } else {
+        NameChange::Identity
+    };
+    let previous = Customer {
+        wa_id: sender.wa_id.clone(),
+        user_id: field(|s| &s.previous_user_id).or_else(|| sender.user_id.clone()),
+        name: None,
+    };
+    let new_number = field(|s| &s.wa_id)
+        .or_else(|| field(|s| &s.new_wa_id))
+        .as_deref()
+        .and_then(phone_digits);
+    let customer = Customer {
+        wa_id: match change {
+            NameChange::Number => new_number.or(sender.wa_id),
+            _ => sender.wa_id,
+        },
+        user_id: field(|s| &s.user_id).or(match change {
+            // A new number comes with a new user id; without it, the old one is not theirs.
+            NameChange::Number => None,
+            _ => sender.user_id,
+        }),
+        name: sender.name,
+    };
+    ItemKind::System {
+        customer,
+        previous,
+        change,
     }
 }
 

@@ -110,6 +110,25 @@ pub struct Message {
     pub reaction: Obj<Reaction>,
     pub revoke: Obj<Revoke>,
     pub edit: Obj<Edit>,
+    pub system: Obj<System>,
+}
+
+/// A `system` message: the customer changed number, business-scoped id, or identity.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct System {
+    #[serde(rename = "type")]
+    pub kind: LStr,
+    pub body: LStr,
+    /// The new phone number (`user_changed_number`).
+    pub wa_id: LStr,
+    /// Older payloads: the new number.
+    pub new_wa_id: LStr,
+    /// The new business-scoped user id.
+    pub user_id: LStr,
+    pub previous_user_id: LStr,
+    pub identity: LStr,
+    pub customer: LStr,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,8 +258,17 @@ pub struct HistoryMetadata {
 #[serde(default)]
 pub struct Thread<'a> {
     pub id: LStr,
+    /// Names the customer of the thread by business-scoped id (`context.user_id`).
+    pub context: Obj<ThreadContext>,
     #[serde(borrow)]
     pub messages: RawList<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ThreadContext {
+    pub user_id: LStr,
+    pub wa_id: LStr,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,6 +294,7 @@ pub struct SyncContact {
     pub full_name: LStr,
     pub first_name: LStr,
     pub phone_number: LStr,
+    pub user_id: LStr,
 }
 
 #[derive(Deserialize, Default)]
