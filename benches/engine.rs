@@ -46,6 +46,7 @@ fn main() {
             let d = decide(
                 &State::default(),
                 &Input::Item(&item),
+                &item.scope,
                 Millis::from_secs(1_764_000_000),
                 &rules,
             );

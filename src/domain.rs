@@ -9,8 +9,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// How a customer is identified within one business number.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// How a customer is identified within one business number: one of their names. Written as
+/// the digits or the id itself (and read back by [`CustomerKey::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum CustomerKey {
     /// A phone number in digits only.
     WaId(String),
@@ -60,6 +62,19 @@ impl CustomerKey {
     }
 }
 
+impl From<CustomerKey> for String {
+    fn from(k: CustomerKey) -> String {
+        k.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for CustomerKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        CustomerKey::parse(&s).ok_or_else(|| format!("not a customer: {s:?}"))
+    }
+}
+
 impl fmt::Display for CustomerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -92,6 +107,36 @@ impl Customer {
     /// The key this customer's conversation is stored under.
     pub fn key(&self) -> Option<CustomerKey> {
         CustomerKey::from_parts(self.wa_id.as_deref(), self.user_id.as_deref())
+    }
+
+    /// Every name of this customer: the phone number first, then the business-scoped id.
+    pub fn names(&self) -> Vec<CustomerKey> {
+        let phone = self
+            .wa_id
+            .as_deref()
+            .and_then(phone_digits)
+            .map(CustomerKey::WaId);
+        let user = self
+            .user_id
+            .as_deref()
+            .and_then(CustomerKey::parse)
+            .filter(|k| matches!(k, CustomerKey::UserId(_)));
+        phone.into_iter().chain(user).collect()
+    }
+
+    /// The customer named by names alone: the first phone number and the first user id.
+    pub fn from_names(names: &[CustomerKey]) -> Self {
+        let find = |phone: bool| {
+            names.iter().find_map(|k| match (k, phone) {
+                (CustomerKey::WaId(w), true) | (CustomerKey::UserId(w), false) => Some(w.clone()),
+                _ => None,
+            })
+        };
+        Customer {
+            wa_id: find(true),
+            user_id: find(false),
+            name: None,
+        }
     }
 
     /// Whether two customers share a name (a phone number or a user id).
@@ -170,23 +215,27 @@ impl Scope {
 }
 
 impl Scope {
+    /// The number and the customer reduced to its last four characters (empty for none).
+    pub fn redacted_parts(&self) -> (&str, String) {
+        let tail = self.customer.as_ref().map(|c| {
+            let s = c.as_str();
+            let tail: String = s
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("…{tail}")
+        });
+        (&self.phone_number_id, tail.unwrap_or_default())
+    }
+
     /// The scope for logs: the customer reduced to its last four characters.
     pub fn redacted(&self) -> String {
-        match &self.customer {
-            Some(c) => {
-                let s = c.as_str();
-                let tail: String = s
-                    .chars()
-                    .rev()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                format!("{}:…{tail}", self.phone_number_id)
-            }
-            None => format!("{}:", self.phone_number_id),
-        }
+        let (pnid, customer) = self.redacted_parts();
+        format!("{pnid}:{customer}")
     }
 }
 

@@ -7,7 +7,7 @@ pub mod state;
 
 use std::time::Duration;
 
-use crate::domain::{stable_id, Customer, Scope};
+use crate::domain::{stable_id, Customer, CustomerKey, Scope};
 use crate::meta::{Change, Content, Echo, Item, ItemKind};
 use crate::time::Millis;
 use event::{
@@ -133,6 +133,8 @@ pub enum Input<'a> {
 }
 
 impl Input<'_> {
+    /// Where the input is addressed: a business number and one of the customer's names (the
+    /// store resolves the name to its conversation).
     pub fn scope(&self) -> &Scope {
         match self {
             Input::Item(i) => &i.scope,
@@ -140,7 +142,35 @@ impl Input<'_> {
         }
     }
 
-    /// The input's identity within its scope: the dedup key, and the seed of its event ids.
+    /// Every name of the customer the input carries (phone first): an item naming several links
+    /// them into one conversation; a `system` message links the old names and the new.
+    pub fn names(&self) -> Vec<CustomerKey> {
+        let mut names = match self {
+            Input::Item(item) => match &item.kind {
+                ItemKind::System {
+                    customer, previous, ..
+                } => [previous.names(), customer.names()].concat(),
+                kind => kind.customer().map(Customer::names).unwrap_or_default(),
+            },
+            _ => Vec::new(),
+        };
+        // The name the input is addressed to comes first: it is where new state goes.
+        if let Some(addressed) = &self.scope().customer {
+            names.retain(|n| n != addressed);
+            names.insert(0, addressed.clone());
+        }
+        names.dedup();
+        let mut seen = Vec::with_capacity(names.len());
+        names.retain(|n| {
+            let new = !seen.contains(n);
+            seen.push(n.clone());
+            new
+        });
+        names
+    }
+
+    /// The input's identity within its business number: the dedup key, and the seed of its
+    /// event ids.
     pub fn key(&self) -> String {
         match self {
             Input::Item(i) => i.key.clone(),
@@ -237,10 +267,17 @@ pub struct Decision {
     pub unschedule: Option<String>,
 }
 
-/// Applies the rules. `now` is the clock: the worker's wall clock, or in `coexist process` the
-/// items' own timestamps.
-pub fn decide(state: &State, input: &Input, now: Millis, rules: &Rules) -> Decision {
-    let scope = input.scope();
+/// Applies the rules to the state of `conversation` (the input's scope, or the conversation
+/// its name is linked to). `now` is the clock: the worker's wall clock, or in `coexist process`
+/// the items' own timestamps.
+pub fn decide(
+    state: &State,
+    input: &Input,
+    conversation: &Scope,
+    now: Millis,
+    rules: &Rules,
+) -> Decision {
+    let scope = conversation;
     let mut d = Decider {
         scope,
         scope_str: scope.to_string(),
@@ -774,12 +811,12 @@ impl Decider<'_> {
         id
     }
 
+    /// The customer as the conversation knows them (for operator commands and timeouts).
     fn scope_customer(&self) -> Customer {
-        self.scope
-            .customer
-            .as_ref()
-            .map(Customer::from_key)
-            .unwrap_or_default()
+        match (&self.out.state.names[..], &self.scope.customer) {
+            ([], Some(key)) => Customer::from_key(key),
+            (names, _) => Customer::from_names(names),
+        }
     }
 
     /// Adds an event; its id comes from the conversation, the input and the type, so the same

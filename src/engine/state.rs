@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::event::{HandbackMessage, ReleaseReason};
+use crate::domain::CustomerKey;
 use crate::time::Millis;
 
 /// Everything the rules read and write for one conversation.
@@ -17,6 +18,9 @@ pub struct State {
     pub last_reset: Option<Millis>,
     /// R16: the human-handled stretch, kept for the AI agent's first message after it.
     pub handback: Option<Stretch>,
+    /// Every name the customer is known by in this conversation (phone numbers and
+    /// business-scoped ids), linked by items that carried several or by `system` messages.
+    pub names: Vec<CustomerKey>,
 }
 
 /// The messages of a human-handled stretch (R16), oldest first, at most `handback_messages`.
@@ -65,6 +69,43 @@ pub struct Session {
 }
 
 impl State {
+    /// One conversation's state from two that turned out to be the same customer's: fail-closed
+    /// (the later pause wins, and a pause in force is never dropped; the later session and reset;
+    /// both handback stretches; every name).
+    pub fn merge(self, other: State) -> State {
+        let later = |a: Option<Millis>, b: Option<Millis>| a.max(b);
+        let pause = match (self.pause, other.pause) {
+            (Some(a), Some(b)) => Some(if b.until > a.until { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let session = match (self.session, other.session) {
+            (Some(a), Some(b)) => Some(if b.expires > a.expires { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let handback = match (self.handback, other.handback) {
+            (Some(mut a), Some(b)) => {
+                a.messages.extend(b.messages);
+                a.messages.sort_by(|x, y| x.at.cmp(&y.at));
+                a.ended = later_end(a.ended, b.ended);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        let mut names = self.names;
+        for n in other.names {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        State {
+            pause,
+            session,
+            last_reset: later(self.last_reset, other.last_reset),
+            handback,
+            names,
+        }
+    }
+
     /// The pause in force at `now`.
     pub fn paused(&self, now: Millis) -> Option<&Pause> {
         self.pause.as_ref().filter(|p| p.until > now)
@@ -73,5 +114,13 @@ impl State {
     /// The session alive at `now`.
     pub fn session_at(&self, now: Millis) -> Option<&Session> {
         self.session.as_ref().filter(|s| s.expires > now)
+    }
+}
+
+/// The later of two endings of a stretch (none while either stretch is still going on).
+fn later_end(a: Option<Ended>, b: Option<Ended>) -> Option<Ended> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.released_at > a.released_at { b } else { a }),
+        _ => None,
     }
 }

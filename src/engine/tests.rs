@@ -83,7 +83,7 @@ fn echo(id: &str, at: i64, body: &str) -> Item {
 }
 
 fn run(state: &State, input: &Item, now: i64) -> Decision {
-    decide(state, &Input::Item(input), Millis(now), &rules())
+    decide(state, &Input::Item(input), &scope(), Millis(now), &rules())
 }
 
 /// (exchange, type) of each event.
@@ -109,6 +109,7 @@ fn paused_state(since: i64, until: i64) -> State {
         }),
         last_reset: None,
         handback: None,
+        names: Vec::new(),
     }
 }
 
@@ -251,6 +252,7 @@ fn r6_an_empty_reset_text_makes_reset_an_ordinary_echo() {
     let d = decide(
         &State::default(),
         &Input::Item(&echo("wamid.R", T, "/reset")),
+        &scope(),
         Millis(T),
         &off,
     );
@@ -289,17 +291,35 @@ fn r7_a_due_timeout_releases_once_and_a_stale_one_does_nothing() {
         scope: scope(),
         trigger: trigger.into(),
     };
-    let early = decide(&state, &timeout("m:wamid.E"), Millis(T + DAY), &rules());
+    let early = decide(
+        &state,
+        &timeout("m:wamid.E"),
+        &scope(),
+        Millis(T + DAY),
+        &rules(),
+    );
     assert_eq!(early.rule, Rule::Noop);
     assert!(early.events.is_empty());
-    let due = decide(&state, &timeout("m:wamid.E"), Millis(T + 7 * DAY), &rules());
+    let due = decide(
+        &state,
+        &timeout("m:wamid.E"),
+        &scope(),
+        Millis(T + 7 * DAY),
+        &rules(),
+    );
     assert_eq!(due.rule, Rule::R7);
     assert_eq!(
         kinds(&due),
         [(Exchange::HumanChat, "conversation.released")]
     );
     assert_eq!(due.unschedule, None, "the claim finishes the deadline");
-    let other = decide(&state, &timeout("m:wamid.X"), Millis(T + 7 * DAY), &rules());
+    let other = decide(
+        &state,
+        &timeout("m:wamid.X"),
+        &scope(),
+        Millis(T + 7 * DAY),
+        &rules(),
+    );
     assert!(other.events.is_empty(), "a deadline of another pause");
 }
 
@@ -412,6 +432,7 @@ fn operator_pause_and_release() {
     let d = decide(
         &State::default(),
         &op(OperatorAction::Pause),
+        &scope(),
         Millis(T),
         &rules(),
     );
@@ -425,6 +446,7 @@ fn operator_pause_and_release() {
     let d = decide(
         &d.state,
         &op(OperatorAction::Release),
+        &scope(),
         Millis(T + 1),
         &rules(),
     );

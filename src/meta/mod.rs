@@ -102,6 +102,25 @@ pub enum ItemKind {
     Unhandled { field: String },
 }
 
+impl ItemKind {
+    /// The customer the item is about, if it is about one.
+    pub fn customer(&self) -> Option<&Customer> {
+        match self {
+            ItemKind::Customer { customer, .. }
+            | ItemKind::CustomerChange { customer, .. }
+            | ItemKind::System { customer, .. }
+            | ItemKind::Echo { customer, .. }
+            | ItemKind::Status { customer, .. }
+            | ItemKind::History { customer, .. }
+            | ItemKind::ContactSync { customer, .. } => Some(customer),
+            ItemKind::AccountUpdate { .. }
+            | ItemKind::HistoryStatus { .. }
+            | ItemKind::Errors
+            | ItemKind::Unhandled { .. } => None,
+        }
+    }
+}
+
 /// A webhook body, read: its items in order of appearance, and the parts that cannot be placed
 /// in any conversation.
 #[derive(Debug, Default)]

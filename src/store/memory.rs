@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Commit, Committed, Result, Seen, Snapshot, StateStore};
-use crate::domain::Scope;
+use crate::domain::{CustomerKey, Scope};
 use crate::engine::state::State;
 use crate::time::Millis;
 
@@ -14,12 +14,15 @@ use crate::time::Millis;
 struct Conversation {
     version: u64,
     state: State,
-    seen: HashMap<String, Seen>,
 }
 
 #[derive(Default)]
 struct Inner {
     conversations: HashMap<Scope, Conversation>,
+    /// (number, name) -> the conversation the name is linked to.
+    links: HashMap<(String, CustomerKey), CustomerKey>,
+    /// (number, input key) -> its dedup mark.
+    seen: HashMap<(String, String), Seen>,
     deadlines: HashMap<String, Millis>,
 }
 
@@ -42,40 +45,91 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
+    async fn resolve(
+        &self,
+        phone_number_id: &str,
+        names: &[CustomerKey],
+    ) -> Result<Vec<Option<CustomerKey>>> {
+        let inner = self.lock();
+        Ok(names
+            .iter()
+            .map(|n| {
+                inner
+                    .links
+                    .get(&(phone_number_id.to_owned(), n.clone()))
+                    .cloned()
+            })
+            .collect())
+    }
+
     async fn load(&self, scope: &Scope, key: &str, _now: Millis) -> Result<Snapshot> {
         let inner = self.lock();
+        let seen = inner
+            .seen
+            .get(&(scope.phone_number_id.clone(), key.to_owned()))
+            .cloned();
         Ok(match inner.conversations.get(scope) {
             Some(c) => Snapshot {
                 state: c.state.clone(),
                 version: c.version,
-                seen: c.seen.get(key).cloned(),
+                seen,
             },
-            None => Snapshot::default(),
+            None => Snapshot {
+                seen,
+                ..Snapshot::default()
+            },
         })
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<Committed> {
         let mut inner = self.lock();
-        let c = inner.conversations.entry(commit.scope.clone()).or_default();
-        if commit.expected_version.is_some_and(|v| v != c.version)
-            || c.seen.contains_key(commit.key)
-        {
+        let pnid = commit.scope.phone_number_id.clone();
+        let version =
+            |inner: &Inner, s: &Scope| inner.conversations.get(s).map_or(0, |c| c.version);
+        let moved = commit
+            .expected_version
+            .is_some_and(|v| v != version(&inner, commit.scope))
+            || inner
+                .seen
+                .contains_key(&(pnid.clone(), commit.key.to_owned()))
+            || commit
+                .links
+                .iter()
+                .any(|l| inner.links.get(&(pnid.clone(), l.name.clone())) != l.was.as_ref())
+            || commit
+                .absorbed
+                .iter()
+                .any(|(s, v)| version(&inner, s) != *v);
+        if moved {
             return Ok(Committed::Conflict);
         }
+        let id = commit.scope.customer.clone();
         if let Some(state) = commit.state {
+            let c = inner.conversations.entry(commit.scope.clone()).or_default();
             c.state = state.clone();
             c.version += 1;
         }
-        c.seen.insert(commit.key.to_owned(), commit.seen.clone());
+        if let Some(id) = &id {
+            let names = commit.links.iter().map(|l| &l.name);
+            let known = commit.state.map(|s| s.names.iter()).into_iter().flatten();
+            for name in names.chain(known).filter(|n| *n != id) {
+                inner.links.insert((pnid.clone(), name.clone()), id.clone());
+            }
+        }
+        for (absorbed, _) in commit.absorbed {
+            inner.conversations.remove(absorbed);
+        }
+        inner
+            .seen
+            .insert((pnid, commit.key.to_owned()), commit.seen.clone());
         Ok(Committed::Yes)
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
         if let Some(seen) = self
             .lock()
-            .conversations
-            .get_mut(scope)
-            .and_then(|c| c.seen.get_mut(key))
+            .seen
+            .get_mut(&(scope.phone_number_id.clone(), key.to_owned()))
         {
             *seen = Seen::Done;
         }

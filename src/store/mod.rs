@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::Scope;
+use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::state::State;
 use crate::engine::{decide, parse_deadline_member, Input, Rule, Rules};
@@ -88,8 +88,17 @@ pub struct Snapshot {
     pub seen: Option<Seen>,
 }
 
+/// A name to link to a conversation, with the link it had when it was read: the commit takes
+/// effect only if it still has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: CustomerKey,
+    pub was: Option<CustomerKey>,
+}
+
 /// The result of deciding: what to store.
 pub struct Commit<'a> {
+    /// The conversation (its id is the customer key of the scope).
     pub scope: &'a Scope,
     pub key: &'a str,
     /// Commit only if the version is still this (`None`: the decision read no state).
@@ -103,6 +112,11 @@ pub struct Commit<'a> {
     /// How long the state outlives its last change.
     pub retain: Duration,
     pub now: Millis,
+    /// Names to link to this conversation (checked as read).
+    pub links: &'a [Link],
+    /// Conversations of the same customer merged into this one, with the version read: deleted,
+    /// if still at that version.
+    pub absorbed: &'a [(Scope, u64)],
 }
 
 /// Whether a commit took effect.
@@ -114,8 +128,18 @@ pub enum Committed {
 }
 
 /// Where conversation state lives. All methods are atomic on their own.
+///
+/// Per business number: conversations (by id: the first name the customer was known by), links
+/// from the customer's other names to their conversation, and the dedup marks of the number's
+/// inputs (a mark outlives any merge of conversations).
 pub trait StateStore: Send + Sync {
-    /// The state of `scope` and the dedup mark of `key` in it, read at once.
+    /// The conversation each name is linked to (`None`: not linked, the name is its own).
+    fn resolve(
+        &self,
+        phone_number_id: &str,
+        names: &[CustomerKey],
+    ) -> impl Future<Output = Result<Vec<Option<CustomerKey>>>> + Send;
+    /// The state of the conversation `scope` and the dedup mark of `key` in its number.
     fn load(
         &self,
         scope: &Scope,
@@ -123,7 +147,8 @@ pub trait StateStore: Send + Sync {
         now: Millis,
     ) -> impl Future<Output = Result<Snapshot>> + Send;
     fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
-    /// Marks an input's events as published (its mark keeps its expiry).
+    /// Marks an input's events as published (its mark keeps its expiry). `scope` is the
+    /// conversation it was decided in.
     fn mark_published(&self, scope: &Scope, key: &str) -> impl Future<Output = Result<()>> + Send;
     /// Puts a pause deadline in the schedule (or moves it).
     fn schedule(&self, member: &str, at: Millis) -> impl Future<Output = Result<()>> + Send;
@@ -206,23 +231,79 @@ impl<S: StateStore> Engine<S> {
     }
 
     /// Decides an input and stores the outcome; the events are then the caller's to publish.
+    ///
+    /// The input's names are resolved to their conversations first. Names of one customer found
+    /// in several conversations are merged into one (fail-closed, [`State::merge`]); names not
+    /// yet linked are linked to it. Resolution, merge, decision and links commit together,
+    /// guarded by the versions read, or the whole is done again.
     pub async fn apply(&self, input: &Input<'_>, now: Millis) -> Result<Applied> {
-        let scope = input.scope();
+        let addressed = input.scope();
+        let pnid = &addressed.phone_number_id;
         let key = input.key();
-        let rules = self.rules.for_number(&scope.phone_number_id);
+        let names = input.names();
+        let rules = self.rules.for_number(pnid);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
         for _ in 0..MAX_ATTEMPTS {
-            let snap = self.store.load(scope, &key, now).await?;
-            match snap.seen {
+            let found = self.resolve(pnid, &names).await?;
+            // The conversations the names point at, in the order of the names.
+            let mut ids: Vec<CustomerKey> = Vec::new();
+            for (name, link) in names.iter().zip(&found) {
+                let id = link.clone().unwrap_or_else(|| name.clone());
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            let scopes: Vec<Scope> = match ids.is_empty() {
+                true => vec![addressed.clone()],
+                false => ids
+                    .iter()
+                    .map(|id| Scope::conversation(pnid, id.clone()))
+                    .collect(),
+            };
+            let mut snaps = Vec::with_capacity(scopes.len());
+            for scope in &scopes {
+                snaps.push(self.store.load(scope, &key, now).await?);
+            }
+            match snaps[0].seen.take() {
                 Some(Seen::Done) => {
-                    return Ok(self.applied(input, key, None, Delivery::Duplicate, Vec::new()))
+                    let a = self.applied(&scopes[0], key, None, Delivery::Duplicate, Vec::new());
+                    return Ok(a);
                 }
                 Some(Seen::Pending(events)) => {
-                    return Ok(self.applied(input, key, None, Delivery::Redelivered, events))
+                    let a = self.applied(&scopes[0], key, None, Delivery::Redelivered, events);
+                    return Ok(a);
                 }
                 None => {}
             }
-            let mut d = decide(&snap.state, input, now, rules);
+            // The conversation that goes on: the first with state, else the first name's.
+            let survivor = snaps.iter().position(|s| s.version > 0).unwrap_or(0);
+            let scope = &scopes[survivor];
+            let mut state = snaps[survivor].state.clone();
+            let mut absorbed = Vec::new();
+            for (i, snap) in snaps.iter().enumerate() {
+                if i != survivor && snap.version > 0 {
+                    state = state.merge(snap.state.clone());
+                    absorbed.push((scopes[i].clone(), snap.version));
+                }
+            }
+            let id = scope.customer.clone();
+            let links: Vec<Link> = names
+                .iter()
+                .zip(&found)
+                .filter(|(name, link)| Some(*name) != id.as_ref() && link.as_ref() != id.as_ref())
+                .map(|(name, link)| Link {
+                    name: name.clone(),
+                    was: link.clone(),
+                })
+                .collect();
+            if id.is_some() {
+                for name in &names {
+                    if !state.names.contains(name) {
+                        state.names.push(name.clone());
+                    }
+                }
+            }
+            let mut d = decide(&state, input, scope, now, rules);
             let events = std::mem::take(&mut d.events);
             // The deadline goes in before the state that needs it: a crash in between leaves a
             // deadline that finds nothing to release, never a pause without a deadline.
@@ -234,16 +315,20 @@ impl<S: StateStore> Engine<S> {
             } else {
                 Seen::Pending(events)
             };
-            let changed = d.state != snap.state;
+            let read = &snaps[survivor];
+            let changed = d.state != read.state;
+            let identity_changed = !links.is_empty() || !absorbed.is_empty();
             let commit = Commit {
                 scope,
                 key: &key,
-                expected_version: d.reads_state.then_some(snap.version),
+                expected_version: (d.reads_state || identity_changed).then_some(read.version),
                 state: changed.then_some(&d.state),
-                handback_changed: d.state.handback != snap.state.handback,
+                handback_changed: d.state.handback != read.state.handback,
                 seen: &seen,
                 retain,
                 now,
+                links: &links,
+                absorbed: &absorbed,
             };
             if self.store.commit(commit).await? == Committed::Yes {
                 if let Some(member) = &d.unschedule {
@@ -253,22 +338,30 @@ impl<S: StateStore> Engine<S> {
                     Seen::Pending(events) => events,
                     Seen::Done => Vec::new(),
                 };
-                return Ok(self.applied(input, key, Some(d.rule), Delivery::Fresh, events));
+                return Ok(self.applied(scope, key, Some(d.rule), Delivery::Fresh, events));
             }
         }
-        Err(Error::Contention(format!("{} {key}", scope.redacted())))
+        Err(Error::Contention(format!("{} {key}", addressed.redacted())))
+    }
+
+    /// The conversations the names are linked to (none to resolve for number-level inputs).
+    async fn resolve(&self, pnid: &str, names: &[CustomerKey]) -> Result<Vec<Option<CustomerKey>>> {
+        match names.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.store.resolve(pnid, names).await,
+        }
     }
 
     fn applied(
         &self,
-        input: &Input,
+        scope: &Scope,
         key: String,
         rule: Option<Rule>,
         delivery: Delivery,
         events: Vec<Outbound>,
     ) -> Applied {
         Applied {
-            scope: input.scope().clone(),
+            scope: scope.clone(),
             key,
             rule,
             delivery,

@@ -1,19 +1,23 @@
-//! State in Redis. Per conversation, under the hash tag `{phone_number_id:customer}` so that one
-//! conversation's keys share a slot (its scripts stay valid on Redis Cluster):
+//! State in Redis. Every key of one business number carries the hash tag `{phone_number_id}`,
+//! so a number's conversations, links and dedup marks share a slot: one script commits a
+//! decision, the links it makes and a merge of conversations together (also on Redis Cluster).
 //!
 //! | key | holds | expiry |
 //! |---|---|---|
-//! | `{ns}:{c}:pause` | the pause in force (JSON) | at the pause's deadline (`PXAT`): the truth for routing |
-//! | `{ns}:{c}:session` | the session (JSON) | at the end of its inactivity timeout (`PXAT`) |
-//! | `{ns}:{c}:state` | the pause awaiting release, the last reset (JSON) | timeout + 8 days after the last change |
-//! | `{ns}:{c}:v` | the version that guards commits | as `state` |
-//! | `{ns}:{c}:handback` | R16: the human-handled stretch's messages for the AI agent (JSON, bounded: at most `handback_messages` texts of at most 2,000 characters) | as `state` |
-//! | `{ns}:{c}:seen:{item}` | dedup mark: events not yet published, or `done` | 8 days |
-//! | `{ns}:deadlines` | sorted set of pause deadlines (`{c}\|{trigger}` by instant) | none |
+//! | `{ns}:{pnid}:c:{id}:pause` | the pause in force (JSON) | at the pause's deadline (`PXAT`): the truth for routing |
+//! | `{ns}:{pnid}:c:{id}:session` | the session (JSON) | at the end of its inactivity timeout (`PXAT`) |
+//! | `{ns}:{pnid}:c:{id}:state` | the pause awaiting release, the last reset, the customer's names (JSON) | timeout + 8 days after the last change |
+//! | `{ns}:{pnid}:c:{id}:v` | the version that guards commits | as `state` |
+//! | `{ns}:{pnid}:c:{id}:handback` | R16: the human-handled stretch's messages for the AI agent (JSON, bounded: at most `handback_messages` texts of at most 2,000 characters) | as `state` |
+//! | `{ns}:{pnid}:n:{name}` | the conversation id another name of the customer is linked to | as `state` |
+//! | `{ns}:{pnid}:seen:{item}` | dedup mark: events not yet published, or `done` | 8 days |
+//! | `{ns}:deadlines` | sorted set of pause deadlines (`{pnid}:{id}\|{trigger}` by instant) | none |
 //!
-//! A commit is one Lua script over the conversation's keys: it checks the version and the dedup
-//! mark, then writes everything, so the read-decide-write of [`super::Engine::apply`] is atomic
-//! across processes. Deleting the `pause` key by hand releases the pause (routing follows the TTL).
+//! `{id}` is the conversation's id: the first name the customer was known by (digits, or a
+//! business-scoped user id). A commit checks the conversation's version, the links it read and
+//! the versions of conversations it merges, so the read-decide-write of
+//! [`super::Engine::apply`] is atomic across processes. Deleting the `pause` key by hand
+//! releases the pause (routing follows the TTL).
 
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{Commit, Committed, Error, Result, Seen, Snapshot, StateStore};
-use crate::domain::Scope;
+use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::state::{Pause, Session, State, Stretch};
 use crate::time::Millis;
@@ -30,28 +34,59 @@ use crate::time::Millis;
 const DONE: &str = "done";
 
 const COMMIT: &str = r#"
--- KEYS: v, pause, session, state, seen, handback
--- ARGV: expected version ('' = no check), write state ('1'/'0'), pause JSON ('' = none),
---       pause PXAT, session JSON ('' = none), session PXAT, state JSON, retain ms, mark, mark ms,
---       handback JSON ('' = none, '-' = unchanged)
+-- KEYS: v, pause, session, state, handback, seen, then C checked links and R refreshed links,
+--       then 5 keys (v, pause, session, state, handback) per absorbed conversation
+-- ARGV: [1] expected version ('' = no check), [2] write state ('1'/'0'), [3] pause JSON ('' = none),
+--       [4] pause PXAT, [5] session JSON ('' = none), [6] session PXAT, [7] state JSON,
+--       [8] retain ms, [9] mark, [10] mark ms, [11] handback JSON ('' = none, '-' = unchanged),
+--       [12] conversation id, [13] C, [14] R, [15] A, then C link values as read ('' = none),
+--       then A absorbed versions as read
+local C, R, A = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
+for i = 1, C do
+  if (redis.call('GET', KEYS[6 + i]) or '') ~= ARGV[15 + i] then return 0 end
+end
+for j = 1, A do
+  if (redis.call('GET', KEYS[6 + C + R + (j - 1) * 5 + 1]) or '0') ~= ARGV[15 + C + j] then return 0 end
+end
 if ARGV[2] == '1' then
   redis.call('INCR', KEYS[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
   if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3], 'PXAT', ARGV[4]) end
   if ARGV[5] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[5], 'PXAT', ARGV[6]) end
   redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[8])
-  if ARGV[11] == '' then redis.call('DEL', KEYS[6])
-  elseif ARGV[11] ~= '-' then redis.call('SET', KEYS[6], ARGV[11], 'PX', ARGV[8])
-  else redis.call('PEXPIRE', KEYS[6], ARGV[8]) end
+  if ARGV[11] == '' then redis.call('DEL', KEYS[5])
+  elseif ARGV[11] ~= '-' then redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[8])
+  else redis.call('PEXPIRE', KEYS[5], ARGV[8]) end
 end
-redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[10])
+for i = 1, C + R do redis.call('SET', KEYS[6 + i], ARGV[12], 'PX', ARGV[8]) end
+for j = 1, A do
+  local b = 6 + C + R + (j - 1) * 5
+  redis.call('DEL', KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5])
+end
+redis.call('SET', KEYS[6], ARGV[9], 'PX', ARGV[10])
 return 1
 "#;
 
+/// The keys the build before identity kept per conversation, read while no key of this layout
+/// exists yet (single server only: they lie in other hash slots): v, pause, session, state,
+/// handback, and the input's dedup mark.
+const LEGACY: [&str; 6] = ["v", "pause", "session", "state", "handback", "seen"];
+
+/// A key of the build before identity: `{ns}:{pnid:customer}:{suffix}` (`seen:{key}` for marks).
+fn legacy_key(ns: &str, scope: &Scope, suffix: &str, key: &str) -> String {
+    match suffix {
+        "seen" => format!("{ns}:{{{scope}}}:seen:{key}"),
+        _ => format!("{ns}:{{{scope}}}:{suffix}"),
+    }
+}
+
 /// The handback argument of a commit whose handback did not change.
 const UNCHANGED: &str = "-";
+
+/// The conversation keys a commit writes, in the script's order.
+const CONVERSATION_KEYS: [&str; 5] = ["v", "pause", "session", "state", "handback"];
 
 const CLAIM: &str = r#"
 -- KEYS: deadlines; ARGV: now, lease until, limit
@@ -67,13 +102,15 @@ if s and tonumber(s) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[
 return 1
 "#;
 
-/// What `{ns}:{c}:state` holds.
+/// What `{ns}:{pnid}:c:{id}:state` holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
     #[serde(default)]
     pause: Option<Pause>,
     #[serde(default)]
     last_reset: Option<Millis>,
+    #[serde(default)]
+    names: Vec<CustomerKey>,
 }
 
 /// A [`StateStore`] in Redis, under one namespace.
@@ -81,6 +118,9 @@ struct Stored {
 pub struct RedisStore {
     conn: ConnectionManager,
     ns: String,
+    /// Also read (and mark) the keys of the build before identity, so that pauses in force and
+    /// unpublished events survive the upgrade. One server only: those keys lie in other slots.
+    legacy: bool,
     commit: Script,
     claim: Script,
     finish: Script,
@@ -105,6 +145,7 @@ impl RedisStore {
         RedisStore {
             conn,
             ns: namespace.to_owned(),
+            legacy: true,
             commit: Script::new(COMMIT),
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
@@ -116,8 +157,20 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// A key of a conversation: `{ns}:{pnid}:c:{id}:{suffix}`.
     fn key(&self, scope: &Scope, suffix: &str) -> String {
-        format!("{}:{{{}}}:{}", self.ns, scope, suffix)
+        let id = scope.customer.as_ref().map_or("", |c| c.as_str());
+        format!("{}:{{{}}}:c:{id}:{suffix}", self.ns, scope.phone_number_id)
+    }
+
+    /// The link of one of a customer's names: `{ns}:{pnid}:n:{name}`.
+    fn link_key(&self, pnid: &str, name: &CustomerKey) -> String {
+        format!("{}:{{{pnid}}}:n:{name}", self.ns)
+    }
+
+    /// The dedup mark of an input of a number: `{ns}:{pnid}:seen:{key}`.
+    fn seen_key(&self, pnid: &str, key: &str) -> String {
+        format!("{}:{{{pnid}}}:seen:{key}", self.ns)
     }
 
     fn deadlines(&self) -> String {
@@ -134,8 +187,9 @@ impl RedisStore {
 /// A stored value that does not parse. The error names the key with the customer redacted: it
 /// ends up in logs and dead-letter headers.
 fn corrupt(ns: &str, scope: &Scope, suffix: &str, e: impl std::fmt::Display) -> Error {
+    let (pnid, id) = scope.redacted_parts();
     Error::Corrupt {
-        key: format!("{ns}:{{{}}}:{suffix}", scope.redacted()),
+        key: format!("{ns}:{{{pnid}}}:c:{id}:{suffix}"),
         reason: e.to_string(),
     }
 }
@@ -145,42 +199,74 @@ fn json<T: Serialize>(v: &T) -> String {
 }
 
 impl StateStore for RedisStore {
+    async fn resolve(
+        &self,
+        phone_number_id: &str,
+        names: &[CustomerKey],
+    ) -> Result<Vec<Option<CustomerKey>>> {
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| self.link_key(phone_number_id, n))
+            .collect();
+        let links: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(links
+            .into_iter()
+            .map(|l| l.as_deref().and_then(CustomerKey::parse))
+            .collect())
+    }
+
     async fn load(&self, scope: &Scope, key: &str, now: Millis) -> Result<Snapshot> {
-        let keys = [
+        let mut keys = vec![
             self.key(scope, "v"),
             self.key(scope, "pause"),
             self.key(scope, "session"),
             self.key(scope, "state"),
-            self.key(scope, &format!("seen:{key}")),
             self.key(scope, "handback"),
+            self.seen_key(&scope.phone_number_id, key),
         ];
-        type Row = (
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let (v, pause_key, session, stored, seen, handback): Row = redis::cmd("MGET")
+        if self.legacy {
+            keys.extend(
+                LEGACY
+                    .iter()
+                    .map(|suffix| legacy_key(&self.ns, scope, suffix, key)),
+            );
+        }
+        let mut values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await?;
+        let mut legacy = values.split_off(6);
+        let mut seen = values.pop().flatten();
+        let from_legacy = values.iter().all(Option::is_none) && legacy.len() == 6;
+        if from_legacy {
+            // Not yet in this layout: the state the build before identity kept, if any (its
+            // version does not guard this layout's keys, which do not exist yet: 0).
+            seen = seen.or(legacy.pop().flatten());
+            values = legacy;
+            values[0] = None;
+        } else if legacy.len() == 6 {
+            seen = seen.or(legacy.pop().flatten());
+        }
+        let mut fields = values.into_iter();
+        let mut next = || fields.next().flatten();
+        let (v, pause_key, session, stored, handback) = (next(), next(), next(), next(), next());
+        let parse = |what: &str, text: &str| corrupt(&self.ns, scope, what, text);
         let stored: Stored = match stored {
-            Some(s) => {
-                serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "state", e))?
-            }
+            Some(s) => serde_json::from_str(&s).map_err(|e| parse("state", &e.to_string()))?,
             None => Stored::default(),
         };
         let handback: Option<Stretch> = match handback {
-            Some(h) => Some(
-                serde_json::from_str(&h).map_err(|e| corrupt(&self.ns, scope, "handback", e))?,
-            ),
+            Some(h) => {
+                Some(serde_json::from_str(&h).map_err(|e| parse("handback", &e.to_string()))?)
+            }
             None => None,
         };
         let session: Option<Session> = match session {
             Some(s) => {
-                Some(serde_json::from_str(&s).map_err(|e| corrupt(&self.ns, scope, "session", e))?)
+                Some(serde_json::from_str(&s).map_err(|e| parse("session", &e.to_string()))?)
             }
             None => None,
         };
@@ -196,8 +282,12 @@ impl StateStore for RedisStore {
             Some(DONE) => Some(Seen::Done),
             Some(s) => Some(Seen::Pending(
                 serde_json::from_str::<Vec<Outbound>>(s)
-                    .map_err(|e| corrupt(&self.ns, scope, "seen", e))?,
+                    .map_err(|e| parse("seen", &e.to_string()))?,
             )),
+        };
+        let version = match v {
+            Some(v) => v.parse().map_err(|_| parse("v", "not a number"))?,
+            None => 0,
         };
         Ok(Snapshot {
             state: State {
@@ -205,24 +295,40 @@ impl StateStore for RedisStore {
                 session,
                 last_reset: stored.last_reset,
                 handback,
+                names: stored.names,
             },
-            version: v.unwrap_or(0),
+            version,
             seen,
         })
     }
 
     async fn commit(&self, c: Commit<'_>) -> Result<Committed> {
-        let keys = [
-            self.key(c.scope, "v"),
-            self.key(c.scope, "pause"),
-            self.key(c.scope, "session"),
-            self.key(c.scope, "state"),
-            self.key(c.scope, &format!("seen:{}", c.key)),
-            self.key(c.scope, "handback"),
-        ];
+        let pnid = &c.scope.phone_number_id;
+        let id = c.scope.customer.as_ref();
         let mut inv = self.commit.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
+        for suffix in CONVERSATION_KEYS {
+            inv.key(self.key(c.scope, suffix));
+        }
+        inv.key(self.seen_key(pnid, c.key));
+        // Links checked as read, then the state's other names, whose links are kept alive.
+        for link in c.links {
+            inv.key(self.link_key(pnid, &link.name));
+        }
+        let refreshed: Vec<&CustomerKey> = match (c.state, id) {
+            (Some(state), Some(id)) => state
+                .names
+                .iter()
+                .filter(|n| *n != id && !c.links.iter().any(|l| l.name == **n))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for name in &refreshed {
+            inv.key(self.link_key(pnid, name));
+        }
+        for (absorbed, _) in c.absorbed {
+            for suffix in CONVERSATION_KEYS {
+                inv.key(self.key(absorbed, suffix));
+            }
         }
         inv.arg(
             c.expected_version
@@ -241,6 +347,7 @@ impl StateStore for RedisStore {
                     .arg(json(&Stored {
                         pause: state.pause.clone(),
                         last_reset: state.last_reset,
+                        names: state.names.clone(),
                     }));
             }
             None => {
@@ -257,6 +364,16 @@ impl StateStore for RedisStore {
             (Some(state), true) => inv.arg(state.handback.as_ref().map(json).unwrap_or_default()),
             _ => inv.arg(UNCHANGED),
         };
+        inv.arg(id.map_or("", |id| id.as_str()))
+            .arg(c.links.len())
+            .arg(refreshed.len())
+            .arg(c.absorbed.len());
+        for link in c.links {
+            inv.arg(link.was.as_ref().map_or("", |w| w.as_str()));
+        }
+        for (_, version) in c.absorbed {
+            inv.arg(version);
+        }
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(if ok == 1 {
             Committed::Yes
@@ -266,13 +383,20 @@ impl StateStore for RedisStore {
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.key(scope, &format!("seen:{key}")))
-            .arg(DONE)
-            .arg("XX")
-            .arg("KEEPTTL")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut marks = vec![self.seen_key(&scope.phone_number_id, key)];
+        if self.legacy {
+            marks.push(legacy_key(&self.ns, scope, "seen", key));
+        }
+        let mut pipe = redis::pipe();
+        for mark in &marks {
+            pipe.cmd("SET")
+                .arg(mark)
+                .arg(DONE)
+                .arg("XX")
+                .arg("KEEPTTL")
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 

@@ -445,7 +445,7 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let state_key = format!("{}:{{{PNID}:{ANA}}}:state", stack.ns);
+    let state_key = format!("{}:{{{PNID}}}:c:{ANA}:state", stack.ns);
     let _: () = redis.set(&state_key, "{not json").await.unwrap();
     assert_eq!(
         stack
@@ -470,7 +470,9 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
         entries[0]
     );
     assert!(
-        entries[0].reason.contains(&format!("{{{PNID}:…0001}}"))
+        entries[0]
+            .reason
+            .contains(&format!("{{{PNID}}}:c:…0001:state"))
             && !entries[0].reason.contains(ANA),
         "names the conversation without the full phone number: {:?}",
         entries[0]

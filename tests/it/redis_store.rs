@@ -14,8 +14,14 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// A key of a conversation (`{ns}:{pnid}:c:{id}:{suffix}`).
 fn conv_key(ns: &str, customer: &str, suffix: &str) -> String {
-    format!("{ns}:{{{PNID}:{customer}}}:{suffix}")
+    format!("{ns}:{{{PNID}}}:c:{customer}:{suffix}")
+}
+
+/// The dedup mark of an input of the test number.
+fn seen_key(ns: &str, key: &str) -> String {
+    format!("{ns}:{{{PNID}}}:seen:{key}")
 }
 
 #[tokio::test]
@@ -96,16 +102,28 @@ async fn keys_share_one_slot_and_live_as_long_as_promised() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let tag = format!("{{{PNID}:{ANA}}}");
-    let conv: Vec<&String> = keys.iter().filter(|k| k.contains(&tag)).collect();
-    let suffixes: HashSet<&str> = conv
+    // Every key of the number shares its hash tag (one slot on Redis Cluster).
+    let tag = format!("{}:{{{PNID}}}:", ns.0);
+    let conv: HashSet<&str> = keys
         .iter()
-        .map(|k| k.rsplit_once("}:").unwrap().1.split(':').next().unwrap())
+        .filter_map(|k| k.strip_prefix(&format!("{tag}c:{ANA}:")))
         .collect();
     assert_eq!(
-        suffixes,
-        HashSet::from(["v", "pause", "session", "state", "seen", "handback"]),
+        conv,
+        HashSet::from(["v", "pause", "session", "state", "handback"]),
         "{keys:?}"
+    );
+    let marks = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{tag}seen:")))
+        .count();
+    assert_eq!(marks, 2, "a dedup mark per item, per number: {keys:?}");
+    assert_eq!(
+        keys.iter()
+            .filter(|k| !k.starts_with(&tag))
+            .collect::<Vec<_>>(),
+        [&format!("{}:deadlines", ns.0)],
+        "the deadline set lives apart"
     );
     assert!(keys.contains(&format!("{}:deadlines", ns.0)));
     for k in &keys {
@@ -114,10 +132,7 @@ async fn keys_share_one_slot_and_live_as_long_as_promised() {
             "every key under the namespace: {k}"
         );
     }
-    let seen_ttl: i64 = conn
-        .ttl(conv_key(&ns.0, ANA, "seen:m:wamid.KL1"))
-        .await
-        .unwrap();
+    let seen_ttl: i64 = conn.ttl(seen_key(&ns.0, "m:wamid.KL1")).await.unwrap();
     assert!(
         seen_ttl >= 7 * 86_400,
         "dedup marks live at least 7 days: {seen_ttl}"
@@ -446,7 +461,8 @@ async fn pending_events_committed_by_the_earlier_build_are_published_by_this_one
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let mark = conv_key(&ns.0, ANA, "seen:m:wamid.OLD1");
+    // Where that build kept it: the conversation's own hash tag.
+    let mark = format!("{}:{{{PNID}:{ANA}}}:seen:m:wamid.OLD1", ns.0);
     let _: () = redis.set_ex(&mark, old, 600).await.unwrap();
     let applied = apply_body(&e, &body, t).await.remove(0);
     assert_eq!(applied.delivery, Delivery::Redelivered);
@@ -461,4 +477,50 @@ async fn pending_events_committed_by_the_earlier_build_are_published_by_this_one
     e.acknowledge(&applied).await.unwrap();
     let done: String = redis.get(&mark).await.unwrap();
     assert_eq!(done, "done");
+}
+
+#[tokio::test]
+async fn a_pause_kept_by_the_build_before_identity_still_holds() {
+    let (e, ns) = redis_engine("oldpause", Rules::default()).await;
+    let t = t0();
+    // The keys that build wrote for a human's reply at t (conversation hash tag, no links).
+    let old = |suffix: &str| format!("{}:{{{PNID}:{ANA}}}:{suffix}", ns.0);
+    let until = (t + 7 * 86_400) * 1000;
+    let pause = format!(
+        r#"{{"until":{until},"since":{},"trigger":"m:wamid.OLDP"}}"#,
+        t * 1000
+    );
+    let mut redis = e.store().connection();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(old("v"))
+        .arg(3)
+        .ignore()
+        .cmd("SET")
+        .arg(old("pause"))
+        .arg(&pause)
+        .arg("PXAT")
+        .arg(until)
+        .ignore()
+        .cmd("SET")
+        .arg(old("state"))
+        .arg(format!(r#"{{"pause":{pause},"last_reset":null}}"#))
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let ev = feed(
+        &e,
+        &customer_text(ANA, "wamid.OLDP2", t + 60, "¿sigues?"),
+        t + 60,
+    )
+    .await;
+    assert_eq!(
+        kinds(&ev),
+        pairs(&[("human_chat", "message.received")]),
+        "the pause in force before the upgrade holds after it"
+    );
+    // From then on the conversation lives in this build's keys.
+    let v: Option<u64> = redis.get(conv_key(&ns.0, ANA, "v")).await.unwrap();
+    assert_eq!(v, Some(1));
 }

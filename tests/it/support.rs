@@ -653,7 +653,8 @@ pub async fn wait_done(ns: &str, customer: &str, key: &str) {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let mark = format!("{ns}:{{{PNID}:{customer}}}:seen:{key}");
+    let _ = customer; // marks are kept per business number
+    let mark = format!("{ns}:{{{PNID}}}:seen:{key}");
     eventually(READY_WITHIN, &format!("{key} to be published"), || {
         let (mut redis, mark) = (redis.clone(), mark.clone());
         async move {
