@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod identity;
 mod parse;
 mod pipeline;
 mod redis_store;
