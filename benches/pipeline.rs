@@ -6,8 +6,8 @@
 //!
 //! 1. Broker ceiling: persistent messages published with confirms (256 in flight) into a quorum
 //!    queue and consumed with acks, no logic.
-//! 2. Maximum rate: signed single-message webhooks posted by 32 keep-alive clients, until every
-//!    event has arrived on `{ns}.bot.events`.
+//! 2. Maximum rate: signed single-message webhooks (2,000 customers of 64 business numbers)
+//!    posted by 32 keep-alive clients, until every event has arrived on `{ns}.bot.events`.
 //! 3. Half that rate for a while: latency from acceptance to confirmed events (the workers'
 //!    histogram), and from sending the POST to receiving the event (measured here).
 //! 4. Worker memory: peak and current RSS of each worker process.
@@ -41,10 +41,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Business numbers the load is spread over, as a provider's traffic is: each number's items go
+/// to one partition and are decided one after the other.
+const NUMBERS: usize = 64;
+
 fn body(i: usize, ts: i64) -> String {
     let customer = 5_215_540_000_000u64 + (i % 2000) as u64;
+    let number = 410_000_000_000_000u64 + (i % NUMBERS) as u64;
     format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"5215550009999","phone_number_id":"410000000000088"}},"contacts":[{{"profile":{{"name":"Cliente"}},"wa_id":"{customer}"}}],"messages":[{{"from":"{customer}","id":"wamid.P{i}","timestamp":"{ts}","type":"text","text":{{"body":"Hola, ¿tienen envío hoy? {i}"}}}}]}}}}]}}]}}"#
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"5215550009999","phone_number_id":"{number}"}},"contacts":[{{"profile":{{"name":"Cliente"}},"wa_id":"{customer}"}}],"messages":[{{"from":"{customer}","id":"wamid.P{i}","timestamp":"{ts}","type":"text","text":{{"body":"Hola, ¿tienen envío hoy? {i}"}}}}]}}}}]}}]}}"#
     )
 }
 

@@ -1,6 +1,7 @@
-//! The unit of inbound work: the items of one conversation from one webhook, in order. The
-//! ingress publishes one unit per conversation of a body to that conversation's partition; the
-//! worker decides its items in order. Items travel parsed (`raw` verbatim), so the worker runs
+//! The unit of inbound work: the items of one business number from one webhook, in order. The
+//! ingress publishes one unit per number of a body to that number's partition; the worker
+//! decides a number's items one after the other (a customer's names are resolved to their
+//! conversation as each is decided, so items that name the customer differently stay in order). Items travel parsed (`raw` verbatim), so the worker runs
 //! the rules on exactly what the ingress read.
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,8 @@ pub const VERSION: u8 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unit {
     pub v: u8,
+    /// The business number (`{phone_number_id}:`; units of the build before identity name a
+    /// conversation, `{phone_number_id}:{customer}`).
     pub scope: Scope,
     /// When the ingress accepted the webhook (for the acceptance-to-events latency).
     pub accepted_at: Millis,
@@ -32,17 +35,21 @@ impl Unit {
     }
 }
 
-/// Splits a body's items into one unit per conversation, keeping their order of appearance
+/// Splits a body's items into one unit per business number, keeping their order of appearance
 /// within each. An item that has no time of its own (nor its entry's) takes `accepted_at`.
 pub fn split(items: Vec<Item>, accepted_at: Millis) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
     for mut item in items {
         item.timestamp = item.timestamp.or(Some(accepted_at));
-        match units.iter_mut().find(|u| u.scope == item.scope) {
+        let number = &item.scope.phone_number_id;
+        match units
+            .iter_mut()
+            .find(|u| &u.scope.phone_number_id == number)
+        {
             Some(u) => u.items.push(item),
             None => units.push(Unit {
                 v: VERSION,
-                scope: item.scope.clone(),
+                scope: Scope::number(number),
                 accepted_at,
                 items: vec![item],
             }),

@@ -50,10 +50,11 @@ impl Topology {
         format!("{}.{}.events", self.ns, e.as_str())
     }
 
-    /// The partition of a conversation: FNV-1a (64 bit) of its scope string, modulo the count.
-    /// Stable across processes and versions; changing the partition count moves conversations.
+    /// The partition of a business number (every conversation of the number goes there):
+    /// FNV-1a (64 bit) of its `phone_number_id`, modulo the count. Stable across processes and
+    /// versions; changing the partition count moves numbers.
     pub fn partition_of(&self, scope: &Scope) -> u16 {
-        (fnv1a(scope.to_string().as_bytes()) % self.partitions as u64) as u16
+        (fnv1a(scope.phone_number_id.as_bytes()) % self.partitions as u64) as u16
     }
 
     /// What [`Topology::declare`] declares, as `coexist topology` prints it.
@@ -158,16 +159,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_are_stable_and_spread() {
+    fn a_numbers_conversations_share_its_partition_and_numbers_spread() {
         let t = Topology::new("coexist", 16);
         let scope = Scope::parse("410000000000088:5215551230001").unwrap();
-        assert_eq!(t.partition_of(&scope), t.partition_of(&scope.clone()));
+        let other = Scope::parse("410000000000088:US.1").unwrap();
+        let number = Scope::parse("410000000000088:").unwrap();
+        assert_eq!(t.partition_of(&scope), t.partition_of(&other));
+        assert_eq!(t.partition_of(&scope), t.partition_of(&number));
         let mut seen = std::collections::HashSet::new();
         for i in 0..200 {
-            seen.insert(t.partition_of(&Scope::parse(&format!("410:52155512{i:05}")).unwrap()));
+            seen.insert(t.partition_of(&Scope::number(&format!("41000000{i:07}"))));
         }
-        assert_eq!(seen.len(), 16, "200 customers cover all 16 partitions");
-        // Pinned: a changed hash would move every conversation (and break their order).
-        assert_eq!(t.partition_of(&scope), 6, "FNV-1a, checked independently");
+        assert_eq!(seen.len(), 16, "200 numbers cover all 16 partitions");
+        // Pinned: a changed hash would move every number (and break their order).
+        assert_eq!(t.partition_of(&scope), 2, "FNV-1a, checked independently");
     }
 }

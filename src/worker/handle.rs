@@ -45,7 +45,7 @@ impl Shared {
             let span = tracing::info_span!(
                 "item",
                 partition,
-                conversation = %self.for_log(&unit.scope),
+                conversation = %self.for_log(&unit.items[i].scope),
                 item = %self.key_for_log(&unit.items[i].key),
                 rule = tracing::field::Empty,
             );

@@ -1,6 +1,6 @@
-//! Consuming one partition: one lane per conversation. A conversation's deliveries are handled
-//! one after the other, in the order the partition delivered them; different conversations run
-//! side by side.
+//! Consuming one partition: one lane per business number. A number's deliveries are handled one
+//! after the other, in the order the partition delivered them (so a customer's items stay in
+//! order whatever name each carries); different numbers run side by side.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,7 @@ use super::Shared;
 /// Deliveries a partition consumer holds ahead of the ones it works on.
 const PREFETCH: u16 = 16;
 
-/// The deliveries waiting behind the one each lane works on, by conversation.
+/// The deliveries waiting behind the one each lane works on, by business number.
 type Waiting = Arc<Mutex<HashMap<String, VecDeque<Delivery>>>>;
 
 /// Consumes one partition until `stop` (the partition handed over, or the worker stopping), or
@@ -64,7 +64,7 @@ async fn consume_inner(
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => break Err(e),
                 Err(e) => {
-                    // A lane that panicked would hold its conversation forever: give the whole
+                    // A lane that panicked would hold its number forever: give the whole
                     // partition back (its deliveries return to the queue) and let it restart.
                     tracing::error!(partition, error = %e, "a conversation lane failed; restarting the partition");
                     break Ok(());
@@ -113,15 +113,20 @@ async fn consume_inner(
     result
 }
 
-/// The conversation a delivery belongs to (its lane), read without decoding the items.
+/// The business number a delivery belongs to (its lane), read without decoding the items
+/// (units of the build before identity name a conversation: their number is the lane too).
 fn lane_of(data: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Head {
         scope: String,
     }
-    serde_json::from_slice::<Head>(data)
+    let scope = serde_json::from_slice::<Head>(data)
         .map(|h| h.scope)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match scope.split_once(':') {
+        Some((number, _)) => number.to_owned(),
+        None => scope,
+    }
 }
 
 /// Handles a conversation's deliveries in order until none is waiting, or the partition halts.

@@ -314,9 +314,29 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
     let t = t0();
     let conversations = 12;
     let per = 15;
+    // Twelve conversations of six business numbers (a number's items share its partition),
+    // chosen so that both workers have numbers to decide.
+    let topology = Topology::new(&stack.ns, 8);
+    let owner = |number: &str| {
+        let p = topology.partition_of(&coexist::domain::Scope::number(number));
+        shares.iter().position(|s| s.contains(&p)).unwrap()
+    };
+    let candidates: Vec<String> = (0..1000u32).map(|n| format!("41000000{n:07}")).collect();
+    let first_of = |w: usize| candidates.iter().find(|n| owner(n) == w).unwrap().clone();
+    let mut numbers = vec![first_of(0), first_of(1)];
+    let more: Vec<String> = candidates
+        .iter()
+        .filter(|n| !numbers.contains(n))
+        .take(4)
+        .cloned()
+        .collect();
+    numbers.extend(more);
+    let owners: HashSet<usize> = numbers.iter().map(|n| owner(n)).collect();
+    assert_eq!(owners.len(), 2, "both workers get numbers: {numbers:?}");
     let posts: Vec<_> = (0..conversations)
         .map(|c| {
             let addr = stack.ingress.addr;
+            let number = numbers[c % numbers.len()].clone();
             tokio::spawn(async move {
                 for i in 0..per {
                     let body = customer_text(
@@ -324,7 +344,8 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
                         &format!("wamid.O{c}.{i}"),
                         t,
                         &i.to_string(),
-                    );
+                    )
+                    .replace(PNID, &number);
                     assert_eq!(post_signed(addr, &body).await, 200);
                 }
             })
