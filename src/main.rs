@@ -61,7 +61,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConversationCommand {
-    /// Prints the conversation's state as JSON: paused until, session, handler.
+    /// Prints the conversation's state as JSON: paused until, session, handler, and every name the
+    /// customer is known by (any of them finds the conversation).
     Show(ConversationArgs),
     /// Pauses the AI agent for the customer, as a human reply would (R4 without a message).
     Pause(ConversationArgs),
@@ -73,7 +74,8 @@ enum ConversationCommand {
 struct ConversationArgs {
     /// The business number's phone_number_id.
     phone_number_id: String,
-    /// The customer: a phone number (any punctuation) or a business-scoped user id.
+    /// The customer: a phone number (any punctuation) or a business-scoped user id; any of a
+    /// customer's linked names names their conversation.
     customer: String,
 }
 

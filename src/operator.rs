@@ -18,7 +18,11 @@ use crate::time::Millis;
 /// What `conversation show` prints.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct View {
+    /// `{phone_number_id}:{id}`: the id is the first name the customer was known by.
     pub conversation: String,
+    /// Every name the customer is known by in this conversation (linked phone numbers and
+    /// business-scoped ids).
+    pub names: Vec<String>,
     /// Who handles the customer now: `bot` or `human`.
     pub handler: &'static str,
     pub paused: bool,
@@ -42,8 +46,15 @@ pub struct SessionView {
 /// A conversation's state as the operator sees it at `now`.
 pub fn view(scope: &Scope, state: &State, pause_ttl_ms: Option<i64>, now: Millis) -> View {
     let paused = state.paused(now);
+    let mut names: Vec<String> = scope.customer.iter().map(|c| c.to_string()).collect();
+    for n in &state.names {
+        if !names.contains(&n.to_string()) {
+            names.push(n.to_string());
+        }
+    }
     View {
         conversation: scope.to_string(),
+        names,
         handler: if paused.is_some() { "human" } else { "bot" },
         paused: paused.is_some(),
         paused_until: paused.map(|p| p.until.rfc3339()),
@@ -59,11 +70,23 @@ pub fn view(scope: &Scope, state: &State, pause_ttl_ms: Option<i64>, now: Millis
     }
 }
 
-/// Reads one conversation from Redis.
+/// Reads from Redis the conversation that `scope` names (by any of the customer's names).
 pub async fn show(store: &RedisStore, scope: &Scope, now: Millis) -> crate::store::Result<View> {
-    let snap = store.load(scope, "-", now).await?;
-    let ttl = store.pause_ttl_ms(scope).await?;
-    Ok(view(scope, &snap.state, ttl, now))
+    let conversation = match &scope.customer {
+        Some(name) => {
+            let linked = store.resolve(&scope.phone_number_id, std::slice::from_ref(name));
+            let id = linked
+                .await?
+                .pop()
+                .flatten()
+                .unwrap_or_else(|| name.clone());
+            Scope::conversation(&scope.phone_number_id, id)
+        }
+        None => scope.clone(),
+    };
+    let snap = store.load(&conversation, "-", now).await?;
+    let ttl = store.pause_ttl_ms(&conversation).await?;
+    Ok(view(&conversation, &snap.state, ttl, now))
 }
 
 /// Why an operator command failed.

@@ -328,6 +328,7 @@ fn conversation_commands_against_redis() {
     assert_eq!(v["handler"], json!("human"));
     assert!(v["pause_ttl_ms"].as_i64().unwrap() > 6 * 86_400_000);
     assert!(v["session"]["id"].is_string());
+    assert_eq!(v["names"], json!([ANA]));
     let out = coexist(&["conversation", "release", PNID, ANA], &env, None);
     assert!(out.status.success());
     let ev = lines(&out);
@@ -364,4 +365,34 @@ fn the_ingress_refuses_to_start_without_an_app_secret() {
             "coexist: config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)"
         );
     }
+}
+
+#[test]
+fn conversation_show_finds_a_customer_by_any_linked_name() {
+    let ns = NsGuard(unique_ns("clinames"));
+    let bsuid = "US.13491208655302741918";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = coexist::store::redis::RedisStore::connect(&redis_url(), &ns.0)
+            .await
+            .unwrap();
+        let engine = coexist::store::Engine::new(store, book(coexist::engine::Rules::default()));
+        let t = t0();
+        feed(&engine, &echo_text(ANA, "wamid.CN1", t, "Te atiendo"), t).await;
+        // A message naming both links the id to the phone's conversation.
+        let mut both: Value =
+            serde_json::from_str(&customer_text(ANA, "wamid.CN2", t + 1, "hola")).unwrap();
+        both["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"] = json!(bsuid);
+        feed(&engine, &both.to_string(), t + 1).await;
+    });
+    let env = [
+        ("COEXIST_NAMESPACE", ns.0.as_str()),
+        ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let out = coexist(&["conversation", "show", PNID, bsuid], &env, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["conversation"], json!(format!("{PNID}:{ANA}")));
+    assert_eq!(v["names"], json!([ANA, bsuid]));
+    assert_eq!(v["handler"], json!("human"));
 }
