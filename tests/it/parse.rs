@@ -421,3 +421,107 @@ fn customer_edits_and_revokes_are_changes_not_messages() {
         }
     ));
 }
+
+/// How many items Meta's body holds: messages, statuses, value-level errors, echoes, history
+/// chunks and their messages, contact changes, account updates, other fields' changes.
+fn items_in(body: &serde_json::Value) -> usize {
+    let len = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+    let mut n = 0;
+    for entry in body["entry"].as_array().unwrap() {
+        for change in entry["changes"].as_array().unwrap() {
+            let v = &change["value"];
+            n += match change["field"].as_str().unwrap() {
+                "messages" => len(&v["messages"]) + len(&v["statuses"]) + len(&v["errors"]),
+                "smb_message_echoes" => len(&v["message_echoes"]),
+                "history" => {
+                    let chunks = v["history"].as_array().cloned().unwrap_or_default();
+                    let threads: usize = chunks
+                        .iter()
+                        .flat_map(|c| c["threads"].as_array().cloned().unwrap_or_default())
+                        .map(|t| len(&t["messages"]))
+                        .sum();
+                    chunks.len() + threads + len(&v["messages"]) + len(&v["message_echoes"])
+                }
+                "smb_app_state_sync" => len(&v["state_sync"]),
+                _ => 1,
+            };
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn the_corpus_loses_nothing_and_never_names_the_business() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/meta-shapes.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    let engine = memory_engine(coexist::engine::Rules::default());
+    let mut bodies = 0;
+    let mut types = std::collections::HashSet::new();
+    for (line, raw) in text.lines().enumerate() {
+        let body: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let business = body["entry"][0]["changes"][0]["value"]["metadata"]["display_phone_number"]
+            .as_str()
+            .map(str::to_owned);
+        let parsed =
+            parse_body(raw.as_bytes()).unwrap_or_else(|e| panic!("line {}: {e}", line + 1));
+        assert!(
+            parsed.unreadable.is_empty(),
+            "line {}: {:?}",
+            line + 1,
+            parsed.unreadable
+        );
+        assert_eq!(
+            parsed.items.len(),
+            items_in(&body),
+            "line {}: every item, once",
+            line + 1
+        );
+        for item in &parsed.items {
+            assert!(
+                item.timestamp.is_some() || item.kind.customer().is_none(),
+                "line {}",
+                line + 1
+            );
+        }
+        let events = feed(&engine, raw, 1_764_200_000).await;
+        for e in &events {
+            types.insert(e.kind.clone());
+            let named = e.body["customer"]["wa_id"].as_str();
+            assert!(
+                named.is_none() || named != business.as_deref(),
+                "line {}: the business named as the customer: {}",
+                line + 1,
+                e.body
+            );
+            assert_ne!(
+                e.body["occurred_at"],
+                json!("1970-01-01T00:00:00Z"),
+                "line {}",
+                line + 1
+            );
+            if body["entry"][0]["changes"][0]["value"]["messages"][0]["type"] == "system" {
+                assert_eq!(e.kind, "customer.changed", "line {}", line + 1);
+            }
+        }
+        bodies += 1;
+    }
+    assert!(bodies >= 50, "{bodies} bodies");
+    for t in [
+        "message.received",
+        "message.edited",
+        "message.revoked",
+        "session.paused",
+        "message.status",
+        "account.updated",
+        "customer.changed",
+        "message.sent_from_app",
+        "conversation.handover",
+        "conversation.released",
+        "message.history",
+        "history.status",
+        "contact.synced",
+    ] {
+        assert!(types.contains(t), "the corpus yields {t}: {types:?}");
+    }
+}
