@@ -17,7 +17,7 @@
 //! - [`store`]: conversation state behind one trait, in memory or in Redis, and the [`store::Engine`]
 //!   loop that applies the rules atomically and exactly once per input.
 //! - [`config`]: the configuration (defaults, file, environment) and its checks.
-//! - [`process`]: the offline `coexist process` command.
+//! - [`process`]: the offline `coexist process` command; [`summary`]: one readable line per event.
 //! - [`operator`]: `coexist conversation show|pause|release`.
 //! - [`time`]: instants (Unix ms) and RFC 3339.
 //! - [`broker`]: RabbitMQ, one job per file: names and declaration ([`broker::topology`]), the
@@ -45,6 +45,7 @@ pub mod process;
 pub mod render;
 pub mod retry;
 pub mod store;
+pub mod summary;
 pub mod time;
 pub mod unit;
 pub mod worker;

@@ -46,6 +46,10 @@ enum Command {
     /// message and exit code 1 at the first body that is not a webhook, after printing the
     /// events of every body before it.
     Process {
+        /// `json`: one JSON line per event ({"exchange", "routing_key", "event"}); `summary`: one
+        /// aligned, readable line per event (exchange, type, customer, text or detail).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+        format: OutputFormat,
         /// Webhook bodies (.json: one body; .jsonl: one per line).
         files: Vec<PathBuf>,
     },
@@ -57,6 +61,13 @@ enum Command {
     Dlq(DlqCommand),
     /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
     Topology,
+}
+
+/// How `process` prints events.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Json,
+    Summary,
 }
 
 #[derive(Subcommand)]
@@ -174,10 +185,14 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             println!("{}", serde_json::to_string(&r).expect("serialises"));
             Ok(())
         }
-        Command::Process { files } => {
+        Command::Process { format, files } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            coexist::process::run(Arc::new(config.rules), &files, &mut out)
+            let format = match format {
+                OutputFormat::Json => coexist::process::Format::Json,
+                OutputFormat::Summary => coexist::process::Format::Summary,
+            };
+            coexist::process::run(Arc::new(config.rules), format, &files, &mut out)
                 .await
                 .map_err(|e| failed(&e))
         }

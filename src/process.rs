@@ -54,17 +54,42 @@ pub fn bodies(source: &Source) -> Vec<(String, &str)> {
         .collect()
 }
 
+/// How `process` prints events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON line per event: `{"exchange", "routing_key", "event"}`.
+    #[default]
+    Json,
+    /// One aligned, readable line per event ([`crate::summary::line`]).
+    Summary,
+}
+
+impl Format {
+    fn write(
+        self,
+        out: &mut impl Write,
+        e: &crate::engine::event::Outbound,
+    ) -> std::io::Result<()> {
+        match self {
+            Format::Json => writeln!(out, "{}", e.to_line()),
+            Format::Summary => writeln!(out, "{}", crate::summary::line(e)),
+        }
+    }
+}
+
 /// The offline processor: one engine over memory, and the clock.
 pub struct Processor {
     engine: Engine<MemoryStore>,
+    format: Format,
     /// The latest time seen (none before the first item with a timestamp).
     clock: Option<Millis>,
 }
 
 impl Processor {
-    pub fn new(rules: Arc<RuleBook>) -> Self {
+    pub fn new(rules: Arc<RuleBook>, format: Format) -> Self {
         Processor {
             engine: Engine::new(MemoryStore::new(), rules),
+            format,
             clock: None,
         }
     }
@@ -103,7 +128,7 @@ impl Processor {
             self.release_due(clock, out).await?;
             let applied = self.engine.apply(&Input::Item(&item), clock).await?;
             for e in &applied.events {
-                writeln!(out, "{}", e.to_line())?;
+                self.format.write(out, e)?;
             }
             self.engine.acknowledge(&applied).await?;
         }
@@ -126,7 +151,7 @@ impl Processor {
             }
             for applied in &released {
                 for e in &applied.events {
-                    writeln!(out, "{}", e.to_line())?;
+                    self.format.write(out, e)?;
                 }
                 self.engine.acknowledge(applied).await?;
             }
@@ -139,10 +164,11 @@ impl Processor {
 /// has been processed and printed.
 pub async fn run(
     rules: Arc<RuleBook>,
+    format: Format,
     files: &[std::path::PathBuf],
     out: &mut impl Write,
 ) -> Result<(), Error> {
-    let mut p = Processor::new(rules);
+    let mut p = Processor::new(rules, format);
     let result = async {
         if files.is_empty() {
             let mut text = String::new();

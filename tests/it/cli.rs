@@ -396,3 +396,47 @@ fn conversation_show_finds_a_customer_by_any_linked_name() {
     assert_eq!(v["names"], json!([ANA, bsuid]));
     assert_eq!(v["handler"], json!("human"));
 }
+
+#[test]
+fn process_summary_lines_match_the_json_lines_one_for_one() {
+    for (args, config) in [
+        (vec!["examples/handover-story.jsonl"], None),
+        (
+            vec!["examples/coexistence-story.jsonl"],
+            Some("examples/coexistence.toml"),
+        ),
+    ] {
+        let mut json_args = vec!["process"];
+        let mut summary_args = vec!["process", "--format", "summary"];
+        json_args.extend(&args);
+        summary_args.extend(&args);
+        let env: Vec<(&str, &str)> = config.map(|c| ("COEXIST_CONFIG", c)).into_iter().collect();
+        let json = lines(&coexist(&json_args, &env, None));
+        let out = coexist(&summary_args, &env, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(summary.len(), json.len(), "{args:?}");
+        for (line, j) in summary.iter().zip(&json) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields[0], j["exchange"].as_str().unwrap(), "{line}");
+            assert_eq!(fields[1], j["routing_key"].as_str().unwrap(), "{line}");
+            let e = &j["event"];
+            if let Some(text) = e["message"]["text"].as_str() {
+                assert!(line.contains(text), "{line} shows {text:?}");
+                assert_eq!(
+                    line.contains("📱"),
+                    e["message"]["icon"] == json!("📱"),
+                    "{line}"
+                );
+            }
+            if let Some(reason) = e["reason"].as_str() {
+                assert!(line.ends_with(reason), "{line}");
+            }
+        }
+    }
+    let out = coexist(&["process", "--format", "yaml"], &[], Some(""));
+    assert_eq!(out.status.code(), Some(2), "an unknown format is refused");
+}
