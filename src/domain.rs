@@ -96,10 +96,13 @@ pub fn phone_digits(s: &str) -> Option<String> {
 }
 
 /// The customer as events show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Customer {
+    /// The phone number, digits only (null when Meta withholds it).
     pub wa_id: Option<String>,
+    /// The business-scoped user id (BSUID), e.g. `US.13491208655302741918`.
     pub user_id: Option<String>,
+    /// The WhatsApp profile name.
     pub name: Option<String>,
 }
 

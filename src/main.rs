@@ -61,6 +61,9 @@ enum Command {
     Dlq(DlqCommand),
     /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
     Topology,
+    /// Prints the JSON Schema (draft 2020-12) of every event body: one oneOf branch per type.
+    /// docs/events.schema.json is its output.
+    Schema,
 }
 
 /// How `process` prints events.
@@ -197,6 +200,14 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .map_err(|e| failed(&e))
         }
         Command::Conversation(c) => conversation(c, config).await,
+        Command::Schema => {
+            let schema = coexist::engine::event::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("serialises")
+            );
+            Ok(())
+        }
     }
 }
 

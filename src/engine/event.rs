@@ -2,6 +2,7 @@
 //! adds ([`Payload`], one variant per type). The JSON on the wire is `event_id`, `type`, the rest
 //! of the header, then the type's own fields, each present (null where empty).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -29,15 +30,20 @@ impl Exchange {
 }
 
 /// One event: the fields every event has, and what its type adds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, JsonSchema)]
 pub struct Event {
     /// Deterministic: the same input always yields the same id.
     pub event_id: String,
     /// RFC 3339, UTC.
     pub occurred_at: String,
+    /// The business number's id.
     pub phone_number_id: String,
+    /// Who the customer is (null names for events about no customer).
     pub customer: Customer,
+    /// The session the event belongs to, or null.
     pub session_id: Option<String>,
+    /// What the event's type adds (its own fields, beside these).
+    #[schemars(skip)]
     pub payload: Payload,
 }
 
@@ -62,6 +68,11 @@ macro_rules! event_types {
 
             /// Every event type's name.
             pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// Each type's name and the schema of its own fields.
+            fn schemas(generator: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
+                vec![$(($name, generator.subschema_for::<$variant>()),)*]
+            }
 
             /// Reads the fields of the type `name` from an event's JSON.
             fn from_json(name: &str, json: &str) -> serde_json::Result<Payload> {
@@ -104,16 +115,22 @@ event_types! {
 }
 
 /// `message.received`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct MessageReceived {
+    /// The customer's message.
     pub message: EventMessage,
     /// What the AI agent's copy adds (absent from the human inbox's).
     #[serde(flatten)]
     pub agent: Option<ForAgent>,
 }
 
+impl MessageReceived {
+    /// The fields only the AI agent's copy has ([`ForAgent`]).
+    pub const AGENT_FIELDS: &'static [&'static str] = &["session_started", "handback"];
+}
+
 /// The fields of a `message.received` on the bot exchange.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ForAgent {
     /// This message opened a new session (R2).
     pub session_started: bool,
@@ -124,8 +141,9 @@ pub struct ForAgent {
 }
 
 /// `handback` (R16): the human-handled stretch that just ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Handback {
+    /// How the human-handled stretch ended.
     pub reason: ReleaseReason,
     /// RFC 3339: when the pause began.
     pub paused_at: String,
@@ -136,12 +154,13 @@ pub struct Handback {
 }
 
 /// One message of a handback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HandbackMessage {
     /// RFC 3339: Meta's timestamp of the message.
     pub at: String,
     /// `customer`, `business_app` or `business_app_automation`.
     pub source: Source,
+    /// The message's wamid.
     pub message_id: Option<String>,
     /// As `message.text` renders it (cut to [`HANDBACK_TEXT_LIMIT`] characters).
     pub text: String,
@@ -151,108 +170,135 @@ pub struct HandbackMessage {
 pub const HANDBACK_TEXT_LIMIT: usize = 2000;
 
 /// `session.paused`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionPaused {
+    /// RFC 3339: the AI agent stays paused for this customer until then (a later reply from
+    /// the App extends it; a reset ends it sooner).
     pub paused_until: String,
 }
 
 /// `message.status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct MessageStatus {
+    /// `sent`, `delivered`, `read`, `failed`, ... as Meta says.
     pub status: Option<String>,
+    /// The wamid of the message sent through the API.
     pub message_id: Option<String>,
-    /// Meta's `errors`, as sent (null when none).
+    /// Meta's `errors`, as sent (an empty list when none).
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub errors: Box<RawValue>,
 }
 
 /// `account.updated`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AccountUpdated {
+    /// Meta's `event`: `PARTNER_REMOVED`, `ACCOUNT_OFFBOARDED`, `ACCOUNT_RECONNECTED`, ...
     pub event: Option<String>,
+    /// `disconnection_info.reason`, e.g. `PRIMARY_INACTIVITY`.
     pub reason: Option<String>,
 }
 
 /// `message.sent_from_app`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SentFromApp {
+    /// The message sent from the Business App (`source` `business_app`, or
+    /// `business_app_automation` for the App's own messages).
     pub message: EventMessage,
 }
 
 /// `conversation.handover`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Handover {
+    /// RFC 3339: the AI agent is paused for this customer until then.
     pub paused_until: String,
     /// The echo that paused (null for an operator's pause).
     pub trigger_message_id: Option<String>,
 }
 
 /// `conversation.released`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Released {
+    /// What ended the pause.
     pub reason: ReleaseReason,
 }
 
 /// `message.edited`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Edited {
     /// The message as it reads now.
     pub message: EventMessage,
+    /// The wamid of the message that was edited.
     pub original_message_id: Option<String>,
 }
 
 /// `message.revoked`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Revoked {
+    /// The wamid of the message that was deleted.
     pub original_message_id: Option<String>,
 }
 
 /// `message.history`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct History {
+    /// The message, `source` `history`.
     pub message: EventMessage,
+    /// Who wrote it.
     pub direction: Direction,
 }
 
 /// `history.status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryStatus {
+    /// Meta's history phase (0: the last day, 1: the last 90 days, 2: older, ...).
     pub phase: Option<i64>,
+    /// The chunk's order within its phase (chunks arrive out of order).
     pub chunk_order: Option<i64>,
+    /// Percent of the history sent so far.
     pub progress: Option<i64>,
     /// The business declined to share its history (error 2593109).
     pub declined: bool,
 }
 
 /// `contact.synced`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ContactSynced {
+    /// `add` (also for edits) or `remove`.
     pub action: Option<String>,
+    /// The contact as Meta sent it (`full_name`, `first_name`, `phone_number`, `user_id`).
+    #[schemars(with = "Option<serde_json::Value>")]
     pub contact: Option<Box<RawValue>>,
 }
 
 /// `customer.changed`: `customer` names them as they are now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerChanged {
+    /// What changed.
     pub change: NameChange,
+    /// The names before the change.
     pub previous: Previous,
 }
 
 /// `customer.changed`'s `previous`: the names before the change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Previous {
+    /// The phone number before the change.
     pub wa_id: Option<String>,
+    /// The business-scoped user id before the change.
     pub user_id: Option<String>,
 }
 
 /// Where a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
+    /// The customer.
     Customer,
     /// Typed by a person in the Business App (or a linked device).
     BusinessApp,
     /// Sent by the Business App itself: a greeting or away message (R15).
     BusinessAppAutomation,
+    /// The history sync.
     History,
 }
 
@@ -264,7 +310,7 @@ impl Source {
 }
 
 /// `message.icon`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Icon {
     /// Typed in the Business App.
     #[serde(rename = "📱")]
@@ -272,26 +318,37 @@ pub enum Icon {
 }
 
 /// `message` of an event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct EventMessage {
+    /// The wamid.
     pub id: Option<String>,
+    /// Meta's message type (`text`, `image`, `location`, ...).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The message rendered as text, the same way for every type.
     pub text: String,
+    /// Where the message came from.
     pub source: Source,
+    /// `📱` for what came from the Business App, else null.
     pub icon: Option<Icon>,
+    /// The media of an image, video, audio, document or sticker, else null.
     pub media: Option<Media>,
+    /// The wamid the message quotes, if any.
     pub reply_to: Option<String>,
-    /// The item exactly as Meta sent it.
+    /// The item exactly as Meta sent it (whitespace between tokens removed).
+    #[schemars(with = "serde_json::Value")]
     pub raw: Box<RawValue>,
 }
 
 /// Why the AI agent may handle a customer again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
+    /// The human sent the reset command from the App (R5).
     ResetCommand,
+    /// The coexistence timeout passed (R7).
     Timeout,
+    /// An operator released it (`coexist conversation release`).
     Operator,
 }
 
@@ -339,6 +396,61 @@ impl Event {
             session_id: h.session_id,
         })
     }
+}
+
+/// The JSON Schema (draft 2020-12) of every event body, generated from these types: one
+/// `oneOf` branch per type, each the fields every event has, `type` as a constant, and the type's
+/// own fields. `coexist schema` prints it; `docs/events.schema.json` is its output.
+pub fn schema() -> serde_json::Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let header = generator.subschema_for::<Event>();
+    let branches: Vec<serde_json::Value> = Payload::schemas(&mut generator)
+        .into_iter()
+        .map(|(name, fields)| {
+            serde_json::json!({
+                "title": name,
+                "allOf": [header, fields],
+                "properties": {
+                    "type": {"const": name, "description": "The event's type: its routing key and AMQP `type`."}
+                },
+                "required": ["type"],
+            })
+        })
+        .collect();
+    let mut defs = generator.take_definitions(true);
+    // Every field is present (null where empty), except the AI agent's fields of
+    // `message.received`, present together on the bot's copy only.
+    for (name, def) in defs.iter_mut() {
+        let Some(properties) = def.get("properties").and_then(|p| p.as_object()) else {
+            continue;
+        };
+        let optional: &[&str] = match name.as_str() {
+            "MessageReceived" => MessageReceived::AGENT_FIELDS,
+            _ => &[],
+        };
+        let required: Vec<&String> = properties
+            .keys()
+            .filter(|k| !optional.contains(&k.as_str()))
+            .collect();
+        let together: serde_json::Map<String, serde_json::Value> = optional
+            .iter()
+            .map(|f| {
+                let others: Vec<&&str> = optional.iter().filter(|o| *o != f).collect();
+                ((*f).to_owned(), serde_json::json!(others))
+            })
+            .collect();
+        def["required"] = serde_json::json!(required);
+        if !together.is_empty() {
+            def["dependentRequired"] = serde_json::Value::Object(together);
+        }
+    }
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "coexist event",
+        "description": "An event published to {ns}.bot or {ns}.human_chat (routing key = type). Every field of a type is present, null where empty.",
+        "oneOf": branches,
+        "$defs": defs,
+    })
 }
 
 /// Two events are equal when their JSON is (raw JSON has no equality of its own).
@@ -600,6 +712,31 @@ mod tests {
         assert!(
             app.contains(r#""source":"business_app","icon":"📱""#),
             "{app}"
+        );
+    }
+
+    #[test]
+    fn the_schema_has_a_branch_per_type_and_describes_every_field() {
+        let schema = schema();
+        let branches = schema["oneOf"].as_array().unwrap();
+        let consts: Vec<&str> = branches
+            .iter()
+            .map(|b| b["properties"]["type"]["const"].as_str().unwrap())
+            .collect();
+        assert_eq!(consts, Payload::NAMES);
+        for (name, def) in schema["$defs"].as_object().unwrap() {
+            for (field, property) in def["properties"].as_object().into_iter().flatten() {
+                assert!(
+                    property["description"].is_string(),
+                    "{name}.{field} is described"
+                );
+            }
+        }
+        let checked_in = include_str!("../../docs/events.schema.json");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(checked_in).unwrap(),
+            schema,
+            "docs/events.schema.json is stale: run `coexist schema > docs/events.schema.json`"
         );
     }
 

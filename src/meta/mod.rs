@@ -167,7 +167,7 @@ pub enum Change {
 }
 
 /// What a `system` message says changed (`customer.changed`'s `change`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NameChange {
     /// A new phone number (`user_changed_number`).
@@ -179,10 +179,12 @@ pub enum NameChange {
 }
 
 /// Direction of a history message, seen from the business.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// The customer wrote it.
     Inbound,
+    /// The business wrote it.
     Outbound,
 }
 
@@ -204,11 +206,15 @@ impl Content {
 }
 
 /// `message.media`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Media {
+    /// Meta's media id (download it through the Graph API).
     pub id: Option<String>,
+    /// E.g. `image/jpeg`.
     pub mime_type: Option<String>,
+    /// The caption the sender wrote, if any.
     pub caption: Option<String>,
+    /// A document's file name.
     pub filename: Option<String>,
 }
 

@@ -440,3 +440,53 @@ fn process_summary_lines_match_the_json_lines_one_for_one() {
     let out = coexist(&["process", "--format", "yaml"], &[], Some(""));
     assert_eq!(out.status.code(), Some(2), "an unknown format is refused");
 }
+
+#[test]
+fn schema_prints_the_checked_in_schema_and_it_refuses_what_is_not_an_event() {
+    let out = coexist(&["schema"], &[], None);
+    assert!(out.status.success());
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file: Value = serde_json::from_str(include_str!("../../docs/events.schema.json")).unwrap();
+    assert_eq!(
+        printed, file,
+        "docs/events.schema.json is `coexist schema`'s output"
+    );
+    assert_eq!(
+        printed["$schema"],
+        json!("https://json-schema.org/draft/2020-12/schema")
+    );
+    // Every story event passes (checked in `lines`' callers); these do not.
+    let story = lines(&coexist(
+        &["process", "examples/handover-story.jsonl"],
+        &[],
+        None,
+    ));
+    let good = story[0]["event"].clone();
+    assert_matches_schema(&good);
+    for broken in [
+        json!({"type": "message.received"}),
+        {
+            let mut e = good.clone();
+            e["type"] = json!("message.teleported");
+            e
+        },
+        {
+            let mut e = good.clone();
+            e.as_object_mut().unwrap().remove("session_id");
+            e
+        },
+        {
+            let mut e = good.clone();
+            e.as_object_mut().unwrap().remove("handback");
+            e
+        },
+        {
+            let mut e = good.clone();
+            e["message"]["source"] = json!("carrier_pigeon");
+            e
+        },
+    ] {
+        let refused = std::panic::catch_unwind(|| assert_matches_schema(&broken)).is_err();
+        assert!(refused, "the schema refuses {broken}");
+    }
+}

@@ -215,6 +215,7 @@ pub fn events(applied: &Applied) -> Vec<Ev> {
         .iter()
         .map(|o| {
             let body: Value = serde_json::from_str(&o.event.to_json()).unwrap();
+            assert_matches_schema(&body);
             assert_eq!(body["type"].as_str(), Some(o.event.name()), "type");
             assert_eq!(
                 body["event_id"].as_str(),
@@ -229,6 +230,20 @@ pub fn events(applied: &Applied) -> Vec<Ev> {
             }
         })
         .collect()
+}
+
+/// Fails unless `event` is valid against `docs/events.schema.json` (every event the tests see
+/// goes through here: the schema is checked against what the engine really publishes).
+pub fn assert_matches_schema(event: &Value) {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../docs/events.schema.json")).unwrap();
+        jsonschema::draft202012::new(&schema).expect("docs/events.schema.json is a schema")
+    });
+    if let Err(e) = validator.validate(event) {
+        panic!("an event that docs/events.schema.json refuses ({e}): {event}");
+    }
 }
 
 /// The (exchange, type) pairs of a list of events.
@@ -382,6 +397,7 @@ pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration
             Ok(Some(m)) => {
                 let d = m.delivery;
                 let body: Value = serde_json::from_slice(&d.data).unwrap();
+                assert_matches_schema(&body);
                 out.push(Taken {
                     kind: body["type"].as_str().unwrap_or("").to_owned(),
                     body,
