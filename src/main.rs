@@ -75,6 +75,14 @@ enum OutputFormat {
 
 #[derive(Subcommand)]
 enum ConversationCommand {
+    /// Lists the conversations whose AI agent is paused now, soonest release first: number,
+    /// customer, paused until, time left, trigger message (read from the deadline set and the
+    /// pause keys, never a scan of the keyspace).
+    List {
+        /// One JSON object per line: phone_number_id, customer, paused_until, trigger_message_id.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the conversation's state as JSON: paused until, session, handler, and every name the
     /// customer is known by (any of them finds the conversation).
     Show(ConversationArgs),
@@ -255,7 +263,24 @@ async fn services(config: Config, ingress: bool, worker: bool) -> Result<(), Fai
 }
 
 async fn conversation(command: ConversationCommand, config: Config) -> Result<(), Failure> {
+    let failed = |e: operator::Error| Failure(e.to_string(), 1);
     let (args, action) = match &command {
+        ConversationCommand::List { json } => {
+            let store = operator::store(&config).await.map_err(failed)?;
+            let paused = operator::list(&store, Millis::now())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            match json {
+                true => {
+                    for p in &paused {
+                        println!("{}", serde_json::to_string(p).expect("serialises"));
+                    }
+                }
+                false => print!("{}", operator::table(&paused)),
+            }
+            eprintln!("{} conversation(s) with a human", paused.len());
+            return Ok(());
+        }
         ConversationCommand::Show(a) => (a, None),
         ConversationCommand::Pause(a) => (a, Some(OperatorAction::Pause)),
         ConversationCommand::Release(a) => (a, Some(OperatorAction::Release)),
@@ -277,7 +302,6 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
     };
     let scope = Scope::conversation(&args.phone_number_id, customer);
     let now = Millis::now();
-    let failed = |e: operator::Error| Failure(e.to_string(), 1);
     match action {
         None => {
             let store = operator::store(&config).await.map_err(failed)?;

@@ -89,6 +89,59 @@ pub async fn show(store: &RedisStore, scope: &Scope, now: Millis) -> crate::stor
     Ok(view(&conversation, &snap.state, ttl, now))
 }
 
+/// One line of `conversation list`: a conversation whose AI agent is paused now.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Paused {
+    pub phone_number_id: String,
+    /// The conversation's id: the first name the customer was known by.
+    pub customer: String,
+    /// RFC 3339.
+    pub paused_until: String,
+    /// The echo that paused (null for an operator's pause).
+    pub trigger_message_id: Option<String>,
+    /// Milliseconds left.
+    #[serde(skip)]
+    pub left_ms: i64,
+}
+
+/// The conversations whose AI agent is paused at `now`, soonest release first.
+pub async fn list(store: &RedisStore, now: Millis) -> crate::store::Result<Vec<Paused>> {
+    let mut out: Vec<Paused> = store
+        .paused(now)
+        .await?
+        .into_iter()
+        .map(|(scope, pause)| Paused {
+            phone_number_id: scope.phone_number_id.clone(),
+            customer: scope.customer.map(|c| c.to_string()).unwrap_or_default(),
+            paused_until: pause.until.rfc3339(),
+            trigger_message_id: pause.trigger.strip_prefix("m:").map(str::to_owned),
+            left_ms: pause.until.0 - now.0,
+        })
+        .collect();
+    out.sort_by_key(|p| p.left_ms);
+    Ok(out)
+}
+
+/// `conversation list`'s table: number, customer, paused until, time left, trigger message.
+pub fn table(paused: &[Paused]) -> String {
+    let mut out = format!(
+        "{:<20} {:<28} {:<22} {:>14}  trigger\n",
+        "number", "customer", "paused until", "left"
+    );
+    for p in paused {
+        let left = std::time::Duration::from_secs((p.left_ms.max(0) / 1000) as u64);
+        out.push_str(&format!(
+            "{:<20} {:<28} {:<22} {:>14}  {}\n",
+            p.phone_number_id,
+            p.customer,
+            p.paused_until,
+            humantime::format_duration(left).to_string(),
+            p.trigger_message_id.as_deref().unwrap_or("(operator)")
+        ));
+    }
+    out
+}
+
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

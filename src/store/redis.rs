@@ -177,6 +177,49 @@ impl RedisStore {
         format!("{}:deadlines", self.ns)
     }
 
+    /// The pauses in force at `now`, soonest deadline first: read from the deadline set and the
+    /// conversations' pause keys (never a scan of the keyspace). Each with its deadline member's
+    /// conversation.
+    pub async fn paused(&self, now: Millis) -> Result<Vec<(Scope, Pause)>> {
+        let due: Vec<(String, f64)> = self
+            .conn
+            .clone()
+            .zrangebyscore_withscores(self.deadlines(), format!("({}", now.0), "+inf")
+            .await?;
+        let members: Vec<(Scope, String)> = due
+            .into_iter()
+            .filter_map(|(member, _)| crate::engine::parse_deadline_member(&member))
+            .collect();
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (scope, _) in &members {
+            pipe.get(self.key(scope, "pause"));
+            if self.legacy {
+                pipe.get(legacy_key(&self.ns, scope, "pause", ""));
+            }
+        }
+        let values: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let per = if self.legacy { 2 } else { 1 };
+        let mut out: Vec<(Scope, Pause)> = Vec::new();
+        for ((scope, trigger), found) in members.into_iter().zip(values.chunks(per)) {
+            let Some(text) = found.iter().flatten().next() else {
+                continue; // released, or moved to another conversation by a merge
+            };
+            let pause: Pause =
+                serde_json::from_str(text).map_err(|e| corrupt(&self.ns, &scope, "pause", e))?;
+            // The conversation's pause in force, once (older deadlines of it are stale).
+            if pause.trigger == trigger
+                && pause.until > now
+                && !out.iter().any(|(s, _)| *s == scope)
+            {
+                out.push((scope, pause));
+            }
+        }
+        Ok(out)
+    }
+
     /// Remaining lifetime of the pause key in ms (for `conversation show`), if it exists.
     pub async fn pause_ttl_ms(&self, scope: &Scope) -> Result<Option<i64>> {
         let ttl: i64 = self.conn.clone().pttl(self.key(scope, "pause")).await?;

@@ -490,3 +490,73 @@ fn schema_prints_the_checked_in_schema_and_it_refuses_what_is_not_an_event() {
         assert!(refused, "the schema refuses {broken}");
     }
 }
+
+#[test]
+fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
+    let ns = NsGuard(unique_ns("clilist"));
+    let env = [
+        ("COEXIST_NAMESPACE", ns.0.as_str()),
+        ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let list = || {
+        let out = coexist(&["conversation", "list", "--json"], &env, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        lines(&out)
+    };
+    assert!(list().is_empty(), "nobody yet");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = t0();
+    let store = rt
+        .block_on(coexist::store::redis::RedisStore::connect(
+            &redis_url(),
+            &ns.0,
+        ))
+        .unwrap();
+    let engine = coexist::store::Engine::new(store, book(coexist::engine::Rules::default()));
+    rt.block_on(async {
+        // Luis was answered an hour after Ana: Ana's pause ends first.
+        feed(&engine, &echo_text(LUIS, "wamid.LS2", t, "Hola Luis"), t).await;
+        feed(
+            &engine,
+            &echo_text(ANA, "wamid.LS1", t - 3600, "Hola Ana"),
+            t,
+        )
+        .await;
+        feed(
+            &engine,
+            &customer_text("5215551230003", "wamid.LS3", t, "just the bot"),
+            t,
+        )
+        .await;
+    });
+    let paused = list();
+    assert_eq!(paused.len(), 2, "{paused:?}");
+    assert_eq!(paused[0]["customer"], json!(ANA));
+    assert_eq!(paused[0]["trigger_message_id"], json!("wamid.LS1"));
+    assert_eq!(paused[0]["phone_number_id"], json!(PNID));
+    assert_eq!(
+        paused[0]["paused_until"],
+        json!(coexist::time::Millis::from_secs(t - 3600 + 7 * 86_400).rfc3339())
+    );
+    assert_eq!(paused[1]["customer"], json!(LUIS));
+    // The table, for people.
+    let out = coexist(&["conversation", "list"], &env, None);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.lines().next().unwrap().starts_with("number"),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(1).unwrap().contains("wamid.LS1"),
+        "{table}"
+    );
+    // After a reset, Ana is the AI agent's again.
+    rt.block_on(feed(
+        &engine,
+        &echo_text(ANA, "wamid.LS4", t + 1, "/reset"),
+        t + 1,
+    ));
+    let paused = list();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0]["customer"], json!(LUIS));
+}
