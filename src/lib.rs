@@ -27,7 +27,7 @@
 //! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
 //! - [`worker`]: start and stop, the partition manager, a lane per conversation, item handling,
 //!   the timeout sweeper, partition sharing ([`worker::membership`]).
-//! - [`dlq`]: listing and replaying dead letters.
+//! - [`dlq`]: listing and replaying dead letters; [`tail`]: following the events live.
 //! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
 //!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
@@ -46,6 +46,7 @@ pub mod render;
 pub mod retry;
 pub mod store;
 pub mod summary;
+pub mod tail;
 pub mod time;
 pub mod unit;
 pub mod worker;

@@ -61,9 +61,30 @@ enum Command {
     Dlq(DlqCommand),
     /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
     Topology,
+    /// Shows the events as they are published, through a temporary queue of its own (it never
+    /// takes events from the default queues): one readable line each (time, exchange, type,
+    /// customer, text or detail), or with --json each event body as one JSON line. Ctrl-C ends it.
+    Tail {
+        /// Only this exchange (default: both).
+        #[arg(long, value_enum)]
+        exchange: Option<ExchangeArg>,
+        /// Only this conversation: PHONE_NUMBER_ID:CUSTOMER (the customer by any of its names).
+        #[arg(long, value_name = "PNID:CUSTOMER")]
+        conversation: Option<String>,
+        /// Each event body as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the JSON Schema (draft 2020-12) of every event body: one oneOf branch per type.
     /// docs/events.schema.json is its output.
     Schema,
+}
+
+/// An exchange to follow.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExchangeArg {
+    Bot,
+    HumanChat,
 }
 
 /// How `process` prints events.
@@ -208,6 +229,51 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .map_err(|e| failed(&e))
         }
         Command::Conversation(c) => conversation(c, config).await,
+        Command::Tail {
+            exchange,
+            conversation,
+            json,
+        } => {
+            use coexist::engine::event::Exchange;
+            let exchanges = match exchange {
+                Some(ExchangeArg::Bot) => vec![Exchange::Bot],
+                Some(ExchangeArg::HumanChat) => vec![Exchange::HumanChat],
+                None => vec![Exchange::Bot, Exchange::HumanChat],
+            };
+            let conversation = match conversation {
+                None => None,
+                Some(c) => Some(
+                    Scope::parse(c.trim())
+                        .filter(|s| s.customer.is_some())
+                        .ok_or_else(|| {
+                            Failure(
+                                format!("--conversation {c:?}: expected PHONE_NUMBER_ID:CUSTOMER"),
+                                2,
+                            )
+                        })?,
+                ),
+            };
+            let options = coexist::tail::Options {
+                exchanges,
+                conversation,
+                json,
+            };
+            let stop = CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                signalled().await;
+                on_signal.cancel();
+            });
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let ready = |from: &str| eprintln!("following {from} (Ctrl-C ends)");
+            let url = config.amqp_url.expose();
+            let shown = coexist::tail::run(url, &topology, &options, stop, ready, &mut out)
+                .await
+                .map_err(|e| failed(&e))?;
+            eprintln!("{shown} event(s) shown");
+            Ok(())
+        }
         Command::Schema => {
             let schema = coexist::engine::event::schema();
             println!(

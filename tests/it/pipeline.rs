@@ -1024,3 +1024,89 @@ async fn dropping_a_worker_or_the_ingress_without_stop_leaves_nothing_running() 
     .await;
     assert!(!never.is_cancelled(), "stopped by the drops alone");
 }
+
+// Multi-threaded: the test blocks on the tail's output while the stack runs in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_one_conversation_and_takes_nothing_from_the_default_queues() {
+    use std::io::BufRead;
+    let stack = Stack::start("tail", 1, &[]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+        .args([
+            "tail",
+            "--json",
+            "--conversation",
+            &format!("{PNID}:+52 1 555 123 0001"),
+        ])
+        .env_clear()
+        .env("COEXIST_NAMESPACE", &stack.ns)
+        .env("COEXIST_AMQP_URL", amqp_url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send((true, l));
+        }
+    });
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send((false, l));
+        }
+    });
+    let next = |within: Duration| rx.recv_timeout(within).ok();
+    let ready = next(READY_WITHIN).expect("tail says it follows");
+    assert!(!ready.0 && ready.1.starts_with("following"), "{ready:?}");
+    let t = t0();
+    for body in [
+        customer_text(ANA, "wamid.TL1", t, "hola"),
+        customer_text(LUIS, "wamid.TL2", t, "soy Luis"),
+        echo_text(ANA, "wamid.TL3", t + 1, "te atiendo"),
+    ] {
+        assert_eq!(stack.post(&body).await, 200);
+    }
+    let mut shown: Vec<serde_json::Value> = Vec::new();
+    let mut said = Vec::new();
+    while shown.len() < 4 {
+        let Some((stdout, line)) = next(30 * SECS) else {
+            panic!("only {} shown; stderr: {said:?}", shown.len());
+        };
+        match stdout {
+            true => shown.push(serde_json::from_str(&line).unwrap()),
+            false => said.push(line),
+        }
+    }
+    let mut kinds: Vec<&str> = shown.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "conversation.handover",
+            "message.received",
+            "message.sent_from_app",
+            "session.paused"
+        ]
+    );
+    assert!(shown.iter().all(|e| e["customer"]["wa_id"] == json!(ANA)));
+    wait_done(&stack.ns, LUIS, "m:wamid.TL2").await;
+    wait_done(&stack.ns, ANA, "m:wamid.TL3").await;
+    // Ctrl-C ends it cleanly.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert_eq!(
+        exit_within(&mut child, std::time::Instant::now(), 10 * SECS).await,
+        Some(0)
+    );
+    assert!(
+        !shown.iter().any(|e| e["customer"]["wa_id"] == json!(LUIS)),
+        "Luis's event is filtered out"
+    );
+    // Everything is still in the default queues for their consumers.
+    assert_eq!(queue_len(&stack.ns, "bot").await, 3);
+    assert_eq!(queue_len(&stack.ns, "human_chat").await, 2);
+    stack.stop().await;
+}
