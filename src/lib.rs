@@ -27,7 +27,8 @@
 //! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
 //! - [`worker`]: start and stop, the partition manager, a lane per conversation, item handling,
 //!   the timeout sweeper, partition sharing ([`worker::membership`]).
-//! - [`dlq`]: listing and replaying dead letters; [`tail`]: following the events live.
+//! - [`dlq`]: listing and replaying dead letters; [`tail`]: following the events live; [`send`]:
+//!   posting signed webhook bodies to a deployment.
 //! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
 //!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
@@ -44,6 +45,7 @@ pub mod operator;
 pub mod process;
 pub mod render;
 pub mod retry;
+pub mod send;
 pub mod store;
 pub mod summary;
 pub mod tail;

@@ -61,6 +61,17 @@ enum Command {
     Dlq(DlqCommand),
     /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
     Topology,
+    /// Signs each webhook body with the first app secret (COEXIST_APP_SECRET) and POSTs it, as
+    /// Meta does; retries 503 and connection errors with backoff (at most 8 attempts); prints
+    /// each answer. Exits 1 if any body was finally refused, naming the answer.
+    Send {
+        /// Where to post (plain HTTP). Default: http://{listen}/webhook.
+        #[arg(long)]
+        url: Option<String>,
+        /// Webhook bodies: a file holds one JSON body, or JSON lines with one body per line.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Shows the events as they are published, through a temporary queue of its own (it never
     /// takes events from the default queues): one readable line each (time, exchange, type,
     /// customer, text or detail), or with --json each event body as one JSON line. Ctrl-C ends it.
@@ -273,6 +284,41 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .map_err(|e| failed(&e))?;
             eprintln!("{shown} event(s) shown");
             Ok(())
+        }
+        Command::Send { url, files } => {
+            let Some(secret) = config.app_secrets.first() else {
+                return Err(Failure(
+                    "config: app_secret: send signs with Meta's app secret (COEXIST_APP_SECRET)"
+                        .into(),
+                    2,
+                ));
+            };
+            let url = url.unwrap_or_else(|| format!("http://{}/webhook", config.listen));
+            let mut bodies = Vec::new();
+            for path in &files {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Failure(format!("{name}: {e}"), 1))?;
+                let source = coexist::process::Source { name, text };
+                for (name, body) in coexist::process::bodies(&source) {
+                    bodies.push((name, body.to_owned()));
+                }
+            }
+            let stdout = std::io::stdout();
+            let refused = coexist::send::send(&url, secret, &bodies, &mut stdout.lock())
+                .await
+                .map_err(|e| Failure(e.to_string(), 2))?;
+            match refused.first() {
+                None => Ok(()),
+                Some((name, answer)) => Err(Failure(
+                    format!(
+                        "{} of {} body(ies) refused; first: {name}: {answer}",
+                        refused.len(),
+                        bodies.len()
+                    ),
+                    1,
+                )),
+            }
         }
         Command::Schema => {
             let schema = coexist::engine::event::schema();

@@ -1110,3 +1110,78 @@ async fn tail_follows_one_conversation_and_takes_nothing_from_the_default_queues
     assert_eq!(queue_len(&stack.ns, "human_chat").await, 2);
     stack.stop().await;
 }
+
+/// Runs `coexist send` against `url` with `secret` (blocking, off the runtime's threads).
+async fn send(url: String, secret: &str, files: &[&str]) -> std::process::Output {
+    let (secret, files): (String, Vec<String>) = (
+        secret.to_owned(),
+        files.iter().map(|f| f.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+            .arg("send")
+            .args(["--url", &url])
+            .args(&files)
+            .env_clear()
+            .env("COEXIST_APP_SECRET", secret)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn send_signs_and_posts_and_says_what_was_refused() {
+    let stack = Stack::start("send", 1, &[]).await;
+    let url = format!("http://{}/webhook", stack.ingress.addr);
+    let out = send(url.clone(), SECRET, &["examples/handover-story.jsonl"]).await;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.lines().count(), 8, "{said}");
+    assert!(said.lines().all(|l| l.ends_with(": 200 OK")), "{said}");
+    assert!(
+        said.starts_with("examples/handover-story.jsonl:1: 200 OK"),
+        "{said}"
+    );
+    // Its events were published. (The story is a year old: the App's replies are recorded but
+    // pause nothing, R8, so every customer message goes to the AI agent.)
+    assert_eq!(take_events(&stack.ns, "bot", 5, 20 * SECS).await.len(), 5);
+    assert_eq!(take_events(&stack.ns, "human_chat", 2, 20 * SECS).await.len(), 2);
+    // A wrong secret: refused, named, non-zero.
+    let out = send(
+        url,
+        "not-the-secret",
+        &["examples/webhooks/customer-text.json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401 Unauthorized"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("401 Unauthorized"));
+    // Nobody listening: retried with backoff, then refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = send(
+        format!("http://{closed}/webhook"),
+        SECRET,
+        &["examples/webhooks/customer-text.json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.lines().filter(|l| l.contains("retrying in")).count(),
+        coexist::send::ATTEMPTS as usize - 1,
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
+    stack.stop().await;
+}

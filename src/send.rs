@@ -1,0 +1,116 @@
+//! `coexist send`: webhook bodies signed and posted as Meta does, to check that a deployment
+//! accepts them. `503` and connection errors are retried with backoff, a bounded number of times
+//! (Meta itself retries for days); any other answer is final.
+
+use std::io::Write;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Secret;
+
+/// Attempts at one body before its last answer is final.
+pub const ATTEMPTS: u32 = 8;
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why `send` could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0:?} is not an http:// URL (coexist send speaks plain HTTP; put TLS in front)")]
+    Url(String),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// What became of one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The HTTP status of the last attempt.
+    Status(u16),
+    /// No answer at all (connection refused, timeout, ...): the last error.
+    Unreachable(String),
+}
+
+impl Answer {
+    fn accepted(&self) -> bool {
+        matches!(self, Answer::Status(s) if (200..300).contains(s))
+    }
+
+    fn worth_retrying(&self) -> bool {
+        matches!(self, Answer::Status(503) | Answer::Unreachable(_))
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Status(s) => {
+                let reason = hyper::StatusCode::from_u16(*s)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or("");
+                write!(f, "{s} {reason}")
+            }
+            Answer::Unreachable(e) => write!(f, "no answer ({e})"),
+        }
+    }
+}
+
+/// Signs each body (`name`, JSON) with `secret`, posts it to `url`, prints one line per body
+/// (`name: answer`); returns the bodies finally refused, with their answers.
+pub async fn send(
+    url: &str,
+    secret: &Secret,
+    bodies: &[(String, String)],
+    out: &mut impl Write,
+) -> Result<Vec<(String, Answer)>, Error> {
+    let uri: hyper::Uri = url.parse().map_err(|_| Error::Url(url.to_owned()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(Error::Url(url.to_owned()));
+    }
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut refused = Vec::new();
+    for (name, body) in bodies {
+        let signature = crate::ingress::sign(secret.expose(), body.as_bytes());
+        let mut schedule = crate::retry::schedule();
+        let mut attempt = 0;
+        let answer = loop {
+            attempt += 1;
+            let request = hyper::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", &signature)
+                .body(Full::new(Bytes::from(body.clone())))
+                .expect("a valid request");
+            let answer = match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(request)).await
+            {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    let _ = response.into_body().collect().await; // read it, keep the connection
+                    Answer::Status(status)
+                }
+                Ok(Err(e)) => Answer::Unreachable(e.to_string()),
+                Err(_) => Answer::Unreachable(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+            };
+            if !answer.worth_retrying() || attempt >= ATTEMPTS {
+                break answer;
+            }
+            let delay = schedule.next_backoff().unwrap_or(Duration::from_secs(5));
+            writeln!(
+                out,
+                "{name}: {answer}, retrying in {} ms",
+                delay.as_millis()
+            )?;
+            tokio::time::sleep(delay).await;
+        };
+        writeln!(out, "{name}: {answer}")?;
+        if !answer.accepted() {
+            refused.push((name.clone(), answer));
+        }
+    }
+    Ok(refused)
+}
