@@ -161,11 +161,13 @@ pub struct Replayed {
     pub parked_again: usize,
 }
 
-/// Sends up to `limit` dead letters (at most those present at the start) back through the pipeline.
+/// Sends up to `limit` dead letters (at most those present at the start) back through the
+/// pipeline; `progress` hears the counts after each one, with how many there are in all.
 pub async fn replay(
     url: &str,
     topology: &Topology,
     limit: Option<usize>,
+    mut progress: impl FnMut(&Replayed, usize),
 ) -> broker::Result<Replayed> {
     let conn = broker::connect(url, "coexist-dlq-replay").await?;
     let ch = conn.create_channel().await?;
@@ -187,6 +189,7 @@ pub async fn replay(
             // The dead letters present now, and no more: re-parked ones are not taken twice.
             budget = Some(m.message_count as usize + 1);
         }
+        let total = done.replayed + budget.unwrap_or(0);
         budget = budget.map(|b| b - 1);
         let d = &m.delivery;
         let (messages, parked) = back_to_partitions(topology, d);
@@ -195,6 +198,7 @@ pub async fn replay(
         done.replayed += 1;
         done.units += messages.len() - parked;
         done.parked_again += parked;
+        progress(&done, total);
     }
     let _ = ch.close(200, "replayed".into()).await;
     let _ = conn.close(200, "done".into()).await;

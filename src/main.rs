@@ -68,6 +68,10 @@ enum Command {
         /// Where to post (plain HTTP). Default: http://{listen}/webhook.
         #[arg(long)]
         url: Option<String>,
+        /// Move the bodies' timestamps so that the latest is now, keeping the gaps between them
+        /// (a live deployment's clock is the wall clock; a story written once is otherwise old).
+        #[arg(long)]
+        now: bool,
         /// Webhook bodies: a file holds one JSON body, or JSON lines with one body per line.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -222,9 +226,27 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             Ok(())
         }
         Command::Dlq(DlqCommand::Replay { limit }) => {
-            let r = coexist::dlq::replay(config.amqp_url.expose(), &topology, limit)
+            // Counts as it goes, on stderr: one line rewritten in place on a terminal, a line per
+            // hundred letters otherwise.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let progress = |r: &coexist::dlq::Replayed, total: usize| {
+                let line = format!(
+                    "replayed {}/{total}: {} unit(s) sent back, {} parked again",
+                    r.replayed, r.units, r.parked_again
+                );
+                if terminal {
+                    eprint!("\r{line}");
+                } else if r.replayed % 100 == 0 || r.replayed == total {
+                    eprintln!("{line}");
+                }
+            };
+            let url = config.amqp_url.expose();
+            let r = coexist::dlq::replay(url, &topology, limit, progress)
                 .await
                 .map_err(|e| failed(&e))?;
+            if terminal {
+                eprintln!();
+            }
             println!("{}", serde_json::to_string(&r).expect("serialises"));
             Ok(())
         }
@@ -285,7 +307,7 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             eprintln!("{shown} event(s) shown");
             Ok(())
         }
-        Command::Send { url, files } => {
+        Command::Send { url, now, files } => {
             let Some(secret) = config.app_secrets.first() else {
                 return Err(Failure(
                     "config: app_secret: send signs with Meta's app secret (COEXIST_APP_SECRET)"
@@ -303,6 +325,9 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 for (name, body) in coexist::process::bodies(&source) {
                     bodies.push((name, body.to_owned()));
                 }
+            }
+            if now {
+                coexist::send::shift_to_now(&mut bodies, Millis::now().0 / 1000);
             }
             let stdout = std::io::stdout();
             let refused = coexist::send::send(&url, secret, &bodies, &mut stdout.lock())

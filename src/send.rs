@@ -27,6 +27,57 @@ pub enum Error {
     Output(#[from] std::io::Error),
 }
 
+/// Moves every Meta timestamp of the bodies by the same amount, so that the latest is now (the
+/// gaps between them kept): a story written once can be sent to a live deployment, whose clock
+/// is the wall clock. Timestamps are the `timestamp` strings of Unix seconds and an entry's
+/// `time`. Bodies that are not JSON are left as they are.
+pub fn shift_to_now(bodies: &mut [(String, String)], now_secs: i64) {
+    fn walk(v: &mut serde_json::Value, f: &mut impl FnMut(i64) -> i64) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    match (key.as_str(), &*value) {
+                        ("timestamp", serde_json::Value::String(s)) => {
+                            if let Ok(t) = s.parse::<i64>() {
+                                *value = serde_json::Value::String(f(t).to_string());
+                            }
+                        }
+                        ("time", serde_json::Value::Number(n)) => {
+                            if let Some(t) = n.as_i64() {
+                                *value = serde_json::Value::from(f(t));
+                            }
+                        }
+                        _ => walk(value, f),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, f)),
+            _ => {}
+        }
+    }
+    let mut parsed: Vec<Option<serde_json::Value>> = bodies
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).ok())
+        .collect();
+    let mut latest = i64::MIN;
+    for v in parsed.iter_mut().flatten() {
+        walk(v, &mut |t| {
+            latest = latest.max(t);
+            t
+        });
+    }
+    if latest == i64::MIN {
+        return;
+    }
+    let offset = now_secs - latest;
+    for ((_, body), v) in bodies.iter_mut().zip(parsed) {
+        if let Some(mut v) = v {
+            walk(&mut v, &mut |t| t + offset);
+            *body = v.to_string();
+        }
+    }
+}
+
 /// What became of one body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -113,4 +164,32 @@ pub async fn send(
         }
     }
     Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifting_keeps_the_gaps_and_ends_now() {
+        let mut bodies = vec![
+            ("a".to_owned(), r#"{"entry":[{"time":1000,"changes":[{"value":{"messages":[{"timestamp":"1000"}]}}]}]}"#.to_owned()),
+            ("b".to_owned(), r#"{"entry":[{"changes":[{"value":{"message_echoes":[{"timestamp":"1060","id":"1060"}]}}]}]}"#.to_owned()),
+            ("c".to_owned(), "not json".to_owned()),
+        ];
+        shift_to_now(&mut bodies, 5000);
+        assert!(bodies[0].1.contains(r#""time":4940"#), "{}", bodies[0].1);
+        assert!(
+            bodies[0].1.contains(r#""timestamp":"4940""#),
+            "{}",
+            bodies[0].1
+        );
+        assert!(
+            bodies[1].1.contains(r#""timestamp":"5000""#),
+            "{}",
+            bodies[1].1
+        );
+        assert!(bodies[1].1.contains(r#""id":"1060""#), "other fields kept");
+        assert_eq!(bodies[2].1, "not json");
+    }
 }

@@ -171,10 +171,15 @@ async fn signed_garbage_is_accepted_and_parked() {
         entries[1]
     );
     assert_eq!(entries[1].kind.as_deref(), Some("meta.item"));
-    // Replaying input that still cannot be placed puts it back, with its reason.
-    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None)
-        .await
-        .unwrap();
+    // Replaying input that still cannot be placed puts it back, with its reason; the progress
+    // counts as it goes.
+    let mut counts = Vec::new();
+    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None, |r, total| {
+        counts.push((r.replayed, r.parked_again, total))
+    })
+    .await
+    .unwrap();
+    assert_eq!(counts, [(1, 1, 2), (2, 2, 2)]);
     assert_eq!(
         replayed,
         coexist::dlq::Replayed {
@@ -518,7 +523,7 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
             .len(),
         2
     );
-    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None)
+    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None, |_, _| {})
         .await
         .unwrap();
     assert_eq!(
@@ -1152,7 +1157,12 @@ async fn send_signs_and_posts_and_says_what_was_refused() {
     // Its events were published. (The story is a year old: the App's replies are recorded but
     // pause nothing, R8, so every customer message goes to the AI agent.)
     assert_eq!(take_events(&stack.ns, "bot", 5, 20 * SECS).await.len(), 5);
-    assert_eq!(take_events(&stack.ns, "human_chat", 2, 20 * SECS).await.len(), 2);
+    assert_eq!(
+        take_events(&stack.ns, "human_chat", 2, 20 * SECS)
+            .await
+            .len(),
+        2
+    );
     // A wrong secret: refused, named, non-zero.
     let out = send(
         url,

@@ -1,0 +1,73 @@
+# Shared by scripts/test and scripts/up (sourced, not run): makes sure Redis and RabbitMQ answer
+# on 127.0.0.1, starting them when they are installed but stopped, and installing them from the
+# distribution's packages when they are missing and this user may. Sets STARTED_REDIS /
+# STARTED_RABBITMQ to 1 for what it started.
+
+say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 4; i++)); do
+    port_open "$1" && return 0
+    sleep 0.25
+  done
+  say "$3 did not start listening on 127.0.0.1:$1 within $2 s"
+  return 1
+}
+
+can_install() { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; }
+
+apt_updated=""
+install() { # package
+  if ! can_install; then
+    say "$1 is not installed and cannot be installed here (needs root and apt-get); install it, or start it on 127.0.0.1"
+    exit 1
+  fi
+  if [ -z "$apt_updated" ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  say "installing $1 from the distribution's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
+STARTED_REDIS=""
+STARTED_RABBITMQ=""
+
+ensure_redis() {
+  port_open 6379 && return 0
+  command -v redis-server >/dev/null || install redis-server
+  port_open 6379 && return 0 # the package may have started it
+  say "starting redis-server"
+  mkdir -p /tmp/coexist-redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp/coexist-redis --logfile /tmp/coexist-redis/redis.log || true
+  wait_port 6379 30 redis-server
+  STARTED_REDIS=1
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null || install rabbitmq-server
+  port_open 5672 && return 0 # the package may have started it
+  say "starting rabbitmq-server"
+  rabbitmq-server -detached || true # "already running" is for wait_port to judge
+  wait_port 5672 120 rabbitmq-server
+  command -v rabbitmqctl >/dev/null && rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+  STARTED_RABBITMQ=1
+}
+
+# Stops what ensure_* started (nothing that was running before).
+stop_started() {
+  if [ -n "$STARTED_RABBITMQ" ]; then
+    say "stopping rabbitmq-server"
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+  fi
+  if [ -n "$STARTED_REDIS" ]; then
+    say "stopping redis-server"
+    redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true
+  fi
+}
