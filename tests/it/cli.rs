@@ -274,6 +274,10 @@ fn every_command_explains_itself() {
         vec!["dlq", "--help"],
         vec!["dlq", "list", "--help"],
         vec!["dlq", "replay", "--help"],
+        vec!["conversation", "list", "--help"],
+        vec!["tail", "--help"],
+        vec!["send", "--help"],
+        vec!["schema", "--help"],
     ] {
         let out = coexist(&args, &[], None);
         assert!(out.status.success(), "{args:?}");
@@ -559,4 +563,33 @@ fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
     let paused = list();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0]["customer"], json!(LUIS));
+}
+
+#[test]
+fn send_and_tail_refuse_bad_arguments_in_one_line() {
+    let out = coexist(&["send", "examples/webhooks/customer-text.json"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "coexist: config: app_secret: send signs with Meta's app secret (COEXIST_APP_SECRET)"
+    );
+    let out = coexist(
+        &[
+            "send",
+            "--url",
+            "https://example.invalid/webhook",
+            "examples/webhooks/customer-text.json",
+        ],
+        &[("COEXIST_APP_SECRET", "s")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not an http:// URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = coexist(&["tail", "--conversation", "no-colon"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
