@@ -29,6 +29,8 @@ pub enum Error {
     NotConnected,
     #[error("the broker refused a message (nack)")]
     Nack,
+    #[error("the broker did not confirm a message (the channel is not in confirm mode)")]
+    NotConfirmed,
     #[error(
         "the broker returned an unroutable message: exchange {exchange}, routing key {routing_key}"
     )]

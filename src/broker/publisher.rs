@@ -4,6 +4,7 @@
 use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
+use lapin::Confirmation;
 use lapin::{Channel, Connection};
 
 use super::message::Outgoing;
@@ -53,6 +54,10 @@ impl Publisher {
         for (confirmation, m) in results.into_iter().zip(messages) {
             if confirmation.is_nack() {
                 return Err(Error::Nack);
+            }
+            // Not in confirm mode (a channel that lost it): nothing says the broker has it.
+            if confirmation == Confirmation::NotRequested {
+                return Err(Error::NotConfirmed);
             }
             if confirmation.take_message().is_some() {
                 return Err(Error::Returned {

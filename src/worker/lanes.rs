@@ -17,6 +17,8 @@ use super::Shared;
 
 /// Deliveries a partition consumer holds ahead of the ones it works on.
 const PREFETCH: u16 = 16;
+/// How long a consumer waits for the broker to answer a cancel or a close.
+const BROKER_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The deliveries waiting behind the one each lane works on, by business number.
 type Waiting = Arc<Mutex<HashMap<String, VecDeque<Delivery>>>>;
@@ -98,18 +100,18 @@ async fn consume_inner(
         }
     };
     // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
-    // unacknowledged and go back to the queue with the channel, in order.
+    // unacknowledged and go back to the queue with the channel, in order. (On a lost
+    // connection the broker's answers never come: the calls to it are bounded.)
     halted.store(true, Ordering::SeqCst);
-    let _ = ch
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    let cancel = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(BROKER_CALL, cancel).await;
     let mut result = result;
     while let Some(joined) = running.join_next().await {
         if let Ok(Err(e)) = joined {
             result = result.and(Err(e));
         }
     }
-    let _ = ch.close(200, "partition released".into()).await;
+    let _ = tokio::time::timeout(BROKER_CALL, ch.close(200, "partition released".into())).await;
     result
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use lapin::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,8 @@ use super::{lanes, Shared};
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The connection it consumes on.
+    conn: Arc<Connection>,
 }
 
 /// Runs until the worker stops; then stops every consumer, waits for them, and leaves.
@@ -49,6 +52,24 @@ pub(super) async fn manage(
             }
             alive
         });
+        // A consumer on a connection the link has given up holds its partition while it waits
+        // for deliveries that will never come (a lost connection does not always end the
+        // consumer's stream): stop it, so it restarts on the link's current connection.
+        let current = shared.link.connection().await;
+        let stale: Vec<u16> = running
+            .iter()
+            .filter(|(_, r)| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.conn)))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            let r = running.remove(&p).expect("present");
+            tracing::info!(
+                partition = p,
+                "the connection was lost; consuming again on the new one"
+            );
+            r.stop.cancel();
+            stopping.push(r.task);
+        }
         let leaving: Vec<u16> = running
             .keys()
             .copied()
@@ -69,6 +90,7 @@ pub(super) async fn manage(
                     Running {
                         stop,
                         task: tokio::spawn(task),
+                        conn: conn.clone(),
                     }
                 });
             }

@@ -1195,3 +1195,36 @@ async fn send_signs_and_posts_and_says_what_was_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_worker_consumes_again_after_the_broker_connection_drops() {
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let stack = Stack::start("idledrop", 1, &[("COEXIST_AMQP_URL", &via_proxy)]).await;
+    let t = t0();
+    assert_eq!(
+        stack
+            .post(&customer_text(ANA, "wamid.ID1", t, "antes"))
+            .await,
+        200
+    );
+    wait_done(&stack.ns, ANA, "m:wamid.ID1").await;
+    // Nothing in flight: the connection drops while every consumer waits for deliveries.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore().await;
+    stack
+        .post_until_ok(
+            &customer_text(ANA, "wamid.ID2", t + 1, "después"),
+            60 * SECS,
+        )
+        .await;
+    wait_done(&stack.ns, ANA, "m:wamid.ID2").await;
+    let texts: Vec<String> = take_events(&stack.ns, "bot", 2, 10 * SECS)
+        .await
+        .iter()
+        .map(|e| e.body["message"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["antes", "después"]);
+    stack.stop().await;
+}
