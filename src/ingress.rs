@@ -8,7 +8,6 @@
 //! Meta retries.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -27,9 +26,6 @@ use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
 use crate::time::Millis;
 use crate::unit;
-
-/// How long a webhook may wait for the broker's confirms before it is answered `503`.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ingress's shared state.
 #[derive(Clone)]
@@ -191,8 +187,9 @@ async fn receive(
         rejected("broker_unavailable");
         return StatusCode::SERVICE_UNAVAILABLE;
     };
-    match tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_all(&messages)).await {
-        Ok(Ok(())) => {
+    // Unconfirmed within the publisher's bound: 503, and Meta retries.
+    match publisher.publish_all(&messages).await {
+        Ok(()) => {
             if parked > 0 {
                 metrics::counter!(DEAD_LETTERS, "stage" => Stage::Ingress.as_str())
                     .increment(parked as u64);
@@ -201,14 +198,8 @@ async fn receive(
             metrics::counter!(WEBHOOKS, "result" => "accepted", "reason" => reason).increment(1);
             StatusCode::OK
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::warn!(error = %e, "publishing a webhook failed: answered 503 (Meta retries)");
-            s.link.report_failure();
-            rejected("broker_unavailable");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Err(_) => {
-            tracing::warn!("the broker did not confirm in time: answered 503 (Meta retries)");
             s.link.report_failure();
             rejected("broker_unavailable");
             StatusCode::SERVICE_UNAVAILABLE

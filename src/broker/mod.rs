@@ -31,6 +31,8 @@ pub enum Error {
     Nack,
     #[error("the broker did not confirm a message (the channel is not in confirm mode)")]
     NotConfirmed,
+    #[error("the broker did not confirm in time")]
+    ConfirmTimeout,
     #[error(
         "the broker returned an unroutable message: exchange {exchange}, routing key {routing_key}"
     )]

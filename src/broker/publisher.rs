@@ -10,6 +10,9 @@ use lapin::{Channel, Connection};
 use super::message::Outgoing;
 use super::{Error, Result};
 
+/// How long a publish waits for the broker's confirms before it counts as failed.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Publishes with confirms on one channel.
 #[derive(Clone)]
 pub struct Publisher {
@@ -31,8 +34,15 @@ impl Publisher {
     }
 
     /// Publishes every message (persistent, mandatory) and waits until the broker has confirmed
-    /// all of them; the confirms are awaited together, not one by one.
+    /// all of them; the confirms are awaited together, not one by one, for at most
+    /// [`CONFIRM_TIMEOUT`] (confirms pending on a connection that died may never resolve).
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<()> {
+        tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_and_confirm(messages))
+            .await
+            .map_err(|_| Error::ConfirmTimeout)?
+    }
+
+    async fn publish_and_confirm(&self, messages: &[Outgoing]) -> Result<()> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let confirm = self
