@@ -681,22 +681,34 @@ impl Ctx<'_, '_> {
     /// them (or the only contact there is, when they have no name) gives its profile name and
     /// the names they lack.
     fn with_contact(&self, customer: Customer) -> Customer {
-        let contacts: Vec<Customer> = self
-            .value
-            .contacts
-            .0
-            .iter()
-            .filter_map(|c| c.get())
-            .map(|c| Customer {
+        let contacts = &self.value.contacts.0;
+        let matches = |c: &wire::Contact| {
+            (customer.user_id.is_some() && c.user_id.get() == customer.user_id.as_deref())
+                || (customer.wa_id.is_some()
+                    && c.wa_id.get().and_then(phone_digits) == customer.wa_id)
+        };
+        let contact = contacts.iter().filter_map(|c| c.get()).find(|c| matches(c));
+        match (contact, contacts.as_slice()) {
+            (Some(c), _) => customer.or(&Customer {
                 wa_id: c.wa_id.get().and_then(phone_digits),
                 user_id: c.user_id.0.clone(),
                 name: c.profile.get().and_then(|p| p.name.0.clone()),
-            })
-            .collect();
-        let matching = contacts.iter().find(|c| c.same_person(&customer));
-        match (matching, contacts.as_slice()) {
-            (Some(c), _) => customer.or(c),
-            (None, [only]) => customer.or(only),
+            }),
+            // The only contact there is: its profile name (its ids only for a nameless sender).
+            (None, [only]) => match only.get() {
+                Some(c) if customer.wa_id.is_none() && customer.user_id.is_none() => Customer {
+                    wa_id: c.wa_id.get().and_then(phone_digits),
+                    user_id: c.user_id.0.clone(),
+                    name: c.profile.get().and_then(|p| p.name.0.clone()),
+                },
+                Some(c) => Customer {
+                    name: customer
+                        .name
+                        .or_else(|| c.profile.get().and_then(|p| p.name.0.clone())),
+                    ..customer
+                },
+                None => customer,
+            },
             (None, _) => customer,
         }
     }

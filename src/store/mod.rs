@@ -146,6 +146,20 @@ pub trait StateStore: Send + Sync {
         key: &str,
         now: Millis,
     ) -> impl Future<Output = Result<Snapshot>> + Send;
+    /// [`StateStore::resolve`] and [`StateStore::load`] of `scope` (the conversation the first
+    /// name is, unless a link says otherwise) together: one round trip where the store can.
+    fn resolve_and_load(
+        &self,
+        scope: &Scope,
+        names: &[CustomerKey],
+        key: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<(Vec<Option<CustomerKey>>, Snapshot)>> + Send {
+        async move {
+            let links = self.resolve(&scope.phone_number_id, names).await?;
+            Ok((links, self.load(scope, key, now).await?))
+        }
+    }
     fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
     /// Marks an input's events as published (its mark keeps its expiry). `scope` is the
     /// conversation it was decided in.
@@ -244,7 +258,15 @@ impl<S: StateStore> Engine<S> {
         let rules = self.rules.for_number(pnid);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
         for _ in 0..MAX_ATTEMPTS {
-            let found = self.resolve(pnid, &names).await?;
+            let (found, first) = match names.first() {
+                Some(name) => {
+                    let own = Scope::conversation(pnid, name.clone());
+                    let (found, snap) =
+                        self.store.resolve_and_load(&own, &names, &key, now).await?;
+                    (found, Some((own, snap)))
+                }
+                None => (Vec::new(), None),
+            };
             // The conversations the names point at, in the order of the names.
             let mut ids: Vec<CustomerKey> = Vec::new();
             for (name, link) in names.iter().zip(&found) {
@@ -261,8 +283,13 @@ impl<S: StateStore> Engine<S> {
                     .collect(),
             };
             let mut snaps = Vec::with_capacity(scopes.len());
+            let mut first = first;
             for scope in &scopes {
-                snaps.push(self.store.load(scope, &key, now).await?);
+                let snap = match first.take() {
+                    Some((own, snap)) if own == *scope => snap,
+                    _ => self.store.load(scope, &key, now).await?,
+                };
+                snaps.push(snap);
             }
             match snaps[0].seen.take() {
                 Some(Seen::Done) => {
@@ -342,14 +369,6 @@ impl<S: StateStore> Engine<S> {
             }
         }
         Err(Error::Contention(format!("{} {key}", addressed.redacted())))
-    }
-
-    /// The conversations the names are linked to (none to resolve for number-level inputs).
-    async fn resolve(&self, pnid: &str, names: &[CustomerKey]) -> Result<Vec<Option<CustomerKey>>> {
-        match names.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.store.resolve(pnid, names).await,
-        }
     }
 
     fn applied(

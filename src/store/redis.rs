@@ -177,6 +177,97 @@ impl RedisStore {
         format!("{}:deadlines", self.ns)
     }
 
+    /// The keys a snapshot of `scope` reads (with the previous layout's, on one server).
+    fn snapshot_keys(&self, scope: &Scope, key: &str) -> Vec<String> {
+        let mut keys = vec![
+            self.key(scope, "v"),
+            self.key(scope, "pause"),
+            self.key(scope, "session"),
+            self.key(scope, "state"),
+            self.key(scope, "handback"),
+            self.seen_key(&scope.phone_number_id, key),
+        ];
+        if self.legacy {
+            keys.extend(
+                LEGACY
+                    .iter()
+                    .map(|suffix| legacy_key(&self.ns, scope, suffix, key)),
+            );
+        }
+        keys
+    }
+
+    /// A snapshot from the values of [`RedisStore::snapshot_keys`].
+    fn snapshot(
+        &self,
+        scope: &Scope,
+        mut values: Vec<Option<String>>,
+        now: Millis,
+    ) -> Result<Snapshot> {
+        let mut legacy = values.split_off(6);
+        let mut seen = values.pop().flatten();
+        let from_legacy = values.iter().all(Option::is_none) && legacy.len() == 6;
+        if from_legacy {
+            // Not yet in this layout: the state the build before identity kept, if any (its
+            // version does not guard this layout's keys, which do not exist yet: 0).
+            seen = seen.or(legacy.pop().flatten());
+            values = legacy;
+            values[0] = None;
+        } else if legacy.len() == 6 {
+            seen = seen.or(legacy.pop().flatten());
+        }
+        let mut fields = values.into_iter();
+        let mut next = || fields.next().flatten();
+        let (v, pause_key, session, stored, handback) = (next(), next(), next(), next(), next());
+        let parse = |what: &str, text: &str| corrupt(&self.ns, scope, what, text);
+        let stored: Stored = match stored {
+            Some(s) => serde_json::from_str(&s).map_err(|e| parse("state", &e.to_string()))?,
+            None => Stored::default(),
+        };
+        let handback: Option<Stretch> = match handback {
+            Some(h) => {
+                Some(serde_json::from_str(&h).map_err(|e| parse("handback", &e.to_string()))?)
+            }
+            None => None,
+        };
+        let session: Option<Session> = match session {
+            Some(s) => {
+                Some(serde_json::from_str(&s).map_err(|e| parse("session", &e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut pause = stored.pause;
+        if let Some(p) = pause.as_mut().filter(|p| p.until > now) {
+            // The pause key's TTL is the truth: gone means over (also when deleted by hand).
+            if pause_key.is_none() {
+                p.until = now;
+            }
+        }
+        let seen = match seen.as_deref() {
+            None => None,
+            Some(DONE) => Some(Seen::Done),
+            Some(s) => Some(Seen::Pending(
+                serde_json::from_str::<Vec<Outbound>>(s)
+                    .map_err(|e| parse("seen", &e.to_string()))?,
+            )),
+        };
+        let version = match v {
+            Some(v) => v.parse().map_err(|_| parse("v", "not a number"))?,
+            None => 0,
+        };
+        Ok(Snapshot {
+            state: State {
+                pause,
+                session,
+                last_reset: stored.last_reset,
+                handback,
+                names: stored.names,
+            },
+            version,
+            seen,
+        })
+    }
+
     /// The pauses in force at `now`, soonest deadline first: read from the deadline set and the
     /// conversations' pause keys (never a scan of the keyspace). Each with its deadline member's
     /// conversation.
@@ -262,89 +353,39 @@ impl StateStore for RedisStore {
     }
 
     async fn load(&self, scope: &Scope, key: &str, now: Millis) -> Result<Snapshot> {
-        let mut keys = vec![
-            self.key(scope, "v"),
-            self.key(scope, "pause"),
-            self.key(scope, "session"),
-            self.key(scope, "state"),
-            self.key(scope, "handback"),
-            self.seen_key(&scope.phone_number_id, key),
-        ];
-        if self.legacy {
-            keys.extend(
-                LEGACY
-                    .iter()
-                    .map(|suffix| legacy_key(&self.ns, scope, suffix, key)),
-            );
-        }
-        let mut values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(self.snapshot_keys(scope, key))
             .query_async(&mut self.conn.clone())
             .await?;
-        let mut legacy = values.split_off(6);
-        let mut seen = values.pop().flatten();
-        let from_legacy = values.iter().all(Option::is_none) && legacy.len() == 6;
-        if from_legacy {
-            // Not yet in this layout: the state the build before identity kept, if any (its
-            // version does not guard this layout's keys, which do not exist yet: 0).
-            seen = seen.or(legacy.pop().flatten());
-            values = legacy;
-            values[0] = None;
-        } else if legacy.len() == 6 {
-            seen = seen.or(legacy.pop().flatten());
-        }
-        let mut fields = values.into_iter();
-        let mut next = || fields.next().flatten();
-        let (v, pause_key, session, stored, handback) = (next(), next(), next(), next(), next());
-        let parse = |what: &str, text: &str| corrupt(&self.ns, scope, what, text);
-        let stored: Stored = match stored {
-            Some(s) => serde_json::from_str(&s).map_err(|e| parse("state", &e.to_string()))?,
-            None => Stored::default(),
-        };
-        let handback: Option<Stretch> = match handback {
-            Some(h) => {
-                Some(serde_json::from_str(&h).map_err(|e| parse("handback", &e.to_string()))?)
-            }
-            None => None,
-        };
-        let session: Option<Session> = match session {
-            Some(s) => {
-                Some(serde_json::from_str(&s).map_err(|e| parse("session", &e.to_string()))?)
-            }
-            None => None,
-        };
-        let mut pause = stored.pause;
-        if let Some(p) = pause.as_mut().filter(|p| p.until > now) {
-            // The pause key's TTL is the truth: gone means over (also when deleted by hand).
-            if pause_key.is_none() {
-                p.until = now;
-            }
-        }
-        let seen = match seen.as_deref() {
-            None => None,
-            Some(DONE) => Some(Seen::Done),
-            Some(s) => Some(Seen::Pending(
-                serde_json::from_str::<Vec<Outbound>>(s)
-                    .map_err(|e| parse("seen", &e.to_string()))?,
-            )),
-        };
-        let version = match v {
-            Some(v) => v.parse().map_err(|_| parse("v", "not a number"))?,
-            None => 0,
-        };
-        Ok(Snapshot {
-            state: State {
-                pause,
-                session,
-                last_reset: stored.last_reset,
-                handback,
-                names: stored.names,
-            },
-            version,
-            seen,
-        })
+        self.snapshot(scope, values, now)
     }
 
+    async fn resolve_and_load(
+        &self,
+        scope: &Scope,
+        names: &[CustomerKey],
+        key: &str,
+        now: Millis,
+    ) -> Result<(Vec<Option<CustomerKey>>, Snapshot)> {
+        // One round trip: the links, and the addressed name's own conversation (the one that
+        // is wanted unless a link says otherwise).
+        let links: Vec<String> = names
+            .iter()
+            .map(|n| self.link_key(&scope.phone_number_id, n))
+            .collect();
+        let (links, values): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
+            .cmd("MGET")
+            .arg(&links)
+            .cmd("MGET")
+            .arg(self.snapshot_keys(scope, key))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let links = links
+            .into_iter()
+            .map(|l| l.as_deref().and_then(CustomerKey::parse))
+            .collect();
+        Ok((links, self.snapshot(scope, values, now)?))
+    }
     async fn commit(&self, c: Commit<'_>) -> Result<Committed> {
         let pnid = &c.scope.phone_number_id;
         let id = c.scope.customer.as_ref();
