@@ -369,22 +369,22 @@ impl StateStore for RedisStore {
     ) -> Result<(Vec<Option<CustomerKey>>, Snapshot)> {
         // One round trip: the links, and the addressed name's own conversation (the one that
         // is wanted unless a link says otherwise).
-        let links: Vec<String> = names
+        // One MGET: the links, then the snapshot's keys.
+        let mut keys: Vec<String> = names
             .iter()
             .map(|n| self.link_key(&scope.phone_number_id, n))
             .collect();
-        let (links, values): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
-            .cmd("MGET")
-            .arg(&links)
-            .cmd("MGET")
-            .arg(self.snapshot_keys(scope, key))
+        keys.extend(self.snapshot_keys(scope, key));
+        let mut values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await?;
-        let links = links
+        let snapshot = values.split_off(names.len());
+        let links = values
             .into_iter()
             .map(|l| l.as_deref().and_then(CustomerKey::parse))
             .collect();
-        Ok((links, self.snapshot(scope, values, now)?))
+        Ok((links, self.snapshot(scope, snapshot, now)?))
     }
     async fn commit(&self, c: Commit<'_>) -> Result<Committed> {
         let pnid = &c.scope.phone_number_id;
@@ -467,20 +467,20 @@ impl StateStore for RedisStore {
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
-        let mut marks = vec![self.seen_key(&scope.phone_number_id, key)];
-        if self.legacy {
-            marks.push(legacy_key(&self.ns, scope, "seen", key));
+        let mark = |key: String| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(DONE).arg("XX").arg("KEEPTTL");
+            cmd
+        };
+        let marked: Option<String> = mark(self.seen_key(&scope.phone_number_id, key))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if marked.is_none() && self.legacy {
+            // No mark in this layout: the events came from the previous build's mark.
+            let _: Option<String> = mark(legacy_key(&self.ns, scope, "seen", key))
+                .query_async(&mut self.conn.clone())
+                .await?;
         }
-        let mut pipe = redis::pipe();
-        for mark in &marks {
-            pipe.cmd("SET")
-                .arg(mark)
-                .arg(DONE)
-                .arg("XX")
-                .arg("KEEPTTL")
-                .ignore();
-        }
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
