@@ -111,7 +111,7 @@ struct Settings {
     listen: Address,
     admin_listen: Address,
     app_secret: Option<Secrets>,
-    verify_token: Option<String>,
+    verify_token: Option<Token>,
     reset_text: String,
     timeout: Span,
     session_timeout: Span,
@@ -203,7 +203,11 @@ impl Config {
             listen: s.listen.0,
             admin_listen: s.admin_listen.0,
             app_secrets: s.app_secret.map(|s| s.0).unwrap_or_default(),
-            verify_token: s.verify_token.filter(|t| !t.is_empty()).map(Secret),
+            verify_token: s
+                .verify_token
+                .map(|t| t.0)
+                .filter(|t| !t.is_empty())
+                .map(Secret),
             partitions: s.partitions.0 as u16,
             max_body_bytes: s.max_body_bytes.0 as usize,
             log: s.log.0,
@@ -448,7 +452,27 @@ impl<'de> Deserialize<'de> for RedisUrl {
     }
 }
 
-/// App secrets, comma-separated (several during rotation), none of them empty.
+/// Values the documentation shows in place of a real secret or token: anyone who read it could
+/// sign webhooks, so none of them is accepted.
+pub const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "your-meta-app-secret",
+    "your-token",
+    "secret",
+    "token",
+];
+
+fn placeholder<E: serde::de::Error>(value: &str) -> Result<(), E> {
+    match PLACEHOLDERS.contains(&value.to_ascii_lowercase().as_str()) {
+        true => Err(E::custom(format!(
+            "{value:?} is a placeholder from the documentation, not a secret: set the real one"
+        ))),
+        false => Ok(()),
+    }
+}
+
+/// App secrets, comma-separated (several during rotation), none of them empty or a placeholder.
 struct Secrets(Vec<Secret>);
 
 impl<'de> Deserialize<'de> for Secrets {
@@ -460,9 +484,23 @@ impl<'de> Deserialize<'de> for Secrets {
                 "an empty secret in the comma-separated list",
             ));
         }
+        for p in &parts {
+            placeholder(p)?;
+        }
         Ok(Secrets(
             parts.into_iter().map(|p| Secret(p.to_owned())).collect(),
         ))
+    }
+}
+
+/// The verify token of the handshake: not a placeholder (empty means none).
+struct Token(String);
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        placeholder(s.trim())?;
+        Ok(Token(s))
     }
 }
 
@@ -689,6 +727,8 @@ mod tests {
             (&[("COEXIST_LOG_FORMAT", "xml")], "config: log_format (from COEXIST_LOG_FORMAT):"),
             (&[("COEXIST_LOG_CONTENT", "maybe")], "config: log_content (from COEXIST_LOG_CONTENT): expected true or false"),
             (&[("COEXIST_APP_SECRET", "a,,b")], "config: app_secret (from COEXIST_APP_SECRET): an empty secret"),
+            (&[("COEXIST_APP_SECRET", "real,change-me")], "config: app_secret (from COEXIST_APP_SECRET): \"change-me\" is a placeholder"),
+            (&[("COEXIST_VERIFY_TOKEN", "Your-Token")], "config: verify_token (from COEXIST_VERIFY_TOKEN): \"Your-Token\" is a placeholder"),
         ];
         for (vars, want) in cases {
             let err = Config::load(None, env(vars)).unwrap_err().to_string();

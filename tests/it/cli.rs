@@ -593,3 +593,28 @@ fn send_and_tail_refuse_bad_arguments_in_one_line() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+#[test]
+fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
+    let compose = include_str!("../../docker-compose.yml");
+    for var in ["COEXIST_APP_SECRET", "COEXIST_VERIFY_TOKEN"] {
+        assert!(
+            compose.contains(&format!("{var}: ${{{var}:?")),
+            "compose refuses to start without {var}"
+        );
+    }
+    assert!(!compose.contains("change-me"));
+    // The README's placeholders, copied as they are, stop the ingress in one line.
+    let out = coexist(
+        &["ingress"],
+        &[("COEXIST_APP_SECRET", "your-meta-app-secret")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is a placeholder"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
