@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod identity;
+mod invariants;
 mod parse;
 mod pipeline;
 mod redis_store;
