@@ -7,7 +7,7 @@ use std::time::Duration;
 use coexist::domain::{CustomerKey, Scope};
 use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::meta::parse_body;
-use coexist::store::{Delivery, Engine, StateStore};
+use coexist::store::{Delivery, StateStore};
 use coexist::time::Millis;
 use proptest::prelude::*;
 use serde_json::json;
