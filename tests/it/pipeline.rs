@@ -1228,3 +1228,130 @@ async fn an_idle_worker_consumes_again_after_the_broker_connection_drops() {
     assert_eq!(texts, ["antes", "después"]);
     stack.stop().await;
 }
+
+/// A Redis server of a test's own, with AOF persistence, that the test can restart.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("coexist-redis-aof-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let redis = OwnRedis { port, dir };
+        redis.run();
+        redis
+    }
+
+    fn run(&self) {
+        let status = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+            ])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .status()
+            .expect("redis-server (scripts/test installs it)");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + READY_WITHIN;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the server down (its AOF on disk) and starts it again on the same port and files.
+    fn restart(&self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
+        let deadline = std::time::Instant::now() + READY_WITHIN;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.run();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_real_redis_restart_with_persistence() {
+    let redis = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
+    let stack = Stack::start("aof", 1, &[("COEXIST_REDIS_URL", &redis.url())]).await;
+    let t = t0();
+    assert_eq!(
+        stack
+            .post(&echo_text(ANA, "wamid.AOF1", t, "te atiendo"))
+            .await,
+        200
+    );
+    let human = take_events(&stack.ns, "human_chat", 2, 30 * SECS).await;
+    assert_eq!(human[0].kind, "conversation.handover");
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    // The worker reconnects by itself; the pause in force still holds.
+    stack
+        .post_until_ok(
+            &customer_text(ANA, "wamid.AOF2", t + 60, "¿sigues?"),
+            30 * SECS,
+        )
+        .await;
+    let human = take_events(&stack.ns, "human_chat", 1, 60 * SECS).await;
+    assert_eq!(
+        human.len(),
+        1,
+        "the message reached the human after the restart"
+    );
+    assert_eq!(human[0].kind, "message.received");
+    assert_eq!(
+        queue_len(&stack.ns, "bot").await,
+        0,
+        "nothing to the AI agent"
+    );
+    stack.stop().await;
+    drop(redis);
+}
