@@ -229,6 +229,22 @@ pub struct Applied {
     claim: Option<(String, Millis)>,
 }
 
+/// One customer's conversations merged into one, fail-closed ([`State::merge`]): the one that
+/// goes on (the first with state, else the first), its state, and the others that had state,
+/// with the versions read.
+fn merged(scopes: &[Scope], snaps: &[Snapshot]) -> (usize, State, Vec<(Scope, u64)>) {
+    let survivor = snaps.iter().position(|s| s.version > 0).unwrap_or(0);
+    let mut state = snaps[survivor].state.clone();
+    let mut absorbed = Vec::new();
+    for (i, snap) in snaps.iter().enumerate() {
+        if i != survivor && snap.version > 0 {
+            state = state.merge(snap.state.clone());
+            absorbed.push((scopes[i].clone(), snap.version));
+        }
+    }
+    (survivor, state, absorbed)
+}
+
 /// The rules over a store.
 pub struct Engine<S> {
     store: S,
@@ -258,39 +274,8 @@ impl<S: StateStore> Engine<S> {
         let rules = self.rules.for_number(pnid);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
         for _ in 0..MAX_ATTEMPTS {
-            let (found, first) = match names.first() {
-                Some(name) => {
-                    let own = Scope::conversation(pnid, name.clone());
-                    let (found, snap) =
-                        self.store.resolve_and_load(&own, &names, &key, now).await?;
-                    (found, Some((own, snap)))
-                }
-                None => (Vec::new(), None),
-            };
-            // The conversations the names point at, in the order of the names.
-            let mut ids: Vec<CustomerKey> = Vec::new();
-            for (name, link) in names.iter().zip(&found) {
-                let id = link.clone().unwrap_or_else(|| name.clone());
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-            let scopes: Vec<Scope> = match ids.is_empty() {
-                true => vec![addressed.clone()],
-                false => ids
-                    .iter()
-                    .map(|id| Scope::conversation(pnid, id.clone()))
-                    .collect(),
-            };
-            let mut snaps = Vec::with_capacity(scopes.len());
-            let mut first = first;
-            for scope in &scopes {
-                let snap = match first.take() {
-                    Some((own, snap)) if own == *scope => snap,
-                    _ => self.store.load(scope, &key, now).await?,
-                };
-                snaps.push(snap);
-            }
+            let (found, scopes, mut snaps) =
+                self.conversations(addressed, &names, &key, now).await?;
             match snaps[0].seen.take() {
                 Some(Seen::Done) => {
                     let a = self.applied(&scopes[0], key, None, Delivery::Duplicate, Vec::new());
@@ -302,17 +287,8 @@ impl<S: StateStore> Engine<S> {
                 }
                 None => {}
             }
-            // The conversation that goes on: the first with state, else the first name's.
-            let survivor = snaps.iter().position(|s| s.version > 0).unwrap_or(0);
+            let (survivor, mut state, absorbed) = merged(&scopes, &snaps);
             let scope = &scopes[survivor];
-            let mut state = snaps[survivor].state.clone();
-            let mut absorbed = Vec::new();
-            for (i, snap) in snaps.iter().enumerate() {
-                if i != survivor && snap.version > 0 {
-                    state = state.merge(snap.state.clone());
-                    absorbed.push((scopes[i].clone(), snap.version));
-                }
-            }
             let id = scope.customer.clone();
             let links: Vec<Link> = names
                 .iter()
@@ -369,6 +345,41 @@ impl<S: StateStore> Engine<S> {
             }
         }
         Err(Error::Contention(format!("{} {key}", addressed.redacted())))
+    }
+
+    /// The conversations an input's names point at (the addressed one for number-level inputs),
+    /// each with its snapshot, and the links as read. The first name's own conversation is read
+    /// with the links, in one round trip; others (rare: names linked elsewhere) after.
+    async fn conversations(
+        &self,
+        addressed: &Scope,
+        names: &[CustomerKey],
+        key: &str,
+        now: Millis,
+    ) -> Result<(Vec<Option<CustomerKey>>, Vec<Scope>, Vec<Snapshot>)> {
+        let pnid = &addressed.phone_number_id;
+        let Some(name) = names.first() else {
+            let snap = self.store.load(addressed, key, now).await?;
+            return Ok((Vec::new(), vec![addressed.clone()], vec![snap]));
+        };
+        let own = Scope::conversation(pnid, name.clone());
+        let (found, own_snap) = self.store.resolve_and_load(&own, names, key, now).await?;
+        let mut scopes: Vec<Scope> = Vec::new();
+        for (name, link) in names.iter().zip(&found) {
+            let scope = Scope::conversation(pnid, link.clone().unwrap_or_else(|| name.clone()));
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        let mut own_snap = Some(own_snap);
+        let mut snaps = Vec::with_capacity(scopes.len());
+        for scope in &scopes {
+            snaps.push(match own_snap.take() {
+                Some(snap) if *scope == own => snap,
+                _ => self.store.load(scope, key, now).await?,
+            });
+        }
+        Ok((found, scopes, snaps))
     }
 
     fn applied(
