@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use serde::Serialize;
 
+use crate::broker::message::{header, text};
 use crate::broker::{
     self, Outgoing, Publisher, Stage, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER,
     STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
@@ -33,23 +34,6 @@ pub struct Entry {
     pub attempts: i64,
     pub age_secs: Option<i64>,
     pub bytes: usize,
-}
-
-fn header<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a AMQPValue> {
-    headers
-        .as_ref()?
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == name)
-        .map(|(_, v)| v)
-}
-
-fn text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 fn int(v: &AMQPValue) -> Option<i64> {

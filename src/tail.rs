@@ -6,9 +6,10 @@ use std::io::Write;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::message::{header, text};
 use crate::broker::{self, Topology, CONVERSATION_HEADER};
 use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::{Event, Exchange, Outbound};
@@ -114,22 +115,8 @@ pub async fn run(
         };
         let Some(delivery) = delivery else { break };
         let d = delivery?;
-        let header = d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| {
-                h.inner()
-                    .iter()
-                    .find(|(k, _)| k.as_str() == CONVERSATION_HEADER)
-                    .map(|(_, v)| v)
-            })
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            })
+        let header = header(d.properties.headers(), CONVERSATION_HEADER)
+            .and_then(text)
             .unwrap_or_default();
         let body = String::from_utf8_lossy(&d.data);
         let exchange = match d.exchange.as_str() {

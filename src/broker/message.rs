@@ -23,6 +23,25 @@ pub const ATTEMPTS_HEADER: &str = "x-coexist-attempts";
 /// The `conversation` header of every event.
 pub const CONVERSATION_HEADER: &str = "conversation";
 
+/// A header of a received message, by name.
+pub fn header<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+    headers
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+}
+
+/// A header's value as text (long or short string).
+pub fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 /// Where a dead letter was written: its `x-coexist-stage` header and its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -159,7 +159,6 @@ impl Input<'_> {
             names.retain(|n| n != addressed);
             names.insert(0, addressed.clone());
         }
-        names.dedup();
         let mut seen = Vec::with_capacity(names.len());
         names.retain(|n| {
             let new = !seen.contains(n);

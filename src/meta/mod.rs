@@ -688,23 +688,18 @@ impl Ctx<'_, '_> {
                     && c.wa_id.get().and_then(phone_digits) == customer.wa_id)
         };
         let contact = contacts.iter().filter_map(|c| c.get()).find(|c| matches(c));
+        let of = |c: &wire::Contact| Customer {
+            wa_id: c.wa_id.get().and_then(phone_digits),
+            user_id: c.user_id.0.clone(),
+            name: c.profile.get().and_then(|p| p.name.0.clone()),
+        };
         match (contact, contacts.as_slice()) {
-            (Some(c), _) => customer.or(&Customer {
-                wa_id: c.wa_id.get().and_then(phone_digits),
-                user_id: c.user_id.0.clone(),
-                name: c.profile.get().and_then(|p| p.name.0.clone()),
-            }),
+            (Some(c), _) => customer.or(&of(c)),
             // The only contact there is: its profile name (its ids only for a nameless sender).
-            (None, [only]) => match only.get() {
-                Some(c) if customer.wa_id.is_none() && customer.user_id.is_none() => Customer {
-                    wa_id: c.wa_id.get().and_then(phone_digits),
-                    user_id: c.user_id.0.clone(),
-                    name: c.profile.get().and_then(|p| p.name.0.clone()),
-                },
+            (None, [only]) => match only.get().map(of) {
+                Some(c) if customer.wa_id.is_none() && customer.user_id.is_none() => c,
                 Some(c) => Customer {
-                    name: customer
-                        .name
-                        .or_else(|| c.profile.get().and_then(|p| p.name.0.clone())),
+                    name: customer.name.or(c.name),
                     ..customer
                 },
                 None => customer,
