@@ -35,6 +35,12 @@ pub const ENV: &[(&str, &str)] = &[
     ("automated_texts", "COEXIST_AUTOMATED_TEXTS"),
     ("handback_messages", "COEXIST_HANDBACK_MESSAGES"),
     ("max_body_bytes", "COEXIST_MAX_BODY_BYTES"),
+    ("http_header_timeout", "COEXIST_HTTP_HEADER_TIMEOUT"),
+    ("http_body_timeout", "COEXIST_HTTP_BODY_TIMEOUT"),
+    ("http_idle_timeout", "COEXIST_HTTP_IDLE_TIMEOUT"),
+    ("http_max_connections", "COEXIST_HTTP_MAX_CONNECTIONS"),
+    ("http_max_buffered_bytes", "COEXIST_HTTP_MAX_BUFFERED_BYTES"),
+    ("http_max_pending", "COEXIST_HTTP_MAX_PENDING"),
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
@@ -86,11 +92,30 @@ pub struct Config {
     pub verify_token: Option<Secret>,
     pub partitions: u16,
     pub max_body_bytes: usize,
+    /// The HTTP limits of both addresses (SPEC section 3).
+    pub http: HttpLimits,
     pub log: String,
     pub log_format: LogFormat,
     pub log_content: bool,
     /// reset_text, timeout and session_timeout: the defaults and per-number overrides.
     pub rules: RuleBook,
+}
+
+/// What a client may hold of an HTTP address (SPEC section 3).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this (also a new connection's first request).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this, or `408`.
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Request bodies held at once, in bytes; a body that would pass it gets `503`.
+    pub max_buffered_bytes: usize,
+    /// Webhooks waiting for broker confirms at once; beyond it `503` at once (load shedding).
+    pub max_pending: usize,
 }
 
 /// Why the configuration was refused: one line.
@@ -119,6 +144,12 @@ struct Settings {
     automated_texts: Texts,
     handback_messages: Whole<0, 1000>,
     max_body_bytes: Whole<1024, { 64 << 20 }>,
+    http_header_timeout: Span,
+    http_body_timeout: Span,
+    http_idle_timeout: Span,
+    http_max_connections: Whole<1, 1_000_000>,
+    http_max_buffered_bytes: Whole<{ 1 << 20 }, { 1 << 40 }>,
+    http_max_pending: Whole<1, 1_000_000>,
     log: LogFilter,
     log_format: LogFormat,
     log_content: Flag,
@@ -210,6 +241,14 @@ impl Config {
                 .map(Secret),
             partitions: s.partitions.0 as u16,
             max_body_bytes: s.max_body_bytes.0 as usize,
+            http: HttpLimits {
+                header_timeout: s.http_header_timeout.0,
+                body_timeout: s.http_body_timeout.0,
+                idle_timeout: s.http_idle_timeout.0,
+                max_connections: s.http_max_connections.0 as usize,
+                max_buffered_bytes: s.http_max_buffered_bytes.0 as usize,
+                max_pending: s.http_max_pending.0 as usize,
+            },
             log: s.log.0,
             log_format: s.log_format,
             log_content: s.log_content.0,

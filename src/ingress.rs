@@ -9,19 +9,22 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::Body;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::config::{Config, Secret};
+use crate::http::BodyBudget;
 use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
 use crate::time::Millis;
@@ -34,6 +37,10 @@ pub struct Ingress {
     verify_token: Option<Secret>,
     topology: Topology,
     link: Arc<Link>,
+    /// Bodies in memory at once, and how long one may take to arrive.
+    bodies: BodyBudget,
+    /// Webhooks waiting for broker confirms; when none is left, `503` at once (load shedding).
+    pending: Arc<Semaphore>,
 }
 
 impl Ingress {
@@ -43,17 +50,22 @@ impl Ingress {
             verify_token: config.verify_token.clone(),
             topology: Topology::new(&config.namespace, config.partitions),
             link,
+            bodies: BodyBudget::new(
+                config.http.max_buffered_bytes,
+                config.max_body_bytes,
+                config.http.body_timeout,
+            ),
+            pending: Arc::new(Semaphore::new(config.http.max_pending)),
         }
     }
 
     /// The routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`, `/metrics`.
-    pub fn router(self, max_body_bytes: usize) -> Router {
+    pub fn router(self) -> Router {
         let link = self.link.clone();
         let ready: crate::http::Readiness =
             Arc::new(move || vec![("rabbitmq", link.is_connected())]);
         Router::new()
             .route("/webhook", get(handshake).post(receive))
-            .layer(DefaultBodyLimit::max(max_body_bytes))
             .with_state(self)
             .merge(crate::http::admin_routes(ready))
     }
@@ -112,23 +124,21 @@ fn rejected(reason: &'static str) {
     metrics::counter!(WEBHOOKS, "result" => "rejected", "reason" => reason).increment(1);
 }
 
-async fn receive(
-    State(s): State<Ingress>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> StatusCode {
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            rejected(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "unreadable_body"
-            });
-            return status;
+async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Response {
+    let held = match s.bodies.read(&headers, body).await {
+        Ok(held) => held,
+        Err(refusal) => {
+            rejected(refusal.reason());
+            return refusal.response();
         }
     };
+    let status = accept(&s, &headers, &held.bytes).await;
+    drop(held);
+    status.into_response()
+}
+
+/// Checks, splits and publishes one webhook's body; the status to answer.
+async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
@@ -141,10 +151,10 @@ async fn receive(
         return StatusCode::UNAUTHORIZED;
     }
     let accepted_at = Millis::now();
-    let (messages, parked) = match parse_body(&body) {
+    let (messages, parked) = match parse_body(body) {
         Err(e) => {
             tracing::warn!(error = %e, bytes = body.len(), "signed body that is not a webhook: parked in the dead-letter queue");
-            let id = crate::domain::stable_id(&[&String::from_utf8_lossy(&body)]);
+            let id = crate::domain::stable_id(&[&String::from_utf8_lossy(body)]);
             let letter = Outgoing::dead_letter(
                 &s.topology,
                 body.to_vec(),
@@ -182,6 +192,11 @@ async fn receive(
             }
             (out, parked)
         }
+    };
+    // Past this many webhooks awaiting confirms, queueing would only add latency: Meta retries.
+    let Ok(_pending) = s.pending.try_acquire() else {
+        rejected("shed");
+        return StatusCode::SERVICE_UNAVAILABLE;
     };
     let Some(publisher) = s.link.publisher().await else {
         rejected("broker_unavailable");
@@ -244,8 +259,10 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         topology,
         link_stop.clone(),
     );
-    let router = Ingress::new(config, link.clone()).router(config.max_body_bytes);
-    let (addr, http) = match crate::http::serve(config.listen, router, stop.clone()).await {
+    let router = Ingress::new(config, link.clone()).router();
+    let limits = crate::http::Limits::new(config, WEBHOOKS);
+    let (addr, http) = match crate::http::serve(config.listen, router, limits, stop.clone()).await
+    {
         Ok(bound) => bound,
         Err(e) => {
             link_stop.cancel();

@@ -6,9 +6,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::event::{Outbound, Payload};
 
-/// Webhooks by `result` (`accepted`, `rejected`) and `reason` (`ok`, `parked`; `signature`,
-/// `too_large`, `unreadable_body`, `broker_unavailable`).
+/// Webhooks by `result` and `reason`: `accepted` (`ok`, `parked`); `rejected` (`signature`,
+/// `too_large`, `unreadable_body`, `buffer_full`, `body_timeout`, `shed`, `broker_unavailable`);
+/// `cut`, connections closed by the ingress (`header_timeout`, `idle_timeout`,
+/// `max_connections`).
 pub const WEBHOOKS: &str = "coexist_webhooks_total";
+/// Open HTTP connections, by `server` (the counter its cuts go to).
+pub const CONNECTIONS: &str = "coexist_http_connections";
+/// Connections the worker's admin address closed, by `reason` (as `cut` in [`WEBHOOKS`]).
+pub const ADMIN_CUTS: &str = "coexist_admin_connections_cut_total";
 /// Items decided, by `rule` (R1..R12, operator_*, noop, ignored) and `delivery`
 /// (`fresh`, `redelivered`, `duplicate`).
 pub const ITEMS: &str = "coexist_items_total";

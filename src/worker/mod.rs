@@ -142,6 +142,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let admin = crate::http::serve(
         config.admin_listen,
         crate::http::admin_routes(ready),
+        crate::http::Limits::new(config, crate::metrics::ADMIN_CUTS),
         stop.clone(),
     )
     .await;
