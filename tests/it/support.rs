@@ -789,6 +789,22 @@ impl Process {
             .status();
     }
 
+    /// Its `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        http(self.admin, "GET", "/metrics", &[], b"").await.1
+    }
+
+    /// The sum of a counter's series whose `reason` label is `reason` (0 when none).
+    pub async fn labelled(&self, name: &str, reason: &str) -> f64 {
+        let label = format!("reason=\"{reason}\"");
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The value of an unlabelled gauge or counter on its `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = http(self.admin, "GET", "/metrics", &[], b"").await;
