@@ -90,6 +90,7 @@ fn main() {
                         assert_eq!(client.post(&body(i, ts)).await, 200);
                         k += clients;
                     }
+                    client // held open until the last window is read
                 })
             })
             .collect();
@@ -138,9 +139,8 @@ fn main() {
             );
             rows.push((rss.iter().sum(), fds.iter().sum(), p99, backlog));
         }
-        for t in load {
-            t.await.unwrap();
-        }
+        let clients: Vec<Client> = futures_util::future::join_all(load).await.into_iter().map(Result::unwrap).collect();
+        drop(clients);
         // Flatness against window 2 (the first after warm-up).
         if let Some(base) = rows.get(1).copied() {
             let drift = |f: &dyn Fn(&(f64, usize, f64, u32)) -> f64| {

@@ -23,6 +23,8 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV: &[(&str, &str)] = &[
     ("amqp_url", "COEXIST_AMQP_URL"),
     ("redis_url", "COEXIST_REDIS_URL"),
+    ("redis_cluster", "COEXIST_REDIS_CLUSTER"),
+    ("redis_replicas", "COEXIST_REDIS_REPLICAS"),
     ("namespace", "COEXIST_NAMESPACE"),
     ("listen", "COEXIST_LISTEN"),
     ("admin_listen", "COEXIST_ADMIN_LISTEN"),
@@ -60,6 +62,10 @@ const NUMBER_KEYS: &[&str] = &[
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -83,7 +89,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub amqp_url: Secret,
-    pub redis_url: Secret,
+    /// Where state lives: one server, or a Redis Cluster.
+    pub redis: RedisTarget,
+    /// Replicas that must acknowledge a commit before its events are published (`WAIT`).
+    pub redis_replicas: u32,
     pub namespace: String,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -99,6 +108,15 @@ pub struct Config {
     pub log_content: bool,
     /// reset_text, timeout and session_timeout: the defaults and per-number overrides.
     pub rules: RuleBook,
+}
+
+/// Where state lives: `COEXIST_REDIS_CLUSTER` when set, else `COEXIST_REDIS_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server, or a managed primary endpoint.
+    Server(Secret),
+    /// Seed URLs of a Redis Cluster.
+    Cluster(Vec<Secret>),
 }
 
 /// What a client may hold of an HTTP address (SPEC section 3).
@@ -132,6 +150,8 @@ type Table = toml::map::Map<String, toml::Value>;
 struct Settings {
     amqp_url: AmqpUrl,
     redis_url: RedisUrl,
+    redis_cluster: Option<RedisUrls>,
+    redis_replicas: Whole<0, 16>,
     namespace: Namespace,
     listen: Address,
     admin_listen: Address,
@@ -229,7 +249,11 @@ impl Config {
         }
         Ok(Config {
             amqp_url: Secret(s.amqp_url.0),
-            redis_url: Secret(s.redis_url.0),
+            redis: match s.redis_cluster {
+                Some(RedisUrls(seeds)) if !seeds.is_empty() => RedisTarget::Cluster(seeds),
+                _ => RedisTarget::Server(Secret(s.redis_url.0)),
+            },
+            redis_replicas: s.redis_replicas.0 as u32,
             namespace: s.namespace.0,
             listen: s.listen.0,
             admin_listen: s.admin_listen.0,
@@ -466,11 +490,19 @@ struct AmqpUrl(String);
 impl<'de> Deserialize<'de> for AmqpUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match s.starts_with("amqp://") || s.starts_with("amqps://") {
-            true => Ok(AmqpUrl(s)),
-            false => Err(serde::de::Error::custom(
-                "expected an amqp:// or amqps:// URL",
+        let nodes = crate::broker::nodes(&s);
+        match nodes
+            .iter()
+            .find(|u| !u.starts_with("amqp://") && !u.starts_with("amqps://"))
+        {
+            _ if nodes.is_empty() => Err(serde::de::Error::custom(
+                "expected an amqp:// or amqps:// URL (several comma-separated for a cluster)",
             )),
+            Some(bad) => Err(serde::de::Error::custom(format!(
+                "{:?} is not an amqp:// or amqps:// URL",
+                bad.split('@').next_back().unwrap_or(bad)
+            ))),
+            None => Ok(AmqpUrl(s)),
         }
     }
 }
@@ -488,6 +520,26 @@ impl<'de> Deserialize<'de> for RedisUrl {
                 e.to_string().replace('\n', " ")
             ))),
         }
+    }
+}
+
+/// Comma-separated Redis URLs (the seeds of a cluster); empty for none.
+struct RedisUrls(Vec<Secret>);
+
+impl<'de> Deserialize<'de> for RedisUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut seeds = Vec::new();
+        for url in s.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if let Err(e) = url.into_connection_info() {
+                return Err(serde::de::Error::custom(format!(
+                    "not a Redis URL ({})",
+                    e.to_string().replace('\n', " ")
+                )));
+            }
+            seeds.push(Secret(url.to_owned()));
+        }
+        Ok(RedisUrls(seeds))
     }
 }
 
@@ -635,7 +687,10 @@ mod tests {
     fn defaults_match_the_spec() {
         let c = Config::defaults();
         assert_eq!(c.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(c.redis_url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            c.redis,
+            RedisTarget::Server(Secret("redis://127.0.0.1:6379".into()))
+        );
         assert_eq!(c.namespace, "coexist");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
@@ -647,6 +702,27 @@ mod tests {
         assert_eq!(c.partitions, 16);
         assert_eq!(c.max_body_bytes, 4 << 20);
         assert!(!c.log_content);
+        assert_eq!(c.redis_replicas, 0);
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections, 4096);
+        assert_eq!(c.http.max_buffered_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn a_redis_cluster_replaces_the_single_server() {
+        let seeds = "redis://10.0.0.1:6379, redis://10.0.0.2:6379";
+        let c = Config::load(None, env(&[("COEXIST_REDIS_CLUSTER", seeds)])).unwrap();
+        assert_eq!(
+            c.redis,
+            RedisTarget::Cluster(vec![
+                Secret("redis://10.0.0.1:6379".into()),
+                Secret("redis://10.0.0.2:6379".into())
+            ])
+        );
+        let c = Config::load(None, env(&[("COEXIST_REDIS_CLUSTER", "")])).unwrap();
+        assert!(matches!(c.redis, RedisTarget::Server(_)), "empty: none");
     }
 
     #[test]
@@ -760,7 +836,14 @@ mod tests {
             (&[("COEXIST_PARTITIONS", "0")], "config: partitions (from COEXIST_PARTITIONS): expected a whole number from 1 to 1024"),
             (&[("COEXIST_NAMESPACE", "a b")], "config: namespace (from COEXIST_NAMESPACE):"),
             (&[("COEXIST_NAMESPACE", "{x}")], "config: namespace (from COEXIST_NAMESPACE):"),
-            (&[("COEXIST_AMQP_URL", "http://x")], "config: amqp_url (from COEXIST_AMQP_URL): expected an amqp://"),
+            (&[("COEXIST_AMQP_URL", "http://x")], "config: amqp_url (from COEXIST_AMQP_URL): \"http://x\" is not an amqp://"),
+            (&[("COEXIST_AMQP_URL", "amqp://a, http://user:pw@b")], "config: amqp_url (from COEXIST_AMQP_URL): \"b\" is not an amqp://"),
+            (&[("COEXIST_AMQP_URL", " , ")], "config: amqp_url (from COEXIST_AMQP_URL): expected an amqp://"),
+            (&[("COEXIST_REDIS_CLUSTER", "redis://a:1,nope")], "config: redis_cluster (from COEXIST_REDIS_CLUSTER): not a Redis URL"),
+            (&[("COEXIST_REDIS_REPLICAS", "-1")], "config: redis_replicas (from COEXIST_REDIS_REPLICAS): expected a whole number from 0 to 16"),
+            (&[("COEXIST_HTTP_IDLE_TIMEOUT", "0s")], "config: http_idle_timeout (from COEXIST_HTTP_IDLE_TIMEOUT): must be longer than zero"),
+            (&[("COEXIST_HTTP_MAX_BUFFERED_BYTES", "1000")], "config: http_max_buffered_bytes (from COEXIST_HTTP_MAX_BUFFERED_BYTES): expected a whole number from 1048576"),
+            (&[("COEXIST_HTTP_MAX_CONNECTIONS", "0")], "config: http_max_connections (from COEXIST_HTTP_MAX_CONNECTIONS): expected a whole number from 1"),
             (&[("COEXIST_REDIS_URL", "nope")], "config: redis_url (from COEXIST_REDIS_URL): not a Redis URL"),
             (&[("COEXIST_LISTEN", "localhost")], "config: listen (from COEXIST_LISTEN):"),
             (&[("COEXIST_LOG_FORMAT", "xml")], "config: log_format (from COEXIST_LOG_FORMAT):"),

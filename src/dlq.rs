@@ -118,8 +118,8 @@ pub fn table(entries: &[Entry]) -> String {
 /// Every dead letter, left in the queue.
 pub async fn list(url: &str, topology: &Topology) -> broker::Result<Vec<Entry>> {
     let conn = broker::connect(url, "coexist-dlq-list").await?;
+    topology.declare(&conn).await?;
     let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
     let now = Millis::now();
     let mut out = Vec::new();
     while let Some(m) = ch
@@ -154,8 +154,8 @@ pub async fn replay(
     mut progress: impl FnMut(&Replayed, usize),
 ) -> broker::Result<Replayed> {
     let conn = broker::connect(url, "coexist-dlq-replay").await?;
+    topology.declare(&conn).await?;
     let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
     let publisher = Publisher::open(&conn).await?;
     let mut done = Replayed::default();
     let mut budget: Option<usize> = limit;

@@ -172,7 +172,10 @@ async fn accept(
     drop(listener);
     // Idle connections close at once; requests in flight are answered (bounded).
     let bound = Duration::from_secs(45);
-    if tokio::time::timeout(bound, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(bound, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open {bound:?} after shutdown began: dropped");
     }
 }

@@ -261,8 +261,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     );
     let router = Ingress::new(config, link.clone()).router();
     let limits = crate::http::Limits::new(config, WEBHOOKS);
-    let (addr, http) = match crate::http::serve(config.listen, router, limits, stop.clone()).await
-    {
+    let (addr, http) = match crate::http::serve(config.listen, router, limits, stop.clone()).await {
         Ok(bound) => bound,
         Err(e) => {
             link_stop.cancel();

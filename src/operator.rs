@@ -157,7 +157,7 @@ pub enum Error {
 
 /// Connects to the conversation state of `config`'s namespace.
 pub async fn store(config: &Config) -> Result<RedisStore, Error> {
-    RedisStore::connect(config.redis_url.expose(), &config.namespace)
+    RedisStore::open(&config.redis, &config.namespace, config.redis_replicas)
         .await
         .map_err(Error::Unreachable)
 }
@@ -197,8 +197,8 @@ pub async fn act(
 async fn publish(config: &Config, events: &[Outbound]) -> Result<(), Error> {
     let topology = Topology::new(&config.namespace, config.partitions);
     let conn = broker::connect(config.amqp_url.expose(), "coexist-operator").await?;
+    topology.declare(&conn).await?;
     let publisher = Publisher::open(&conn).await?;
-    topology.declare(publisher.channel()).await?;
     let messages: Vec<Outgoing> = events
         .iter()
         .map(|e| Outgoing::event(&topology, e))

@@ -66,8 +66,8 @@ pub async fn run(
     out: &mut impl Write,
 ) -> Result<usize, Error> {
     let conn = broker::connect(url, "coexist-tail").await?;
+    topology.declare(&conn).await?;
     let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
     let own = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 
 const SECRET: &str = "bench-secret";
 
@@ -127,7 +128,11 @@ pub async fn collect_events(ns: String, arrivals: Arc<Mutex<HashMap<String, Inst
     }
 }
 
-pub async fn wait_for(arrivals: &Mutex<HashMap<String, Instant>>, n: usize, within: Duration) -> bool {
+pub async fn wait_for(
+    arrivals: &Mutex<HashMap<String, Instant>>,
+    n: usize,
+    within: Duration,
+) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if arrivals.lock().unwrap().len() >= n {
@@ -254,7 +259,6 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-
 /// Open file descriptors of a process.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -342,12 +346,20 @@ impl System {
 
     /// Stops the processes (SIGTERM) and removes the namespace's queues, exchanges and keys.
     pub async fn stop(mut self) {
-        for p in self.workers.iter_mut().chain(std::iter::once(&mut self.ingress)) {
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.ingress))
+        {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &p.id().to_string()])
                 .status();
         }
-        for p in self.workers.iter_mut().chain(std::iter::once(&mut self.ingress)) {
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.ingress))
+        {
             let _ = p.wait();
         }
         let conn = coexist::broker::connect(&amqp_url(), "bench-cleanup")

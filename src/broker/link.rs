@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::publisher::Publisher;
 use super::topology::Topology;
-use super::{connect, Error};
+use super::{connect_from, Error};
 use crate::retry::until_ok;
 
 /// How often a held connection is checked when nobody reports a failure.
@@ -18,7 +18,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// A background task connects (with backoff), declares the topology and holds the publisher until
 /// the connection fails, then starts over, until its token is cancelled. Callers get the current
-/// publisher or `None` while it is down.
+/// publisher or `None` while it is down. With several node URLs (a cluster) it starts with the
+/// first, and after a loss goes on with the node after the one it lost.
 pub struct Link {
     current: RwLock<Option<(Arc<Connection>, Publisher)>>,
     broken: Notify,
@@ -49,25 +50,25 @@ impl Link {
         topology: Topology,
         stop: CancellationToken,
     ) {
+        let mut next = 0;
         while !stop.is_cancelled() {
             let attempt = until_ok(
                 "connecting to RabbitMQ",
                 &stop,
                 |_, _| false,
                 || async {
-                    let conn = connect(&url, &name).await?;
-                    let ch = conn.create_channel().await?;
-                    topology.declare(&ch).await?;
-                    let _ = ch.close(200, "declared".into()).await;
+                    let (conn, node) = connect_from(&url, &name, next).await?;
+                    topology.declare(&conn).await?;
                     let publisher = Publisher::open(&conn).await?;
-                    Ok::<_, Error>((conn, publisher))
+                    Ok::<_, Error>((conn, publisher, node))
                 },
             )
             .await;
-            let Ok((conn, publisher)) = attempt else {
+            let Ok((conn, publisher, node)) = attempt else {
                 break;
             };
-            tracing::info!(connection = %name, "connected to RabbitMQ");
+            next = node + 1;
+            tracing::info!(connection = %name, node, "connected to RabbitMQ");
             *self.current.write().await = Some((Arc::new(conn), publisher));
             self.connected.store(true, Ordering::SeqCst);
             // Hold it until a caller reports a failure or the connection drops.

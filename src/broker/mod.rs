@@ -44,17 +44,50 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Connects to RabbitMQ under a name the management UI shows.
-pub async fn connect(url: &str, name: &str) -> Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(url, props).await?)
+/// The node URLs of `COEXIST_AMQP_URL`: one, or several comma-separated nodes of one cluster.
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// How long one node may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to the first node of `urls` that answers, under a name the management UI shows.
+pub async fn connect(urls: &str, name: &str) -> Result<Connection> {
+    connect_from(urls, name, 0).await.map(|(conn, _)| conn)
+}
+
+/// Connects to the nodes of `urls` in turn, starting with the `first`th (wrapping around):
+/// the connection and the index of the node that answered. lapin holds one host per
+/// connection, so going on to another node of a cluster is this rotation.
+pub async fn connect_from(urls: &str, name: &str, first: usize) -> Result<(Connection, usize)> {
+    let nodes = nodes(urls);
+    let mut last = Error::NotConnected;
+    for k in 0..nodes.len() {
+        let i = (first + k) % nodes.len();
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(nodes[i], props)).await {
+            Ok(Ok(conn)) => return Ok((conn, i)),
+            Ok(Err(e)) => {
+                tracing::debug!(node = i, error = %e, "a RabbitMQ node did not answer");
+                last = e.into();
+            }
+            Err(_) => {
+                tracing::debug!(node = i, "a RabbitMQ node did not answer in time");
+                last = Error::NotConnected;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Declares a namespace's exchanges and queues on a connection of its own (`coexist topology`).
 pub async fn declare(url: &str, topology: &Topology) -> Result<()> {
     let conn = connect(url, "coexist-topology").await?;
-    let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
+    topology.declare(&conn).await?;
     let _ = conn.close(200, "declared".into()).await;
     Ok(())
 }

@@ -10,7 +10,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use super::Result;
 use crate::domain::{fnv1a, Scope};
@@ -75,8 +75,15 @@ impl Topology {
         )
     }
 
-    /// Declares everything (idempotent: the same arguments every time).
-    pub async fn declare(&self, ch: &Channel) -> Result<()> {
+    /// Declares everything (idempotent: the same arguments every time), on a channel of its own.
+    pub async fn declare(&self, conn: &Connection) -> Result<()> {
+        let mut ch = conn.create_channel().await?;
+        self.declare_on(conn, &mut ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    async fn declare_on(&self, conn: &Connection, ch: &mut Channel) -> Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -91,7 +98,7 @@ impl Topology {
         .await?;
         ch.exchange_declare(self.dead().into(), ExchangeKind::Fanout, durable, none())
             .await?;
-        queue(ch, &self.dead(), quorum()).await?;
+        queue(conn, ch, &self.dead(), quorum()).await?;
         bind(ch, &self.dead(), &self.dead(), "").await?;
         for i in 0..self.partitions {
             let mut args = quorum();
@@ -104,7 +111,7 @@ impl Topology {
             args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             args.insert("x-overflow".into(), long("reject-publish"));
             let q = self.partition_queue(i);
-            queue(ch, &q, args).await?;
+            queue(conn, ch, &q, args).await?;
             bind(ch, &q, &self.inbound_exchange(), &i.to_string()).await?;
         }
         for e in [Exchange::Bot, Exchange::HumanChat] {
@@ -115,20 +122,42 @@ impl Topology {
                 none(),
             )
             .await?;
-            queue(ch, &self.default_queue(e), quorum()).await?;
+            queue(conn, ch, &self.default_queue(e), quorum()).await?;
             bind(ch, &self.default_queue(e), &self.exchange(e), "#").await?;
         }
         Ok(())
     }
 }
 
-async fn queue(ch: &Channel, name: &str, args: FieldTable) -> Result<()> {
+/// Declares a durable queue. A queue declared by a build before the leader locator keeps its
+/// arguments (the broker refuses to change them): it is declared again without the locator, on a
+/// new channel since the refusal closes the old one, and its leader stays where it is.
+async fn queue(conn: &Connection, ch: &mut Channel, name: &str, args: FieldTable) -> Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    ch.queue_declare(name.into(), durable, args).await?;
-    Ok(())
+    match ch.queue_declare(name.into(), durable, args.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains(LEADER_LOCATOR) => {
+            tracing::info!(
+                queue = name,
+                "queue declared before its leader locator: kept as it is"
+            );
+            *ch = conn.create_channel().await?;
+            let mut without = FieldTable::default();
+            for (k, v) in args
+                .inner()
+                .iter()
+                .filter(|(k, _)| k.as_str() != LEADER_LOCATOR)
+            {
+                without.insert(k.clone(), v.clone());
+            }
+            ch.queue_declare(name.into(), durable, without).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()> {
@@ -148,9 +177,14 @@ pub(super) fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+const LEADER_LOCATOR: &str = "x-queue-leader-locator";
+
+/// A quorum queue whose leader the broker places on the node with the fewest leaders, so that a
+/// cluster's nodes share the work (`balanced`, RabbitMQ 3.10 and later).
 fn quorum() -> FieldTable {
     let mut t = FieldTable::default();
     t.insert("x-queue-type".into(), long("quorum"));
+    t.insert(LEADER_LOCATOR.into(), long("balanced"));
     t
 }
 

@@ -21,14 +21,16 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{AsyncCommands, RedisFuture, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{Commit, Committed, Error, Result, Seen, Snapshot, StateStore};
+use crate::config::RedisTarget;
 use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::state::{Pause, Session, State, Stretch};
+use crate::metrics::REPLICA_SHORTFALLS;
 use crate::time::Millis;
 
 const DONE: &str = "done";
@@ -113,47 +115,138 @@ struct Stored {
     names: Vec<CustomerKey>,
 }
 
+/// A connection to one Redis server (or a managed primary endpoint), or to a Redis Cluster.
+/// Both reconnect by themselves; the cluster's follows failovers and reloads scripts a
+/// promoted replica lacks (`NOSCRIPT`: [`Script`] loads and retries).
+#[derive(Clone)]
+pub enum Conn {
+    Server(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How long one command may take, and to connect: a caller that must never give up (the worker)
+/// retries around the store with its own backoff; an operator command fails fast.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a commit waits for its replicas (`COEXIST_REDIS_REPLICAS`).
+const WAIT_MS: u64 = 1000;
+
 /// A [`StateStore`] in Redis, under one namespace.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     ns: String,
     /// Also read (and mark) the keys of the build before identity, so that pauses in force and
     /// unpublished events survive the upgrade. One server only: those keys lie in other slots.
     legacy: bool,
+    /// Replicas that must acknowledge a commit before it counts as made (0: no `WAIT`).
+    replicas: u32,
     commit: Script,
     claim: Script,
     finish: Script,
 }
 
 impl RedisStore {
-    /// Connects (the connection reconnects by itself afterwards).
+    /// Connects to one server (the connection reconnects by itself afterwards).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        // Few quick retries per call: a caller that must never give up (the worker) retries
-        // around the store with its own backoff; an operator command fails fast.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self::with_connection(conn, namespace))
+        Ok(Self::with_connection(Conn::Server(conn), namespace))
     }
 
-    pub fn with_connection(conn: ConnectionManager, namespace: &str) -> Self {
+    /// Connects to where the configuration keeps state, one server or a cluster, and waits for
+    /// `replicas` acknowledgements of each commit.
+    pub async fn open(target: &RedisTarget, namespace: &str, replicas: u32) -> Result<Self> {
+        let mut store = match target {
+            RedisTarget::Server(url) => Self::connect(url.expose(), namespace).await?,
+            RedisTarget::Cluster(seeds) => {
+                let client = redis::cluster::ClusterClient::builder(
+                    seeds.iter().map(|s| s.expose().to_owned()),
+                )
+                .retries(4)
+                .connection_timeout(CONNECTION_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()?;
+                let conn = client.get_async_connection().await?;
+                let mut store = Self::with_connection(Conn::Cluster(conn), namespace);
+                // The previous layout's keys lie in other slots than this one's.
+                store.legacy = false;
+                store
+            }
+        };
+        store.replicas = replicas;
+        Ok(store)
+    }
+
+    pub fn with_connection(conn: Conn, namespace: &str) -> Self {
         RedisStore {
             conn,
             ns: namespace.to_owned(),
             legacy: true,
+            replicas: 0,
             commit: Script::new(COMMIT),
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
         }
     }
 
+    /// Waits (at most [`WAIT_MS`]) until the configured number of replicas hold the writes made
+    /// so far; a shortfall is counted and logged, and does not fail the commit.
+    async fn replicated(&self) -> Result<()> {
+        if self.replicas == 0 {
+            return Ok(());
+        }
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(WAIT_MS)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if acked < self.replicas as i64 {
+            metrics::counter!(REPLICA_SHORTFALLS).increment(1);
+            tracing::warn!(
+                acked,
+                wanted = self.replicas,
+                "a commit reached fewer Redis replicas than COEXIST_REDIS_REPLICAS within 1 s; publishing anyway"
+            );
+        }
+        Ok(())
+    }
+
     /// The connection (for callers that need raw commands, e.g. tests cleaning a namespace).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -459,11 +552,11 @@ impl StateStore for RedisStore {
             inv.arg(version);
         }
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(if ok == 1 {
-            Committed::Yes
-        } else {
-            Committed::Conflict
-        })
+        if ok != 1 {
+            return Ok(Committed::Conflict);
+        }
+        self.replicated().await?;
+        Ok(Committed::Yes)
     }
 
     async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
+use crate::store::redis::Conn;
 use crate::time::Millis;
 
 /// How often a worker heartbeats and recomputes its partitions.
@@ -18,13 +18,13 @@ pub const EXPIRY: Duration = Duration::from_secs(10);
 
 /// One worker's view of the membership.
 pub struct Membership {
-    conn: ConnectionManager,
+    conn: Conn,
     key: String,
     pub id: String,
 }
 
 impl Membership {
-    pub fn new(conn: ConnectionManager, namespace: &str, id: String) -> Self {
+    pub fn new(conn: Conn, namespace: &str, id: String) -> Self {
         Membership {
             conn,
             key: format!("{namespace}:workers"),

@@ -104,12 +104,12 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         topology.clone(),
         link_stop.clone(),
     );
-    let (redis_url, ns) = (config.redis_url.expose(), &config.namespace);
+    let (redis, ns) = (&config.redis, &config.namespace);
     let store = match until_ok(
         "connecting to Redis",
         &stop,
         |_, _| false,
-        || RedisStore::connect(redis_url, ns),
+        || RedisStore::open(redis, ns, config.redis_replicas),
     )
     .await
     {

@@ -122,12 +122,24 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_cut_within_the_limits
     let (silent, trickle, slow_body, idle) = tokio::join!(silent, trickle, slow_body, idle);
 
     let (after, _) = silent.expect("a silent connection is closed");
-    assert!(after >= 900 * Duration::from_millis(1) && after < 3 * SECS, "{after:?}");
+    assert!(
+        after >= 900 * Duration::from_millis(1) && after < 3 * SECS,
+        "{after:?}"
+    );
     let after = trickle.expect("trickled headers are cut");
-    assert!(after < 3 * SECS, "cut at the header timeout, not extended: {after:?}");
+    assert!(
+        after < 3 * SECS,
+        "cut at the header timeout, not extended: {after:?}"
+    );
     let (after, answer) = slow_body.expect("a slow body is cut");
-    assert!(answer.starts_with("HTTP/1.1 408"), "answered 408: {answer:?}");
-    assert!(after >= 1900 * Duration::from_millis(1) && after < 5 * SECS, "{after:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "answered 408: {answer:?}"
+    );
+    assert!(
+        after >= 1900 * Duration::from_millis(1) && after < 5 * SECS,
+        "{after:?}"
+    );
     let (after, _) = idle.expect("an idle connection is closed");
     assert!(
         after >= 2800 * Duration::from_millis(1) && after < 6 * SECS,
@@ -135,7 +147,11 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_cut_within_the_limits
     );
 
     let cut = |reason: &'static str| p.labelled("coexist_webhooks_total", reason);
-    assert!(cut("header_timeout").await >= 2.0, "counted:\n{}", p.metrics().await);
+    assert!(
+        cut("header_timeout").await >= 2.0,
+        "counted:\n{}",
+        p.metrics().await
+    );
     assert!(cut("idle_timeout").await >= 1.0);
     assert!(cut("body_timeout").await >= 1.0);
     answered_within_5s(addr, "wamid.CUT1").await;
@@ -153,14 +169,13 @@ async fn two_thousand_idle_connections_do_not_keep_meta_out() {
     }
     answered_within_5s(addr, "wamid.FLOOD1").await;
     // Every one of them is cut by the header timeout.
-    let closed = futures_util::future::join_all(
-        flood
-            .iter_mut()
-            .map(|c| closed_within(c, 10 * SECS)),
-    )
-    .await;
+    let closed =
+        futures_util::future::join_all(flood.iter_mut().map(|c| closed_within(c, 10 * SECS))).await;
     let open = closed.iter().filter(|c| c.is_none()).count();
-    assert_eq!(open, 0, "{open} of 2,000 idle connections still open 10 s later");
+    assert_eq!(
+        open, 0,
+        "{open} of 2,000 idle connections still open 10 s later"
+    );
     assert!(p.labelled("coexist_webhooks_total", "header_timeout").await >= 2000.0);
     answered_within_5s(addr, "wamid.FLOOD2").await;
 }
@@ -175,26 +190,30 @@ async fn connections_past_the_limit_are_closed_at_once() {
     for _ in 0..150 {
         conns.push(TcpStream::connect(addr).await.unwrap());
     }
-    let closed = futures_util::future::join_all(
-        conns
-            .iter_mut()
-            .map(|c| closed_within(c, 2 * SECS)),
-    )
-    .await;
+    let closed =
+        futures_util::future::join_all(conns.iter_mut().map(|c| closed_within(c, 2 * SECS))).await;
     let cut = closed.iter().filter(|c| c.is_some()).count();
-    assert_eq!(cut, 50, "the 50 past the limit are closed at once, the rest stay");
+    assert_eq!(
+        cut, 50,
+        "the 50 past the limit are closed at once, the rest stay"
+    );
     drop(conns);
     // Their slots come back: Meta gets in again.
-    eventually(5 * SECS, "a webhook accepted once the flood is gone", || async {
-        let body = customer_text(ANA, "wamid.MAX1", t0(), "hola");
-        match post_signed(addr, &body).await {
-            200 => Ok(()),
-            s => Err(format!("status {s}")),
-        }
-    })
+    eventually(
+        5 * SECS,
+        "a webhook accepted once the flood is gone",
+        || async {
+            let body = customer_text(ANA, "wamid.MAX1", t0(), "hola");
+            match post_signed(addr, &body).await {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
     .await;
     assert_eq!(
-        p.labelled("coexist_webhooks_total", "max_connections").await,
+        p.labelled("coexist_webhooks_total", "max_connections")
+            .await,
         50.0
     );
 }
@@ -229,7 +248,8 @@ async fn held_bodies_stay_within_the_memory_budget() {
         let chunk = chunk.clone();
         holders.push(tokio::spawn(async move {
             let mut c = TcpStream::connect(addr).await.unwrap();
-            let head = format!("POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
+            let head =
+                format!("POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
             if c.write_all(head.as_bytes()).await.is_err() {
                 return c;
             }
@@ -259,8 +279,15 @@ async fn held_bodies_stay_within_the_memory_budget() {
         peak = peak.max(rss(pid));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("ingress RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
-    assert!(p.child.try_wait().unwrap().is_none(), "the ingress is alive");
+    eprintln!(
+        "ingress RSS {} MiB before, peak {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the ingress is alive"
+    );
     let margin = 48 << 20;
     assert!(
         peak <= before + BUDGET + margin,
@@ -276,13 +303,17 @@ async fn held_bodies_stay_within_the_memory_budget() {
         "the bodies past the budget are refused at once: {refused}"
     );
     drop(held);
-    eventually(5 * SECS, "a signed webhook accepted once they are gone", || async {
-        let body = customer_text(ANA, "wamid.BUD1", t0(), "hola");
-        match post_signed(addr, &body).await {
-            200 => Ok(()),
-            s => Err(format!("status {s}")),
-        }
-    })
+    eventually(
+        5 * SECS,
+        "a signed webhook accepted once they are gone",
+        || async {
+            let body = customer_text(ANA, "wamid.BUD1", t0(), "hola");
+            match post_signed(addr, &body).await {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
     .await;
 }
 
@@ -291,13 +322,25 @@ async fn webhooks_past_the_confirm_bound_are_shed_and_the_rest_delivered() {
     let stack = Stack::start("shed", 1, &[("COEXIST_HTTP_MAX_PENDING", "1")]).await;
     let t = t0();
     let bodies: Vec<String> = (0..60)
-        .map(|i| customer_text(&customer(i % 6), &format!("wamid.SHED{i}"), t + i as i64, "hola"))
+        .map(|i| {
+            customer_text(
+                &customer(i % 6),
+                &format!("wamid.SHED{i}"),
+                t + i as i64,
+                "hola",
+            )
+        })
         .collect();
-    let answers =
-        futures_util::future::join_all(bodies.iter().map(|b| stack.post(b))).await;
+    let answers = futures_util::future::join_all(bodies.iter().map(|b| stack.post(b))).await;
     let shed = answers.iter().filter(|s| **s == 503).count();
-    assert!(shed > 0, "60 at once with room for 1 awaiting confirms: some are shed");
-    assert!(answers.iter().all(|s| *s == 200 || *s == 503), "{answers:?}");
+    assert!(
+        shed > 0,
+        "60 at once with room for 1 awaiting confirms: some are shed"
+    );
+    assert!(
+        answers.iter().all(|s| *s == 200 || *s == 503),
+        "{answers:?}"
+    );
     // Meta retries what was shed.
     for (body, status) in bodies.iter().zip(&answers) {
         if *status == 503 {
@@ -305,7 +348,11 @@ async fn webhooks_past_the_confirm_bound_are_shed_and_the_rest_delivered() {
         }
     }
     let (got, _) = take_distinct(&stack.ns, "bot", 60, 30 * SECS).await;
-    assert_eq!(got.len(), 60, "every webhook answered 200 produces its event");
+    assert_eq!(
+        got.len(),
+        60,
+        "every webhook answered 200 produces its event"
+    );
     assert!(coexist::metrics::render().contains("reason=\"shed\""));
     stack.stop().await;
 }
@@ -355,8 +402,8 @@ async fn drill_the_broker_restarting_mid_load_loses_no_accepted_webhook() {
         for (i, b) in bodies.into_iter().enumerate() {
             by_conversation[i % 20].push(b);
         }
-        let refused = futures_util::future::join_all(by_conversation.into_iter().map(
-            |bodies| async move {
+        let refused =
+            futures_util::future::join_all(by_conversation.into_iter().map(|bodies| async move {
                 let mut refused = 0;
                 for body in bodies {
                     while post_signed(addr, &body).await != 200 {
@@ -366,16 +413,19 @@ async fn drill_the_broker_restarting_mid_load_loses_no_accepted_webhook() {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 refused
-            },
-        ))
-        .await;
+            }))
+            .await;
         refused.into_iter().sum::<usize>()
     });
     tokio::time::sleep(SECS).await;
     let _restart = BrokerRestarts;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await.unwrap();
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
     tokio::time::sleep(3 * SECS).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"])).await.unwrap();
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+        .await
+        .unwrap();
     let back = Instant::now();
     eventually(30 * SECS, "the ingress to accept again", || async {
         let body = customer_text(ANA, "wamid.DRILLBACK", t, "hola");
@@ -385,20 +435,37 @@ async fn drill_the_broker_restarting_mid_load_loses_no_accepted_webhook() {
         }
     })
     .await;
-    eprintln!("the ingress accepted again {:?} after the broker's return", back.elapsed());
+    eprintln!(
+        "the ingress accepted again {:?} after the broker's return",
+        back.elapsed()
+    );
     let refused = tokio::time::timeout(120 * SECS, poster)
         .await
         .expect("every webhook accepted within 2 minutes")
         .unwrap();
-    assert!(refused > 0, "the broker went away while webhooks were being posted");
+    assert!(
+        refused > 0,
+        "the broker went away while webhooks were being posted"
+    );
     // 300 webhooks and the probe: one event each, in order per conversation.
     let (got, _) = take_distinct(&stack.ns, "bot", 301, 60 * SECS).await;
-    assert_eq!(got.len(), 301, "every webhook answered 200 produces its event");
+    assert_eq!(
+        got.len(),
+        301,
+        "every webhook answered 200 produces its event"
+    );
     let mut last: std::collections::HashMap<String, i64> = Default::default();
-    for e in got.iter().filter(|e| e.body["message"]["id"] != "wamid.DRILLBACK") {
+    for e in got
+        .iter()
+        .filter(|e| e.body["message"]["id"] != "wamid.DRILLBACK")
+    {
         let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
         let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
-        assert!(last.get(&c).is_none_or(|p| *p < n), "{c}: {n} after {:?}", last.get(&c));
+        assert!(
+            last.get(&c).is_none_or(|p| *p < n),
+            "{c}: {n} after {:?}",
+            last.get(&c)
+        );
         last.insert(c, n);
     }
     stack.stop().await;

@@ -1174,9 +1174,10 @@ async fn send_signs_and_posts_and_says_what_was_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401 Unauthorized"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("401 Unauthorized"));
-    // Nobody listening: retried with backoff, then refused.
+    // Nobody listening: retried with backoff, then refused. On 127.0.0.2, where no other test
+    // listens (they bind 127.0.0.1:0 and could be given the port in between).
     let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         l.local_addr().unwrap()
     };
     let out = send(

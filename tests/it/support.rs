@@ -94,8 +94,68 @@ macro_rules! both {
                 let (engine, _ns) = redis_engine(stringify!($name), $rules).await;
                 super::$name(&engine, t0()).await;
             }
+            #[tokio::test]
+            #[ignore = "needs the Redis Cluster of scripts/cluster: scripts/test runs it"]
+            async fn redis_cluster() {
+                let (engine, _ns) = cluster_engine(stringify!($name), $rules).await;
+                super::$name(&engine, t0()).await;
+            }
         }
     };
+}
+
+/// The seed URLs of the test Redis Cluster (`scripts/cluster up`).
+pub fn redis_cluster_seeds() -> Vec<String> {
+    let seeds = std::env::var("COEXIST_TEST_REDIS_CLUSTER")
+        .expect("COEXIST_TEST_REDIS_CLUSTER: start the clusters with scripts/cluster up, and export what it prints");
+    seeds.split(',').map(str::to_owned).collect()
+}
+
+/// An engine over the test Redis Cluster, in a namespace of its own (deleted with the guard).
+pub async fn cluster_engine(
+    name: &str,
+    rules: impl Into<RuleBook>,
+) -> (Engine<RedisStore>, ClusterNsGuard) {
+    let ns = unique_ns(name);
+    let store = cluster_store(&ns, 0).await;
+    (Engine::new(store, book(rules)), ClusterNsGuard(ns))
+}
+
+/// A store on the test Redis Cluster.
+pub async fn cluster_store(ns: &str, replicas: u32) -> RedisStore {
+    let seeds = redis_cluster_seeds()
+        .into_iter()
+        .map(coexist::config::Secret::new)
+        .collect();
+    RedisStore::open(&coexist::config::RedisTarget::Cluster(seeds), ns, replicas)
+        .await
+        .expect("the Redis Cluster of scripts/cluster")
+}
+
+/// Deletes a namespace's keys on the test Redis Cluster when dropped.
+pub struct ClusterNsGuard(pub String);
+
+impl Drop for ClusterNsGuard {
+    fn drop(&mut self) {
+        let ns = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::cluster::ClusterClient::new(redis_cluster_seeds()) else {
+                return;
+            };
+            let Ok(mut c) = client.get_connection() else {
+                return;
+            };
+            // KEYS goes to every primary; keys of many slots are deleted one by one.
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{ns}:*"))
+                .query(&mut c)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(k).query(&mut c);
+            }
+        })
+        .join();
+    }
 }
 
 /// Now, in whole seconds (Meta's timestamps are seconds).
@@ -326,15 +386,28 @@ pub struct AmqpNsGuard(pub String);
 
 impl Drop for AmqpNsGuard {
     fn drop(&mut self) {
-        let ns = self.0.clone();
+        clean_amqp(amqp_url(), self.0.clone());
+    }
+}
+
+/// Deletes a namespace's exchanges and queues on a cluster's nodes when dropped.
+pub struct ClusterAmqpNsGuard(pub String, pub String);
+
+impl Drop for ClusterAmqpNsGuard {
+    fn drop(&mut self) {
+        clean_amqp(self.1.clone(), self.0.clone());
+    }
+}
+
+fn clean_amqp(url: String, ns: String) {
+    {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let Ok(conn) = coexist::broker::connect(&amqp_url(), "coexist-test-cleanup").await
-                else {
+                let Ok(conn) = coexist::broker::connect(&url, "coexist-test-cleanup").await else {
                     return;
                 };
                 let Ok(ch) = conn.create_channel().await else {
@@ -379,7 +452,18 @@ pub struct Taken {
 /// Takes (and acknowledges) events from `{ns}.{exchange}.events` until `want` arrived or the
 /// time is up; returns what arrived.
 pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration) -> Vec<Taken> {
-    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-reader")
+    take_events_at(&amqp_url(), ns, exchange, want, within).await
+}
+
+/// [`take_events`] from the broker at `url` (several comma-separated nodes: a cluster).
+pub async fn take_events_at(
+    url: &str,
+    ns: &str,
+    exchange: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<Taken> {
+    let conn = coexist::broker::connect(url, "coexist-test-reader")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -604,13 +688,25 @@ pub async fn take_distinct(
     want: usize,
     within: Duration,
 ) -> (Vec<Taken>, usize) {
+    take_distinct_at(&amqp_url(), ns, exchange, want, within).await
+}
+
+/// [`take_distinct`] from the broker at `url`.
+pub async fn take_distinct_at(
+    url: &str,
+    ns: &str,
+    exchange: &str,
+    want: usize,
+    within: Duration,
+) -> (Vec<Taken>, usize) {
     let deadline = std::time::Instant::now() + within;
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut copies = 0;
     while out.len() < want && std::time::Instant::now() < deadline {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        for e in take_events(
+        for e in take_events_at(
+            url,
             ns,
             exchange,
             want - out.len(),

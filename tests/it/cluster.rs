@@ -1,0 +1,404 @@
+//! On the clusters of `scripts/cluster` (SPEC section 8): a RabbitMQ node lost mid-load, a Redis
+//! Cluster primary killed mid-load. Ignored by `cargo test` (they need the clusters and stop their
+//! nodes); `scripts/test` starts the clusters once and runs these, and the rules and store
+//! scenarios against the Redis Cluster (`both!`'s `redis_cluster`), after the rest.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+const SECS: Duration = Duration::from_secs(1);
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name}: start the clusters with scripts/cluster up, and export what it prints")
+    })
+}
+
+/// `rabbitmqctl -n node args`.
+fn rabbitmqctl(node: &str, args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "-n", node])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl -n {node} {args:?} failed");
+}
+
+/// Starts a stopped RabbitMQ node's application again when dropped (also when the test fails).
+struct RestartsNode(String);
+
+impl Drop for RestartsNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.0, "start_app"])
+            .status();
+    }
+}
+
+/// Starts any cluster node that is down (a killed Redis node rejoins as a replica) when dropped.
+struct ClusterUp;
+
+impl Drop for ClusterUp {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster");
+        let _ = std::process::Command::new(script)
+            .arg("up")
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The `i`th business number of these tests (numbers spread over partitions).
+fn number(i: usize) -> String {
+    format!("41000000000{:04}", 100 + i)
+}
+
+/// A customer message of customer `c` of number `n`, numbered `seq` in its conversation.
+fn message(n: usize, c: usize, seq: usize, t: i64) -> String {
+    customer_text(
+        &format!("52155533{c:05}"),
+        &format!("wamid.CL{n}.{c}.{seq}"),
+        t + seq as i64,
+        &seq.to_string(),
+    )
+    .replace(PNID, &number(n))
+}
+
+/// Posts every conversation's bodies in order, each until answered 200 (as Meta retries);
+/// returns how many answers were not 200.
+async fn post_like_meta(
+    addr: std::net::SocketAddr,
+    conversations: Vec<Vec<String>>,
+    pace: Duration,
+) -> usize {
+    let refused =
+        futures_util::future::join_all(conversations.into_iter().map(|bodies| async move {
+            let mut refused = 0;
+            for body in bodies {
+                while post_signed(addr, &body).await != 200 {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            refused
+        }))
+        .await;
+    refused.into_iter().sum()
+}
+
+/// Every message once (one event id per item), in order within its conversation.
+fn assert_once_each_in_order(events: &[Taken], want: usize) {
+    let ids: HashSet<&str> = events
+        .iter()
+        .map(|e| e.body["message"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), want, "every accepted message produced its event");
+    assert_eq!(events.len(), want, "one event id per item");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in events {
+        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
+        let c = format!(
+            "{}:{}",
+            e.body["phone_number_id"].as_str().unwrap(),
+            e.body["customer"]["wa_id"].as_str().unwrap()
+        );
+        assert!(
+            last.get(&c).is_none_or(|p| *p < n),
+            "{c}: {n} after {:?}",
+            last.get(&c)
+        );
+        last.insert(c, n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the RabbitMQ cluster of scripts/cluster and stops its first node: scripts/test runs it"]
+async fn cluster_rabbitmq_node_holding_the_connections_stopped_mid_load() {
+    let urls = var("COEXIST_TEST_AMQP_CLUSTER");
+    let first = var("COEXIST_TEST_RABBIT_NODES")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let stack = Stack::start("cl-rabbit", 2, &[("COEXIST_AMQP_URL", &urls)]).await;
+    let _amqp = ClusterAmqpNsGuard(stack.ns.clone(), urls.clone());
+    let t = t0();
+    // 8 numbers x 4 customers, 10 messages each: 320 webhooks over 32 conversations.
+    let conversations: Vec<Vec<String>> = (0..32)
+        .map(|k| (0..10).map(|seq| message(k % 8, k, seq, t)).collect())
+        .collect();
+    let addr = stack.ingress.addr;
+    let poster = tokio::spawn(post_like_meta(
+        addr,
+        conversations,
+        Duration::from_millis(300),
+    ));
+    tokio::time::sleep(SECS).await;
+    // Every connection went to the first node: stop it.
+    let _restart = RestartsNode(first.clone());
+    let node = first.clone();
+    tokio::task::spawn_blocking(move || rabbitmqctl(&node, &["stop_app"]))
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    eventually(30 * SECS, "the ingress to accept again", || async {
+        let probe = message(0, 99, 0, t);
+        match post_signed(addr, &probe).await {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "the ingress accepted again {:?} after the node stopped",
+        stopped.elapsed()
+    );
+    let others: Vec<String> = var("COEXIST_TEST_RABBIT_NODES")
+        .split(',')
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    let held = tokio::task::spawn_blocking(move || {
+        others
+            .iter()
+            .map(|node| {
+                let out = std::process::Command::new("rabbitmqctl")
+                    .args(["-q", "-n", node, "list_connections", "client_properties"])
+                    .output()
+                    .expect("rabbitmqctl runs");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect::<String>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        held.contains("coexist-ingress") && held.contains("coexist-worker"),
+        "the ingress and the workers went on with the other nodes"
+    );
+    let refused = tokio::time::timeout(180 * SECS, poster)
+        .await
+        .expect("every webhook accepted within 3 minutes")
+        .unwrap();
+    eprintln!("{refused} answers other than 200 while the node was away");
+    // The node rejoins; nothing is repeated but redeliveries of the same ids.
+    let node = first.clone();
+    tokio::task::spawn_blocking(move || rabbitmqctl(&node, &["start_app"]))
+        .await
+        .unwrap();
+    let (events, copies) = take_distinct_at(&urls, &stack.ns, "bot", 321, 90 * SECS).await;
+    eprintln!("{} events, {copies} deliveries of them", events.len());
+    let events: Vec<Taken> = events
+        .into_iter()
+        .filter(|e| e.body["message"]["id"] != "wamid.CL0.99.0")
+        .collect();
+    assert_once_each_in_order(&events, 320);
+    let more = take_events_at(&urls, &stack.ns, "bot", 1, 3 * SECS).await;
+    assert!(
+        more.iter().all(|e| events
+            .iter()
+            .any(|x| x.body["event_id"] == e.body["event_id"])),
+        "anything more is a redelivery of an id already seen"
+    );
+    stack.stop().await;
+}
+
+/// The pid and port of the Redis Cluster primary that holds `key`'s slot, as the first node
+/// that answers sees it (`None` while no live primary holds it).
+async fn primary_of(key: &str) -> Option<(u32, u16)> {
+    let mut c = None;
+    for seed in redis_cluster_seeds() {
+        if let Ok(conn) = redis::Client::open(seed)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        {
+            c = Some(conn);
+            break;
+        }
+    }
+    let mut c = c?;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // <id> <ip:port@bus> <flags> <primary> <ping> <pong> <epoch> <link> <slot ranges...>
+    let port = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| {
+            f[2].contains("master")
+                && !f[2].contains("fail")
+                && f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<i64>(), b.parse::<i64>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                })
+        })
+        .map(|f| f[1].split(['@', ':']).nth(1).unwrap().parse::<u16>().unwrap())
+        .expect("a primary holds the slot");
+    let mut p = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Some((pid, port))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the Redis Cluster of scripts/cluster and kills a primary: scripts/test runs it"]
+async fn cluster_redis_primary_killed_keeps_the_pause() {
+    let seeds = redis_cluster_seeds().join(",");
+    let stack = Stack::start(
+        "cl-redis",
+        2,
+        &[
+            ("COEXIST_REDIS_CLUSTER", &seeds),
+            ("COEXIST_REDIS_REPLICAS", "1"),
+        ],
+    )
+    .await;
+    let _keys = ClusterNsGuard(stack.ns.clone());
+    let _up = ClusterUp;
+    let t = t0();
+    // Ana is paused: a human answered from the Business App.
+    stack
+        .post_until_ok(&customer_text(ANA, "wamid.KR1", t, "hola"), 10 * SECS)
+        .await;
+    stack
+        .post_until_ok(
+            &echo_text(ANA, "wamid.KR2", t + 1, "te atiendo yo"),
+            10 * SECS,
+        )
+        .await;
+    let (bot, _) = take_distinct(&stack.ns, "bot", 2, 20 * SECS).await;
+    let kinds: Vec<&str> = bot.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["message.received", "session.paused"],
+        "paused before the kill"
+    );
+
+    // Load on the same number (the same slot, so the same primary) while its primary dies.
+    let conversations: Vec<Vec<String>> = (0..10)
+        .map(|c| {
+            (0..10)
+                .map(|seq| message(0, c, seq, t).replace(&number(0), PNID))
+                .collect()
+        })
+        .collect();
+    let addr = stack.ingress.addr;
+    let poster = tokio::spawn(post_like_meta(
+        addr,
+        conversations,
+        Duration::from_millis(400),
+    ));
+    tokio::time::sleep(SECS).await;
+    let (pid, port) = primary_of(PNID)
+        .await
+        .expect("a primary holds the number's slot");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    eprintln!("killed the primary on port {port} (pid {pid})");
+    let killed_at = Instant::now();
+    let refused = tokio::time::timeout(180 * SECS, poster)
+        .await
+        .expect("every webhook accepted within 3 minutes")
+        .unwrap();
+    eprintln!("{refused} answers other than 200 after the kill");
+    // Nothing accepted is lost.
+    let (events, _) = take_distinct(&stack.ns, "bot", 100, 120 * SECS).await;
+    assert_once_each_in_order(&events, 100);
+    eprintln!("every event out {:?} after the kill", killed_at.elapsed());
+    // After the failover the pause holds: Ana's next message goes to the human.
+    eventually(30 * SECS, "a replica to take over the slot", || async {
+        match primary_of(PNID).await {
+            Some((_, now)) if now != port => Ok(()),
+            other => Err(format!("primary {other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "a replica took over {:?} after the kill",
+        killed_at.elapsed()
+    );
+    stack
+        .post_until_ok(
+            &customer_text(ANA, "wamid.KR3", t + 50, "¿sigue ahí?"),
+            30 * SECS,
+        )
+        .await;
+    let human = take_distinct(&stack.ns, "human_chat", 4, 30 * SECS).await.0;
+    assert!(
+        human.iter().any(|e| e.body["message"]["id"] == "wamid.KR3"),
+        "Ana's message after the failover went to the human: {:?}",
+        human
+            .iter()
+            .map(|e| (&e.kind, &e.body["message"]["id"]))
+            .collect::<Vec<_>>()
+    );
+    let bot = take_events(&stack.ns, "bot", 1, 2 * SECS).await;
+    assert!(
+        bot.iter().all(|e| e.body["message"]["id"] != "wamid.KR3"),
+        "and not to the bot"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the Redis Cluster of scripts/cluster: scripts/test runs it"]
+async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
+    use coexist::engine::Input;
+    use coexist::store::{Delivery, StateStore};
+    let ns = unique_ns("cl-twice");
+    let _keys = ClusterNsGuard(ns.clone());
+    let store = cluster_store(&ns, 0).await;
+    let engine =
+        coexist::store::Engine::new(store.clone(), book(coexist::engine::Rules::default()));
+    let t = t0();
+    let now = coexist::time::Millis::from_secs(t);
+    let items = coexist::meta::parse_body(customer_text(ANA, "wamid.TW1", t, "hola").as_bytes())
+        .unwrap()
+        .items;
+    let first = engine.apply(&Input::Item(&items[0]), now).await.unwrap();
+    // The cluster client sends a command again when a node fails before answering; a commit
+    // that already took effect finds its dedup mark, so the second run writes nothing and the
+    // same events (same ids) come back.
+    let again = engine.apply(&Input::Item(&items[0]), now).await.unwrap();
+    assert!(matches!(first.delivery, Delivery::Fresh));
+    assert!(matches!(again.delivery, Delivery::Redelivered));
+    let ids = |a: &coexist::store::Applied| {
+        a.events
+            .iter()
+            .map(|e| e.event.event_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ids(&again));
+    let snapshot = store.load(&first.scope, &first.key, now).await.unwrap();
+    assert_eq!(snapshot.version, 1, "one commit took effect");
+}
