@@ -13,6 +13,8 @@ use super::topology::Topology;
 use super::{connect_from, Error};
 use crate::retry::until_ok;
 
+/// How long closing a lost connection may take before the link goes on without it.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 /// How often a held connection is checked when nobody reports a failure.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -86,8 +88,12 @@ impl Link {
                 }
             }
             self.connected.store(false, Ordering::SeqCst);
-            if let Some((conn, _)) = self.current.write().await.take() {
-                let _ = conn.close(200, "reconnecting".into()).await;
+            // Out of the lock first: closing a dead connection may wait, and callers must get
+            // `None` meanwhile rather than wait behind it.
+            let lost = self.current.write().await.take();
+            if let Some((conn, _)) = lost {
+                let closing = conn.close(200, "reconnecting".into());
+                let _ = tokio::time::timeout(CLOSE_WITHIN, closing).await;
             }
             if !stop.is_cancelled() {
                 tracing::warn!(connection = %name, "lost RabbitMQ; reconnecting");

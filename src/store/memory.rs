@@ -125,13 +125,15 @@ impl StateStore for MemoryStore {
         Ok(Committed::Yes)
     }
 
-    async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
-        if let Some(seen) = self
-            .lock()
-            .seen
-            .get_mut(&(scope.phone_number_id.clone(), key.to_owned()))
-        {
-            *seen = Seen::Done;
+    async fn mark_published(&self, marks: &[(Scope, String)]) -> Result<()> {
+        let mut inner = self.lock();
+        for (scope, key) in marks {
+            if let Some(seen) = inner
+                .seen
+                .get_mut(&(scope.phone_number_id.clone(), key.clone()))
+            {
+                *seen = Seen::Done;
+            }
         }
         Ok(())
     }

@@ -161,9 +161,9 @@ pub trait StateStore: Send + Sync {
         }
     }
     fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
-    /// Marks an input's events as published (its mark keeps its expiry). `scope` is the
-    /// conversation it was decided in.
-    fn mark_published(&self, scope: &Scope, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Marks inputs' events as published (each mark keeps its expiry), in one round trip: each
+    /// mark is the conversation its input was decided in and the input's key.
+    fn mark_published(&self, marks: &[(Scope, String)]) -> impl Future<Output = Result<()>> + Send;
     /// Puts a pause deadline in the schedule (or moves it).
     fn schedule(&self, member: &str, at: Millis) -> impl Future<Output = Result<()>> + Send;
     fn unschedule(&self, member: &str) -> impl Future<Output = Result<()>> + Send;
@@ -404,7 +404,7 @@ impl<S: StateStore> Engine<S> {
     pub async fn acknowledge(&self, applied: &Applied) -> Result<()> {
         if !applied.events.is_empty() {
             self.store
-                .mark_published(&applied.scope, &applied.key)
+                .mark_published(&[(applied.scope.clone(), applied.key.clone())])
                 .await?;
         }
         if let Some((member, lease)) = &applied.claim {

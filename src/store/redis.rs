@@ -559,20 +559,27 @@ impl StateStore for RedisStore {
         Ok(Committed::Yes)
     }
 
-    async fn mark_published(&self, scope: &Scope, key: &str) -> Result<()> {
-        let mark = |key: String| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(DONE).arg("XX").arg("KEEPTTL");
-            cmd
+    async fn mark_published(&self, marks: &[(Scope, String)]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mark = |pipe: &mut redis::Pipeline, key: String| {
+            pipe.cmd("SET").arg(key).arg(DONE).arg("XX").arg("KEEPTTL");
         };
-        let marked: Option<String> = mark(self.seen_key(&scope.phone_number_id, key))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        if marked.is_none() && self.legacy {
+        let mut pipe = redis::pipe();
+        for (scope, key) in marks {
+            mark(&mut pipe, self.seen_key(&scope.phone_number_id, key));
+        }
+        let marked: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        if self.legacy {
             // No mark in this layout: the events came from the previous build's mark.
-            let _: Option<String> = mark(legacy_key(&self.ns, scope, "seen", key))
-                .query_async(&mut self.conn.clone())
-                .await?;
+            let mut pipe = redis::pipe();
+            for ((scope, key), _) in marks.iter().zip(&marked).filter(|(_, m)| m.is_none()) {
+                mark(&mut pipe, legacy_key(&self.ns, scope, "seen", key));
+            }
+            if !pipe.is_empty() {
+                let _: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+            }
         }
         Ok(())
     }

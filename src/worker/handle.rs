@@ -89,7 +89,10 @@ impl Shared {
             tracing::Span::current().record("rule", rule.as_str());
         }
         crate::metrics::applied(&applied);
-        self.publish_and_acknowledge(&applied).await?;
+        self.publish(&applied.events).await?;
+        if !applied.events.is_empty() {
+            self.marks.add(&applied.scope, &applied.key);
+        }
         tracing::debug!(events = applied.events.len(), "item decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
             let secs = (Millis::now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
@@ -114,7 +117,8 @@ impl Shared {
         }
     }
 
-    /// Publishes an applied input's events, then records them published.
+    /// Publishes an applied input's events, then records them published (and finishes its
+    /// deadline claim) before returning.
     pub(super) async fn publish_and_acknowledge(
         &self,
         applied: &Applied,

@@ -42,18 +42,33 @@ async fn consume_inner(
     conn: &Connection,
     stop: &CancellationToken,
 ) -> Result<(), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let tag = format!("{}-p{partition}", shared.id);
     let queue = shared.topology.partition_queue(partition);
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // On a connection that died under it the broker's answers never come: bounded, and given
+    // up at once when the partition is stopped (it restarts on the link's next connection).
+    let setup = async {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((ch, consumer))
+    };
+    let (ch, mut consumer) = tokio::select! {
+        set = tokio::time::timeout(BROKER_CALL, setup) => match set {
+            Ok(set) => set?,
+            Err(_) => {
+                tracing::warn!(partition, "the broker did not answer setting up a consumer; retrying");
+                return Ok(());
+            }
+        },
+        () = stop.cancelled() => return Ok(()),
+    };
     tracing::info!(partition, "consuming");
     let waiting: Waiting = Arc::default();
     let halted = Arc::new(AtomicBool::new(false));
@@ -147,9 +162,22 @@ async fn run_lane(
             halted.store(true, Ordering::SeqCst);
             return Ok(());
         }
-        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-            halted.store(true, Ordering::SeqCst);
-            return Err(e);
+        // On a connection that died meanwhile the ack's answer never comes: bounded. Unacked,
+        // the delivery comes again and finds its events published (same ids).
+        match tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                halted.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    partition,
+                    "the broker did not answer an ack; the delivery comes again"
+                );
+                halted.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
         }
         let mut map = waiting.lock().expect("lanes");
         let next = if halted.load(Ordering::SeqCst) {

@@ -26,6 +26,7 @@
 
 mod handle;
 mod lanes;
+mod marks;
 pub mod membership;
 mod partitions;
 mod sweep;
@@ -86,6 +87,8 @@ struct Shared {
     stop: CancellationToken,
     redis_ok: AtomicBool,
     log_content: bool,
+    /// Finished items whose marks are written in batches.
+    marks: marks::Marks,
 }
 
 /// Starts a worker: connects (retrying until the servers answer or shutdown), serves its admin
@@ -123,6 +126,9 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
             return Err(std::io::Error::other(format!("Redis: {why}")));
         }
     };
+    // Like the link, the marks outlive the lanes: the last items' marks are written at the end.
+    let marks_stop = CancellationToken::new();
+    let (marks, marker) = marks::Marks::spawn(store.clone(), marks_stop.clone());
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
@@ -131,6 +137,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         stop: stop.clone(),
         redis_ok: AtomicBool::new(true),
         log_content: config.log_content,
+        marks,
     });
     let ready_shared = shared.clone();
     let ready: crate::http::Readiness = Arc::new(move || {
@@ -160,6 +167,8 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let done = tokio::spawn(async move {
         let _ = manager.await;
         let _ = sweeper.await;
+        marks_stop.cancel();
+        let _ = marker.await;
         link_stop.cancel();
         let _ = admin.await;
     });

@@ -82,7 +82,7 @@ async fn post_like_meta(
                     refused += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(pace).await;
             }
             refused
         }))

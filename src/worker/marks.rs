@@ -1,0 +1,92 @@
+//! Recording published events as published, in batches. Once an item's events are confirmed its
+//! delivery is acknowledged at once, and its dedup mark turns to `done` in the next batch: one
+//! pipeline of `SET ... XX KEEPTTL` for every item finished while the previous batch was on its
+//! way. Until then a redelivery of the item (Meta sending it again) publishes the same events
+//! with the same ids again, which the contract allows; nothing is decided twice.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Scope;
+use crate::store::redis::RedisStore;
+use crate::store::StateStore;
+
+/// The most marks one pipeline carries.
+const BATCH: usize = 512;
+/// Attempts at a batch before its marks are left as they are (a redelivery repeats events).
+const ATTEMPTS: u32 = 5;
+
+/// Where finished items go to be marked.
+#[derive(Clone)]
+pub(super) struct Marks(mpsc::UnboundedSender<(Scope, String)>);
+
+impl Marks {
+    /// Starts the task that writes the marks; it ends when `stop` is cancelled, after writing
+    /// what it holds.
+    pub(super) fn spawn(
+        store: RedisStore,
+        stop: CancellationToken,
+    ) -> (Marks, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Marks(tx), tokio::spawn(run(store, rx, stop)))
+    }
+
+    /// Queues an item's mark.
+    pub(super) fn add(&self, scope: &Scope, key: &str) {
+        // Only closed after the worker stopped: the mark is then left to a redelivery.
+        let _ = self.0.send((scope.clone(), key.to_owned()));
+    }
+}
+
+async fn run(
+    store: RedisStore,
+    mut rx: mpsc::UnboundedReceiver<(Scope, String)>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            () = stop.cancelled() => None,
+        };
+        match first {
+            Some(m) => batch.push(m),
+            None if stop.is_cancelled() => {
+                // Stopping: write what was queued before the stop.
+                while let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                }
+                write(&store, &mut batch).await;
+                return;
+            }
+            None => return,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        write(&store, &mut batch).await;
+    }
+}
+
+async fn write(store: &RedisStore, batch: &mut Vec<(Scope, String)>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut delay = std::time::Duration::from_millis(50);
+    for attempt in 1..=ATTEMPTS {
+        match store.mark_published(batch).await {
+            Ok(()) => break,
+            Err(e) if attempt == ATTEMPTS => {
+                tracing::warn!(error = %e, marks = batch.len(), "events published but not recorded as such; a redelivery repeats them");
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    batch.clear();
+}
