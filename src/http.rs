@@ -26,6 +26,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures_util::task::AtomicWaker;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -183,7 +184,13 @@ async fn accept(
 /// Where a connection is between requests, written by its service and read by its I/O.
 /// The low bits hold the state, the rest count changes, so every change is seen.
 #[derive(Default)]
-struct Phase(AtomicU32);
+struct Phase {
+    state: AtomicU32,
+    /// The connection's reader, woken on every change: hyper may have polled the stream while
+    /// the request was handled and wait for the socket alone, so the idle deadline must be
+    /// armed by a wake-up, not by chance.
+    reader: AtomicWaker,
+}
 
 // State 0: a new connection, no request yet.
 const BUSY: u32 = 1;
@@ -191,9 +198,10 @@ const IDLE: u32 = 2;
 
 impl Phase {
     fn set(&self, state: u32) {
-        let now = self.0.load(Ordering::Relaxed);
-        self.0
-            .store(((now >> 2).wrapping_add(1) << 2) | state, Ordering::Relaxed);
+        let now = self.state.load(Ordering::Acquire);
+        self.state
+            .store(((now >> 2).wrapping_add(1) << 2) | state, Ordering::Release);
+        self.reader.wake();
     }
     /// A request's head has arrived: no read deadline while it is answered.
     fn begin(&self) {
@@ -204,7 +212,7 @@ impl Phase {
         self.set(IDLE)
     }
     fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.state.load(Ordering::Acquire)
     }
 }
 
@@ -271,6 +279,7 @@ impl AsyncRead for Deadline {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                this.phase.reader.register(cx.waker());
                 this.follow(false);
                 if let Some(reason) = this.armed {
                     if this.timer.as_mut().poll(cx).is_ready() {

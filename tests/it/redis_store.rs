@@ -524,3 +524,36 @@ async fn a_pause_kept_by_the_build_before_identity_still_holds() {
     let v: Option<u64> = redis.get(conv_key(&ns.0, ANA, "v")).await.unwrap();
     assert_eq!(v, Some(1));
 }
+
+#[tokio::test]
+async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
+    // The test server has no replicas: asked for one, each commit waits its second for `WAIT`,
+    // is counted as a shortfall, and takes effect all the same.
+    let ns = NsGuard(unique_ns("replicas"));
+    let target = coexist::config::RedisTarget::Server(coexist::config::Secret::new(redis_url()));
+    let store = coexist::store::redis::RedisStore::open(&target, &ns.0, 1)
+        .await
+        .unwrap();
+    let e = Engine::new(store, book(Rules::default()));
+    let shortfalls = || {
+        coexist::metrics::render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(coexist::metrics::REPLICA_SHORTFALLS)?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let before = shortfalls();
+    let t = t0();
+    let started = std::time::Instant::now();
+    let events = feed(&e, &customer_text(ANA, "wamid.RP1", t, "hola"), t).await;
+    assert_eq!(events.len(), 1, "the commit took effect");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for the replica"
+    );
+    assert!(shortfalls() >= before + 1.0, "the shortfall is counted");
+}
