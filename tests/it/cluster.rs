@@ -16,28 +16,6 @@ fn var(name: &str) -> String {
     })
 }
 
-/// `rabbitmqctl -n node args`.
-fn rabbitmqctl(node: &str, args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "-n", node])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl -n {node} {args:?} failed");
-}
-
-/// Starts a stopped RabbitMQ node's application again when dropped (also when the test fails).
-struct RestartsNode(String);
-
-impl Drop for RestartsNode {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "-n", &self.0, "start_app"])
-            .status();
-    }
-}
-
 /// Starts any cluster node that is down (a killed Redis node rejoins as a replica) when dropped.
 struct ClusterUp;
 
@@ -139,20 +117,14 @@ async fn cluster_rabbitmq_node_holding_the_connections_stopped_mid_load() {
     ));
     tokio::time::sleep(SECS).await;
     // Every connection went to the first node: stop it.
-    let _restart = RestartsNode(first.clone());
+    let _restart = StartsApp(Some(first.clone()));
     let node = first.clone();
-    tokio::task::spawn_blocking(move || rabbitmqctl(&node, &["stop_app"]))
+    tokio::task::spawn_blocking(move || rabbitmqctl(Some(&node), &["stop_app"]))
         .await
         .unwrap();
     let stopped = Instant::now();
-    eventually(30 * SECS, "the ingress to accept again", || async {
-        let probe = message(0, 99, 0, t);
-        match post_signed(addr, &probe).await {
-            200 => Ok(()),
-            s => Err(format!("status {s}")),
-        }
-    })
-    .await;
+    let probe = message(0, 99, 0, t);
+    accepted_within(addr, &probe, 30 * SECS, "the ingress to accept again").await;
     eprintln!(
         "the ingress accepted again {:?} after the node stopped",
         stopped.elapsed()
@@ -187,7 +159,7 @@ async fn cluster_rabbitmq_node_holding_the_connections_stopped_mid_load() {
     eprintln!("{refused} answers other than 200 while the node was away");
     // The node rejoins; nothing is repeated but redeliveries of the same ids.
     let node = first.clone();
-    tokio::task::spawn_blocking(move || rabbitmqctl(&node, &["start_app"]))
+    tokio::task::spawn_blocking(move || rabbitmqctl(Some(&node), &["start_app"]))
         .await
         .unwrap();
     let (events, copies) = take_distinct_at(&urls, &stack.ns, "bot", 321, 90 * SECS).await;

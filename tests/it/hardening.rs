@@ -199,16 +199,12 @@ async fn connections_past_the_limit_are_closed_at_once() {
     );
     drop(conns);
     // Their slots come back: Meta gets in again.
-    eventually(
+    let body = customer_text(ANA, "wamid.MAX1", t0(), "hola");
+    accepted_within(
+        addr,
+        &body,
         5 * SECS,
         "a webhook accepted once the flood is gone",
-        || async {
-            let body = customer_text(ANA, "wamid.MAX1", t0(), "hola");
-            match post_signed(addr, &body).await {
-                200 => Ok(()),
-                s => Err(format!("status {s}")),
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -303,16 +299,12 @@ async fn held_bodies_stay_within_the_memory_budget() {
         "the bodies past the budget are refused at once: {refused}"
     );
     drop(held);
-    eventually(
+    let body = customer_text(ANA, "wamid.BUD1", t0(), "hola");
+    accepted_within(
+        addr,
+        &body,
         5 * SECS,
         "a signed webhook accepted once they are gone",
-        || async {
-            let body = customer_text(ANA, "wamid.BUD1", t0(), "hola");
-            match post_signed(addr, &body).await {
-                200 => Ok(()),
-                s => Err(format!("status {s}")),
-            }
-        },
     )
     .await;
 }
@@ -357,28 +349,6 @@ async fn webhooks_past_the_confirm_bound_are_shed_and_the_rest_delivered() {
     stack.stop().await;
 }
 
-/// `rabbitmqctl` with `args`, waiting for it.
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
-/// Starts the broker's application again should the drill fail while it is stopped.
-struct BrokerRestarts;
-
-impl Drop for BrokerRestarts {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stops the broker every other test uses: scripts/test runs it alone, after the rest"]
 async fn drill_the_broker_restarting_mid_load_loses_no_accepted_webhook() {
@@ -418,23 +388,17 @@ async fn drill_the_broker_restarting_mid_load_loses_no_accepted_webhook() {
         refused.into_iter().sum::<usize>()
     });
     tokio::time::sleep(SECS).await;
-    let _restart = BrokerRestarts;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    let _restart = StartsApp(None);
+    tokio::task::spawn_blocking(|| rabbitmqctl(None, &["stop_app"]))
         .await
         .unwrap();
     tokio::time::sleep(3 * SECS).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+    tokio::task::spawn_blocking(|| rabbitmqctl(None, &["start_app"]))
         .await
         .unwrap();
     let back = Instant::now();
-    eventually(30 * SECS, "the ingress to accept again", || async {
-        let body = customer_text(ANA, "wamid.DRILLBACK", t, "hola");
-        match stack.post(&body).await {
-            200 => Ok(()),
-            s => Err(format!("status {s}")),
-        }
-    })
-    .await;
+    let probe = customer_text(ANA, "wamid.DRILLBACK", t, "hola");
+    accepted_within(addr, &probe, 30 * SECS, "the ingress to accept again").await;
     eprintln!(
         "the ingress accepted again {:?} after the broker's return",
         back.elapsed()

@@ -629,6 +629,50 @@ where
     }
 }
 
+/// Posts `body` (signed) to `addr` until it is answered `200`; fails naming `what` after `within`.
+pub async fn accepted_within(addr: std::net::SocketAddr, body: &str, within: Duration, what: &str) {
+    eventually(within, what, || async {
+        match post_signed(addr, body).await {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+}
+
+/// `rabbitmqctl` (on `node`, or the machine's own broker) with `args`, waiting for it.
+pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) {
+    let mut cmd = std::process::Command::new("rabbitmqctl");
+    cmd.arg("-q");
+    if let Some(node) = node {
+        cmd.args(["-n", node]);
+    }
+    let status = cmd
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {node:?} {args:?} failed");
+}
+
+/// Starts a RabbitMQ application (on a node, or the machine's own broker) again when dropped,
+/// also when the test that stopped it fails.
+pub struct StartsApp(pub Option<String>);
+
+impl Drop for StartsApp {
+    fn drop(&mut self) {
+        let mut cmd = std::process::Command::new("rabbitmqctl");
+        cmd.arg("-q");
+        if let Some(node) = &self.0 {
+            cmd.args(["-n", node]);
+        }
+        let _ = cmd
+            .arg("start_app")
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Posts a body signed with the test secret to `addr`'s `/webhook`: the status.
 pub async fn post_signed(addr: std::net::SocketAddr, body: &str) -> u16 {
     let sig = coexist::ingress::sign(SECRET, body.as_bytes());
