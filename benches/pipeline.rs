@@ -205,7 +205,10 @@ fn main() {
         let (end_to_end, accepted_in) = burst(ingress_addr, &arrivals, clients, 0, max_n, ts).await;
         let mut next = max_n;
         let mut curve = Vec::new();
-        for c in [128, 512] {
+        // BENCH_RATE=N skips the curve and the sustained-rate search and paces at N/s: a quick
+        // comparison of CPU per webhook between two builds.
+        let fixed: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
+        for c in [128, 512].into_iter().filter(|_| fixed.is_none()) {
             let (rate, _) = burst(ingress_addr, &arrivals, c, next, max_n, ts).await;
             next += max_n;
             curve.push((c, rate));
@@ -218,7 +221,7 @@ fn main() {
         let hold = if full { Duration::from_secs(20) } else { Duration::from_secs(2) };
         let mut sustained = 0.0;
         let mut step = end_to_end * 0.5;
-        while step <= end_to_end * 1.5 {
+        while fixed.is_none() && step <= end_to_end * 1.5 {
             let (held, posted) = holds(ingress_addr, &system, &ch, step, next, ts, hold).await;
             next += posted;
             assert!(wait_for(&arrivals, next, Duration::from_secs(120)).await, "every event arrives");
@@ -231,7 +234,11 @@ fn main() {
         let _ = conn.close(200, "done".into()).await;
 
         // Half the sustained rate, paced.
-        let rate = if sustained > 0.0 { sustained / 2.0 } else { end_to_end / 2.0 };
+        let rate = match fixed {
+            Some(r) => r,
+            None if sustained > 0.0 => sustained / 2.0,
+            None => end_to_end / 2.0,
+        };
         let before = latency_buckets(&admins).await;
         let cpu_before = cpu_jiffies();
         let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![system.ingress.id()])];
@@ -240,6 +247,7 @@ fn main() {
         procs.push(("redis-server".into(), server_pids("redis-server")));
         procs.push(("this benchmark".into(), vec![std::process::id()]));
         let proc_before: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
+        let switches_before: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
         let n_half = (rate * half_secs as f64) as usize;
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let pace_start = Instant::now();
@@ -267,6 +275,7 @@ fn main() {
         assert!(wait_for(&arrivals, next + n_half, Duration::from_secs(60)).await);
         let cpu_after = cpu_jiffies();
         let proc_after: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
+        let switches_after: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
         let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
         let after = latency_buckets(&admins).await;
         let mut lat: Vec<Duration> = {
@@ -288,8 +297,10 @@ fn main() {
         println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
         println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
         let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;
-        for ((name, _), (b, a)) in procs.iter().zip(proc_before.iter().zip(&proc_after)) {
-            println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", a - b, per_k(a - b));
+        for (i, (name, _)) in procs.iter().enumerate() {
+            let (secs, switches) = (proc_after[i] - proc_before[i], switches_after[i] - switches_before[i]);
+            println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", secs, per_k(secs));
+            println!("      context switches of {name:<22} {:.1} per webhook", switches as f64 / n_half as f64);
         }
         for (i, (hwm, rss)) in mem.iter().enumerate() {
             println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);

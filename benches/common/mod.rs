@@ -233,6 +233,23 @@ pub fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Context switches (voluntary and not) of all of a process's threads so far.
+pub fn context_switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// Pids of the local servers, by process name.
 pub fn server_pids(name: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
