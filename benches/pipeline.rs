@@ -14,6 +14,10 @@
 //! 4. Half the sustained rate for a while: latency from acceptance to confirmed events (the
 //!    workers' histogram), and from sending the POST to receiving the event (measured here).
 //! 5. Worker memory: peak and current RSS of each worker process.
+//!
+//! `BENCH_PARTITIONS=N` sets the partition count (default 16). `BENCH_RATE=N` skips the curve and
+//! the sustained-rate search and paces step 4 at N webhooks/s: a quick comparison of CPU per
+//! webhook between two builds at the same rate.
 
 mod common;
 
