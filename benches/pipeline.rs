@@ -160,20 +160,7 @@ async fn holds(
     let n = (rate * hold.as_secs_f64()) as usize;
     let start = Instant::now();
     let clients = 64;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            tokio::spawn(async move {
-                let mut client = Client::connect(addr).await;
-                let mut k = c;
-                while k < n {
-                    let due = start + Duration::from_secs_f64(k as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                    assert_eq!(client.post(&body(first + k, ts)).await, 200);
-                    k += clients;
-                }
-            })
-        })
-        .collect();
+    let tasks = paced(addr, start, rate, (first, n), clients, ts, |_, _| {});
     tokio::time::sleep(Duration::from_secs(1).min(hold / 2)).await;
     let early = system.backlog(ch).await;
     for t in tasks {
@@ -256,23 +243,10 @@ fn main() {
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let pace_start = Instant::now();
         let per_client = 8;
-        let tasks: Vec<_> = (0..per_client)
-            .map(|c| {
-                let sent = sent.clone();
-                tokio::spawn(async move {
-                    let mut client = Client::connect(ingress_addr).await;
-                    let mut k = c;
-                    while k < n_half {
-                        let due = pace_start + Duration::from_secs_f64(k as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        let i = next + k;
-                        sent.lock().unwrap().insert(format!("wamid.P{i}"), Instant::now());
-                        assert_eq!(client.post(&body(i, ts)).await, 200);
-                        k += per_client;
-                    }
-                })
-            })
-            .collect();
+        let record = sent.clone();
+        let tasks = paced(ingress_addr, pace_start, rate, (next, n_half), per_client, ts, move |k, _| {
+            record.lock().unwrap().insert(format!("wamid.P{}", next + k), Instant::now());
+        });
         for t in tasks {
             t.await.unwrap();
         }

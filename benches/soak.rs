@@ -21,6 +21,9 @@ use common::*;
 /// they were sent in.
 type Sent = Arc<Mutex<HashMap<String, (usize, Instant)>>>;
 
+/// One window's reading: workers' RSS (MiB, summed), descriptors (summed), p99 (ms), backlog.
+type Row = (f64, usize, f64, u32);
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
@@ -75,30 +78,17 @@ fn main() {
         let soak_start = Instant::now();
         let total = (rate * (window.as_secs_f64() * windows as f64)) as usize;
         let clients = 8;
-        let load: Vec<_> = (0..clients)
-            .map(|c| {
-                let sent = sent.clone();
-                tokio::spawn(async move {
-                    let mut client = Client::connect(addr).await;
-                    let mut k = c;
-                    while k < total {
-                        let due = soak_start + Duration::from_secs_f64(k as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        let i = n_burst + k;
-                        let w = (due - soak_start).as_secs_f64() / window.as_secs_f64();
-                        sent.lock().unwrap().insert(format!("wamid.P{i}"), (w as usize, Instant::now()));
-                        assert_eq!(client.post(&body(i, ts)).await, 200);
-                        k += clients;
-                    }
-                    client // held open until the last window is read
-                })
-            })
-            .collect();
+        let record = sent.clone();
+        // The clients are held open until the last window is read.
+        let load = paced(addr, soak_start, rate, (n_burst, total), clients, ts, move |k, due| {
+            let w = (due - soak_start).as_secs_f64() / window.as_secs_f64();
+            record.lock().unwrap().insert(format!("wamid.P{}", n_burst + k), (w as usize, Instant::now()));
+        });
 
         let conn = coexist::broker::connect(&amqp_url(), "bench-soak").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         let pids: Vec<u32> = system.workers.iter().map(|w| w.id()).collect();
-        let mut rows: Vec<(f64, usize, f64, u32)> = Vec::new(); // RSS sum MiB, fds sum, p99, backlog
+        let mut rows: Vec<Row> = Vec::new();
         for w in 0..windows {
             // Read a window 5 s after it ends (2 s in smoke), so its last events have arrived.
             let grace = if full { Duration::from_secs(5) } else { Duration::from_secs(2) };
@@ -143,7 +133,7 @@ fn main() {
         drop(clients);
         // Flatness against window 2 (the first after warm-up).
         if let Some(base) = rows.get(1).copied() {
-            let drift = |f: &dyn Fn(&(f64, usize, f64, u32)) -> f64| {
+            let drift = |f: &dyn Fn(&Row) -> f64| {
                 rows.iter().skip(1).map(|r| (f(r) / f(&base).max(1e-9) - 1.0) * 100.0).fold(0.0f64, |m, d| if d.abs() > m.abs() { d } else { m })
             };
             println!("  largest drift from window 2: workers' RSS {:+.1} %, descriptors {:+.1} %, p99 {:+.1} %   (goal: RSS and descriptors within 10 %, p99 flat)",

@@ -142,7 +142,7 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
-    if !signature_valid(&s.secrets, signature, &body) {
+    if !signature_valid(&s.secrets, signature, body) {
         rejected("signature");
         tracing::warn!(
             bytes = body.len(),

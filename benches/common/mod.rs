@@ -41,6 +41,40 @@ pub fn body(i: usize, ts: i64) -> String {
     )
 }
 
+/// Posts webhooks `first + k`, k in `0..n`, each at its due time `start + k / rate`, with
+/// `clients` keep-alive clients (client `c` posts every `c`-th); `before(k, due)` is told just
+/// before each is posted, and every answer must be 200. Each task returns its client (still open).
+pub fn paced<F>(
+    addr: SocketAddr,
+    start: Instant,
+    rate: f64,
+    (first, n): (usize, usize),
+    clients: usize,
+    ts: i64,
+    before: F,
+) -> Vec<tokio::task::JoinHandle<Client>>
+where
+    F: Fn(usize, Instant) + Clone + Send + 'static,
+{
+    (0..clients)
+        .map(|c| {
+            let before = before.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let mut k = c;
+                while k < n {
+                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    before(k, due);
+                    assert_eq!(client.post(&body(first + k, ts)).await, 200);
+                    k += clients;
+                }
+                client
+            })
+        })
+        .collect()
+}
+
 /// A keep-alive HTTP/1.1 client on one connection.
 pub struct Client {
     stream: tokio::net::TcpStream,
