@@ -18,11 +18,7 @@ use std::time::Instant;
 
 use common::*;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 
 use coexist::engine::{Input, Rules};
@@ -37,33 +33,7 @@ async fn run(n: usize, window: usize) -> (f64, f64) {
         .await
         .unwrap();
     let queue = format!("bench-floor-{}-{window}", std::process::id());
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        quorum(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let sub = conn.create_channel().await.unwrap();
-    sub.basic_qos(window.max(16) as u16, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = sub
-        .basic_consume(
-            queue.as_str().into(),
-            "floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (ch, mut consumer) = quorum_queue(&conn, &queue, window.max(16) as u16).await;
     let payload = vec![b'x'; 600];
     let cpu = cpu_secs(std::process::id());
     let start = Instant::now();
@@ -106,8 +76,7 @@ async fn run(n: usize, window: usize) -> (f64, f64) {
 /// Items/s and this process's CPU µs per item through the Redis store, `in_flight`
 /// conversations at once.
 async fn store(n: usize, in_flight: usize) -> (f64, f64) {
-    let url =
-        std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = redis_url();
     let ns = format!("bench-floor-{}-{in_flight}", std::process::id());
     let store = RedisStore::connect(&url, &ns)
         .await
@@ -143,19 +112,7 @@ async fn store(n: usize, in_flight: usize) -> (f64, f64) {
     }
     let secs = start.elapsed().as_secs_f64();
     let used = cpu_secs(std::process::id()) - cpu;
-    let mut conn = engine.store().connection();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    for chunk in keys.chunks(1000) {
-        let _: i64 = redis::cmd("DEL")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    clear_keys(&mut engine.store().connection(), &ns).await;
     (n as f64 / secs, used / n as f64 * 1e6)
 }
 

@@ -27,11 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 
 /// Persistent messages with confirms into a quorum queue, consumed with acks: messages/s.
@@ -40,36 +36,7 @@ async fn broker_ceiling(n: usize) -> f64 {
         .await
         .unwrap();
     let queue = format!("bench-ceiling-{}", std::process::id());
-    let pub_ch = conn.create_channel().await.unwrap();
-    pub_ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum(),
-        )
-        .await
-        .unwrap();
-    pub_ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let sub_ch = conn.create_channel().await.unwrap();
-    sub_ch
-        .basic_qos(256, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = sub_ch
-        .basic_consume(
-            queue.as_str().into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (pub_ch, mut consumer) = quorum_queue(&conn, &queue, 256).await;
     let payload = vec![b'x'; 600];
     let start = Instant::now();
     let consuming = tokio::spawn(async move {

@@ -4,6 +4,8 @@
 //! `cargo bench --bench redis_store` runs it in full; under `cargo test` it runs a smoke round.
 //! Needs Redis on 127.0.0.1:6379 (COEXIST_TEST_REDIS_URL overrides).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,8 +47,7 @@ fn redis_benchmark(n: usize) -> String {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let per_conv = if full { 1_600 } else { 20 };
-    let url =
-        std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = common::redis_url();
     let ns = format!("bench-{}-{}", std::process::id(), Millis::now().0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = Millis::now().0 / 1000;
@@ -87,20 +88,7 @@ fn main() {
             events += task.await.unwrap();
         }
         let elapsed = start.elapsed();
-        // Clean the namespace.
-        let mut conn = engine.store().connection();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{ns}:*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for chunk in keys.chunks(1000) {
-            let _: i64 = redis::cmd("DEL")
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+        common::clear_keys(&mut engine.store().connection(), &ns).await;
         (IN_FLIGHT * per_conv, elapsed, events)
     });
     let reference = redis_benchmark(if full { 200_000 } else { 2_000 });

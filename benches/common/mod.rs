@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,56 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+pub fn redis_url() -> String {
+    std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Deletes every key of a benchmark's namespace `ns`.
+pub async fn clear_keys(conn: &mut impl redis::aio::ConnectionLike, ns: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*"))
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(1000) {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(conn).await;
+    }
+}
+
+/// A durable quorum queue `queue` of this benchmark's own, a channel in confirm mode to publish
+/// into it, and a consumer of it holding at most `prefetch` unacknowledged (on its own channel).
+pub async fn quorum_queue(
+    conn: &lapin::Connection,
+    queue: &str,
+    prefetch: u16,
+) -> (lapin::Channel, lapin::Consumer) {
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, quorum())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let sub = conn.create_channel().await.unwrap();
+    sub.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let consumer = sub
+        .basic_consume(
+            queue.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (ch, consumer)
 }
 
 /// Business numbers the load is spread over, as a provider's traffic is: each number's items go
@@ -440,16 +491,9 @@ impl System {
                 .exchange_delete(e.as_str().into(), Default::default())
                 .await;
         }
-        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
+        if let Ok(client) = redis::Client::open(redis_url()) {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.ns))
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                for chunk in keys.chunks(1000) {
-                    let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
-                }
+                clear_keys(&mut c, &self.ns).await;
             }
         }
     }

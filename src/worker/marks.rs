@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Scope;
+use crate::retry::{until_ok, Stopped};
 use crate::store::redis::RedisStore;
 use crate::store::StateStore;
 
@@ -75,18 +76,16 @@ async fn write(store: &RedisStore, batch: &mut Vec<(Scope, String)>) {
     if batch.is_empty() {
         return;
     }
-    let mut delay = std::time::Duration::from_millis(50);
-    for attempt in 1..=ATTEMPTS {
-        match store.mark_published(batch).await {
-            Ok(()) => break,
-            Err(e) if attempt == ATTEMPTS => {
-                tracing::warn!(error = %e, marks = batch.len(), "events published but not recorded as such; a redelivery repeats them");
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+    // Never interrupted: the marks are written even while the worker stops.
+    let marked = until_ok(
+        "recording events as published",
+        &CancellationToken::new(),
+        |_, attempt| attempt >= ATTEMPTS,
+        || store.mark_published(batch),
+    )
+    .await;
+    if let Err(Stopped::GaveUp { error, .. }) = marked {
+        tracing::warn!(error = %error, marks = batch.len(), "events published but not recorded as such; a redelivery repeats them");
     }
     batch.clear();
 }
