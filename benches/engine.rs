@@ -8,7 +8,8 @@ use std::time::Instant;
 use coexist::engine::{decide, state::State, Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::memory::MemoryStore;
-use coexist::store::{Engine, RuleBook};
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 fn body(i: usize) -> Vec<u8> {
@@ -58,7 +59,7 @@ fn main() {
     let pure = start.elapsed();
 
     // 3. The whole engine path over the in-memory store: parse, load, decide, encode, commit, acknowledge.
-    let engine = Engine::new(MemoryStore::new(), Arc::new(RuleBook::default()));
+    let engine = Applier::new(MemoryStore::new(), Arc::new(RuleBook::default()));
     let start = Instant::now();
     let mut events = 0usize;
     rt.block_on(async {

@@ -24,7 +24,8 @@ use lapin::BasicProperties;
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::redis::RedisStore;
-use coexist::store::{Engine, RuleBook};
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 /// Messages/s and this process's CPU µs per message with `window` confirms in flight.
@@ -85,7 +86,7 @@ async fn store(n: usize, in_flight: usize) -> (f64, f64) {
         default: Rules::default(),
         numbers: Default::default(),
     };
-    let engine = std::sync::Arc::new(Engine::new(store, std::sync::Arc::new(rules)));
+    let engine = std::sync::Arc::new(Applier::new(store, std::sync::Arc::new(rules)));
     let ts = Millis::now().0 / 1000;
     let cpu = cpu_secs(std::process::id());
     let start = Instant::now();

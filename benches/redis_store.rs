@@ -12,7 +12,8 @@ use std::time::Instant;
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::redis::RedisStore;
-use coexist::store::{Engine, RuleBook};
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 const IN_FLIGHT: usize = 64;
@@ -55,7 +56,7 @@ fn main() {
         let store = RedisStore::connect(&url, &ns)
             .await
             .expect("Redis on 127.0.0.1:6379");
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(Applier::new(
             store,
             Arc::new(RuleBook {
                 default: Rules::default(),

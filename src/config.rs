@@ -5,7 +5,6 @@
 //! where the value came from, and what is wrong.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,8 +12,9 @@ use std::time::Duration;
 use redis::IntoConnectionInfo;
 use serde::Deserialize;
 
-use crate::engine::Rules;
-use crate::store::RuleBook;
+use crate::engine::{RuleBook, Rules};
+use crate::secret::Secret;
+use crate::store::redis::RedisTarget;
 
 /// The built-in defaults.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -57,26 +57,6 @@ const NUMBER_KEYS: &[&str] = &[
     "handback_messages",
 ];
 
-/// A value that must not be printed (secrets, URLs with passwords).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,15 +88,6 @@ pub struct Config {
     pub log_content: bool,
     /// reset_text, timeout and session_timeout: the defaults and per-number overrides.
     pub rules: RuleBook,
-}
-
-/// Where state lives: `COEXIST_REDIS_CLUSTER` when set, else `COEXIST_REDIS_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// One server, or a managed primary endpoint.
-    Server(Secret),
-    /// Seed URLs of a Redis Cluster.
-    Cluster(Vec<Secret>),
 }
 
 /// What a client may hold of an HTTP address (SPEC section 3).
@@ -248,10 +219,10 @@ impl Config {
             numbers.insert(pnid, rules);
         }
         Ok(Config {
-            amqp_url: Secret(s.amqp_url.0),
+            amqp_url: Secret::new(s.amqp_url.0),
             redis: match s.redis_cluster {
                 Some(RedisUrls(seeds)) if !seeds.is_empty() => RedisTarget::Cluster(seeds),
-                _ => RedisTarget::Server(Secret(s.redis_url.0)),
+                _ => RedisTarget::Server(Secret::new(s.redis_url.0)),
             },
             redis_replicas: s.redis_replicas.0 as u32,
             namespace: s.namespace.0,
@@ -262,7 +233,7 @@ impl Config {
                 .verify_token
                 .map(|t| t.0)
                 .filter(|t| !t.is_empty())
-                .map(Secret),
+                .map(Secret::new),
             partitions: s.partitions.0 as u16,
             max_body_bytes: s.max_body_bytes.0 as usize,
             http: HttpLimits {
@@ -537,7 +508,7 @@ impl<'de> Deserialize<'de> for RedisUrls {
                     e.to_string().replace('\n', " ")
                 )));
             }
-            seeds.push(Secret(url.to_owned()));
+            seeds.push(Secret::new(url));
         }
         Ok(RedisUrls(seeds))
     }
@@ -579,7 +550,7 @@ impl<'de> Deserialize<'de> for Secrets {
             placeholder(p)?;
         }
         Ok(Secrets(
-            parts.into_iter().map(|p| Secret(p.to_owned())).collect(),
+            parts.into_iter().map(Secret::new).collect(),
         ))
     }
 }
@@ -689,7 +660,7 @@ mod tests {
         assert_eq!(c.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(
             c.redis,
-            RedisTarget::Server(Secret("redis://127.0.0.1:6379".into()))
+            RedisTarget::Server(Secret::new("redis://127.0.0.1:6379"))
         );
         assert_eq!(c.namespace, "coexist");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
@@ -717,8 +688,8 @@ mod tests {
         assert_eq!(
             c.redis,
             RedisTarget::Cluster(vec![
-                Secret("redis://10.0.0.1:6379".into()),
-                Secret("redis://10.0.0.2:6379".into())
+                Secret::new("redis://10.0.0.1:6379"),
+                Secret::new("redis://10.0.0.2:6379")
             ])
         );
         let c = Config::load(None, env(&[("COEXIST_REDIS_CLUSTER", "")])).unwrap();
@@ -740,7 +711,7 @@ mod tests {
             Duration::from_secs(36 * 3600),
             "environment beats the file"
         );
-        assert_eq!(c.app_secrets, vec![Secret("a".into()), Secret("b".into())]);
+        assert_eq!(c.app_secrets, vec![Secret::new("a"), Secret::new("b")]);
         let n = c.rules.for_number("410");
         assert_eq!(n.reset_text.as_deref(), Some("#bot"));
         assert_eq!(

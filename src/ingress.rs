@@ -23,7 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::http::BodyBudget;
 use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
@@ -150,6 +151,12 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
         );
         return StatusCode::UNAUTHORIZED;
     }
+    // Past this many webhooks awaiting confirms, queueing would only add latency: Meta retries.
+    // Refused before any work is spent on the body.
+    let Ok(_pending) = s.pending.try_acquire() else {
+        rejected("shed");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    };
     let accepted_at = Millis::now();
     let (messages, parked) = match parse_body(body) {
         Err(e) => {
@@ -192,11 +199,6 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
             }
             (out, parked)
         }
-    };
-    // Past this many webhooks awaiting confirms, queueing would only add latency: Meta retries.
-    let Ok(_pending) = s.pending.try_acquire() else {
-        rejected("shed");
-        return StatusCode::SERVICE_UNAVAILABLE;
     };
     let Some(publisher) = s.link.publisher().await else {
         rejected("broker_unavailable");

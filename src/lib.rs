@@ -32,6 +32,7 @@
 //! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
 //!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
+pub mod apply;
 pub mod broker;
 pub mod config;
 pub mod dlq;
@@ -43,8 +44,8 @@ pub mod meta;
 pub mod metrics;
 pub mod operator;
 pub mod process;
-pub mod render;
 pub mod retry;
+pub mod secret;
 pub mod send;
 pub mod store;
 pub mod summary;

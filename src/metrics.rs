@@ -77,11 +77,11 @@ pub fn render() -> String {
 }
 
 /// Counts an applied input and its events.
-pub fn applied(applied: &crate::store::Applied) {
+pub fn applied(applied: &crate::apply::Applied) {
     let delivery = match applied.delivery {
-        crate::store::Delivery::Fresh => "fresh",
-        crate::store::Delivery::Redelivered => "redelivered",
-        crate::store::Delivery::Duplicate => "duplicate",
+        crate::apply::Delivery::Fresh => "fresh",
+        crate::apply::Delivery::Redelivered => "redelivered",
+        crate::apply::Delivery::Duplicate => "duplicate",
     };
     let rule = applied.rule.map_or("seen", |r| r.as_str());
     metrics::counter!(ITEMS, "rule" => rule, "delivery" => delivery).increment(1);

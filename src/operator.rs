@@ -12,7 +12,8 @@ use crate::engine::event::Outbound;
 use crate::engine::state::{Handler, State};
 use crate::engine::{Input, OperatorAction};
 use crate::store::redis::RedisStore;
-use crate::store::{Engine, StateStore};
+use crate::apply::Applier;
+use crate::store::StateStore;
 use crate::time::Millis;
 
 /// What `conversation show` prints.
@@ -176,7 +177,7 @@ pub async fn act(
     action: OperatorAction,
     now: Millis,
 ) -> Result<Done, Error> {
-    let engine = Engine::new(store(config).await?, Arc::new(config.rules.clone()));
+    let engine = Applier::new(store(config).await?, Arc::new(config.rules.clone()));
     let input = Input::Operator {
         scope: scope.clone(),
         action,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::engine::Input;
 use crate::meta::parse_body;
 use crate::store::memory::MemoryStore;
-use crate::store::{Engine, RuleBook};
+use crate::apply::Applier;
+use crate::engine::RuleBook;
 use crate::time::Millis;
 
 /// How many due deadlines are released per step.
@@ -79,7 +80,7 @@ impl Format {
 
 /// The offline processor: one engine over memory, and the clock.
 pub struct Processor {
-    engine: Engine<MemoryStore>,
+    engine: Applier<MemoryStore>,
     format: Format,
     /// The latest time seen (none before the first item with a timestamp).
     clock: Option<Millis>,
@@ -88,13 +89,13 @@ pub struct Processor {
 impl Processor {
     pub fn new(rules: Arc<RuleBook>, format: Format) -> Self {
         Processor {
-            engine: Engine::new(MemoryStore::new(), rules),
+            engine: Applier::new(MemoryStore::new(), rules),
             format,
             clock: None,
         }
     }
 
-    pub fn engine(&self) -> &Engine<MemoryStore> {
+    pub fn engine(&self) -> &Applier<MemoryStore> {
         &self.engine
     }
 

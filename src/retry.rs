@@ -42,6 +42,19 @@ pub fn schedule() -> ExponentialBackoff {
     }
 }
 
+/// The pause between attempts of the apply loop after losing a race for a conversation: 2 ms
+/// doubling to 100 ms, with wide jitter so that the two sides do not meet again.
+pub fn conflict_schedule() -> ExponentialBackoff {
+    ExponentialBackoff {
+        initial_interval: Duration::from_millis(2),
+        max_interval: Duration::from_millis(100),
+        multiplier: 2.0,
+        randomization_factor: 0.5,
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    }
+}
+
 /// Runs `op` until it succeeds, `permanent` says its error is not worth retrying, or `stop` is
 /// cancelled. Each failure is logged with `what` and the attempt number.
 pub async fn until_ok<T, E, F, Fut>(

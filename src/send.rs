@@ -11,7 +11,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Attempts at one body before its last answer is final.
 pub const ATTEMPTS: u32 = 8;

@@ -82,7 +82,7 @@ pub async fn run(
         let bind = QueueBindOptions::default();
         ch.queue_bind(
             name.as_str().into(),
-            exchange.as_str().into(),
+            exchange.into(),
             "#".into(),
             bind,
             FieldTable::default(),
@@ -101,7 +101,7 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
-    let exchanges: Vec<String> = options
+    let exchanges: Vec<&str> = options
         .exchanges
         .iter()
         .map(|e| topology.exchange(*e))
@@ -128,11 +128,7 @@ pub async fn run(
             Ok(_) if options.json => body.trim().to_owned(),
             Ok(event) => {
                 let at = event.occurred_at.clone();
-                let o = Outbound {
-                    exchange,
-                    conversation: header,
-                    event,
-                };
+                let o = Outbound::new(exchange, header, event);
                 format!("{at}  {}", crate::summary::line(&o))
             }
             // A type this build does not know: shown as it came.

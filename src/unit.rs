@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Scope;
-use crate::meta::Item;
+use crate::engine::input::Item;
 use crate::time::Millis;
 
 /// Version of the unit format.
@@ -16,8 +16,7 @@ pub const VERSION: u8 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unit {
     pub v: u8,
-    /// The business number (`{phone_number_id}:`; units of the build before identity name a
-    /// conversation, `{phone_number_id}:{customer}`).
+    /// The business number (`{phone_number_id}:`).
     pub scope: Scope,
     /// When the ingress accepted the webhook (for the acceptance-to-events latency).
     pub accepted_at: Millis,
@@ -61,7 +60,7 @@ pub fn split(items: Vec<Item>, accepted_at: Millis) -> Vec<Unit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{Change, Echo, ItemKind};
+    use crate::engine::input::{Change, Echo, ItemKind};
 
     #[test]
     fn units_written_by_the_earlier_build_are_read_and_written_the_same() {

@@ -433,7 +433,7 @@ impl System {
         for p in 0..self.partitions {
             let q = ch
                 .queue_declare(
-                    t.partition_queue(p).as_str().into(),
+                    t.partition_queue(p).into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
@@ -469,27 +469,11 @@ impl System {
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let t = coexist::broker::Topology::new(&self.ns, self.partitions);
-        use coexist::engine::event::Exchange;
-        let mut queues = vec![
-            t.dead(),
-            t.default_queue(Exchange::Bot),
-            t.default_queue(Exchange::HumanChat),
-        ];
-        queues.extend((0..self.partitions).map(|i| t.partition_queue(i)));
-        for q in queues {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
+        for q in t.queues() {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        for e in [
-            t.inbound_exchange(),
-            t.dead(),
-            t.exchange(Exchange::Bot),
-            t.exchange(Exchange::HumanChat),
-        ] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), Default::default())
-                .await;
+        for e in t.exchanges() {
+            let _ = ch.exchange_delete(e.into(), Default::default()).await;
         }
         if let Ok(client) = redis::Client::open(redis_url()) {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {

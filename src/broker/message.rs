@@ -90,9 +90,9 @@ impl Outgoing {
         headers.insert(CONVERSATION_HEADER.into(), long(&e.conversation));
         let name = e.event.name();
         Outgoing {
-            exchange: topology.exchange(e.exchange),
+            exchange: topology.exchange(e.exchange).to_owned(),
             routing_key: name.to_owned(),
-            body: e.event.to_json().into_bytes(),
+            body: e.json().as_bytes().to_vec(),
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
@@ -105,8 +105,8 @@ impl Outgoing {
     /// A unit of inbound work, to its conversation's partition.
     pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
         Outgoing {
-            exchange: topology.inbound_exchange(),
-            routing_key: topology.partition_of(&u.scope).to_string(),
+            exchange: topology.inbound_exchange().to_owned(),
+            routing_key: topology.partition_key(topology.partition_of(&u.scope)).to_owned(),
             body: serde_json::to_vec(u).expect("units serialise"),
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -140,7 +140,7 @@ impl Outgoing {
             properties = properties.with_message_id(id.into());
         }
         Outgoing {
-            exchange: topology.dead(),
+            exchange: topology.dead().to_owned(),
             routing_key: String::new(),
             body,
             properties,

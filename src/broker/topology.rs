@@ -20,11 +20,18 @@ use crate::engine::event::Exchange;
 /// dying on it, say). Failures the worker sees are retried in place and do not count.
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// The names of one namespace.
+/// The names of one namespace, written once.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub ns: String,
     pub partitions: u16,
+    inbound: String,
+    dead: String,
+    bot: String,
+    human_chat: String,
+    /// Each partition's queue, and its routing key (the partition's number).
+    partition_queues: Vec<String>,
+    partition_keys: Vec<String>,
 }
 
 impl Topology {
@@ -32,22 +39,51 @@ impl Topology {
         Topology {
             ns: ns.to_owned(),
             partitions,
+            inbound: format!("{ns}.inbound"),
+            dead: format!("{ns}.dead"),
+            bot: format!("{ns}.{}", Exchange::Bot.as_str()),
+            human_chat: format!("{ns}.{}", Exchange::HumanChat.as_str()),
+            partition_queues: (0..partitions).map(|i| format!("{ns}.inbound.{i}")).collect(),
+            partition_keys: (0..partitions).map(|i| i.to_string()).collect(),
         }
     }
-    pub fn inbound_exchange(&self) -> String {
-        format!("{}.inbound", self.ns)
+    pub fn inbound_exchange(&self) -> &str {
+        &self.inbound
     }
-    pub fn partition_queue(&self, i: u16) -> String {
-        format!("{}.inbound.{i}", self.ns)
+    pub fn partition_queue(&self, i: u16) -> &str {
+        &self.partition_queues[i as usize]
     }
-    pub fn dead(&self) -> String {
-        format!("{}.dead", self.ns)
+    /// The routing key that reaches partition `i`'s queue.
+    pub fn partition_key(&self, i: u16) -> &str {
+        &self.partition_keys[i as usize]
     }
-    pub fn exchange(&self, e: Exchange) -> String {
-        format!("{}.{}", self.ns, e.as_str())
+    pub fn dead(&self) -> &str {
+        &self.dead
+    }
+    pub fn exchange(&self, e: Exchange) -> &str {
+        match e {
+            Exchange::Bot => &self.bot,
+            Exchange::HumanChat => &self.human_chat,
+        }
     }
     pub fn default_queue(&self, e: Exchange) -> String {
-        format!("{}.{}.events", self.ns, e.as_str())
+        format!("{}.events", self.exchange(e))
+    }
+
+    /// Every exchange of the namespace.
+    pub fn exchanges(&self) -> [&str; 4] {
+        [&self.inbound, &self.dead, &self.bot, &self.human_chat]
+    }
+
+    /// Every durable queue of the namespace: the dead letters, the default queues, the partitions.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.dead.clone(),
+            self.default_queue(Exchange::Bot),
+            self.default_queue(Exchange::HumanChat),
+        ];
+        queues.extend(self.partition_queues.iter().cloned());
+        queues
     }
 
     /// The partition of a business number (every conversation of the number goes there):
@@ -98,8 +134,8 @@ impl Topology {
         .await?;
         ch.exchange_declare(self.dead().into(), ExchangeKind::Fanout, durable, none())
             .await?;
-        queue(conn, ch, &self.dead(), quorum()).await?;
-        bind(ch, &self.dead(), &self.dead(), "").await?;
+        queue(conn, ch, self.dead(), quorum()).await?;
+        bind(ch, self.dead(), self.dead(), "").await?;
         for i in 0..self.partitions {
             let mut args = quorum();
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -107,12 +143,12 @@ impl Topology {
                 "x-delivery-limit".into(),
                 AMQPValue::LongLongInt(DELIVERY_LIMIT),
             );
-            args.insert("x-dead-letter-exchange".into(), long(&self.dead()));
+            args.insert("x-dead-letter-exchange".into(), long(self.dead()));
             args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             args.insert("x-overflow".into(), long("reject-publish"));
             let q = self.partition_queue(i);
-            queue(conn, ch, &q, args).await?;
-            bind(ch, &q, &self.inbound_exchange(), &i.to_string()).await?;
+            queue(conn, ch, q, args).await?;
+            bind(ch, q, self.inbound_exchange(), self.partition_key(i)).await?;
         }
         for e in [Exchange::Bot, Exchange::HumanChat] {
             ch.exchange_declare(
@@ -123,7 +159,7 @@ impl Topology {
             )
             .await?;
             queue(conn, ch, &self.default_queue(e), quorum()).await?;
-            bind(ch, &self.default_queue(e), &self.exchange(e), "#").await?;
+            bind(ch, &self.default_queue(e), self.exchange(e), "#").await?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::domain::Customer;
-use crate::meta::{Direction, Media, NameChange};
+use super::input::{Direction, Media, NameChange};
 
 /// The two downstream exchanges (`{ns}.bot`, `{ns}.human_chat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -491,11 +491,24 @@ impl Serialize for Event {
 /// `{phone_number_id}:{customer}`). Stored in Redis until published, in the form
 /// `{"exchange", "routing_key", "event_id", "conversation", "body"}` (`body` the event's JSON),
 /// which every build reads.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The event's JSON is written once ([`Outbound::json`]) and used for both the store and the
+/// broker; an event is not changed once it is an `Outbound`.
+#[derive(Debug, Clone)]
 pub struct Outbound {
     pub exchange: Exchange,
     pub conversation: String,
     pub event: Event,
+    json: std::sync::OnceLock<Box<RawValue>>,
+}
+
+/// Equal when they go to the same place with the same event (the cache of its JSON aside).
+impl PartialEq for Outbound {
+    fn eq(&self, other: &Self) -> bool {
+        self.exchange == other.exchange
+            && self.conversation == other.conversation
+            && self.event == other.event
+    }
 }
 
 /// [`Outbound`] as stored.
@@ -515,7 +528,7 @@ impl Serialize for Outbound {
             routing_key: self.event.name().to_owned(),
             event_id: self.event.event_id.clone(),
             conversation: self.conversation.clone(),
-            body: &self.event,
+            body: self.json_raw(),
         }
         .serialize(s)
     }
@@ -525,27 +538,46 @@ impl<'de> Deserialize<'de> for Outbound {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let stored = Stored::<Box<RawValue>>::deserialize(d)?;
         let event = Event::from_json(stored.body.get()).map_err(serde::de::Error::custom)?;
-        Ok(Outbound {
-            exchange: stored.exchange,
-            conversation: stored.conversation,
-            event,
-        })
+        let outbound = Outbound::new(stored.exchange, stored.conversation, event);
+        // As stored: the JSON published is the JSON committed.
+        let _ = outbound.json.set(stored.body);
+        Ok(outbound)
     }
 }
 
 impl Outbound {
+    pub fn new(exchange: Exchange, conversation: String, event: Event) -> Self {
+        Outbound {
+            exchange,
+            conversation,
+            event,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The event's JSON (the body published), written on first use.
+    pub fn json(&self) -> &str {
+        self.json_raw().get()
+    }
+
+    fn json_raw(&self) -> &RawValue {
+        self.json.get_or_init(|| {
+            RawValue::from_string(self.event.to_json()).expect("an event's JSON is JSON")
+        })
+    }
+
     /// The line `coexist process` prints: `{"exchange", "routing_key", "event"}`.
     pub fn to_line(&self) -> String {
         #[derive(Serialize)]
         struct Line<'a> {
             exchange: &'static str,
             routing_key: &'static str,
-            event: &'a Event,
+            event: &'a RawValue,
         }
         serde_json::to_string(&Line {
             exchange: self.exchange.as_str(),
             routing_key: self.event.name(),
-            event: &self.event,
+            event: self.json_raw(),
         })
         .expect("lines always serialise")
     }

@@ -1,14 +1,17 @@
-//! The coexistence rules (SPEC section 6) as a pure function: state + input + clock in,
-//! decision (new state + events) out. No I/O here: the worker, `coexist process`, the operator
-//! commands and the tests all run this same code through [`crate::store::Engine`].
+//! The coexistence rules (docs/contract.md, "Rules") as a pure function: state + input + clock
+//! in, decision (new state + events) out. No I/O here, and nothing of the adapters: the input
+//! vocabulary ([`input`]), the events ([`event`]) and the state ([`state`]) are the rules' own.
+//! The worker, `coexist process`, the operator commands and the tests all run this same code
+//! through the apply loop.
 
 pub mod event;
+pub mod input;
 pub mod state;
 
 use std::time::Duration;
 
 use crate::domain::{stable_id, Customer, CustomerKey, Scope};
-use crate::meta::{Change, Content, Echo, Item, ItemKind};
+use input::{Change, Content, Echo, Item, ItemKind};
 use crate::time::Millis;
 use event::{
     AccountUpdated, ContactSynced, CustomerChanged, Edited, Event, EventMessage, Exchange,
@@ -31,6 +34,29 @@ pub struct Rules {
     pub automated_texts: Vec<String>,
     /// How many messages of a human-handled stretch the AI agent gets back (R16); 0: none.
     pub handback_messages: usize,
+}
+
+/// The settings of every business number: the defaults and per-number overrides.
+#[derive(Debug, Clone, Default)]
+pub struct RuleBook {
+    pub default: Rules,
+    pub numbers: std::collections::HashMap<String, Rules>,
+}
+
+impl From<Rules> for RuleBook {
+    /// The same rules for every number.
+    fn from(default: Rules) -> Self {
+        RuleBook {
+            default,
+            numbers: Default::default(),
+        }
+    }
+}
+
+impl RuleBook {
+    pub fn for_number(&self, phone_number_id: &str) -> &Rules {
+        self.numbers.get(phone_number_id).unwrap_or(&self.default)
+    }
 }
 
 /// How many handback messages are kept unless configured otherwise.
@@ -128,8 +154,16 @@ pub enum Input<'a> {
         action: OperatorAction,
         at: Millis,
     },
-    /// A pause deadline came due: release it if it is still the pause named by `trigger`.
-    Timeout { scope: Scope, trigger: String },
+    /// A pause deadline came due: release it if it is still the pause it names.
+    Timeout(Deadline),
+}
+
+/// A pause's deadline in the schedule: the conversation and the item that began the pause (its
+/// `trigger`), which names the pause. How it is stored is the store's business.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Deadline {
+    pub scope: Scope,
+    pub trigger: String,
 }
 
 impl Input<'_> {
@@ -138,7 +172,8 @@ impl Input<'_> {
     pub fn scope(&self) -> &Scope {
         match self {
             Input::Item(i) => &i.scope,
-            Input::Operator { scope, .. } | Input::Timeout { scope, .. } => scope,
+            Input::Operator { scope, .. } => scope,
+            Input::Timeout(deadline) => &deadline.scope,
         }
     }
 
@@ -174,7 +209,7 @@ impl Input<'_> {
         match self {
             Input::Item(i) => i.key.clone(),
             Input::Operator { action, at, .. } => format!("op:{action:?}:{}", at.0).to_lowercase(),
-            Input::Timeout { trigger, .. } => release_key(trigger),
+            Input::Timeout(deadline) => release_key(&deadline.trigger),
         }
     }
 }
@@ -239,17 +274,6 @@ fn handback_text(text: &str) -> String {
     }
 }
 
-/// The member naming a pause in the deadline schedule: `{scope}|{trigger}`.
-pub fn deadline_member(scope: &Scope, trigger: &str) -> String {
-    format!("{scope}|{trigger}")
-}
-
-/// Reads a deadline member back into the pause it names.
-pub fn parse_deadline_member(member: &str) -> Option<(Scope, String)> {
-    let (scope, trigger) = member.split_once('|')?;
-    Some((Scope::parse(scope)?, trigger.to_owned()))
-}
-
 /// What the rules decided.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -260,10 +284,10 @@ pub struct Decision {
     pub rule: Rule,
     /// Whether the decision depended on the state (if not, it can be stored without a version check).
     pub reads_state: bool,
-    /// A pause deadline to (re)schedule: member and instant.
-    pub schedule: Option<(String, Millis)>,
+    /// A pause deadline to (re)schedule, and its instant.
+    pub schedule: Option<(Deadline, Millis)>,
     /// A pause deadline that no longer applies.
-    pub unschedule: Option<String>,
+    pub unschedule: Option<Deadline>,
 }
 
 /// Applies the rules to the state of `conversation` (the input's scope, or the conversation
@@ -313,11 +337,11 @@ pub fn decide(
                 ),
             }
         }
-        Input::Timeout { trigger, .. } => {
+        Input::Timeout(deadline) => {
             let due = state
                 .pause
                 .as_ref()
-                .is_some_and(|p| &p.trigger == trigger && p.until <= now);
+                .is_some_and(|p| p.trigger == deadline.trigger && p.until <= now);
             if due {
                 d.expire();
                 d.out.rule = Rule::R7;
@@ -668,7 +692,8 @@ impl Decider<'_> {
         if let Some(p) = self.out.state.pause.as_mut().filter(|p| p.until > self.now) {
             if until > p.until {
                 p.until = until;
-                self.out.schedule = Some((deadline_member(self.scope, &p.trigger), until));
+                let trigger = p.trigger.clone();
+                self.out.schedule = Some((self.deadline(&trigger), until));
             }
             self.touch_session(Handler::Human);
             return;
@@ -693,7 +718,7 @@ impl Decider<'_> {
                 .get_or_insert_with(Stretch::default)
                 .ended = None;
         }
-        self.out.schedule = Some((deadline_member(self.scope, &self.key), until));
+        self.out.schedule = Some((self.deadline(&self.key), until));
         let session = self.touch_session(Handler::Human);
         if bot_session.is_some() {
             let payload = Payload::SessionPaused(SessionPaused {
@@ -762,17 +787,25 @@ impl Decider<'_> {
                 released_at: at,
             });
         }
-        self.out.unschedule = Some(deadline_member(self.scope, &p.trigger));
+        self.out.unschedule = Some(self.deadline(&p.trigger));
         if self
             .out
             .schedule
             .as_ref()
-            .is_some_and(|(m, _)| self.out.unschedule.as_ref() == Some(m))
+            .is_some_and(|(d, _)| self.out.unschedule.as_ref() == Some(d))
         {
             self.out.schedule = None;
         }
         let payload = Payload::Released(Released { reason });
         self.emit(Exchange::HumanChat, customer, at, session, payload);
+    }
+
+    /// The deadline of this conversation's pause begun by `trigger`.
+    fn deadline(&self, trigger: &str) -> Deadline {
+        Deadline {
+            scope: self.scope.clone(),
+            trigger: trigger.to_owned(),
+        }
     }
 
     fn current_session(&self) -> Option<String> {
@@ -852,11 +885,10 @@ impl Decider<'_> {
             session_id,
             payload,
         };
-        self.out.events.push(Outbound {
-            exchange,
-            conversation: self.scope_str.clone(),
-            event,
-        });
+        let conversation = self.scope_str.clone();
+        self.out
+            .events
+            .push(Outbound::new(exchange, conversation, event));
     }
 
     fn message(&self, item: &Item, c: &Content, source: Source) -> EventMessage {

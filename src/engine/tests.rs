@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 
 use super::event::{Exchange, Payload, ReleaseReason, Source};
 use super::state::{Handler, Pause, Session, State};
-use super::{deadline_member, decide, Decision, Input, OperatorAction, Rule, Rules};
+use super::{decide, Deadline, Decision, Input, OperatorAction, Rule, Rules};
 use crate::domain::{Customer, CustomerKey, Scope};
-use crate::meta::{Change, Content, Direction, Echo, Item, ItemKind};
+use super::input::{Change, Content, Direction, Echo, Item, ItemKind};
 use crate::time::Millis;
 
 const PNID: &str = "410";
@@ -173,7 +173,7 @@ fn r4_pauses_with_a_handover_and_pauses_the_bot_session() {
     assert_eq!(d.state.session.unwrap().handler, Handler::Human);
     assert_eq!(
         d.schedule,
-        Some((deadline_member(&scope(), "m:wamid.E"), until))
+        Some((deadline("m:wamid.E"), until))
     );
 }
 
@@ -211,7 +211,7 @@ fn a_later_echo_extends_the_pause_and_never_shortens_it() {
     assert_eq!(d.state.pause.as_ref().unwrap().until, Millis(at + 7 * DAY));
     assert_eq!(
         d.schedule,
-        Some((deadline_member(&scope(), "m:wamid.E"), Millis(at + 7 * DAY))),
+        Some((deadline("m:wamid.E"), Millis(at + 7 * DAY))),
         "the pause keeps its trigger; its deadline moves"
     );
     // An echo stamped before the pause's start (delivered late) does not shorten it.
@@ -239,7 +239,7 @@ fn r5_releases_and_ends_the_session_and_the_reset_text_is_in_no_event() {
     assert_eq!(d.state.pause, None);
     assert_eq!(d.state.session, None);
     assert_eq!(d.state.last_reset, Some(Millis(at)));
-    assert_eq!(d.unschedule, Some(deadline_member(&scope(), "m:wamid.E")));
+    assert_eq!(d.unschedule, Some(deadline("m:wamid.E")));
     // Not paused: a reset says nothing.
     let d = run(&State::default(), &echo("wamid.R2", at, "/reset"), at);
     assert_eq!(d.rule, Rule::R5);
@@ -287,10 +287,7 @@ fn r7_a_pause_past_its_deadline_is_released_before_the_next_message() {
 #[test]
 fn r7_a_due_timeout_releases_once_and_a_stale_one_does_nothing() {
     let state = paused_state(T, T + 7 * DAY);
-    let timeout = |trigger: &str| Input::Timeout {
-        scope: scope(),
-        trigger: trigger.into(),
-    };
+    let timeout = |trigger: &str| Input::Timeout(deadline(trigger));
     let early = decide(
         &state,
         &timeout("m:wamid.E"),
@@ -466,4 +463,11 @@ fn the_same_input_yields_the_same_event_ids_and_different_inputs_different_ones(
     let c = run(&State::default(), &customer("wamid.2", T, "hola"), T);
     assert_ne!(a.events[0].event.event_id, c.events[0].event.event_id);
     assert_eq!(a.events[0].conversation, format!("{PNID}:{ANA}"));
+}
+
+fn deadline(trigger: &str) -> Deadline {
+    Deadline {
+        scope: scope(),
+        trigger: trigger.into(),
+    }
 }

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Commit, Committed, Result, Seen, Snapshot, StateStore};
+use super::{Claim, Commit, Committed, Result, Seen, Snapshot, StateStore};
 use crate::domain::{CustomerKey, Scope};
 use crate::engine::state::State;
+use crate::engine::Deadline;
 use crate::time::Millis;
 
 #[derive(Default)]
@@ -23,7 +24,7 @@ struct Inner {
     links: HashMap<(String, CustomerKey), CustomerKey>,
     /// (number, input key) -> its dedup mark.
     seen: HashMap<(String, String), Seen>,
-    deadlines: HashMap<String, Millis>,
+    deadlines: HashMap<Deadline, Millis>,
 }
 
 /// An in-memory [`StateStore`].
@@ -138,43 +139,42 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn schedule(&self, member: &str, at: Millis) -> Result<()> {
-        self.lock().deadlines.insert(member.to_owned(), at);
+    async fn schedule(&self, deadline: &Deadline, at: Millis) -> Result<()> {
+        self.lock().deadlines.insert(deadline.clone(), at);
         Ok(())
     }
 
-    async fn unschedule(&self, member: &str) -> Result<()> {
-        self.lock().deadlines.remove(member);
+    async fn unschedule(&self, deadline: &Deadline) -> Result<()> {
+        self.lock().deadlines.remove(deadline);
         Ok(())
     }
 
-    async fn claim_due(
-        &self,
-        now: Millis,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<(String, Millis)>> {
+    async fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> Result<Vec<Claim>> {
         let mut inner = self.lock();
-        let mut due: Vec<(String, Millis)> = inner
+        let mut due: Vec<(Millis, Deadline)> = inner
             .deadlines
             .iter()
             .filter(|(_, at)| **at <= now)
-            .map(|(m, at)| (m.clone(), *at))
+            .map(|(d, at)| (*at, d.clone()))
             .collect();
-        due.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        due.sort();
         due.truncate(limit);
         let lease_until = now.plus(lease);
-        for (member, at) in due.iter_mut() {
-            inner.deadlines.insert(member.clone(), lease_until);
-            *at = lease_until;
+        let mut claims = Vec::with_capacity(due.len());
+        for (_, deadline) in due {
+            inner.deadlines.insert(deadline.clone(), lease_until);
+            claims.push(Claim {
+                deadline,
+                lease_until,
+            });
         }
-        Ok(due)
+        Ok(claims)
     }
 
-    async fn finish_claim(&self, member: &str, lease_until: Millis) -> Result<()> {
+    async fn finish_claim(&self, claim: &Claim) -> Result<()> {
         let mut inner = self.lock();
-        if inner.deadlines.get(member) == Some(&lease_until) {
-            inner.deadlines.remove(member);
+        if inner.deadlines.get(&claim.deadline) == Some(&claim.lease_until) {
+            inner.deadlines.remove(&claim.deadline);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 //! `{id}` is the conversation's id: the first name the customer was known by (digits, or a
 //! business-scoped user id). A commit checks the conversation's version, the links it read and
 //! the versions of conversations it merges, so the read-decide-write of
-//! [`super::Engine::apply`] is atomic across processes. Deleting the `pause` key by hand
+//! [`crate::apply::Applier::apply`] is atomic across processes. Deleting the `pause` key by hand
 //! releases the pause (routing follows the TTL).
 
 use std::time::Duration;
@@ -25,70 +25,140 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{AsyncCommands, RedisFuture, Script};
 use serde::{Deserialize, Serialize};
 
-use super::{Commit, Committed, Error, Result, Seen, Snapshot, StateStore};
-use crate::config::RedisTarget;
+use super::{Claim, Commit, Committed, Error, Result, Seen, Snapshot, StateStore};
 use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::state::{Pause, Session, State, Stretch};
+use crate::engine::Deadline;
 use crate::metrics::REPLICA_SHORTFALLS;
+use crate::secret::Secret;
 use crate::time::Millis;
 
 const DONE: &str = "done";
 
+/// The commit: one script, reading its arguments by name. ARGV[1] is [`CommitArgs`] as JSON
+/// (every key it names is also passed in KEYS, which route it and declare what it touches);
+/// ARGV[2] is the value of the input's dedup mark (`done`, or the events still to publish), apart
+/// so that the events' JSON is not escaped into the arguments' JSON.
 const COMMIT: &str = r#"
--- KEYS: v, pause, session, state, handback, seen, then C checked links and R refreshed links,
---       then 5 keys (v, pause, session, state, handback) per absorbed conversation
--- ARGV: [1] expected version ('' = no check), [2] write state ('1'/'0'), [3] pause JSON ('' = none),
---       [4] pause PXAT, [5] session JSON ('' = none), [6] session PXAT, [7] state JSON,
---       [8] retain ms, [9] mark, [10] mark ms, [11] handback JSON ('' = none, '-' = unchanged),
---       [12] conversation id, [13] C, [14] R, [15] A, then C link values as read ('' = none),
---       then A absorbed versions as read
-local C, R, A = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-for i = 1, C do
-  if (redis.call('GET', KEYS[6 + i]) or '') ~= ARGV[15 + i] then return 0 end
+local c = cjson.decode(ARGV[1])
+local conv = c.conversation
+-- Checks: the version read, no mark yet, every link as read, every absorbed version as read.
+if c.expect and (redis.call('GET', conv.v) or '0') ~= c.expect then return 0 end
+if redis.call('EXISTS', c.seen) == 1 then return 0 end
+for _, l in ipairs(c.links) do
+  if (redis.call('GET', l.key) or '') ~= l.was then return 0 end
 end
-for j = 1, A do
-  if (redis.call('GET', KEYS[6 + C + R + (j - 1) * 5 + 1]) or '0') ~= ARGV[15 + C + j] then return 0 end
+for _, a in ipairs(c.absorbed) do
+  if (redis.call('GET', a.keys.v) or '0') ~= a.version then return 0 end
 end
-if ARGV[2] == '1' then
-  redis.call('INCR', KEYS[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3], 'PXAT', ARGV[4]) end
-  if ARGV[5] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[5], 'PXAT', ARGV[6]) end
-  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[8])
-  if ARGV[11] == '' then redis.call('DEL', KEYS[5])
-  elseif ARGV[11] ~= '-' then redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[8])
-  else redis.call('PEXPIRE', KEYS[5], ARGV[8]) end
+local w = c.write
+if w then
+  redis.call('INCR', conv.v)
+  redis.call('PEXPIRE', conv.v, c.retain)
+  if w.pause then redis.call('SET', conv.pause, w.pause, 'PXAT', w.pause_at) else redis.call('DEL', conv.pause) end
+  if w.session then redis.call('SET', conv.session, w.session, 'PXAT', w.session_at) else redis.call('DEL', conv.session) end
+  redis.call('SET', conv.state, w.state, 'PX', c.retain)
+  if w.handback_unchanged then redis.call('PEXPIRE', conv.handback, c.retain)
+  elseif w.handback then redis.call('SET', conv.handback, w.handback, 'PX', c.retain)
+  else redis.call('DEL', conv.handback) end
 end
-for i = 1, C + R do redis.call('SET', KEYS[6 + i], ARGV[12], 'PX', ARGV[8]) end
-for j = 1, A do
-  local b = 6 + C + R + (j - 1) * 5
-  redis.call('DEL', KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5])
+for _, l in ipairs(c.links) do redis.call('SET', l.key, c.id, 'PX', c.retain) end
+for _, k in ipairs(c.refresh) do redis.call('SET', k, c.id, 'PX', c.retain) end
+for _, a in ipairs(c.absorbed) do
+  redis.call('DEL', a.keys.v, a.keys.pause, a.keys.session, a.keys.state, a.keys.handback)
 end
-redis.call('SET', KEYS[6], ARGV[9], 'PX', ARGV[10])
+redis.call('SET', c.seen, ARGV[2], 'PX', c.seen_ms)
 return 1
 "#;
 
-/// The keys the build before identity kept per conversation, read while no key of this layout
-/// exists yet (single server only: they lie in other hash slots): v, pause, session, state,
-/// handback, and the input's dedup mark.
-const LEGACY: [&str; 6] = ["v", "pause", "session", "state", "handback", "seen"];
+/// A conversation's keys, by name.
+#[derive(Debug, Serialize)]
+struct ConversationKeys {
+    v: String,
+    pause: String,
+    session: String,
+    state: String,
+    handback: String,
+}
 
-/// A key of the build before identity: `{ns}:{pnid:customer}:{suffix}` (`seen:{key}` for marks).
-fn legacy_key(ns: &str, scope: &Scope, suffix: &str, key: &str) -> String {
-    match suffix {
-        "seen" => format!("{ns}:{{{scope}}}:seen:{key}"),
-        _ => format!("{ns}:{{{scope}}}:{suffix}"),
+impl ConversationKeys {
+    fn all(&self) -> [&String; 5] {
+        [&self.v, &self.pause, &self.session, &self.state, &self.handback]
     }
 }
 
-/// The handback argument of a commit whose handback did not change.
-const UNCHANGED: &str = "-";
+/// The commit script's arguments (ARGV[1]), named as the script reads them. Numbers travel as
+/// strings: Lua would print large ones in exponent form.
+#[derive(Debug, Serialize)]
+struct CommitArgs {
+    conversation: ConversationKeys,
+    /// The version read (absent: the decision read no state, no check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expect: Option<String>,
+    /// The new state (absent: unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write: Option<Write>,
+    /// How long the conversation's keys and links live after this change, ms.
+    retain: String,
+    /// The input's dedup mark, and how long it lives (ms).
+    seen: String,
+    seen_ms: String,
+    /// The conversation's id: what its links point to.
+    id: String,
+    /// Links checked as read, then pointed at this conversation.
+    links: Vec<CheckedLink>,
+    /// The state's other names' links, kept alive.
+    refresh: Vec<String>,
+    /// Conversations merged into this one: deleted if still at the version read.
+    absorbed: Vec<Absorbed>,
+}
 
-/// The conversation keys a commit writes, in the script's order.
-const CONVERSATION_KEYS: [&str; 5] = ["v", "pause", "session", "state", "handback"];
+/// The state a commit writes.
+#[derive(Debug, Serialize)]
+struct Write {
+    /// The pause in force (JSON) and its deadline; absent: none (the key is deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause: Option<String>,
+    pause_at: String,
+    /// The live session (JSON) and its end; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    session_at: String,
+    /// What `state` holds ([`Stored`]).
+    state: String,
+    /// R16's stretch (JSON); absent: none, unless `handback_unchanged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handback: Option<String>,
+    handback_unchanged: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckedLink {
+    key: String,
+    /// The conversation it pointed at when read ('' for none).
+    was: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Absorbed {
+    keys: ConversationKeys,
+    version: String,
+}
+
+impl CommitArgs {
+    /// Every key the arguments name, the conversation's first (EVALSHA routes by the first key).
+    fn keys(&self) -> Vec<&String> {
+        let mut keys: Vec<&String> = self.conversation.all().to_vec();
+        keys.push(&self.seen);
+        keys.extend(self.links.iter().map(|l| &l.key));
+        keys.extend(self.refresh.iter());
+        for a in &self.absorbed {
+            keys.extend(a.keys.all());
+        }
+        keys
+    }
+}
 
 const CLAIM: &str = r#"
 -- KEYS: deadlines; ARGV: now, lease until, limit
@@ -113,6 +183,15 @@ struct Stored {
     last_reset: Option<Millis>,
     #[serde(default)]
     names: Vec<CustomerKey>,
+}
+
+/// Where state lives: `COEXIST_REDIS_CLUSTER` when set, else `COEXIST_REDIS_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server, or a managed primary endpoint.
+    Server(Secret),
+    /// Seed URLs of a Redis Cluster.
+    Cluster(Vec<Secret>),
 }
 
 /// A connection to one Redis server (or a managed primary endpoint), or to a Redis Cluster.
@@ -164,9 +243,6 @@ const WAIT_MS: u64 = 1000;
 pub struct RedisStore {
     conn: Conn,
     ns: String,
-    /// Also read (and mark) the keys of the build before identity, so that pauses in force and
-    /// unpublished events survive the upgrade. One server only: those keys lie in other slots.
-    legacy: bool,
     /// Replicas that must acknowledge a commit before it counts as made (0: no `WAIT`).
     replicas: u32,
     commit: Script,
@@ -201,10 +277,7 @@ impl RedisStore {
                 .response_timeout(RESPONSE_TIMEOUT)
                 .build()?;
                 let conn = client.get_async_connection().await?;
-                let mut store = Self::with_connection(Conn::Cluster(conn), namespace);
-                // The previous layout's keys lie in other slots than this one's.
-                store.legacy = false;
-                store
+                Self::with_connection(Conn::Cluster(conn), namespace)
             }
         };
         store.replicas = replicas;
@@ -215,7 +288,6 @@ impl RedisStore {
         RedisStore {
             conn,
             ns: namespace.to_owned(),
-            legacy: true,
             replicas: 0,
             commit: Script::new(COMMIT),
             claim: Script::new(CLAIM),
@@ -270,48 +342,36 @@ impl RedisStore {
         format!("{}:deadlines", self.ns)
     }
 
-    /// The keys a snapshot of `scope` reads (with the previous layout's, on one server).
-    fn snapshot_keys(&self, scope: &Scope, key: &str) -> Vec<String> {
-        let mut keys = vec![
-            self.key(scope, "v"),
-            self.key(scope, "pause"),
-            self.key(scope, "session"),
-            self.key(scope, "state"),
-            self.key(scope, "handback"),
+    /// The keys a snapshot of `scope` reads: the conversation's, then the input's dedup mark.
+    fn snapshot_keys(&self, scope: &Scope, key: &str) -> [String; 6] {
+        let c = self.conversation_keys(scope);
+        [
+            c.v,
+            c.pause,
+            c.session,
+            c.state,
+            c.handback,
             self.seen_key(&scope.phone_number_id, key),
-        ];
-        if self.legacy {
-            keys.extend(
-                LEGACY
-                    .iter()
-                    .map(|suffix| legacy_key(&self.ns, scope, suffix, key)),
-            );
+        ]
+    }
+
+    /// A conversation's keys, by name.
+    fn conversation_keys(&self, scope: &Scope) -> ConversationKeys {
+        ConversationKeys {
+            v: self.key(scope, "v"),
+            pause: self.key(scope, "pause"),
+            session: self.key(scope, "session"),
+            state: self.key(scope, "state"),
+            handback: self.key(scope, "handback"),
         }
-        keys
     }
 
     /// A snapshot from the values of [`RedisStore::snapshot_keys`].
-    fn snapshot(
-        &self,
-        scope: &Scope,
-        mut values: Vec<Option<String>>,
-        now: Millis,
-    ) -> Result<Snapshot> {
-        let mut legacy = values.split_off(6);
-        let mut seen = values.pop().flatten();
-        let from_legacy = values.iter().all(Option::is_none) && legacy.len() == 6;
-        if from_legacy {
-            // Not yet in this layout: the state the build before identity kept, if any (its
-            // version does not guard this layout's keys, which do not exist yet: 0).
-            seen = seen.or(legacy.pop().flatten());
-            values = legacy;
-            values[0] = None;
-        } else if legacy.len() == 6 {
-            seen = seen.or(legacy.pop().flatten());
-        }
+    fn snapshot(&self, scope: &Scope, values: Vec<Option<String>>, now: Millis) -> Result<Snapshot> {
         let mut fields = values.into_iter();
         let mut next = || fields.next().flatten();
         let (v, pause_key, session, stored, handback) = (next(), next(), next(), next(), next());
+        let seen = next();
         let parse = |what: &str, text: &str| corrupt(&self.ns, scope, what, text);
         let stored: Stored = match stored {
             Some(s) => serde_json::from_str(&s).map_err(|e| parse("state", &e.to_string()))?,
@@ -362,43 +422,38 @@ impl RedisStore {
     }
 
     /// The pauses in force at `now`, soonest deadline first: read from the deadline set and the
-    /// conversations' pause keys (never a scan of the keyspace). Each with its deadline member's
-    /// conversation.
+    /// conversations' pause keys (never a scan of the keyspace).
     pub async fn paused(&self, now: Millis) -> Result<Vec<(Scope, Pause)>> {
         let due: Vec<(String, f64)> = self
             .conn
             .clone()
             .zrangebyscore_withscores(self.deadlines(), format!("({}", now.0), "+inf")
             .await?;
-        let members: Vec<(Scope, String)> = due
-            .into_iter()
-            .filter_map(|(member, _)| crate::engine::parse_deadline_member(&member))
+        let deadlines: Vec<Deadline> = due
+            .iter()
+            .filter_map(|(member, _)| parse_member(member))
             .collect();
-        if members.is_empty() {
+        if deadlines.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for (scope, _) in &members {
-            pipe.get(self.key(scope, "pause"));
-            if self.legacy {
-                pipe.get(legacy_key(&self.ns, scope, "pause", ""));
-            }
+        for d in &deadlines {
+            pipe.get(self.key(&d.scope, "pause"));
         }
         let values: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
-        let per = if self.legacy { 2 } else { 1 };
         let mut out: Vec<(Scope, Pause)> = Vec::new();
-        for ((scope, trigger), found) in members.into_iter().zip(values.chunks(per)) {
-            let Some(text) = found.iter().flatten().next() else {
+        for (d, found) in deadlines.into_iter().zip(values) {
+            let Some(text) = found else {
                 continue; // released, or moved to another conversation by a merge
             };
             let pause: Pause =
-                serde_json::from_str(text).map_err(|e| corrupt(&self.ns, &scope, "pause", e))?;
+                serde_json::from_str(&text).map_err(|e| corrupt(&self.ns, &d.scope, "pause", e))?;
             // The conversation's pause in force, once (older deadlines of it are stale).
-            if pause.trigger == trigger
+            if pause.trigger == d.trigger
                 && pause.until > now
-                && !out.iter().any(|(s, _)| *s == scope)
+                && !out.iter().any(|(s, _)| *s == d.scope)
             {
-                out.push((scope, pause));
+                out.push((d.scope, pause));
             }
         }
         Ok(out)
@@ -447,7 +502,7 @@ impl StateStore for RedisStore {
 
     async fn load(&self, scope: &Scope, key: &str, now: Millis) -> Result<Snapshot> {
         let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(self.snapshot_keys(scope, key))
+            .arg(&self.snapshot_keys(scope, key))
             .query_async(&mut self.conn.clone())
             .await?;
         self.snapshot(scope, values, now)
@@ -482,75 +537,69 @@ impl StateStore for RedisStore {
     async fn commit(&self, c: Commit<'_>) -> Result<Committed> {
         let pnid = &c.scope.phone_number_id;
         let id = c.scope.customer.as_ref();
-        let mut inv = self.commit.prepare_invoke();
-        for suffix in CONVERSATION_KEYS {
-            inv.key(self.key(c.scope, suffix));
-        }
-        inv.key(self.seen_key(pnid, c.key));
-        // Links checked as read, then the state's other names, whose links are kept alive.
-        for link in c.links {
-            inv.key(self.link_key(pnid, &link.name));
-        }
-        let refreshed: Vec<&CustomerKey> = match (c.state, id) {
+        let retain = c.retain.as_millis().to_string();
+        // The state's other names, beside the links checked as read: their links are kept alive.
+        let refresh: Vec<String> = match (c.state, id) {
             (Some(state), Some(id)) => state
                 .names
                 .iter()
                 .filter(|n| *n != id && !c.links.iter().any(|l| l.name == **n))
+                .map(|n| self.link_key(pnid, n))
                 .collect(),
             _ => Vec::new(),
         };
-        for name in &refreshed {
-            inv.key(self.link_key(pnid, name));
-        }
-        for (absorbed, _) in c.absorbed {
-            for suffix in CONVERSATION_KEYS {
-                inv.key(self.key(absorbed, suffix));
+        let write = c.state.map(|state| {
+            let live_pause = state.pause.as_ref().filter(|p| p.until > c.now);
+            let live_session = state.session.as_ref().filter(|s| s.expires > c.now);
+            Write {
+                pause: live_pause.map(json),
+                pause_at: live_pause.map_or(0, |p| p.until.0).to_string(),
+                session: live_session.map(json),
+                session_at: live_session.map_or(0, |s| s.expires.0).to_string(),
+                state: json(&Stored {
+                    pause: state.pause.clone(),
+                    last_reset: state.last_reset,
+                    names: state.names.clone(),
+                }),
+                handback: state.handback.as_ref().map(json),
+                handback_unchanged: !c.handback_changed,
             }
+        });
+        let args = CommitArgs {
+            conversation: self.conversation_keys(c.scope),
+            expect: c.expected_version.map(|v| v.to_string()),
+            write,
+            retain,
+            seen: self.seen_key(pnid, c.key),
+            seen_ms: super::DEDUP_RETENTION.as_millis().to_string(),
+            id: id.map_or("", |id| id.as_str()).to_owned(),
+            links: c
+                .links
+                .iter()
+                .map(|l| CheckedLink {
+                    key: self.link_key(pnid, &l.name),
+                    was: l.was.as_ref().map_or("", |w| w.as_str()).to_owned(),
+                })
+                .collect(),
+            refresh,
+            absorbed: c
+                .absorbed
+                .iter()
+                .map(|(scope, version)| Absorbed {
+                    keys: self.conversation_keys(scope),
+                    version: version.to_string(),
+                })
+                .collect(),
+        };
+        let mut inv = self.commit.prepare_invoke();
+        for key in args.keys() {
+            inv.key(key);
         }
-        inv.arg(
-            c.expected_version
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        );
-        match c.state {
-            Some(state) => {
-                let live_pause = state.pause.as_ref().filter(|p| p.until > c.now);
-                let live_session = state.session.as_ref().filter(|s| s.expires > c.now);
-                inv.arg("1")
-                    .arg(live_pause.map(json).unwrap_or_default())
-                    .arg(live_pause.map_or(0, |p| p.until.0))
-                    .arg(live_session.map(json).unwrap_or_default())
-                    .arg(live_session.map_or(0, |s| s.expires.0))
-                    .arg(json(&Stored {
-                        pause: state.pause.clone(),
-                        last_reset: state.last_reset,
-                        names: state.names.clone(),
-                    }));
-            }
-            None => {
-                inv.arg("0").arg("").arg(0).arg("").arg(0).arg("");
-            }
-        }
-        inv.arg(c.retain.as_millis() as u64);
+        inv.arg(json(&args));
         match c.seen {
             Seen::Done => inv.arg(DONE),
             Seen::Pending(events) => inv.arg(json(events)),
         };
-        inv.arg(super::DEDUP_RETENTION.as_millis() as u64);
-        match (c.state, c.handback_changed) {
-            (Some(state), true) => inv.arg(state.handback.as_ref().map(json).unwrap_or_default()),
-            _ => inv.arg(UNCHANGED),
-        };
-        inv.arg(id.map_or("", |id| id.as_str()))
-            .arg(c.links.len())
-            .arg(refreshed.len())
-            .arg(c.absorbed.len());
-        for link in c.links {
-            inv.arg(link.was.as_ref().map_or("", |w| w.as_str()));
-        }
-        for (_, version) in c.absorbed {
-            inv.arg(version);
-        }
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         if ok != 1 {
             return Ok(Committed::Conflict);
@@ -570,40 +619,29 @@ impl StateStore for RedisStore {
         for (scope, key) in marks {
             mark(&mut pipe, self.seen_key(&scope.phone_number_id, key));
         }
-        let marked: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
-        if self.legacy {
-            // No mark in this layout: the events came from the previous build's mark.
-            let mut pipe = redis::pipe();
-            for ((scope, key), _) in marks.iter().zip(&marked).filter(|(_, m)| m.is_none()) {
-                mark(&mut pipe, legacy_key(&self.ns, scope, "seen", key));
-            }
-            if !pipe.is_empty() {
-                let _: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
-            }
-        }
+        let _: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
-    async fn schedule(&self, member: &str, at: Millis) -> Result<()> {
+    async fn schedule(&self, deadline: &Deadline, at: Millis) -> Result<()> {
         let _: i64 = self
             .conn
             .clone()
-            .zadd(self.deadlines(), member, at.0)
+            .zadd(self.deadlines(), member(deadline), at.0)
             .await?;
         Ok(())
     }
 
-    async fn unschedule(&self, member: &str) -> Result<()> {
-        let _: i64 = self.conn.clone().zrem(self.deadlines(), member).await?;
+    async fn unschedule(&self, deadline: &Deadline) -> Result<()> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .zrem(self.deadlines(), member(deadline))
+            .await?;
         Ok(())
     }
 
-    async fn claim_due(
-        &self,
-        now: Millis,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<(String, Millis)>> {
+    async fn claim_due(&self, now: Millis, lease: Duration, limit: usize) -> Result<Vec<Claim>> {
         let lease_until = now.plus(lease);
         let due: Vec<String> = self
             .claim
@@ -613,17 +651,47 @@ impl StateStore for RedisStore {
             .arg(limit)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(due.into_iter().map(|m| (m, lease_until)).collect())
+        let mut claims = Vec::with_capacity(due.len());
+        for m in due {
+            match parse_member(&m) {
+                Some(deadline) => claims.push(Claim {
+                    deadline,
+                    lease_until,
+                }),
+                None => {
+                    tracing::warn!(
+                        member = %crate::domain::redact_digits(&m),
+                        "dropping a deadline that names no conversation"
+                    );
+                    let _: i64 = self.conn.clone().zrem(self.deadlines(), &m).await?;
+                }
+            }
+        }
+        Ok(claims)
     }
 
-    async fn finish_claim(&self, member: &str, lease_until: Millis) -> Result<()> {
+    async fn finish_claim(&self, claim: &Claim) -> Result<()> {
         let _: i64 = self
             .finish
             .key(self.deadlines())
-            .arg(member)
-            .arg(lease_until.0)
+            .arg(member(&claim.deadline))
+            .arg(claim.lease_until.0)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
+}
+
+/// A deadline as a member of `{ns}:deadlines`: `{phone_number_id}:{conversation id}|{trigger}`.
+fn member(d: &Deadline) -> String {
+    format!("{}|{}", d.scope, d.trigger)
+}
+
+/// Reads a member of `{ns}:deadlines` back.
+fn parse_member(member: &str) -> Option<Deadline> {
+    let (scope, trigger) = member.split_once('|')?;
+    Some(Deadline {
+        scope: Scope::parse(scope)?,
+        trigger: trigger.to_owned(),
+    })
 }

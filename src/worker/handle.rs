@@ -11,7 +11,7 @@ use crate::domain::{redact_digits, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::Input;
 use crate::retry::{until_ok, Interrupted, Stopped};
-use crate::store::{Applied, Delivery};
+use crate::apply::{Applied, Delivery};
 use crate::time::Millis;
 use crate::unit::{Unit, VERSION};
 
@@ -26,18 +26,42 @@ enum Outcome {
     Parked,
 }
 
+/// A delivery, read once: the unit it carries, or why it cannot be read.
+pub(super) enum Work {
+    Unit(Unit),
+    Unreadable(String),
+}
+
+impl Work {
+    pub(super) fn read(data: &[u8]) -> Work {
+        match serde_json::from_slice::<Unit>(data) {
+            Ok(u) if u.v == VERSION => Work::Unit(u),
+            Ok(u) => Work::Unreadable(format!("unit version {} is not understood", u.v)),
+            Err(e) => Work::Unreadable(format!("unreadable unit: {e}")),
+        }
+    }
+
+    /// The lane it is handled in: its business number (unreadable work has a lane of its own).
+    pub(super) fn lane(&self) -> &str {
+        match self {
+            Work::Unit(u) => &u.scope.phone_number_id,
+            Work::Unreadable(_) => "",
+        }
+    }
+}
+
 impl Shared {
-    /// Handles one delivery; `Err(Interrupted)` when shutdown came first (leave it
-    /// unacknowledged: it is delivered again).
-    pub(super) async fn handle(&self, partition: u16, data: &[u8]) -> Result<(), Interrupted> {
-        let unit: Unit = match serde_json::from_slice::<Unit>(data) {
-            Ok(u) if u.v == VERSION => u,
-            Ok(u) => {
-                let reason = format!("unit version {} is not understood", u.v);
-                return self.dead_letter(data.to_vec(), None, &reason, 1).await;
-            }
-            Err(e) => {
-                let reason = format!("unreadable unit: {e}");
+    /// Handles one delivery (`data`, read as `work`); `Err(Interrupted)` when shutdown came first
+    /// (leave it unacknowledged: it is delivered again).
+    pub(super) async fn handle(
+        &self,
+        partition: u16,
+        data: &[u8],
+        work: Work,
+    ) -> Result<(), Interrupted> {
+        let unit = match work {
+            Work::Unit(u) => u,
+            Work::Unreadable(reason) => {
                 return self.dead_letter(data.to_vec(), None, &reason, 1).await;
             }
         };

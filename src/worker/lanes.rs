@@ -13,6 +13,7 @@ use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
+use super::handle::Work;
 use super::Shared;
 
 /// Deliveries a partition consumer holds ahead of the ones it works on.
@@ -20,8 +21,8 @@ const PREFETCH: u16 = 16;
 /// How long a consumer waits for the broker to answer a cancel or a close.
 const BROKER_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The deliveries waiting behind the one each lane works on, by business number.
-type Waiting = Arc<Mutex<HashMap<String, VecDeque<Delivery>>>>;
+/// The deliveries waiting behind the one each lane works on, by business number, each read once.
+type Waiting = Arc<Mutex<HashMap<String, VecDeque<(Delivery, Work)>>>>;
 
 /// Consumes one partition until `stop` (the partition handed over, or the worker stopping), or
 /// a broker failure.
@@ -51,7 +52,7 @@ async fn consume_inner(
         ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
         let consumer = ch
             .basic_consume(
-                queue.as_str().into(),
+                queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -95,17 +96,18 @@ async fn consume_inner(
             None => break Ok(()),
             Some(Err(e)) => break Err(e),
             Some(Ok(delivery)) => {
-                let lane = lane_of(&delivery.data);
+                let work = Work::read(&delivery.data);
+                let lane = work.lane().to_owned();
                 let mut map = waiting.lock().expect("lanes");
                 match map.get_mut(&lane) {
-                    Some(queue) => queue.push_back(delivery),
+                    Some(queue) => queue.push_back((delivery, work)),
                     None => {
                         map.insert(lane.clone(), VecDeque::new());
                         running.spawn(run_lane(
                             shared.clone(),
                             partition,
                             lane,
-                            delivery,
+                            (delivery, work),
                             waiting.clone(),
                             halted.clone(),
                         ));
@@ -130,34 +132,18 @@ async fn consume_inner(
     result
 }
 
-/// The business number a delivery belongs to (its lane), read without decoding the items
-/// (units of the build before identity name a conversation: their number is the lane too).
-fn lane_of(data: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        scope: String,
-    }
-    let scope = serde_json::from_slice::<Head>(data)
-        .map(|h| h.scope)
-        .unwrap_or_default();
-    match scope.split_once(':') {
-        Some((number, _)) => number.to_owned(),
-        None => scope,
-    }
-}
-
-/// Handles a conversation's deliveries in order until none is waiting, or the partition halts.
+/// Handles a business number's deliveries in order until none is waiting, or the partition halts.
 async fn run_lane(
     shared: Arc<Shared>,
     partition: u16,
     lane: String,
-    first: Delivery,
+    first: (Delivery, Work),
     waiting: Waiting,
     halted: Arc<AtomicBool>,
 ) -> Result<(), lapin::Error> {
-    let mut delivery = first;
+    let (mut delivery, mut work) = first;
     loop {
-        if shared.handle(partition, &delivery.data).await.is_err() {
+        if shared.handle(partition, &delivery.data, work).await.is_err() {
             // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
             halted.store(true, Ordering::SeqCst);
             return Ok(());
@@ -186,7 +172,7 @@ async fn run_lane(
             map.get_mut(&lane).and_then(VecDeque::pop_front)
         };
         match next {
-            Some(d) => delivery = d,
+            Some(next) => (delivery, work) = next,
             None => {
                 map.remove(&lane);
                 return Ok(());

@@ -43,7 +43,7 @@ use crate::broker::{Link, Topology};
 use crate::config::Config;
 use crate::retry::{until_ok, Stopped};
 use crate::store::redis::RedisStore;
-use crate::store::Engine;
+use crate::apply::Applier;
 use membership::Membership;
 
 /// A running worker. Dropping it stops it.
@@ -81,7 +81,7 @@ impl Worker {
 struct Shared {
     id: String,
     topology: Topology,
-    engine: Engine<RedisStore>,
+    engine: Applier<RedisStore>,
     link: Arc<Link>,
     /// Cancelled when the worker stops: ends retrying, consuming and sweeping.
     stop: CancellationToken,
@@ -132,7 +132,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
-        engine: Engine::new(store.clone(), Arc::new(config.rules.clone())),
+        engine: Applier::new(store.clone(), Arc::new(config.rules.clone())),
         link,
         stop: stop.clone(),
         redis_ok: AtomicBool::new(true),

@@ -380,7 +380,7 @@ fn conversation_show_finds_a_customer_by_any_linked_name() {
         let store = coexist::store::redis::RedisStore::connect(&redis_url(), &ns.0)
             .await
             .unwrap();
-        let engine = coexist::store::Engine::new(store, book(coexist::engine::Rules::default()));
+        let engine = coexist::apply::Applier::new(store, book(coexist::engine::Rules::default()));
         let t = t0();
         feed(&engine, &echo_text(ANA, "wamid.CN1", t, "Te atiendo"), t).await;
         // A message naming both links the id to the phone's conversation.
@@ -516,7 +516,7 @@ fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
             &ns.0,
         ))
         .unwrap();
-    let engine = coexist::store::Engine::new(store, book(coexist::engine::Rules::default()));
+    let engine = coexist::apply::Applier::new(store, book(coexist::engine::Rules::default()));
     rt.block_on(async {
         // Luis was answered an hour after Ana: Ana's pause ends first.
         feed(&engine, &echo_text(LUIS, "wamid.LS2", t, "Hola Luis"), t).await;

@@ -346,12 +346,13 @@ async fn cluster_redis_primary_killed_keeps_the_pause() {
 #[ignore = "needs the Redis Cluster of scripts/cluster: scripts/test runs it"]
 async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
     use coexist::engine::Input;
-    use coexist::store::{Delivery, StateStore};
+    use coexist::apply::Delivery;
+    use coexist::store::StateStore;
     let ns = unique_ns("cl-twice");
     let _keys = ClusterNsGuard(ns.clone());
     let store = cluster_store(&ns, 0).await;
     let engine =
-        coexist::store::Engine::new(store.clone(), book(coexist::engine::Rules::default()));
+        coexist::apply::Applier::new(store.clone(), book(coexist::engine::Rules::default()));
     let t = t0();
     let now = coexist::time::Millis::from_secs(t);
     let items = coexist::meta::parse_body(customer_text(ANA, "wamid.TW1", t, "hola").as_bytes())
@@ -364,7 +365,7 @@ async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
     let again = engine.apply(&Input::Item(&items[0]), now).await.unwrap();
     assert!(matches!(first.delivery, Delivery::Fresh));
     assert!(matches!(again.delivery, Delivery::Redelivered));
-    let ids = |a: &coexist::store::Applied| {
+    let ids = |a: &coexist::apply::Applied| {
         a.events
             .iter()
             .map(|e| e.event.event_id.clone())

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use coexist::engine::Rules;
-use coexist::store::{Delivery, Engine, StateStore};
+use coexist::apply::{Applier, Delivery};
+use coexist::store::StateStore;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -63,7 +64,7 @@ fn system(from: Option<&str>, from_user: Option<&str>, wamid: &str, ts: i64, sys
 
 both!(a_bsuid_only_echo_then_a_message_with_both_names_stays_with_the_human);
 async fn a_bsuid_only_echo_then_a_message_with_both_names_stays_with_the_human<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     let ev = feed(
@@ -100,7 +101,7 @@ async fn a_bsuid_only_echo_then_a_message_with_both_names_stays_with_the_human<S
 }
 
 both!(a_phone_echo_then_a_bsuid_only_message_after_a_link);
-async fn a_phone_echo_then_a_bsuid_only_message_after_a_link<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn a_phone_echo_then_a_bsuid_only_message_after_a_link<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo(Some(ANA), None, "wamid.J1", t, "Te atiendo"), t).await;
     // A status naming both links them (statuses carry the recipient's names too).
     let status = envelope(
@@ -129,7 +130,7 @@ both!(two_conversations_of_one_customer_merge_and_the_pause_holds_under_both_nam
 async fn two_conversations_of_one_customer_merge_and_the_pause_holds_under_both_names<
     S: StateStore,
 >(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     // Known by phone to the AI agent, by BSUID to the human: two conversations, for now.
@@ -190,7 +191,7 @@ async fn two_conversations_of_one_customer_merge_and_the_pause_holds_under_both_
 
 both!(a_number_change_in_a_human_stretch_keeps_it_with_the_human);
 async fn a_number_change_in_a_human_stretch_keeps_it_with_the_human<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     feed(e, &echo(Some(ANA), None, "wamid.L1", t, "Te atiendo"), t).await;
@@ -258,7 +259,7 @@ async fn a_number_change_in_a_human_stretch_keeps_it_with_the_human<S: StateStor
 
 both!(an_id_change_in_a_human_stretch_keeps_it_with_the_human);
 async fn an_id_change_in_a_human_stretch_keeps_it_with_the_human<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     feed(e, &echo(None, Some(ANA_ID), "wamid.M1", t, "Te atiendo"), t).await;
@@ -286,7 +287,7 @@ async fn an_id_change_in_a_human_stretch_keeps_it_with_the_human<S: StateStore>(
 
 both!(redelivered_linking_items_change_nothing_the_second_time);
 async fn redelivered_linking_items_change_nothing_the_second_time<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     feed(e, &echo(None, Some(ANA_ID), "wamid.N1", t, "Te atiendo"), t).await;
@@ -302,7 +303,7 @@ async fn redelivered_linking_items_change_nothing_the_second_time<S: StateStore>
 
 both!(history_contacts_and_statuses_name_bsuid_only_customers);
 async fn history_contacts_and_statuses_name_bsuid_only_customers<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     // A history thread named by context.user_id; the customer's message is sent to the business.

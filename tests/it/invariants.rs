@@ -7,7 +7,8 @@ use std::time::Duration;
 use coexist::domain::{CustomerKey, Scope};
 use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::meta::parse_body;
-use coexist::store::{Delivery, StateStore};
+use coexist::apply::Delivery;
+use coexist::store::StateStore;
 use coexist::time::Millis;
 use proptest::prelude::*;
 use serde_json::json;
@@ -201,7 +202,7 @@ fn triple(ev: Ev) -> (String, String, String) {
     (ev.exchange, ev.kind, id)
 }
 
-fn events_of(a: &coexist::store::Applied) -> Vec<(String, String, String)> {
+fn events_of(a: &coexist::apply::Applied) -> Vec<(String, String, String)> {
     events(a).into_iter().map(triple).collect()
 }
 

@@ -1,7 +1,8 @@
 //! Meta's webhook model: every field and type read, unknown ones tolerated, bad input a clear
 //! error or a tolerated item, never a panic.
 
-use coexist::meta::{parse_body, BodyError, Change, Direction, Echo, ItemKind};
+use coexist::engine::input::{Change, Direction, Echo, ItemKind};
+use coexist::meta::{parse_body, BodyError};
 use serde_json::json;
 
 use crate::support::*;

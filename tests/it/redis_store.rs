@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
-use coexist::store::{Delivery, Engine};
+use coexist::apply::{Applier, Delivery};
 use coexist::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
@@ -408,7 +408,7 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
         coexist::store::redis::RedisStore::connect(&format!("redis://{}", proxy.addr), &ns.0)
             .await
             .unwrap();
-    let e = Engine::new(store, book(Rules::default()));
+    let e = Applier::new(store, book(Rules::default()));
     let t = t0();
     assert_eq!(
         feed(&e, &customer_text(ANA, "wamid.RD1", t, "hola"), t)
@@ -449,92 +449,15 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
 }
 
 #[tokio::test]
-async fn pending_events_committed_by_the_earlier_build_are_published_by_this_one() {
-    let (e, ns) = redis_engine("oldpending", Rules::default()).await;
-    let t = t0();
-    let body = customer_text(ANA, "wamid.OLD1", t, "hola");
-    // What the build with the flat event struct committed for this item before it was killed:
-    // the mark holds its events (exchange, routing key, id, conversation, body) verbatim.
-    let old = r#"[{"exchange":"bot","routing_key":"message.received","event_id":"4f0b6a52-0f3e-8d6a-9d2c-2b7c1e3c0a11","conversation":"410000000000088:5215551230001","body":{"event_id":"4f0b6a52-0f3e-8d6a-9d2c-2b7c1e3c0a11","type":"message.received","occurred_at":"2026-11-26T10:00:00Z","phone_number_id":"410000000000088","customer":{"wa_id":"5215551230001","user_id":null,"name":"Ana Ruiz"},"session_id":"s-old","message":{"id":"wamid.OLD1","type":"text","text":"hola","source":"customer","icon":null,"media":null,"reply_to":null,"raw":{"from":"5215551230001","id":"wamid.OLD1","timestamp":"1764151200","type":"text","text":{"body":"hola"}}},"session_started":true}}]"#;
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // Where that build kept it: the conversation's own hash tag.
-    let mark = format!("{}:{{{PNID}:{ANA}}}:seen:m:wamid.OLD1", ns.0);
-    let _: () = redis.set_ex(&mark, old, 600).await.unwrap();
-    let applied = apply_body(&e, &body, t).await.remove(0);
-    assert_eq!(applied.delivery, Delivery::Redelivered);
-    assert_eq!(applied.events.len(), 1);
-    // The same event, in this build's form: the field the contract added since (`handback`,
-    // null here) is written; everything else byte for byte.
-    let committed_body = &old[old.find(r#""body":"#).unwrap() + 7..old.len() - 3];
-    assert_eq!(
-        applied.events[0].event.to_json(),
-        format!(r#"{committed_body},"handback":null}}"#),
-    );
-    e.acknowledge(&applied).await.unwrap();
-    let done: String = redis.get(&mark).await.unwrap();
-    assert_eq!(done, "done");
-}
-
-#[tokio::test]
-async fn a_pause_kept_by_the_build_before_identity_still_holds() {
-    let (e, ns) = redis_engine("oldpause", Rules::default()).await;
-    let t = t0();
-    // The keys that build wrote for a human's reply at t (conversation hash tag, no links).
-    let old = |suffix: &str| format!("{}:{{{PNID}:{ANA}}}:{suffix}", ns.0);
-    let until = (t + 7 * 86_400) * 1000;
-    let pause = format!(
-        r#"{{"until":{until},"since":{},"trigger":"m:wamid.OLDP"}}"#,
-        t * 1000
-    );
-    let mut redis = e.store().connection();
-    let _: () = redis::pipe()
-        .cmd("SET")
-        .arg(old("v"))
-        .arg(3)
-        .ignore()
-        .cmd("SET")
-        .arg(old("pause"))
-        .arg(&pause)
-        .arg("PXAT")
-        .arg(until)
-        .ignore()
-        .cmd("SET")
-        .arg(old("state"))
-        .arg(format!(r#"{{"pause":{pause},"last_reset":null}}"#))
-        .ignore()
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let ev = feed(
-        &e,
-        &customer_text(ANA, "wamid.OLDP2", t + 60, "¿sigues?"),
-        t + 60,
-    )
-    .await;
-    assert_eq!(
-        kinds(&ev),
-        pairs(&[("human_chat", "message.received")]),
-        "the pause in force before the upgrade holds after it"
-    );
-    // From then on the conversation lives in this build's keys.
-    let v: Option<u64> = redis.get(conv_key(&ns.0, ANA, "v")).await.unwrap();
-    assert_eq!(v, Some(1));
-}
-
-#[tokio::test]
 async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
     // The test server has no replicas: asked for one, each commit waits its second for `WAIT`,
     // is counted as a shortfall, and takes effect all the same.
     let ns = NsGuard(unique_ns("replicas"));
-    let target = coexist::config::RedisTarget::Server(coexist::config::Secret::new(redis_url()));
+    let target = coexist::store::redis::RedisTarget::Server(coexist::secret::Secret::new(redis_url()));
     let store = coexist::store::redis::RedisStore::open(&target, &ns.0, 1)
         .await
         .unwrap();
-    let e = Engine::new(store, book(Rules::default()));
+    let e = Applier::new(store, book(Rules::default()));
     let shortfalls = || {
         coexist::metrics::render()
             .lines()

@@ -3,7 +3,8 @@
 
 use coexist::domain::{CustomerKey, Scope};
 use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::store::{Engine, StateStore};
+use coexist::apply::Applier;
+use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::json;
 use std::time::Duration;
@@ -18,7 +19,7 @@ fn rfc(secs: i64) -> String {
 }
 
 both!(r1_active_session_continues);
-async fn r1_active_session_continues<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r1_active_session_continues<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.A1", t, "Hola"), t).await;
     let b = feed(
         e,
@@ -43,7 +44,7 @@ async fn r1_active_session_continues<S: StateStore>(e: &Engine<S>, t: i64) {
 }
 
 both!(r2_no_session_starts_one);
-async fn r2_no_session_starts_one<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r2_no_session_starts_one<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.B1", t, "Hola"), t).await;
     assert_eq!(kinds(&a), pairs(&[("bot", "message.received")]));
     assert_eq!(a[0].body["session_started"], json!(true));
@@ -73,7 +74,7 @@ async fn r2_no_session_starts_one<S: StateStore>(e: &Engine<S>, t: i64) {
 }
 
 both!(r3_paused_customer_goes_to_the_inbox);
-async fn r3_paused_customer_goes_to_the_inbox<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r3_paused_customer_goes_to_the_inbox<S: StateStore>(e: &Applier<S>, t: i64) {
     let h = feed(e, &echo_text(ANA, "wamid.C1", t, "Te atiendo yo"), t).await;
     let m = feed(
         e,
@@ -92,7 +93,7 @@ async fn r3_paused_customer_goes_to_the_inbox<S: StateStore>(e: &Engine<S>, t: i
 }
 
 both!(r4_echo_pauses_an_active_bot_session);
-async fn r4_echo_pauses_an_active_bot_session<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r4_echo_pauses_an_active_bot_session<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.D1", t, "Hola"), t).await;
     let session = a[0].session().unwrap().to_owned();
     // `to` is not normalised by Meta: it may carry + and spaces.
@@ -160,7 +161,7 @@ async fn r4_echo_pauses_an_active_bot_session<S: StateStore>(e: &Engine<S>, t: i
 }
 
 both!(r4_echo_without_a_session_opens_a_human_one);
-async fn r4_echo_without_a_session_opens_a_human_one<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r4_echo_without_a_session_opens_a_human_one<S: StateStore>(e: &Applier<S>, t: i64) {
     let h = feed(
         e,
         &echo_msg(
@@ -189,7 +190,7 @@ async fn r4_echo_without_a_session_opens_a_human_one<S: StateStore>(e: &Engine<S
 }
 
 both!(r5_reset_hands_back_with_a_fresh_session);
-async fn r5_reset_hands_back_with_a_fresh_session<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r5_reset_hands_back_with_a_fresh_session<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.F1", t, "Hola"), t).await;
     let mut all = a.clone();
     all.extend(feed(e, &echo_text(ANA, "wamid.F2", t + 10, "Te ayudo"), t + 10).await);
@@ -218,7 +219,7 @@ async fn r5_reset_hands_back_with_a_fresh_session<S: StateStore>(e: &Engine<S>, 
 }
 
 both!(r5_reset_when_not_paused_only_ends_the_session);
-async fn r5_reset_when_not_paused_only_ends_the_session<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r5_reset_when_not_paused_only_ends_the_session<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.G1", t, "Hola"), t).await;
     let r = feed(e, &echo_text(ANA, "wamid.G2", t + 5, "/reset"), t + 5).await;
     assert!(r.is_empty(), "not paused: no event, got {r:?}");
@@ -239,7 +240,7 @@ both!(
         Duration::from_secs(86_400)
     )
 );
-async fn r6_empty_reset_text_turns_reset_off<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r6_empty_reset_text_turns_reset_off<S: StateStore>(e: &Applier<S>, t: i64) {
     let r = feed(e, &echo_text(ANA, "wamid.H1", t, "/reset"), t).await;
     assert_eq!(
         kinds(&r),
@@ -254,7 +255,7 @@ async fn r6_empty_reset_text_turns_reset_off<S: StateStore>(e: &Engine<S>, t: i6
 }
 
 both!(r7_timeout_is_released_once_by_the_sweep);
-async fn r7_timeout_is_released_once_by_the_sweep<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r7_timeout_is_released_once_by_the_sweep<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &customer_text(ANA, "wamid.I1", t, "Hola"), t).await;
     feed(e, &echo_text(ANA, "wamid.I2", t + 10, "Te atiendo"), t + 10).await;
     assert!(sweep(e, t + 10 + WEEK - 1).await.is_empty(), "not due yet");
@@ -278,7 +279,7 @@ async fn r7_timeout_is_released_once_by_the_sweep<S: StateStore>(e: &Engine<S>, 
 }
 
 both!(r7_timeout_before_the_sweep_routes_to_the_bot);
-async fn r7_timeout_before_the_sweep_routes_to_the_bot<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r7_timeout_before_the_sweep_routes_to_the_bot<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.J1", t, "Te atiendo"), t).await;
     let at = t + WEEK + 5;
     let m = feed(e, &customer_text(ANA, "wamid.J2", at, "¿Hola?"), at).await;
@@ -319,7 +320,7 @@ async fn r7_release_has_the_same_id_inline_or_swept() {
 }
 
 both!(r8_stale_echoes_are_recorded_without_pausing);
-async fn r8_stale_echoes_are_recorded_without_pausing<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r8_stale_echoes_are_recorded_without_pausing<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.L1", t, "Te atiendo"), t).await;
     feed(e, &echo_text(ANA, "wamid.L2", t + 100, "/reset"), t + 100).await;
     // Sent before the reset, delivered after it.
@@ -346,7 +347,7 @@ async fn r8_stale_echoes_are_recorded_without_pausing<S: StateStore>(e: &Engine<
 }
 
 both!(r9_duplicates_yield_no_second_event);
-async fn r9_duplicates_yield_no_second_event<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r9_duplicates_yield_no_second_event<S: StateStore>(e: &Applier<S>, t: i64) {
     let body = customer_text(ANA, "wamid.M1", t, "Hola");
     assert_eq!(feed(e, &body, t).await.len(), 1);
     assert!(feed(e, &body, t + 5).await.is_empty(), "Meta's retry");
@@ -370,7 +371,7 @@ async fn r9_duplicates_yield_no_second_event<S: StateStore>(e: &Engine<S>, t: i6
 
 both!(r9_unacknowledged_events_are_given_again_with_the_same_ids);
 async fn r9_unacknowledged_events_are_given_again_with_the_same_ids<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     feed(e, &customer_text(ANA, "wamid.N0", t, "Hola"), t).await;
@@ -392,7 +393,7 @@ async fn r9_unacknowledged_events_are_given_again_with_the_same_ids<S: StateStor
 }
 
 both!(r10_edits_and_revokes_leave_the_pause_alone);
-async fn r10_edits_and_revokes_leave_the_pause_alone<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r10_edits_and_revokes_leave_the_pause_alone<S: StateStore>(e: &Applier<S>, t: i64) {
     let h = feed(e, &echo_text(ANA, "wamid.P1", t, "Precio: 10"), t).await;
     let edit = echo_msg(
         ANA,
@@ -448,7 +449,7 @@ async fn r10_edits_and_revokes_leave_the_pause_alone<S: StateStore>(e: &Engine<S
 }
 
 both!(r11_history_and_state_sync_never_pause);
-async fn r11_history_and_state_sync_never_pause<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r11_history_and_state_sync_never_pause<S: StateStore>(e: &Applier<S>, t: i64) {
     let chunk = envelope(
         "history",
         json!({"messaging_product": "whatsapp", "metadata": metadata(), "history": [{
@@ -521,7 +522,7 @@ async fn r11_history_and_state_sync_never_pause<S: StateStore>(e: &Engine<S>, t:
 }
 
 both!(r12_statuses_and_account_updates_go_to_the_bot);
-async fn r12_statuses_and_account_updates_go_to_the_bot<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r12_statuses_and_account_updates_go_to_the_bot<S: StateStore>(e: &Applier<S>, t: i64) {
     let s = feed(e, &status(ANA, "wamid.OUT2", t, "delivered"), t).await;
     assert_eq!(kinds(&s), pairs(&[("bot", "message.status")]));
     assert_eq!(s[0].body["status"], json!("delivered"));
@@ -550,7 +551,7 @@ async fn r12_statuses_and_account_updates_go_to_the_bot<S: StateStore>(e: &Engin
 }
 
 both!(r13_every_item_of_a_batch_in_order);
-async fn r13_every_item_of_a_batch_in_order<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r13_every_item_of_a_batch_in_order<S: StateStore>(e: &Applier<S>, t: i64) {
     let msg = |from: &str, id: &str, ts: i64, body: &str| json!({"from": from, "id": id, "timestamp": ts.to_string(), "type": "text", "text": {"body": body}});
     let body = json!({"object": "whatsapp_business_account", "entry": [
         {"id": WABA, "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": metadata(),
@@ -599,7 +600,7 @@ async fn r13_every_item_of_a_batch_in_order<S: StateStore>(e: &Engine<S>, t: i64
 }
 
 both!(operator_pause_and_release);
-async fn operator_pause_and_release<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn operator_pause_and_release<S: StateStore>(e: &Applier<S>, t: i64) {
     let a = feed(e, &customer_text(ANA, "wamid.S1", t, "Hola"), t).await;
     let scope = Scope::conversation(PNID, CustomerKey::WaId(ANA.into()));
     let op = |action, at: i64| Input::Operator {
@@ -684,12 +685,12 @@ async fn event_ids_are_deterministic_across_engines() {
 #[tokio::test]
 async fn per_number_rules_apply_to_their_number_only() {
     let t = t0();
-    let mut book = coexist::store::RuleBook::default();
+    let mut book = coexist::engine::RuleBook::default();
     book.numbers.insert(
         PNID.into(),
         Rules::new("#bot", Duration::from_secs(3600), Duration::from_secs(600)),
     );
-    let e = Engine::new(
+    let e = Applier::new(
         coexist::store::memory::MemoryStore::new(),
         std::sync::Arc::new(book),
     );

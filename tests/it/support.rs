@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coexist::engine::Input;
-use coexist::meta::{parse_body, Item};
+use coexist::engine::input::Item;
+use coexist::meta::parse_body;
 use coexist::store::memory::MemoryStore;
 use coexist::store::redis::RedisStore;
-use coexist::store::{Applied, Engine, RuleBook, StateStore};
+use coexist::apply::{Applied, Applier};
+use coexist::engine::RuleBook;
+use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -63,20 +66,20 @@ pub fn book(rules: impl Into<RuleBook>) -> Arc<RuleBook> {
 }
 
 /// An engine over memory, with `rules` for every number (or a [`RuleBook`]).
-pub fn memory_engine(rules: impl Into<RuleBook>) -> Engine<MemoryStore> {
-    Engine::new(MemoryStore::new(), book(rules))
+pub fn memory_engine(rules: impl Into<RuleBook>) -> Applier<MemoryStore> {
+    Applier::new(MemoryStore::new(), book(rules))
 }
 
 /// An engine over the real Redis, in a namespace of its own (deleted with the guard).
-pub async fn redis_engine(name: &str, rules: impl Into<RuleBook>) -> (Engine<RedisStore>, NsGuard) {
+pub async fn redis_engine(name: &str, rules: impl Into<RuleBook>) -> (Applier<RedisStore>, NsGuard) {
     let ns = unique_ns(name);
     let store = RedisStore::connect(&redis_url(), &ns)
         .await
         .expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
-    (Engine::new(store, book(rules)), NsGuard(ns))
+    (Applier::new(store, book(rules)), NsGuard(ns))
 }
 
-/// Runs a scenario `async fn name<S: StateStore>(e: &Engine<S>, t: i64)` against both stores:
+/// Runs a scenario `async fn name<S: StateStore>(e: &Applier<S>, t: i64)` against both stores:
 /// memory, and Redis in a namespace of its own. The rules default to [`Rules::default`].
 macro_rules! both {
     ($name:ident) => {
@@ -115,19 +118,19 @@ pub fn redis_cluster_seeds() -> Vec<String> {
 pub async fn cluster_engine(
     name: &str,
     rules: impl Into<RuleBook>,
-) -> (Engine<RedisStore>, ClusterNsGuard) {
+) -> (Applier<RedisStore>, ClusterNsGuard) {
     let ns = unique_ns(name);
     let store = cluster_store(&ns, 0).await;
-    (Engine::new(store, book(rules)), ClusterNsGuard(ns))
+    (Applier::new(store, book(rules)), ClusterNsGuard(ns))
 }
 
 /// A store on the test Redis Cluster.
 pub async fn cluster_store(ns: &str, replicas: u32) -> RedisStore {
     let seeds = redis_cluster_seeds()
         .into_iter()
-        .map(coexist::config::Secret::new)
+        .map(coexist::secret::Secret::new)
         .collect();
-    RedisStore::open(&coexist::config::RedisTarget::Cluster(seeds), ns, replicas)
+    RedisStore::open(&coexist::store::redis::RedisTarget::Cluster(seeds), ns, replicas)
         .await
         .expect("the Redis Cluster of scripts/cluster")
 }
@@ -210,7 +213,7 @@ pub fn status(recipient: &str, wamid: &str, ts: i64, status: &str) -> String {
 
 /// Applies every item of a body at `now` (seconds), publishes nothing, acknowledges each.
 /// Returns the events as (exchange, type, body).
-pub async fn feed<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Vec<Ev> {
+pub async fn feed<S: StateStore>(engine: &Applier<S>, body: &str, now: i64) -> Vec<Ev> {
     let mut out = Vec::new();
     for applied in apply_body(engine, body, now).await {
         engine.acknowledge(&applied).await.unwrap();
@@ -220,7 +223,7 @@ pub async fn feed<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Ve
 }
 
 /// Applies every item of a body without acknowledging.
-pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64) -> Vec<Applied> {
+pub async fn apply_body<S: StateStore>(engine: &Applier<S>, body: &str, now: i64) -> Vec<Applied> {
     let items: Vec<Item> = parse_body(body.as_bytes()).expect("a webhook").items;
     let mut out = Vec::new();
     for item in &items {
@@ -235,7 +238,7 @@ pub async fn apply_body<S: StateStore>(engine: &Engine<S>, body: &str, now: i64)
 }
 
 /// Releases due deadlines at `now` (seconds), acknowledging them.
-pub async fn sweep<S: StateStore>(engine: &Engine<S>, now: i64) -> Vec<Ev> {
+pub async fn sweep<S: StateStore>(engine: &Applier<S>, now: i64) -> Vec<Ev> {
     let mut out = Vec::new();
     for applied in engine
         .release_due(Millis::from_secs(now), 100)
@@ -414,25 +417,11 @@ fn clean_amqp(url: String, ns: String) {
                     return;
                 };
                 let t = coexist::broker::Topology::new(&ns, 64);
-                use coexist::engine::event::Exchange;
-                let mut queues = vec![
-                    t.dead(),
-                    t.default_queue(Exchange::Bot),
-                    t.default_queue(Exchange::HumanChat),
-                ];
-                queues.extend((0..64).map(|i| t.partition_queue(i)));
-                for q in queues {
+                for q in t.queues() {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
-                for e in [
-                    t.inbound_exchange(),
-                    t.dead(),
-                    t.exchange(Exchange::Bot),
-                    t.exchange(Exchange::HumanChat),
-                ] {
-                    let _ = ch
-                        .exchange_delete(e.as_str().into(), Default::default())
-                        .await;
+                for e in t.exchanges() {
+                    let _ = ch.exchange_delete(e.into(), Default::default()).await;
                 }
                 let _ = conn.close(200, "cleaned".into()).await;
             });
@@ -775,7 +764,7 @@ pub async fn queue_len(ns: &str, exchange: &str) -> u32 {
 /// Messages ready (not yet delivered to a consumer) in all of a namespace's partitions.
 pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
     let t = coexist::broker::Topology::new(ns, partitions);
-    let queues: Vec<String> = (0..partitions).map(|p| t.partition_queue(p)).collect();
+    let queues: Vec<String> = (0..partitions).map(|p| t.partition_queue(p).to_owned()).collect();
     ready_in(&queues).await
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::store::{Delivery, Engine, RuleBook, StateStore};
+use coexist::apply::{Applier, Delivery};
+use coexist::engine::RuleBook;
+use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::{json, Value};
 
@@ -51,7 +53,7 @@ fn automated() -> Rules {
 
 both!(r14_edits_and_deletes_go_to_the_ai_agent_while_it_handles);
 async fn r14_edits_and_deletes_go_to_the_ai_agent_while_it_handles<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     // No session yet: the edit goes to the bot and opens none.
@@ -86,7 +88,7 @@ async fn r14_edits_and_deletes_go_to_the_ai_agent_while_it_handles<S: StateStore
 
 both!(r14_while_paused_they_go_to_the_human_and_change_nothing);
 async fn r14_while_paused_they_go_to_the_human_and_change_nothing<S: StateStore>(
-    e: &Engine<S>,
+    e: &Applier<S>,
     t: i64,
 ) {
     feed(e, &echo_text(ANA, "wamid.E1", t, "Te atiendo yo"), t).await;
@@ -113,7 +115,7 @@ async fn r14_while_paused_they_go_to_the_human_and_change_nothing<S: StateStore>
 }
 
 both!(r14_odd_edits_are_still_edits);
-async fn r14_odd_edits_are_still_edits<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r14_odd_edits_are_still_edits<S: StateStore>(e: &Applier<S>, t: i64) {
     // Without the original's id, and with new content of a type no one knows yet.
     let ev = feed(
         e,
@@ -139,7 +141,7 @@ both!(
     r15_automated_texts_are_recorded_and_pause_nothing,
     automated()
 );
-async fn r15_automated_texts_are_recorded_and_pause_nothing<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r15_automated_texts_are_recorded_and_pause_nothing<S: StateStore>(e: &Applier<S>, t: i64) {
     let first = feed(e, &customer_text(ANA, "wamid.N1", t, "Hola"), t).await;
     // Odd case and spacing still match.
     let sloppy = "  ¡HOLA!   gracias por escribirnos.\tTe respondemos   EN BREVE. ";
@@ -187,7 +189,7 @@ fn per_number() -> RuleBook {
 }
 
 both!(r15_a_numbers_own_list_replaces_the_global_one, per_number());
-async fn r15_a_numbers_own_list_replaces_the_global_one<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r15_a_numbers_own_list_replaces_the_global_one<S: StateStore>(e: &Applier<S>, t: i64) {
     let ev = feed(e, &echo_text(ANA, "wamid.G2", t, GREETING), t).await;
     assert_eq!(
         kinds(&ev),
@@ -214,7 +216,7 @@ fn handback(evs: &[Ev]) -> Value {
 }
 
 both!(r16_handback_after_a_reset, automated());
-async fn r16_handback_after_a_reset<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_handback_after_a_reset<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &customer_text(ANA, "wamid.P1", t, "Hola"), t).await;
     feed(
         e,
@@ -277,7 +279,7 @@ both!(
         Duration::from_secs(86_400)
     )
 );
-async fn r16_handback_after_a_timeout<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_handback_after_a_timeout<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.T1", t, "Hola, soy Luis"), t).await;
     feed(
         e,
@@ -333,7 +335,7 @@ async fn r16_handback_after_a_timeout<S: StateStore>(e: &Engine<S>, t: i64) {
 }
 
 both!(r16_handback_after_an_operator_release);
-async fn r16_handback_after_an_operator_release<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_handback_after_an_operator_release<S: StateStore>(e: &Applier<S>, t: i64) {
     let scope =
         coexist::domain::Scope::conversation(PNID, coexist::domain::CustomerKey::WaId(ANA.into()));
     let op = |action, at: i64| Input::Operator {
@@ -373,7 +375,7 @@ both!(
     r16_the_last_n_are_kept,
     Rules::default().with_handback_messages(3)
 );
-async fn r16_the_last_n_are_kept<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_the_last_n_are_kept<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.C0", t, "0"), t).await;
     for i in 1..6 {
         feed(
@@ -399,7 +401,7 @@ both!(
     r16_zero_turns_it_off,
     Rules::default().with_handback_messages(0)
 );
-async fn r16_zero_turns_it_off<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_zero_turns_it_off<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.Z0", t, "Hola"), t).await;
     feed(e, &customer_text(ANA, "wamid.Z1", t + 1, "Gracias"), t + 1).await;
     feed(e, &echo_text(ANA, "wamid.ZR", t + 2, "/reset"), t + 2).await;
@@ -409,7 +411,7 @@ async fn r16_zero_turns_it_off<S: StateStore>(e: &Engine<S>, t: i64) {
 }
 
 both!(r16_huge_texts_are_cut);
-async fn r16_huge_texts_are_cut<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_huge_texts_are_cut<S: StateStore>(e: &Applier<S>, t: i64) {
     let huge = "ñ".repeat(100_000);
     feed(e, &echo_text(ANA, "wamid.U0", t, &huge), t).await;
     feed(e, &echo_text(ANA, "wamid.UR", t + 1, "/reset"), t + 1).await;
@@ -423,7 +425,7 @@ async fn r16_huge_texts_are_cut<S: StateStore>(e: &Engine<S>, t: i64) {
 }
 
 both!(r16_redelivery_yields_the_same_handback);
-async fn r16_redelivery_yields_the_same_handback<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_redelivery_yields_the_same_handback<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.D0", t, "Hola"), t).await;
     feed(e, &echo_text(ANA, "wamid.DR", t + 1, "/reset"), t + 1).await;
     let body = customer_text(ANA, "wamid.D1", t + 2, "hola");
@@ -487,7 +489,7 @@ async fn r16_concurrent_messages_and_echoes_lose_and_repeat_no_entry() {
 }
 
 both!(r16_edits_and_deletes_amend_the_kept_messages);
-async fn r16_edits_and_deletes_amend_the_kept_messages<S: StateStore>(e: &Engine<S>, t: i64) {
+async fn r16_edits_and_deletes_amend_the_kept_messages<S: StateStore>(e: &Applier<S>, t: i64) {
     feed(e, &echo_text(ANA, "wamid.A0", t, "Hola, soy Carla"), t).await;
     feed(e, &customer_text(ANA, "wamid.A1", t + 1, "talla S"), t + 1).await;
     feed(e, &echo_text(ANA, "wamid.A2", t + 2, "precio: 10"), t + 2).await;

@@ -1,6 +1,7 @@
-//! `message.text`: one rendering of every message type, used by every event (SPEC section 5).
+//! `message.text`: one rendering of every message type, used by every event (docs/contract.md,
+//! "Events").
 
-use crate::meta::wire;
+use super::wire;
 
 /// The text of a message as events show it.
 pub fn text(m: &wire::Message) -> String {
@@ -71,7 +72,7 @@ fn location(l: Option<&wire::Location>) -> String {
     let Some(l) = l else {
         return "Shared location".to_owned();
     };
-    let non_empty = |s: &crate::meta::lenient::LStr| {
+    let non_empty = |s: &super::lenient::LStr| {
         s.get()
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -86,7 +87,7 @@ fn location(l: Option<&wire::Location>) -> String {
     }
 }
 
-fn contacts(cards: &[crate::meta::lenient::Obj<wire::ContactCard>]) -> String {
+fn contacts(cards: &[super::lenient::Obj<wire::ContactCard>]) -> String {
     let names: Vec<&str> = cards
         .iter()
         .filter_map(|c| c.get()?.name.get()?.formatted_name.get())
