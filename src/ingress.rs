@@ -28,6 +28,7 @@ use crate::secret::Secret;
 use crate::http::BodyBudget;
 use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
+use crate::supervise::{Ended, Tasks};
 use crate::time::Millis;
 use crate::unit;
 
@@ -228,23 +229,30 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub link: Arc<Link>,
-    server: tokio::task::JoinHandle<()>,
+    done: tokio::task::JoinHandle<Result<(), Ended>>,
     stop: DropGuard,
 }
 
 impl Running {
     /// Stops gracefully (requests in flight are answered) and waits until it has.
     pub async fn stop(self) {
-        let Running { server, stop, .. } = self;
+        let Running { done, stop, .. } = self;
         drop(stop);
-        let _ = server.await;
+        let _ = done.await;
     }
 
-    /// Resolves when it has stopped (after the token given to [`start`] was cancelled).
-    pub async fn stopped(self) {
-        let Running { server, stop, .. } = self;
-        let _ = server.await;
+    /// Resolves when it has stopped: after the token given to [`start`] was cancelled (`Ok`), or
+    /// because one of its tasks ended by itself (`Err`, naming it).
+    pub async fn stopped(self) -> Result<(), Ended> {
+        let Running { done, stop, .. } = self;
+        let result = done.await.unwrap_or_else(|e| {
+            Err(Ended {
+                name: "ingress supervisor",
+                how: e.to_string(),
+            })
+        });
         drop(stop);
+        result
     }
 }
 
@@ -255,7 +263,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let stop = shutdown.child_token();
     // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
     let link_stop = CancellationToken::new();
-    let link = Link::spawn(
+    let (link, link_task) = Link::spawn(
         config.amqp_url.expose().to_owned(),
         "coexist-ingress".into(),
         topology,
@@ -270,15 +278,22 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
             return Err(e);
         }
     };
-    let server = tokio::spawn(async move {
-        let _ = http.await;
+    let mut tasks = Tasks::new();
+    tasks.add("broker link", link_task);
+    tasks.add("webhook server", http);
+    let watched = stop.clone();
+    let done = tokio::spawn(async move {
+        let result = tasks.watch(&watched).await;
+        tasks.join("webhook server").await;
         link_stop.cancel();
+        tasks.join_all().await;
+        result
     });
     tracing::info!(%addr, "ingress listening");
     Ok(Running {
         addr,
         link,
-        server,
+        done,
         stop: stop.drop_guard(),
     })
 }

@@ -49,6 +49,7 @@ pub mod secret;
 pub mod send;
 pub mod store;
 pub mod summary;
+pub mod supervise;
 pub mod tail;
 pub mod time;
 pub mod unit;

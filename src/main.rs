@@ -9,6 +9,8 @@ use coexist::config::{Config, LogFormat};
 use coexist::domain::{valid_phone_number_id, CustomerKey, Scope};
 use coexist::engine::OperatorAction;
 use coexist::operator;
+use coexist::supervise::Ended;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use coexist::time::Millis;
 use tokio_util::sync::CancellationToken;
 
@@ -366,37 +368,55 @@ async fn services(config: Config, ingress: bool, worker: bool) -> Result<(), Fai
     }
     let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
     let shutdown = CancellationToken::new();
-    let ingress = match ingress {
-        true => Some(
-            coexist::ingress::start(&config, &shutdown)
-                .await
-                .map_err(io("cannot start the ingress"))?,
-        ),
-        false => None,
+    // Each service resolves when it has stopped: on shutdown, or because one of its tasks ended
+    // by itself (then the whole process stops, non-zero).
+    let mut running: FuturesUnordered<Stopping> = FuturesUnordered::new();
+    if ingress {
+        let ingress = coexist::ingress::start(&config, &shutdown)
+            .await
+            .map_err(io("cannot start the ingress"))?;
+        running.push(Box::pin(ingress.stopped()));
+    }
+    if worker {
+        let options = coexist::worker::Options {
+            fault: injected_fault(),
+            ..Default::default()
+        };
+        let worker = coexist::worker::start_with(&config, &shutdown, options)
+            .await
+            .map_err(io("cannot start the worker"))?;
+        running.push(Box::pin(worker.stopped()));
+    }
+    let failed = tokio::select! {
+        () = signalled() => None,
+        Some(stopped) = running.next() => Some(stopped.err().unwrap_or_else(|| Ended {
+            name: "service",
+            how: "stopped by itself".into(),
+        })),
     };
-    let worker = match worker {
-        true => Some(
-            coexist::worker::start(&config, &shutdown)
-                .await
-                .map_err(io("cannot start the worker"))?,
-        ),
-        false => None,
-    };
-    signalled().await;
     tracing::info!("stopping");
     shutdown.cancel();
-    let stopping = async {
-        if let Some(w) = worker {
-            w.stopped().await;
-        }
-        if let Some(i) = ingress {
-            i.stopped().await;
-        }
-    };
+    let stopping = async { while running.next().await.is_some() {} };
     if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
         tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
     }
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(ended) => Err(Failure(ended.to_string(), 1)),
+    }
+}
+
+/// A running service, resolving when it has stopped.
+type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Ended>> + Send>>;
+
+/// The fault to inject into a worker's task (`COEXIST_FAULT=<task name>`): debug builds only,
+/// for the tests of supervision.
+fn injected_fault() -> Option<String> {
+    if cfg!(debug_assertions) {
+        std::env::var("COEXIST_FAULT").ok().filter(|f| !f.is_empty())
+    } else {
+        None
+    }
 }
 
 async fn conversation(command: ConversationCommand, config: Config) -> Result<(), Failure> {

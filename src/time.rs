@@ -53,6 +53,41 @@ impl Millis {
     }
 }
 
+/// Where a process reads the time: the wall clock, or (for tests) a clock of its own. Handed to
+/// what decides by time, so that no code reads the wall clock behind its back.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    /// The wall clock.
+    pub fn system() -> Self {
+        Clock(std::sync::Arc::new(Millis::now))
+    }
+
+    /// The wall clock set `ahead` (negative: behind), as a host whose clock is off.
+    pub fn skewed(ahead_ms: i64) -> Self {
+        Clock(std::sync::Arc::new(move || {
+            Millis(Millis::now().0.saturating_add(ahead_ms))
+        }))
+    }
+
+    pub fn now(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now().rfc3339())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

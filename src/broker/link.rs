@@ -29,20 +29,21 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts the link; it keeps reconnecting until `stop` is cancelled, then closes.
+    /// Starts the link; it keeps reconnecting until `stop` is cancelled, then closes (and its
+    /// task ends).
     pub fn spawn(
         url: String,
         name: String,
         topology: Topology,
         stop: CancellationToken,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let link = Arc::new(Link {
             current: Default::default(),
             broken: Default::default(),
             connected: Default::default(),
         });
-        tokio::spawn(link.clone().run(url, name, topology, stop));
-        link
+        let task = tokio::spawn(link.clone().run(url, name, topology, stop));
+        (link, task)
     }
 
     async fn run(

@@ -12,7 +12,6 @@ use crate::engine::event::Outbound;
 use crate::engine::Input;
 use crate::retry::{until_ok, Interrupted, Stopped};
 use crate::apply::{Applied, Delivery};
-use crate::time::Millis;
 use crate::unit::{Unit, VERSION};
 
 /// Attempts at an item failing for a reason other than an unreachable server before it is
@@ -89,7 +88,7 @@ impl Shared {
             "deciding an item",
             &self.stop,
             |e: &crate::store::Error, attempt| !e.transient() && attempt >= MAX_ATTEMPTS,
-            || self.engine.apply(&input, Millis::now()),
+            || self.applier.apply(&input, self.clock.now()),
         )
         .await;
         let applied = match decided {
@@ -119,7 +118,7 @@ impl Shared {
         }
         tracing::debug!(events = applied.events.len(), "item decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
-            let secs = (Millis::now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
+            let secs = (self.clock.now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
             metrics::histogram!(crate::metrics::LATENCY).record(secs);
         }
         Ok(Outcome::Decided)
@@ -152,7 +151,7 @@ impl Shared {
             "recording events as published",
             &self.stop,
             |e: &crate::store::Error, _| !e.transient(),
-            || self.engine.acknowledge(applied),
+            || self.applier.acknowledge(applied),
         )
         .await;
         match acked {

@@ -31,8 +31,11 @@ pub(super) async fn consume(
     partition: u16,
     conn: Arc<Connection>,
     stop: CancellationToken,
+    consuming: Arc<AtomicBool>,
 ) {
-    if let Err(e) = consume_inner(&shared, partition, &conn, &stop).await {
+    let result = consume_inner(&shared, partition, &conn, &stop, &consuming).await;
+    consuming.store(false, Ordering::SeqCst);
+    if let Err(e) = result {
         tracing::warn!(partition, error = %e, "partition consumer failed");
     }
 }
@@ -42,6 +45,7 @@ async fn consume_inner(
     partition: u16,
     conn: &Connection,
     stop: &CancellationToken,
+    consuming: &AtomicBool,
 ) -> Result<(), lapin::Error> {
     let tag = format!("{}-p{partition}", shared.id);
     let queue = shared.topology.partition_queue(partition);
@@ -71,6 +75,7 @@ async fn consume_inner(
         () = stop.cancelled() => return Ok(()),
     };
     tracing::info!(partition, "consuming");
+    consuming.store(true, Ordering::SeqCst);
     let waiting: Waiting = Arc::default();
     let halted = Arc::new(AtomicBool::new(false));
     let mut running = tokio::task::JoinSet::new();
@@ -120,6 +125,7 @@ async fn consume_inner(
     // unacknowledged and go back to the queue with the channel, in order. (On a lost
     // connection the broker's answers never come: the calls to it are bounded.)
     halted.store(true, Ordering::SeqCst);
+    consuming.store(false, Ordering::SeqCst);
     let cancel = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
     let _ = tokio::time::timeout(BROKER_CALL, cancel).await;
     let mut result = result;

@@ -1,15 +1,27 @@
 //! Which worker consumes which partition. Workers heartbeat into `{ns}:workers` (a sorted set of
-//! worker id by last heartbeat); a worker silent for [`EXPIRY`] is gone. Each partition belongs
+//! worker id by last heartbeat); a worker silent for [`EXPIRY`] is gone. Heartbeats are scored
+//! with Redis's clock (`TIME` inside the script), never a worker's own: liveness never depends
+//! on two hosts' clocks agreeing. Each partition belongs
 //! to the live worker with the highest rendezvous score for it, so with W workers each owns about
 //! N/W partitions, and a join or a death moves only the partitions that must move. The queues'
 //! single-active-consumer flag keeps one consumer per partition while ownership changes hands.
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 
 use crate::store::redis::Conn;
-use crate::time::Millis;
+
+/// A heartbeat: scored with the server's time; forgets the silent; answers the live.
+const BEAT: &str = r#"
+-- KEYS[1]: {ns}:workers; ARGV[1]: this worker's id, ARGV[2]: expiry in ms
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
+return redis.call('ZRANGEBYSCORE', KEYS[1], cutoff, '+inf')
+"#;
 
 /// How often a worker heartbeats and recomputes its partitions.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -21,6 +33,7 @@ pub struct Membership {
     conn: Conn,
     key: String,
     pub id: String,
+    beat: Script,
 }
 
 impl Membership {
@@ -29,22 +42,19 @@ impl Membership {
             conn,
             key: format!("{namespace}:workers"),
             id,
+            beat: Script::new(BEAT),
         }
     }
 
     /// Heartbeats, forgets silent workers, and returns the live ones (sorted).
     pub async fn beat(&self) -> redis::RedisResult<Vec<String>> {
-        let now = Millis::now();
-        let cutoff = now.minus(EXPIRY).0;
-        let mut conn = self.conn.clone();
-        let (_, _, live): (i64, i64, Vec<String>) = redis::pipe()
-            .atomic()
-            .zadd(&self.key, &self.id, now.0)
-            .zrembyscore(&self.key, "-inf", format!("({cutoff}"))
-            .zrangebyscore(&self.key, cutoff, "+inf")
-            .query_async(&mut conn)
+        let mut live: Vec<String> = self
+            .beat
+            .key(&self.key)
+            .arg(&self.id)
+            .arg(EXPIRY.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
             .await?;
-        let mut live = live;
         live.sort();
         Ok(live)
     }

@@ -33,17 +33,19 @@ mod sweep;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::apply::Applier;
 use crate::broker::{Link, Topology};
 use crate::config::Config;
 use crate::retry::{until_ok, Stopped};
 use crate::store::redis::RedisStore;
-use crate::apply::Applier;
+use crate::supervise::{Ended, Tasks};
+use crate::time::Clock;
 use membership::Membership;
 
 /// A running worker. Dropping it stops it.
@@ -52,7 +54,7 @@ pub struct Worker {
     /// The bound admin address (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
     owned: watch::Receiver<Vec<u16>>,
-    done: JoinHandle<()>,
+    done: JoinHandle<Result<(), Ended>>,
     stop: DropGuard,
 }
 
@@ -69,44 +71,100 @@ impl Worker {
         let _ = done.await;
     }
 
-    /// Resolves when the worker has stopped (after the token given to [`start`] was cancelled).
-    pub async fn stopped(self) {
+    /// Resolves when the worker has stopped: after the token given to [`start`] was cancelled
+    /// (`Ok`), or because one of its tasks ended by itself (`Err`, naming it; the rest of the
+    /// worker was stopped).
+    pub async fn stopped(self) -> Result<(), Ended> {
         let Worker { done, stop, .. } = self;
-        let _ = done.await;
+        let result = done.await.unwrap_or_else(|e| {
+            Err(Ended {
+                name: "worker supervisor",
+                how: e.to_string(),
+            })
+        });
         drop(stop);
+        result
     }
+}
+
+/// How a worker is started beyond its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where it reads the time (the wall clock unless a test says otherwise).
+    pub clock: Clock,
+    /// A fault to inject, by task name (tests of the supervision; `coexist` sets it only in
+    /// debug builds, from `COEXIST_FAULT`): that task panics after its first round.
+    pub fault: Option<String>,
 }
 
 /// What the worker's tasks share.
 struct Shared {
     id: String,
     topology: Topology,
-    engine: Applier<RedisStore>,
+    applier: Applier<RedisStore>,
     link: Arc<Link>,
+    clock: Clock,
     /// Cancelled when the worker stops: ends retrying, consuming and sweeping.
     stop: CancellationToken,
     redis_ok: AtomicBool,
+    /// For each partition this worker owns, whether its consumer is consuming now.
+    consuming: Mutex<Vec<Arc<AtomicBool>>>,
     log_content: bool,
     /// Finished items whose marks are written in batches.
     marks: marks::Marks,
+    fault: Option<String>,
+}
+
+impl Shared {
+    /// The injected fault of task `name`, if any (see [`Options::fault`]).
+    fn fault(&self, name: &str) {
+        if self.fault.as_deref() == Some(name) {
+            panic!("fault injected into the {name} task");
+        }
+    }
+
+    /// Ready: both servers reachable, and it consumes every partition it owns (at least one).
+    fn readiness(&self) -> Vec<(&'static str, bool)> {
+        let consuming = self.consuming.lock().expect("consuming");
+        vec![
+            ("rabbitmq", self.link.is_connected()),
+            ("redis", self.redis_ok.load(Ordering::SeqCst)),
+            (
+                "partitions",
+                !consuming.is_empty() && consuming.iter().all(|c| c.load(Ordering::SeqCst)),
+            ),
+        ]
+    }
+}
+
+/// Starts a worker with the wall clock; see [`start_with`].
+pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Result<Worker> {
+    start_with(config, shutdown, Options::default()).await
 }
 
 /// Starts a worker: connects (retrying until the servers answer or shutdown), serves its admin
-/// address, and consumes until `shutdown` is cancelled or the worker is stopped or dropped.
-pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Result<Worker> {
+/// address, and consumes until `shutdown` is cancelled or the worker is stopped or dropped, or
+/// one of its tasks ends by itself (then it stops, and [`Worker::stopped`] names the task).
+pub async fn start_with(
+    config: &Config,
+    shutdown: &CancellationToken,
+    options: Options,
+) -> std::io::Result<Worker> {
     crate::metrics::handle(); // the recorder must exist before the first count
     let id = worker_id();
     let topology = Topology::new(&config.namespace, config.partitions);
     let stop = shutdown.child_token();
+    let mut tasks = Tasks::new();
     // The link outlives the work: it closes only after every lane has finished and acknowledged
     // what it held (closing it first would send that work back to be delivered again).
     let link_stop = CancellationToken::new();
-    let link = Link::spawn(
+    let (link, link_task) = Link::spawn(
         config.amqp_url.expose().to_owned(),
         format!("coexist-worker-{id}"),
         topology.clone(),
         link_stop.clone(),
     );
+    tasks.add("broker link", link_task);
     let (redis, ns) = (&config.redis, &config.namespace);
     let store = match until_ok(
         "connecting to Redis",
@@ -129,23 +187,22 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     // Like the link, the marks outlive the lanes: the last items' marks are written at the end.
     let marks_stop = CancellationToken::new();
     let (marks, marker) = marks::Marks::spawn(store.clone(), marks_stop.clone());
+    tasks.add("marks", marker);
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
-        engine: Applier::new(store.clone(), Arc::new(config.rules.clone())),
+        applier: Applier::new(store.clone(), Arc::new(config.rules.clone())),
         link,
+        clock: options.clock,
         stop: stop.clone(),
         redis_ok: AtomicBool::new(true),
+        consuming: Mutex::default(),
         log_content: config.log_content,
         marks,
+        fault: options.fault,
     });
     let ready_shared = shared.clone();
-    let ready: crate::http::Readiness = Arc::new(move || {
-        vec![
-            ("rabbitmq", ready_shared.link.is_connected()),
-            ("redis", ready_shared.redis_ok.load(Ordering::SeqCst)),
-        ]
-    });
+    let ready: crate::http::Readiness = Arc::new(move || ready_shared.readiness());
     let admin = crate::http::serve(
         config.admin_listen,
         crate::http::admin_routes(ready),
@@ -157,20 +214,30 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         Ok(bound) => bound,
         Err(e) => {
             link_stop.cancel();
+            marks_stop.cancel();
             return Err(e);
         }
     };
+    tasks.add("admin server", admin);
     let (owned_tx, owned_rx) = watch::channel(Vec::new());
     let membership = Membership::new(store.connection(), &config.namespace, id.clone());
-    let sweeper = tokio::spawn(sweep::run(shared.clone()));
-    let manager = tokio::spawn(partitions::manage(shared.clone(), membership, owned_tx));
+    tasks.spawn("timeout sweeper", sweep::run(shared.clone()));
+    tasks.spawn(
+        "partition manager",
+        partitions::manage(shared.clone(), membership, owned_tx),
+    );
+    let watched = stop.clone();
     let done = tokio::spawn(async move {
-        let _ = manager.await;
-        let _ = sweeper.await;
+        let result = tasks.watch(&watched).await;
+        // Stopping, in order: the work, then the marks of what it finished, then the link that
+        // acknowledged it, then the admin address.
+        tasks.join("partition manager").await;
+        tasks.join("timeout sweeper").await;
         marks_stop.cancel();
-        let _ = marker.await;
+        tasks.join("marks").await;
         link_stop.cancel();
-        let _ = admin.await;
+        tasks.join_all().await;
+        result
     });
     tracing::info!(worker = %id, admin = %admin_addr, "worker started");
     Ok(Worker {

@@ -2,7 +2,7 @@
 //! this worker owns, and starts and stops their consumers to match.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lapin::Connection;
@@ -19,6 +19,8 @@ struct Running {
     task: JoinHandle<()>,
     /// The connection it consumes on.
     conn: Arc<Connection>,
+    /// Whether its consumer is registered with the broker now.
+    consuming: Arc<AtomicBool>,
 }
 
 /// Runs until the worker stops; then stops every consumer, waits for them, and leaves.
@@ -86,17 +88,28 @@ pub(super) async fn manage(
             for &p in &wanted {
                 running.entry(p).or_insert_with(|| {
                     let stop = shared.stop.child_token();
-                    let task = lanes::consume(shared.clone(), p, conn.clone(), stop.clone());
+                    let consuming = Arc::new(AtomicBool::new(false));
+                    let task = lanes::consume(
+                        shared.clone(),
+                        p,
+                        conn.clone(),
+                        stop.clone(),
+                        consuming.clone(),
+                    );
                     Running {
                         stop,
                         task: tokio::spawn(task),
                         conn: conn.clone(),
+                        consuming,
                     }
                 });
             }
         }
         let mut now_owned: Vec<u16> = running.keys().copied().collect();
         now_owned.sort();
+        *shared.consuming.lock().expect("consuming") =
+            running.values().map(|r| r.consuming.clone()).collect();
+        shared.fault("partition manager");
         metrics::gauge!(crate::metrics::PARTITIONS_OWNED).set(now_owned.len() as f64);
         owned_tx.send_replace(now_owned);
         tokio::select! {
@@ -112,6 +125,7 @@ pub(super) async fn manage(
         let _ = t.await;
     }
     owned_tx.send_replace(Vec::new());
+    shared.consuming.lock().expect("consuming").clear();
     if let Err(e) = membership.leave().await {
         tracing::warn!(error = %e, "could not leave the membership; the others wait for the expiry");
     }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
-use crate::time::Millis;
 
 /// How often due pause deadlines are claimed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -22,7 +21,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if !shared.link.is_connected() {
             continue;
         }
-        match shared.engine.release_due(Millis::now(), BATCH).await {
+        let released = shared.applier.release_due(shared.clock.now(), BATCH).await;
+        shared.fault("timeout sweeper");
+        match released {
             Ok(released) => {
                 for applied in released {
                     crate::metrics::applied(&applied);

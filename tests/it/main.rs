@@ -12,4 +12,5 @@ mod parse;
 mod pipeline;
 mod redis_store;
 mod rules;
+mod supervision;
 mod traffic;

@@ -856,21 +856,6 @@ fn assert_in_order_per_conversation(events: &[Taken]) {
     }
 }
 
-/// The exit code of a process that must exit within `limit` of `since`.
-async fn exit_within(
-    child: &mut std::process::Child,
-    since: std::time::Instant,
-    limit: Duration,
-) -> Option<i32> {
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(since.elapsed() < limit, "still running {limit:?} later");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Runs `serve` with JSON logs at `level`, passes a story through, stops it; returns stderr.
 async fn serve_logs(level: &str, content: bool) -> String {
     let ns = unique_ns("logs");

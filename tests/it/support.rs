@@ -588,9 +588,12 @@ impl Stack {
     pub async fn stop(self) {
         self.shutdown.cancel();
         for w in self.workers {
-            w.stopped().await;
+            w.stopped().await.expect("the worker stopped cleanly");
         }
-        self.ingress.stopped().await;
+        self.ingress
+            .stopped()
+            .await
+            .expect("the ingress stopped cleanly");
     }
 }
 
@@ -939,6 +942,21 @@ impl Process {
         let (_, text) = http(self.admin, "GET", "/metrics", &[], b"").await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+/// The exit code of a process that must exit within `limit` of `since`.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    since: std::time::Instant,
+    limit: Duration,
+) -> Option<i32> {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(since.elapsed() < limit, "still running {limit:?} later");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
