@@ -11,9 +11,6 @@
 //! nothing (R9).
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use backoff::backoff::Backoff;
 
 use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
@@ -97,12 +94,11 @@ impl<S: StateStore> Applier<S> {
         let names = input.names();
         let rules = self.rules.for_number(pnid);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
-        let mut pause = crate::retry::conflict_schedule();
+        let mut pauses = crate::retry::ConflictPauses::default();
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 // Lost a race: the other side is committing now; let it finish.
-                tokio::time::sleep(pause.next_backoff().unwrap_or(Duration::from_millis(50)))
-                    .await;
+                tokio::time::sleep(pauses.next_pause()).await;
             }
             let (found, scopes, mut snaps) =
                 self.conversations(addressed, &names, &key, now).await?;

@@ -1,4 +1,4 @@
-//! Configuration (SPEC section 3): built-in defaults (`config/default.toml`, compiled in), a file
+//! Configuration (docs/contract.md, "Configuration"): built-in defaults (`config/default.toml`, compiled in), a file
 //! holding any subset of the keys (`--config` / `COEXIST_CONFIG`), then environment variables.
 //! [`ENV`] is the one list of keys and their variables; `Settings` reads them by type (serde),
 //! each type checking its own values. A wrong value stops start-up with one line naming the key,
@@ -81,7 +81,7 @@ pub struct Config {
     pub verify_token: Option<Secret>,
     pub partitions: u16,
     pub max_body_bytes: usize,
-    /// The HTTP limits of both addresses (SPEC section 3).
+    /// The HTTP limits of both addresses (docs/contract.md, "Configuration").
     pub http: HttpLimits,
     pub log: String,
     pub log_format: LogFormat,
@@ -90,7 +90,7 @@ pub struct Config {
     pub rules: RuleBook,
 }
 
-/// What a client may hold of an HTTP address (SPEC section 3).
+/// What a client may hold of an HTTP address (docs/contract.md, "Configuration").
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// A request's headers must arrive within this (also a new connection's first request).

@@ -2,7 +2,7 @@
 //!
 //! Listing takes every dead letter without acknowledging it and closes the channel, so all of
 //! them stay in the queue. Replaying takes at most the dead letters present when it starts (or
-//! `--limit`), sends each back to its conversation's partition, and removes it only once the
+//! `--limit`), sends each back to its business number's partition, and removes it only once the
 //! broker has confirmed the new copy. A replayed item is decided against the state at that time.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by the ingress and the worker's admin address: health, readiness,
-//! metrics, and serving under the limits of SPEC section 3 with graceful shutdown.
+//! metrics, and serving under the limits of docs/contract.md ("Configuration") with graceful shutdown.
 //!
 //! Both addresses may face the internet, so a client must not be able to hold them: the accept
 //! loop closes connections beyond `max_connections` at once, and every connection carries a
@@ -76,7 +76,7 @@ pub fn admin_routes(ready: Readiness) -> Router {
         )
 }
 
-/// The connection limits of SPEC section 3, and where a server counts what it cuts.
+/// The connection limits of docs/contract.md ("Configuration"), and where a server counts what it cuts.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub header_timeout: Duration,

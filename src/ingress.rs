@@ -1,8 +1,8 @@
-//! `coexist ingress`: Meta's webhook endpoint (SPEC section 4).
+//! `coexist ingress`: Meta's webhook endpoint (docs/contract.md, "Ingress").
 //!
 //! `POST /webhook` checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body under any configured
-//! app secret, compared in constant time), splits the body into one unit per conversation,
-//! publishes each to its conversation's partition, and answers `200` only once the broker has
+//! app secret, compared in constant time), splits the body into one unit per business number,
+//! publishes each to its number's partition, and answers `200` only once the broker has
 //! confirmed every message. A correctly signed body that cannot be read is parked in `{ns}.dead`
 //! with the reason and still answered `200`. Broker down or a publish unconfirmed: `503`, and
 //! Meta retries.

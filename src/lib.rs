@@ -4,7 +4,7 @@
 //! (an AI agent) on one number without the two talking over each other. Meta posts every event
 //! to one webhook; coexist decides, per customer, whether the AI agent or a human handles each
 //! message, and publishes the resulting events to two exchanges, `{ns}.bot` and `{ns}.human_chat`.
-//! The contract is `SPEC.md` (shared with the team); the README shows how to run it.
+//! The contract is `docs/contract.md`; the README shows how to run it.
 //!
 //! ## Layout
 //!
@@ -25,7 +25,7 @@
 //!   self-reconnecting [`broker::Link`].
 //! - [`unit`]: the inbound work unit (one conversation's items from one webhook).
 //! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
-//! - [`worker`]: start and stop, the partition manager, a lane per conversation, item handling,
+//! - [`worker`]: start and stop, the partition manager, a lane per business number, item handling,
 //!   the timeout sweeper, partition sharing ([`worker::membership`]).
 //! - [`dlq`]: listing and replaying dead letters; [`tail`]: following the events live; [`send`]:
 //!   posting signed webhook bodies to a deployment.

@@ -42,16 +42,27 @@ pub fn schedule() -> ExponentialBackoff {
     }
 }
 
-/// The pause between attempts of the apply loop after losing a race for a conversation: 2 ms
+/// The pauses between attempts of the apply loop after losing a race for a conversation: 2 ms
 /// doubling to 100 ms, with wide jitter so that the two sides do not meet again.
-pub fn conflict_schedule() -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: Duration::from_millis(2),
-        max_interval: Duration::from_millis(100),
-        multiplier: 2.0,
-        randomization_factor: 0.5,
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
+pub struct ConflictPauses(ExponentialBackoff);
+
+impl Default for ConflictPauses {
+    fn default() -> Self {
+        ConflictPauses(ExponentialBackoff {
+            initial_interval: Duration::from_millis(2),
+            max_interval: Duration::from_millis(100),
+            multiplier: 2.0,
+            randomization_factor: 0.5,
+            max_elapsed_time: None,
+            ..ExponentialBackoff::default()
+        })
+    }
+}
+
+impl ConflictPauses {
+    /// The next pause.
+    pub fn next_pause(&mut self) -> Duration {
+        self.0.next_backoff().unwrap_or(Duration::from_millis(100))
     }
 }
 
@@ -61,10 +72,28 @@ pub async fn until_ok<T, E, F, Fut>(
     what: &str,
     stop: &CancellationToken,
     permanent: impl Fn(&E, u32) -> bool,
-    mut op: F,
+    op: F,
 ) -> Result<T, Stopped<E>>
 where
     E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let log = |e: &E, attempt: u32, delay: Duration| {
+        tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "retrying");
+    };
+    retrying(stop, permanent, log, op).await
+}
+
+/// [`until_ok`], telling `before_retry` of each failure that is retried (the error, the attempt,
+/// the pause before the next) instead of logging it.
+pub async fn retrying<T, E, F, Fut>(
+    stop: &CancellationToken,
+    permanent: impl Fn(&E, u32) -> bool,
+    mut before_retry: impl FnMut(&E, u32, Duration),
+    mut op: F,
+) -> Result<T, Stopped<E>>
+where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -85,7 +114,7 @@ where
                     });
                 }
                 let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "retrying");
+                before_retry(&e, attempt, delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return Err(Stopped::Interrupted),

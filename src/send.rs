@@ -5,12 +5,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::retry::{retrying, Stopped};
 use crate::secret::Secret;
 
 /// Attempts at one body before its last answer is final.
@@ -126,12 +126,10 @@ pub async fn send(
     }
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut refused = Vec::new();
+    let never = tokio_util::sync::CancellationToken::new();
     for (name, body) in bodies {
         let signature = crate::ingress::sign(secret.expose(), body.as_bytes());
-        let mut schedule = crate::retry::schedule();
-        let mut attempt = 0;
-        let answer = loop {
-            attempt += 1;
+        let attempt = || async {
             let request = hyper::Request::post(uri.clone())
                 .header("content-type", "application/json")
                 .header("x-hub-signature-256", &signature)
@@ -147,17 +145,26 @@ pub async fn send(
                 Ok(Err(e)) => Answer::Unreachable(e.to_string()),
                 Err(_) => Answer::Unreachable(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
             };
-            if !answer.worth_retrying() || attempt >= ATTEMPTS {
-                break answer;
+            match answer.accepted() {
+                true => Ok(answer),
+                false => Err(answer),
             }
-            let delay = schedule.next_backoff().unwrap_or(Duration::from_secs(5));
-            writeln!(
-                out,
-                "{name}: {answer}, retrying in {} ms",
-                delay.as_millis()
-            )?;
-            tokio::time::sleep(delay).await;
         };
+        let mut said = Ok(());
+        let tell = |answer: &Answer, _: u32, delay: Duration| {
+            if said.is_ok() {
+                said = writeln!(out, "{name}: {answer}, retrying in {} ms", delay.as_millis());
+            }
+        };
+        let final_answer = |answer: &Answer, attempt: u32| {
+            !answer.worth_retrying() || attempt >= ATTEMPTS
+        };
+        let answer = match retrying(&never, final_answer, tell, attempt).await {
+            Ok(answer) => answer,
+            Err(Stopped::GaveUp { error, .. }) => error,
+            Err(Stopped::Interrupted) => Answer::Unreachable("interrupted".into()),
+        };
+        said?;
         writeln!(out, "{name}: {answer}")?;
         if !answer.accepted() {
             refused.push((name.clone(), answer));

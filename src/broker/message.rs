@@ -1,4 +1,4 @@
-//! What coexist publishes, encoded for the wire: events (SPEC section 5), inbound units, and dead
+//! What coexist publishes, encoded for the wire: events (docs/contract.md, "Events"), inbound units, and dead
 //! letters with the headers that say why.
 
 use lapin::types::{AMQPValue, FieldTable};
@@ -84,7 +84,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// An event, with the properties SPEC section 5 names.
+    /// An event, with the properties docs/contract.md ("Events") names.
     pub fn event(topology: &Topology, e: &Outbound) -> Self {
         let mut headers = FieldTable::default();
         headers.insert(CONVERSATION_HEADER.into(), long(&e.conversation));
@@ -102,7 +102,7 @@ impl Outgoing {
         }
     }
 
-    /// A unit of inbound work, to its conversation's partition.
+    /// A unit of inbound work, to its business number's partition.
     pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
         Outgoing {
             exchange: topology.inbound_exchange().to_owned(),

@@ -1,4 +1,4 @@
-//! Downstream events (SPEC section 5): a header every event has ([`Event`]), and what its type
+//! Downstream events (docs/contract.md, "Events"): a header every event has ([`Event`]), and what its type
 //! adds ([`Payload`], one variant per type). The JSON on the wire is `event_id`, `type`, the rest
 //! of the header, then the type's own fields, each present (null where empty).
 

@@ -5,9 +5,10 @@
 //! - **Effectively once.** An item's outcome is committed to Redis with its events before they
 //!   are published; killed anywhere after that, the redelivery finds them and publishes the same
 //!   events (same ids) instead of deciding again. Once published, a redelivery yields nothing.
-//! - **Order.** A conversation always maps to one partition, a partition has one active consumer
-//!   (single-active-consumer queues), and within it each conversation has a lane: its deliveries
-//!   are handled one after the other, while other conversations' run side by side.
+//! - **Order.** A business number (and so each of its conversations) always maps to one
+//!   partition, a partition has one active consumer (single-active-consumer queues), and within
+//!   it each number has a lane: its deliveries are handled one after the other, while other
+//!   numbers' run side by side.
 //! - **Failures.** Transient ones (Redis or RabbitMQ unreachable) are retried with backoff for as
 //!   long as they last: the item waits, and nothing reaches the AI agent meanwhile. An item that
 //!   keeps failing otherwise is dead-lettered to `{ns}.dead` with headers naming the error.
@@ -15,12 +16,16 @@
 //!   move within about 11 s, a new worker gets its share within about 2 s.
 //! - **Timeouts.** Every second the worker claims due pause deadlines (each claimed by exactly one
 //!   worker) and publishes their `conversation.released` (`reason: timeout`).
+//! - **Supervision.** Its tasks (partition manager, sweeper, marks, broker link, admin address)
+//!   are watched: one that ends by itself stops the worker, and [`Worker::stopped`] names it;
+//!   `coexist worker` then exits non-zero. It is ready only while it consumes every partition it
+//!   owns, and owns at least one.
 //! - **Shutdown.** On SIGTERM it stops taking deliveries, finishes and acknowledges the one in
-//!   hand per conversation, returns the rest to the queues, leaves the membership and exits.
+//!   hand per business number, returns the rest to the queues, leaves the membership and exits.
 //!   Dropping a [`Worker`] stops it the same way.
 //!
 //! One job per file: this one starts and stops a worker; `partitions.rs` decides which
-//! partitions it consumes; `lanes.rs` consumes one partition, a lane per conversation;
+//! partitions it consumes; `lanes.rs` consumes one partition, a lane per business number;
 //! `handle.rs` decides an item, publishes and acknowledges it; `sweep.rs` releases due pauses;
 //! [`membership`] shares the partitions among workers.
 

@@ -1,4 +1,4 @@
-//! On the clusters of `scripts/cluster` (SPEC section 8): a RabbitMQ node lost mid-load, a Redis
+//! On the clusters of `scripts/cluster` (docs/contract.md, "Guarantees"): a RabbitMQ node lost mid-load, a Redis
 //! Cluster primary killed mid-load. Ignored by `cargo test` (they need the clusters and stop their
 //! nodes); `scripts/test` starts the clusters once and runs these, and the rules and store
 //! scenarios against the Redis Cluster (`both!`'s `redis_cluster`), after the rest.

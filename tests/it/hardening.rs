@@ -1,4 +1,4 @@
-//! The ingress facing hostile clients (SPEC sections 3 and 4): slow and idle connections are cut
+//! The ingress facing hostile clients (docs/contract.md, "Configuration" and "Ingress"): slow and idle connections are cut
 //! within the HTTP limits, held bodies stay within the memory budget, connections past the limit
 //! are closed at once, webhooks past the confirm bound are shed, and Meta is answered throughout.
 //! Also the broker drill: RabbitMQ restarted for real mid-load (ignored by `cargo test`: it stops

@@ -1,4 +1,4 @@
-//! One conversation however Meta names the customer (SPEC section 6, "Who the customer is",
+//! One conversation however Meta names the customer (docs/contract.md, "Who the customer is",
 //! R12a): by phone, by business-scoped user id (BSUID), or both, across changes of either.
 //! Each sequence runs against memory and Redis.
 

@@ -1,4 +1,4 @@
-//! One scenario per rule (SPEC section 6), each run against the in-memory store and against the
+//! One scenario per rule (docs/contract.md, "Rules"), each run against the in-memory store and against the
 //! Redis store on the real local Redis (own namespace per test).
 
 use coexist::domain::{CustomerKey, Scope};
