@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::engine::{decide, state::State, Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::memory::MemoryStore;
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 fn body(i: usize) -> Vec<u8> {

@@ -21,11 +21,11 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::redis::RedisStore;
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 /// Messages/s and this process's CPU µs per message with `window` confirms in flight.

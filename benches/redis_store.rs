@@ -9,11 +9,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
+use coexist::apply::Applier;
+use coexist::engine::RuleBook;
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
 use coexist::store::redis::RedisStore;
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
 use coexist::time::Millis;
 
 const IN_FLIGHT: usize = 64;

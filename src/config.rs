@@ -549,9 +549,7 @@ impl<'de> Deserialize<'de> for Secrets {
         for p in &parts {
             placeholder(p)?;
         }
-        Ok(Secrets(
-            parts.into_iter().map(Secret::new).collect(),
-        ))
+        Ok(Secrets(parts.into_iter().map(Secret::new).collect()))
     }
 }
 

@@ -24,10 +24,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::config::Config;
-use crate::secret::Secret;
 use crate::http::BodyBudget;
 use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
+use crate::secret::Secret;
 use crate::supervise::{Ended, Tasks};
 use crate::time::Millis;
 use crate::unit;

@@ -10,8 +10,8 @@ use coexist::domain::{valid_phone_number_id, CustomerKey, Scope};
 use coexist::engine::OperatorAction;
 use coexist::operator;
 use coexist::supervise::Ended;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use coexist::time::Millis;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 /// Run the WhatsApp Business App (people) and a Cloud API AI agent on one number without the two
@@ -413,7 +413,9 @@ type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), En
 /// for the tests of supervision.
 fn injected_fault() -> Option<String> {
     if cfg!(debug_assertions) {
-        std::env::var("COEXIST_FAULT").ok().filter(|f| !f.is_empty())
+        std::env::var("COEXIST_FAULT")
+            .ok()
+            .filter(|f| !f.is_empty())
     } else {
         None
     }

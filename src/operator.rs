@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::apply::Applier;
 use crate::broker::{self, Outgoing, Publisher, Topology};
 use crate::config::Config;
 use crate::domain::Scope;
@@ -12,7 +13,6 @@ use crate::engine::event::Outbound;
 use crate::engine::state::{Handler, State};
 use crate::engine::{Input, OperatorAction};
 use crate::store::redis::RedisStore;
-use crate::apply::Applier;
 use crate::store::StateStore;
 use crate::time::Millis;
 

@@ -7,11 +7,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::apply::Applier;
 use crate::engine::Input;
+use crate::engine::RuleBook;
 use crate::meta::parse_body;
 use crate::store::memory::MemoryStore;
-use crate::apply::Applier;
-use crate::engine::RuleBook;
 use crate::time::Millis;
 
 /// How many due deadlines are released per step.

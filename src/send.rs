@@ -153,12 +153,15 @@ pub async fn send(
         let mut said = Ok(());
         let tell = |answer: &Answer, _: u32, delay: Duration| {
             if said.is_ok() {
-                said = writeln!(out, "{name}: {answer}, retrying in {} ms", delay.as_millis());
+                said = writeln!(
+                    out,
+                    "{name}: {answer}, retrying in {} ms",
+                    delay.as_millis()
+                );
             }
         };
-        let final_answer = |answer: &Answer, attempt: u32| {
-            !answer.worth_retrying() || attempt >= ATTEMPTS
-        };
+        let final_answer =
+            |answer: &Answer, attempt: u32| !answer.worth_retrying() || attempt >= ATTEMPTS;
         let answer = match retrying(&never, final_answer, tell, attempt).await {
             Ok(answer) => answer,
             Err(Stopped::GaveUp { error, .. }) => error,

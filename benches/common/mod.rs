@@ -470,7 +470,9 @@ impl System {
         let ch = conn.create_channel().await.unwrap();
         let t = coexist::broker::Topology::new(&self.ns, self.partitions);
         for q in t.queues() {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in t.exchanges() {
             let _ = ch.exchange_delete(e.into(), Default::default()).await;

@@ -106,7 +106,9 @@ impl Outgoing {
     pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
         Outgoing {
             exchange: topology.inbound_exchange().to_owned(),
-            routing_key: topology.partition_key(topology.partition_of(&u.scope)).to_owned(),
+            routing_key: topology
+                .partition_key(topology.partition_of(&u.scope))
+                .to_owned(),
             body: serde_json::to_vec(u).expect("units serialise"),
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())

@@ -43,7 +43,9 @@ impl Topology {
             dead: format!("{ns}.dead"),
             bot: format!("{ns}.{}", Exchange::Bot.as_str()),
             human_chat: format!("{ns}.{}", Exchange::HumanChat.as_str()),
-            partition_queues: (0..partitions).map(|i| format!("{ns}.inbound.{i}")).collect(),
+            partition_queues: (0..partitions)
+                .map(|i| format!("{ns}.inbound.{i}"))
+                .collect(),
             partition_keys: (0..partitions).map(|i| i.to_string()).collect(),
         }
     }

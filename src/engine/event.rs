@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::domain::Customer;
 use super::input::{Direction, Media, NameChange};
+use crate::domain::Customer;
 
 /// The two downstream exchanges (`{ns}.bot`, `{ns}.human_chat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,7 +11,6 @@ pub mod state;
 use std::time::Duration;
 
 use crate::domain::{stable_id, Customer, CustomerKey, Scope};
-use input::{Change, Content, Echo, Item, ItemKind};
 use crate::time::Millis;
 use event::{
     AccountUpdated, ContactSynced, CustomerChanged, Edited, Event, EventMessage, Exchange,
@@ -19,6 +18,7 @@ use event::{
     MessageStatus, Outbound, Payload, Previous, ReleaseReason, Released, Revoked, SentFromApp,
     SessionPaused, Source, HANDBACK_TEXT_LIMIT,
 };
+use input::{Change, Content, Echo, Item, ItemKind};
 use state::{Ended, Handler, Pause, Session, State, Stretch};
 
 /// The settings the rules read, for one business number.

@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::event::{Exchange, Payload, ReleaseReason, Source};
+use super::input::{Change, Content, Direction, Echo, Item, ItemKind};
 use super::state::{Handler, Pause, Session, State};
 use super::{decide, Deadline, Decision, Input, OperatorAction, Rule, Rules};
 use crate::domain::{Customer, CustomerKey, Scope};
-use super::input::{Change, Content, Direction, Echo, Item, ItemKind};
 use crate::time::Millis;
 
 const PNID: &str = "410";
@@ -171,10 +171,7 @@ fn r4_pauses_with_a_handover_and_pauses_the_bot_session() {
     let pause = d.state.pause.clone().unwrap();
     assert_eq!((pause.since, pause.until), (Millis(at), until));
     assert_eq!(d.state.session.unwrap().handler, Handler::Human);
-    assert_eq!(
-        d.schedule,
-        Some((deadline("m:wamid.E"), until))
-    );
+    assert_eq!(d.schedule, Some((deadline("m:wamid.E"), until)));
 }
 
 #[test]

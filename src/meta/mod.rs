@@ -14,9 +14,7 @@ use lenient::{LStr, RawList};
 use serde_json::value::RawValue;
 
 use crate::domain::{phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope};
-use crate::engine::input::{
-    Change, Content, Direction, Echo, Item, ItemKind, Media, NameChange,
-};
+use crate::engine::input::{Change, Content, Direction, Echo, Item, ItemKind, Media, NameChange};
 use crate::time::Millis;
 
 /// The code Meta sends when the business declined to share its chat history.

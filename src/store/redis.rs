@@ -84,7 +84,13 @@ struct ConversationKeys {
 
 impl ConversationKeys {
     fn all(&self) -> [&String; 5] {
-        [&self.v, &self.pause, &self.session, &self.state, &self.handback]
+        [
+            &self.v,
+            &self.pause,
+            &self.session,
+            &self.state,
+            &self.handback,
+        ]
     }
 }
 
@@ -367,7 +373,12 @@ impl RedisStore {
     }
 
     /// A snapshot from the values of [`RedisStore::snapshot_keys`].
-    fn snapshot(&self, scope: &Scope, values: Vec<Option<String>>, now: Millis) -> Result<Snapshot> {
+    fn snapshot(
+        &self,
+        scope: &Scope,
+        values: Vec<Option<String>>,
+        now: Millis,
+    ) -> Result<Snapshot> {
         let mut fields = values.into_iter();
         let mut next = || fields.next().flatten();
         let (v, pause_key, session, stored, handback) = (next(), next(), next(), next(), next());

@@ -6,12 +6,12 @@
 use tracing::Instrument;
 
 use super::Shared;
+use crate::apply::{Applied, Delivery};
 use crate::broker::{Outgoing, Stage, UNIT_TYPE};
 use crate::domain::{redact_digits, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::Input;
 use crate::retry::{until_ok, Interrupted, Stopped};
-use crate::apply::{Applied, Delivery};
 use crate::unit::{Unit, VERSION};
 
 /// Attempts at an item failing for a reason other than an unreachable server before it is

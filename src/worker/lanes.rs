@@ -149,7 +149,11 @@ async fn run_lane(
 ) -> Result<(), lapin::Error> {
     let (mut delivery, mut work) = first;
     loop {
-        if shared.handle(partition, &delivery.data, work).await.is_err() {
+        if shared
+            .handle(partition, &delivery.data, work)
+            .await
+            .is_err()
+        {
             // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
             halted.store(true, Ordering::SeqCst);
             return Ok(());

@@ -345,8 +345,8 @@ async fn cluster_redis_primary_killed_keeps_the_pause() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Redis Cluster of scripts/cluster: scripts/test runs it"]
 async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
-    use coexist::engine::Input;
     use coexist::apply::Delivery;
+    use coexist::engine::Input;
     use coexist::store::StateStore;
     let ns = unique_ns("cl-twice");
     let _keys = ClusterNsGuard(ns.clone());

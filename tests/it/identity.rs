@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use coexist::engine::Rules;
 use coexist::apply::{Applier, Delivery};
+use coexist::engine::Rules;
 use coexist::store::StateStore;
 use serde_json::{json, Value};
 
@@ -101,7 +101,10 @@ async fn a_bsuid_only_echo_then_a_message_with_both_names_stays_with_the_human<S
 }
 
 both!(a_phone_echo_then_a_bsuid_only_message_after_a_link);
-async fn a_phone_echo_then_a_bsuid_only_message_after_a_link<S: StateStore>(e: &Applier<S>, t: i64) {
+async fn a_phone_echo_then_a_bsuid_only_message_after_a_link<S: StateStore>(
+    e: &Applier<S>,
+    t: i64,
+) {
     feed(e, &echo(Some(ANA), None, "wamid.J1", t, "Te atiendo"), t).await;
     // A status naming both links them (statuses carry the recipient's names too).
     let status = envelope(

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use coexist::apply::Delivery;
 use coexist::domain::{CustomerKey, Scope};
 use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::meta::parse_body;
-use coexist::apply::Delivery;
 use coexist::store::StateStore;
 use coexist::time::Millis;
 use proptest::prelude::*;

@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use coexist::apply::{Applier, Delivery};
 use coexist::engine::{Input, Rules};
 use coexist::meta::parse_body;
-use coexist::apply::{Applier, Delivery};
 use coexist::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
@@ -453,7 +453,8 @@ async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
     // The test server has no replicas: asked for one, each commit waits its second for `WAIT`,
     // is counted as a shortfall, and takes effect all the same.
     let ns = NsGuard(unique_ns("replicas"));
-    let target = coexist::store::redis::RedisTarget::Server(coexist::secret::Secret::new(redis_url()));
+    let target =
+        coexist::store::redis::RedisTarget::Server(coexist::secret::Secret::new(redis_url()));
     let store = coexist::store::redis::RedisStore::open(&target, &ns.0, 1)
         .await
         .unwrap();

@@ -1,9 +1,9 @@
 //! One scenario per rule (docs/contract.md, "Rules"), each run against the in-memory store and against the
 //! Redis store on the real local Redis (own namespace per test).
 
+use coexist::apply::Applier;
 use coexist::domain::{CustomerKey, Scope};
 use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::apply::Applier;
 use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::json;

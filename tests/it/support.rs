@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::engine::Input;
+use coexist::apply::{Applied, Applier};
 use coexist::engine::input::Item;
+use coexist::engine::Input;
+use coexist::engine::RuleBook;
 use coexist::meta::parse_body;
 use coexist::store::memory::MemoryStore;
 use coexist::store::redis::RedisStore;
-use coexist::apply::{Applied, Applier};
-use coexist::engine::RuleBook;
 use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::{json, Value};
@@ -71,7 +71,10 @@ pub fn memory_engine(rules: impl Into<RuleBook>) -> Applier<MemoryStore> {
 }
 
 /// An engine over the real Redis, in a namespace of its own (deleted with the guard).
-pub async fn redis_engine(name: &str, rules: impl Into<RuleBook>) -> (Applier<RedisStore>, NsGuard) {
+pub async fn redis_engine(
+    name: &str,
+    rules: impl Into<RuleBook>,
+) -> (Applier<RedisStore>, NsGuard) {
     let ns = unique_ns(name);
     let store = RedisStore::connect(&redis_url(), &ns)
         .await
@@ -130,9 +133,13 @@ pub async fn cluster_store(ns: &str, replicas: u32) -> RedisStore {
         .into_iter()
         .map(coexist::secret::Secret::new)
         .collect();
-    RedisStore::open(&coexist::store::redis::RedisTarget::Cluster(seeds), ns, replicas)
-        .await
-        .expect("the Redis Cluster of scripts/cluster")
+    RedisStore::open(
+        &coexist::store::redis::RedisTarget::Cluster(seeds),
+        ns,
+        replicas,
+    )
+    .await
+    .expect("the Redis Cluster of scripts/cluster")
 }
 
 /// Deletes a namespace's keys on the test Redis Cluster when dropped.
@@ -767,7 +774,9 @@ pub async fn queue_len(ns: &str, exchange: &str) -> u32 {
 /// Messages ready (not yet delivered to a consumer) in all of a namespace's partitions.
 pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
     let t = coexist::broker::Topology::new(ns, partitions);
-    let queues: Vec<String> = (0..partitions).map(|p| t.partition_queue(p).to_owned()).collect();
+    let queues: Vec<String> = (0..partitions)
+        .map(|p| t.partition_queue(p).to_owned())
+        .collect();
     ready_in(&queues).await
 }
 

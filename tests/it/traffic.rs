@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::apply::{Applier, Delivery};
 use coexist::engine::RuleBook;
+use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::store::StateStore;
 use coexist::time::Millis;
 use serde_json::{json, Value};
