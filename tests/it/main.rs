@@ -5,11 +5,13 @@ mod support;
 
 mod cli;
 mod cluster;
+mod faults;
 mod hardening;
 mod identity;
 mod invariants;
 mod parse;
 mod pipeline;
+mod processes;
 mod redis_store;
 mod rules;
 mod supervision;
