@@ -706,3 +706,101 @@ fn parse_member(member: &str) -> Option<Deadline> {
         trigger: trigger.to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys(prefix: &str) -> ConversationKeys {
+        ConversationKeys {
+            v: format!("{prefix}:v"),
+            pause: format!("{prefix}:pause"),
+            session: format!("{prefix}:session"),
+            state: format!("{prefix}:state"),
+            handback: format!("{prefix}:handback"),
+        }
+    }
+
+    /// Every argument with every optional part present.
+    fn full() -> CommitArgs {
+        CommitArgs {
+            conversation: keys("c"),
+            expect: Some("3".into()),
+            write: Some(Write {
+                pause: Some("{}".into()),
+                pause_at: "1".into(),
+                session: Some("{}".into()),
+                session_at: "1".into(),
+                state: "{}".into(),
+                handback: Some("{}".into()),
+                handback_unchanged: false,
+            }),
+            retain: "1".into(),
+            seen: "seen".into(),
+            seen_ms: "1".into(),
+            id: "id".into(),
+            links: vec![CheckedLink {
+                key: "n:a".into(),
+                was: String::new(),
+            }],
+            refresh: vec!["n:b".into()],
+            absorbed: vec![Absorbed {
+                keys: keys("x"),
+                version: "1".into(),
+            }],
+        }
+    }
+
+    /// The names the script reads from each table it decodes: `c.name`, `w.name`, ...
+    fn read_by_script(table: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let pattern = format!("{table}.");
+        for (i, _) in COMMIT.match_indices(&pattern) {
+            let before = COMMIT[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+                continue; // part of a longer name (`a.keys.v` read as `keys.`)
+            }
+            let name: String = COMMIT[i + pattern.len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+        names
+    }
+
+    fn fields(v: &serde_json::Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_commit_script_reads_every_argument_by_the_name_it_is_written_under() {
+        let args = serde_json::to_value(full()).unwrap();
+        // Tables as the script names them, and what the Rust side writes there.
+        let tables = [
+            ("c", &args),
+            ("conv", &args["conversation"]),
+            ("w", &args["write"]),
+            ("l", &args["links"][0]),
+            ("a", &args["absorbed"][0]),
+            ("a.keys", &args["absorbed"][0]["keys"]),
+        ];
+        for (table, written) in tables {
+            let mut read = read_by_script(table);
+            if table == "a" {
+                read.remove("keys"); // read through `a.keys.*`
+                read.insert("keys".into());
+            }
+            assert_eq!(read, fields(written), "table `{table}`");
+        }
+        // Every key named in the arguments is declared in KEYS, the conversation's first.
+        let full = full();
+        let declared: Vec<&String> = full.keys();
+        assert_eq!(declared[0], "c:v");
+        for key in ["c:v", "c:handback", "seen", "n:a", "n:b", "x:v", "x:handback"] {
+            assert!(declared.iter().any(|k| *k == key), "{key} declared");
+        }
+        assert_eq!(declared.len(), 5 + 1 + 1 + 1 + 5);
+    }
+}
