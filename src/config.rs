@@ -43,6 +43,10 @@ pub const ENV: &[(&str, &str)] = &[
     ("http_max_connections", "COEXIST_HTTP_MAX_CONNECTIONS"),
     ("http_max_buffered_bytes", "COEXIST_HTTP_MAX_BUFFERED_BYTES"),
     ("http_max_pending", "COEXIST_HTTP_MAX_PENDING"),
+    ("gate_listen", "COEXIST_GATE_LISTEN"),
+    ("gate_token", "COEXIST_GATE_TOKEN"),
+    ("graph_url", "COEXIST_GRAPH_URL"),
+    ("service_window", "COEXIST_SERVICE_WINDOW"),
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
@@ -88,6 +92,18 @@ pub struct Config {
     pub log_content: bool,
     /// reset_text, timeout and session_timeout: the defaults and per-number overrides.
     pub rules: RuleBook,
+    /// The reply gate (docs/contract.md, "Reply gate").
+    pub gate: GateConfig,
+}
+
+/// The reply gate's settings.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    pub listen: SocketAddr,
+    /// Required of every request (`X-Coexist-Gate-Token`) when set.
+    pub token: Option<Secret>,
+    /// Where replies let through go: Meta's Graph API (no trailing slash).
+    pub graph_url: String,
 }
 
 /// What a client may hold of an HTTP address (docs/contract.md, "Configuration").
@@ -141,6 +157,10 @@ struct Settings {
     http_max_connections: Whole<1, 1_000_000>,
     http_max_buffered_bytes: Whole<{ 1 << 20 }, { 1 << 40 }>,
     http_max_pending: Whole<1, 1_000_000>,
+    gate_listen: Address,
+    gate_token: Option<Token>,
+    graph_url: HttpUrl,
+    service_window: Span,
     log: LogFilter,
     log_format: LogFormat,
     log_content: Flag,
@@ -196,7 +216,8 @@ impl Config {
         })?;
         let default_rules = Rules::new(&s.reset_text, s.timeout.0, s.session_timeout.0)
             .with_automated_texts(&s.automated_texts.0)
-            .with_handback_messages(s.handback_messages.0 as usize);
+            .with_handback_messages(s.handback_messages.0 as usize)
+            .with_service_window(s.service_window.0);
         check_automated(&default_rules, || {
             origin.fail(&["automated_texts".into()], "")
         })?;
@@ -214,7 +235,8 @@ impl Config {
                 n.session_timeout.unwrap_or(s.session_timeout).0,
             )
             .with_automated_texts(&texts.0)
-            .with_handback_messages(handback.0 as usize);
+            .with_handback_messages(handback.0 as usize)
+            .with_service_window(s.service_window.0);
             check_automated(&rules, || origin.fail(&at("automated_texts"), ""))?;
             numbers.insert(pnid, rules);
         }
@@ -250,6 +272,15 @@ impl Config {
             rules: RuleBook {
                 default: default_rules,
                 numbers,
+            },
+            gate: GateConfig {
+                listen: s.gate_listen.0,
+                token: s
+                    .gate_token
+                    .map(|t| t.0)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+                graph_url: s.graph_url.0.trim_end_matches('/').to_owned(),
             },
         })
     }
@@ -474,6 +505,27 @@ impl<'de> Deserialize<'de> for AmqpUrl {
                 bad.split('@').next_back().unwrap_or(bad)
             ))),
             None => Ok(AmqpUrl(s)),
+        }
+    }
+}
+
+/// An `http://` or `https://` URL.
+struct HttpUrl(String);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<axum::http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.query().is_none() =>
+            {
+                Ok(HttpUrl(s))
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not an http:// or https:// URL"
+            ))),
         }
     }
 }

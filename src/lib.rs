@@ -38,6 +38,7 @@ pub mod config;
 pub mod dlq;
 pub mod domain;
 pub mod engine;
+pub mod gate;
 pub mod http;
 pub mod ingress;
 pub mod meta;

@@ -38,8 +38,17 @@ enum Command {
     /// Consumes its share of the inbound partitions, decides with the state in Redis, publishes
     /// events to {ns}.bot and {ns}.human_chat; /healthz, /readyz, /metrics on the admin address.
     Worker,
-    /// Ingress and a worker in one process (small deployments, local use).
+    /// Ingress, a worker and the reply gate in one process (small deployments, local use).
     Serve,
+    /// The reply gate: the AI agent sends its WhatsApp messages through it (its Graph API base
+    /// URL set to the gate's address) and it refuses every reply while a human holds the
+    /// conversation (409), forwarding the rest to COEXIST_GRAPH_URL as they came.
+    ///
+    /// POST /{version}/{phone_number_id}/messages (header X-Coexist-Reply-Token: the
+    /// reply_token of the message answered); GET /v1/conversations/{phone_number_id}/{customer};
+    /// /healthz, /readyz, /metrics. On COEXIST_GATE_LISTEN; COEXIST_GATE_TOKEN required on a
+    /// non-loopback address.
+    Gate,
     /// Runs webhook bodies through the engine offline (in-memory state, no servers) and prints
     /// one JSON line per event it would publish.
     ///
@@ -209,9 +218,10 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
     let failed = |e: &dyn std::fmt::Display| Failure(e.to_string(), 1);
     let topology = coexist::broker::Topology::new(&config.namespace, config.partitions);
     match command {
-        Command::Ingress => services(config, true, false).await,
-        Command::Worker => services(config, false, true).await,
-        Command::Serve => services(config, true, true).await,
+        Command::Ingress => services(config, Services::INGRESS).await,
+        Command::Worker => services(config, Services::WORKER).await,
+        Command::Gate => services(config, Services::GATE).await,
+        Command::Serve => services(config, Services::ALL).await,
         Command::Topology => {
             coexist::broker::declare(config.amqp_url.expose(), &topology)
                 .await
@@ -358,26 +368,66 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
     }
 }
 
-/// Runs the ingress and/or a worker until SIGTERM or SIGINT, then stops them gracefully.
-async fn services(config: Config, ingress: bool, worker: bool) -> Result<(), Failure> {
-    if ingress && config.app_secrets.is_empty() {
+/// Which services a process runs.
+#[derive(Clone, Copy)]
+struct Services {
+    ingress: bool,
+    worker: bool,
+    gate: bool,
+}
+
+impl Services {
+    const INGRESS: Services = Services {
+        ingress: true,
+        worker: false,
+        gate: false,
+    };
+    const WORKER: Services = Services {
+        ingress: false,
+        worker: true,
+        gate: false,
+    };
+    const GATE: Services = Services {
+        ingress: false,
+        worker: false,
+        gate: true,
+    };
+    const ALL: Services = Services {
+        ingress: true,
+        worker: true,
+        gate: true,
+    };
+}
+
+/// Runs the services asked for until SIGTERM or SIGINT, then stops them gracefully.
+async fn services(config: Config, run: Services) -> Result<(), Failure> {
+    if run.ingress && config.app_secrets.is_empty() {
         return Err(Failure(
             "config: app_secret: the ingress needs Meta's app secret (COEXIST_APP_SECRET)".into(),
             2,
         ));
+    }
+    if run.gate {
+        coexist::gate::check(&config).map_err(|e| Failure(e, 2))?;
     }
     let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
     let shutdown = CancellationToken::new();
     // Each service resolves when it has stopped: on shutdown, or because one of its tasks ended
     // by itself (then the whole process stops, non-zero).
     let mut running: FuturesUnordered<Stopping> = FuturesUnordered::new();
-    if ingress {
+    if run.ingress {
         let ingress = coexist::ingress::start(&config, &shutdown)
             .await
             .map_err(io("cannot start the ingress"))?;
         running.push(Box::pin(ingress.stopped()));
     }
-    if worker {
+    if run.gate {
+        let gate = coexist::gate::start(&config, &shutdown)
+            .await
+            .map_err(io("cannot start the reply gate"))?;
+        running.push(Box::pin(gate.stopped()));
+    }
+    if run.worker {
         let options = coexist::worker::Options {
             fault: injected_fault(),
             ..Default::default()

@@ -32,6 +32,15 @@ pub const LATENCY: &str = "coexist_accept_to_confirm_seconds";
 pub const REPLICA_SHORTFALLS: &str = "coexist_redis_replica_shortfalls_total";
 /// Partitions this worker consumes now.
 pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
+/// Replies through the reply gate, by `result` (`forwarded`: Meta answered, whatever its status;
+/// `refused`; `failed`: Meta unreachable or silent, a bad request, state unreadable) and `reason`.
+pub const REPLIES: &str = "coexist_replies_total";
+/// Seconds the reply gate adds to a reply (its whole handling minus the wait for Meta).
+pub const GATE_SECONDS: &str = "coexist_gate_seconds";
+/// Connections the reply gate closed, by `reason` (as `cut` in [`WEBHOOKS`]).
+pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
+/// Events of the reply gate that could not be queued for publishing (its queue was full).
+pub const GATE_EVENTS_DROPPED: &str = "coexist_gate_events_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -45,8 +54,12 @@ pub fn handle() -> PrometheusHandle {
             let buckets = [
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ];
+            let fine = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GATE_SECONDS.into()), &fine))
                 .expect("buckets are valid");
             let handle = match builder.install_recorder() {
                 Ok(h) => h,

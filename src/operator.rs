@@ -184,6 +184,9 @@ pub async fn act(
         at: now,
     };
     let applied = engine.apply(&input, now).await?;
+    if crate::engine::event::begins_pause(&applied.events) {
+        engine.store().replies_settled(&applied.scope).await?;
+    }
     if !applied.events.is_empty() {
         publish(config, &applied.events).await?;
     }

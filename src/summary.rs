@@ -90,5 +90,9 @@ fn detail(e: &Event) -> String {
                 or_dash(&was.cloned())
             )
         }
+        Payload::ReplySuppressed(r) => {
+            format!("{}  (not sent: {})", text(&r.message), r.reason.as_str())
+        }
+        Payload::SentByBot(m) => text(&m.message),
     }
 }

@@ -142,9 +142,16 @@ impl Client {
         }
     }
 
+    /// Posts a webhook body signed as Meta signs it: the status.
     pub async fn post(&mut self, body: &str) -> u16 {
         let sig = coexist::ingress::sign(SECRET, body.as_bytes());
-        let req = format!("POST /webhook HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        self.send("/webhook", &format!("X-Hub-Signature-256: {sig}\r\n"), body)
+            .await
+    }
+
+    /// Posts `body` (JSON) to `path` with `headers` (each line ending in CRLF): the status.
+    pub async fn send(&mut self, path: &str, headers: &str, body: &str) -> u16 {
+        let req = format!("POST {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len());
         self.stream.write_all(req.as_bytes()).await.unwrap();
         self.buf.clear();
         loop {

@@ -112,6 +112,10 @@ event_types! {
     ContactSynced = "contact.synced",
     /// The customer changed number, business-scoped id or identity (R12a; both exchanges).
     CustomerChanged = "customer.changed",
+    /// The reply gate refused a reply of the AI agent (R17; human_chat).
+    ReplySuppressed = "reply.suppressed",
+    /// A reply the gate let through and Meta accepted (R17; human_chat).
+    SentByBot = "message.sent_by_bot",
 }
 
 /// `message.received`.
@@ -126,7 +130,12 @@ pub struct MessageReceived {
 
 impl MessageReceived {
     /// The fields only the AI agent's copy has ([`ForAgent`]).
-    pub const AGENT_FIELDS: &'static [&'static str] = &["session_started", "handback"];
+    pub const AGENT_FIELDS: &'static [&'static str] = &[
+        "session_started",
+        "handback",
+        "reply_token",
+        "service_window_until",
+    ];
 }
 
 /// The fields of a `message.received` on the bot exchange.
@@ -138,7 +147,16 @@ pub struct ForAgent {
     /// release; null otherwise.
     #[serde(default)]
     pub handback: Option<Handback>,
+    /// R17: pass it to the reply gate with the reply (header `X-Coexist-Reply-Token`). Opaque; it
+    /// names the conversation and who held it when this message was decided.
+    pub reply_token: String,
+    /// RFC 3339: the message's time plus the customer service window: until then a free-form
+    /// reply is possible (templates after it).
+    pub service_window_until: String,
 }
+
+/// The field of a `message.edited` / `message.revoked` on the bot exchange (R14).
+pub const CHANGE_AGENT_FIELDS: &[&str] = &["reply_token"];
 
 /// `handback` (R16): the human-handled stretch that just ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -229,6 +247,9 @@ pub struct Edited {
     pub message: EventMessage,
     /// The wamid of the message that was edited.
     pub original_message_id: Option<String>,
+    /// R17, on the bot's copy only: the reply token of the conversation now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_token: Option<String>,
 }
 
 /// `message.revoked`.
@@ -236,6 +257,9 @@ pub struct Edited {
 pub struct Revoked {
     /// The wamid of the message that was deleted.
     pub original_message_id: Option<String>,
+    /// R17, on the bot's copy only: the reply token of the conversation now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_token: Option<String>,
 }
 
 /// `message.history`.
@@ -288,6 +312,44 @@ pub struct Previous {
     pub user_id: Option<String>,
 }
 
+/// `reply.suppressed`: what the AI agent would have said.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ReplySuppressed {
+    /// Why the gate refused it.
+    pub reason: Refusal,
+    /// The reply as the agent sent it (`source: bot`, `id` null: it never reached Meta).
+    pub message: EventMessage,
+}
+
+/// Why the reply gate refused a reply (R17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// A human holds the conversation (a pause is in force).
+    ConversationHeld,
+    /// The conversation changed hands since the message the reply answers.
+    StaleReply,
+    /// A free-form message past the customer service window.
+    OutsideServiceWindow,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ConversationHeld => "conversation_held",
+            Refusal::StaleReply => "stale_reply",
+            Refusal::OutsideServiceWindow => "outside_service_window",
+        }
+    }
+}
+
+/// `message.sent_by_bot`: a reply of the AI agent that Meta accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SentByBot {
+    /// The reply as sent (`source: bot`; `id` is Meta's wamid).
+    pub message: EventMessage,
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -300,6 +362,8 @@ pub enum Source {
     BusinessAppAutomation,
     /// The history sync.
     History,
+    /// The AI agent, through the reply gate (R17).
+    Bot,
 }
 
 impl Source {
@@ -426,6 +490,7 @@ pub fn schema() -> serde_json::Value {
         };
         let optional: &[&str] = match name.as_str() {
             "MessageReceived" => MessageReceived::AGENT_FIELDS,
+            "Edited" | "Revoked" => CHANGE_AGENT_FIELDS,
             _ => &[],
         };
         let required: Vec<&String> = properties
@@ -500,6 +565,14 @@ pub struct Outbound {
     pub conversation: String,
     pub event: Event,
     json: std::sync::OnceLock<Box<RawValue>>,
+}
+
+/// Whether events begin a pause (they carry a handover): from there on the reply gate refuses
+/// the AI agent's replies (R17).
+pub fn begins_pause(events: &[Outbound]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e.event.payload, Payload::Handover(_)))
 }
 
 /// Equal when they go to the same place with the same event (the cache of its JSON aside).
@@ -621,6 +694,8 @@ mod tests {
                             text: "¡Hola! Te respondemos pronto".into(),
                         }],
                     }),
+                    reply_token: "rt1.abc".into(),
+                    service_window_until: "2026-11-27T10:00:00Z".into(),
                 }),
             }),
             Payload::MessageReceived(MessageReceived {
@@ -652,9 +727,11 @@ mod tests {
             Payload::Edited(Edited {
                 message: message(Source::BusinessApp),
                 original_message_id: Some("wamid.0".into()),
+                reply_token: None,
             }),
             Payload::Revoked(Revoked {
                 original_message_id: None,
+                reply_token: Some("rt1.abc".into()),
             }),
             Payload::History(History {
                 message: message(Source::History),
@@ -676,6 +753,13 @@ mod tests {
                     wa_id: Some("5215550000000".into()),
                     user_id: None,
                 },
+            }),
+            Payload::ReplySuppressed(ReplySuppressed {
+                reason: Refusal::ConversationHeld,
+                message: message(Source::Bot),
+            }),
+            Payload::SentByBot(SentByBot {
+                message: message(Source::Bot),
             }),
         ]
     }
@@ -716,6 +800,7 @@ mod tests {
     fn fields_are_written_even_when_empty_and_the_agent_fields_only_on_its_copy() {
         let json = event(Payload::Revoked(Revoked {
             original_message_id: None,
+            reply_token: None,
         }))
         .to_json();
         assert!(
@@ -724,7 +809,7 @@ mod tests {
         );
         let for_agent = event(one_of_each().remove(0)).to_json();
         assert!(
-            for_agent.ends_with(r#","session_started":true,"handback":{"reason":"reset_command","paused_at":"2026-11-26T09:00:00Z","released_at":"2026-11-26T09:30:00Z","messages":[{"at":"2026-11-26T09:01:00Z","source":"business_app_automation","message_id":"wamid.G","text":"¡Hola! Te respondemos pronto"}]}}"#),
+            for_agent.ends_with(r#","session_started":true,"handback":{"reason":"reset_command","paused_at":"2026-11-26T09:00:00Z","released_at":"2026-11-26T09:30:00Z","messages":[{"at":"2026-11-26T09:01:00Z","source":"business_app_automation","message_id":"wamid.G","text":"¡Hola! Te respondemos pronto"}]},"reply_token":"rt1.abc","service_window_until":"2026-11-27T10:00:00Z"}"#),
             "{for_agent}"
         );
         let mut no_handback = one_of_each().remove(0);
@@ -733,12 +818,22 @@ mod tests {
         }
         let later = event(no_handback).to_json();
         assert!(
-            later.ends_with(r#","session_started":true,"handback":null}"#),
+            later.ends_with(r#","session_started":true,"handback":null,"reply_token":"rt1.abc","service_window_until":"2026-11-27T10:00:00Z"}"#),
             "{later}"
         );
         let for_human = event(one_of_each().remove(1)).to_json();
         assert!(!for_human.contains("session_started"), "{for_human}");
         assert!(!for_human.contains("handback"), "{for_human}");
+        assert!(!for_human.contains("reply_token"), "{for_human}");
+        let revoked_for_agent = event(Payload::Revoked(Revoked {
+            original_message_id: None,
+            reply_token: Some("rt1.abc".into()),
+        }))
+        .to_json();
+        assert!(
+            revoked_for_agent.ends_with(r#""original_message_id":null,"reply_token":"rt1.abc"}"#),
+            "{revoked_for_agent}"
+        );
         assert!(for_human.contains(r#""source":"customer","icon":null"#));
         let app = event(one_of_each().remove(5)).to_json();
         assert!(

@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod input;
+pub mod reply;
 pub mod state;
 
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub struct Rules {
     pub automated_texts: Vec<String>,
     /// How many messages of a human-handled stretch the AI agent gets back (R16); 0: none.
     pub handback_messages: usize,
+    /// Meta's customer service window: how long after a customer's latest message a free-form
+    /// reply is possible.
+    pub service_window: Duration,
 }
 
 /// The settings of every business number: the defaults and per-number overrides.
@@ -62,6 +66,9 @@ impl RuleBook {
 /// How many handback messages are kept unless configured otherwise.
 pub const DEFAULT_HANDBACK_MESSAGES: usize = 20;
 
+/// Meta's customer service window unless configured otherwise.
+pub const DEFAULT_SERVICE_WINDOW: Duration = Duration::from_secs(86_400);
+
 impl Default for Rules {
     fn default() -> Self {
         Rules::new(
@@ -82,6 +89,7 @@ impl Rules {
             session_timeout,
             automated_texts: Vec::new(),
             handback_messages: DEFAULT_HANDBACK_MESSAGES,
+            service_window: DEFAULT_SERVICE_WINDOW,
         }
     }
 
@@ -94,6 +102,12 @@ impl Rules {
     /// The same rules keeping this many handback messages (R16; 0 turns handback off).
     pub fn with_handback_messages(mut self, n: usize) -> Self {
         self.handback_messages = n;
+        self
+    }
+
+    /// The same rules with this customer service window.
+    pub fn with_service_window(mut self, window: Duration) -> Self {
+        self.service_window = window;
         self
     }
 
@@ -216,6 +230,15 @@ impl Input<'_> {
 
 fn release_key(trigger: &str) -> String {
     format!("release:{trigger}")
+}
+
+/// The `reply_token` of a conversation (`scope`: its number and id) at a hand: opaque to the AI
+/// agent, the same for the same conversation and hand. Every change of hands (a pause beginning,
+/// a pause ending) gives the conversation a new one, so a reply carrying an earlier token is
+/// stale (R17).
+pub fn reply_token(scope: &Scope, hand: u64) -> String {
+    let id = stable_id(&[&scope.to_string(), "hand", &hand.to_string()]);
+    format!("rt1.{}", id.replace('-', ""))
 }
 
 /// Which rule decided an input (for logs and metrics).
@@ -506,6 +529,7 @@ impl Decider<'_> {
         exchange: Exchange,
         ts: Millis,
     ) {
+        let reply_token = (exchange == Exchange::Bot).then(|| self.reply_token());
         let payload = match change {
             Change::Edit {
                 original_message_id,
@@ -513,11 +537,13 @@ impl Decider<'_> {
             } => Payload::Edited(Edited {
                 message: self.message(item, message, source),
                 original_message_id: original_message_id.clone(),
+                reply_token,
             }),
             Change::Revoke {
                 original_message_id,
             } => Payload::Revoked(Revoked {
                 original_message_id: original_message_id.clone(),
+                reply_token,
             }),
         };
         self.amend_handback(change, &payload);
@@ -623,6 +649,8 @@ impl Decider<'_> {
         ts: Millis,
     ) {
         let message = self.message(item, content, Source::Customer);
+        let latest = &mut self.out.state.last_customer_at;
+        *latest = Some(latest.map_or(ts, |l| l.max(ts)));
         if self.out.state.paused(self.now).is_some() {
             self.keep(&message, ts);
             let session = self.touch_session(Handler::Human);
@@ -653,6 +681,8 @@ impl Decider<'_> {
             agent: Some(ForAgent {
                 session_started: !bot_session,
                 handback,
+                reply_token: self.reply_token(),
+                service_window_until: ts.plus(self.rules.service_window).rfc3339(),
             }),
         });
         self.emit(Exchange::Bot, customer, ts, Some(session), payload);
@@ -710,6 +740,7 @@ impl Decider<'_> {
             since,
             trigger: self.key.clone(),
         });
+        self.out.state.hand += 1;
         if self.rules.handback_messages > 0 {
             // A stretch begins (continuing one whose handback the AI agent has not had yet).
             self.out
@@ -779,6 +810,7 @@ impl Decider<'_> {
     fn release(&mut self, p: &Pause, reason: ReleaseReason, at: Millis, customer: &Customer) {
         let session = self.current_session();
         self.out.state.pause = None;
+        self.out.state.hand += 1;
         self.out.state.session = None;
         if let Some(stretch) = self.out.state.handback.as_mut() {
             stretch.ended = Some(Ended {
@@ -798,6 +830,11 @@ impl Decider<'_> {
         }
         let payload = Payload::Released(Released { reason });
         self.emit(Exchange::HumanChat, customer, at, session, payload);
+    }
+
+    /// The conversation's reply token now (R17).
+    fn reply_token(&self) -> String {
+        reply_token(self.scope, self.out.state.hand_at(self.now))
     }
 
     /// The deadline of this conversation's pause begun by `trigger`.

@@ -21,6 +21,11 @@ pub struct State {
     /// Every name the customer is known by in this conversation (phone numbers and
     /// business-scoped ids), linked by items that carried several or by `system` messages.
     pub names: Vec<CustomerKey>,
+    /// How many times the conversation has changed hands (a pause began, a pause ended): the
+    /// hand that reply tokens name (R17).
+    pub hand: u64,
+    /// Meta's time of the customer's latest message: the customer service window runs from it.
+    pub last_customer_at: Option<Millis>,
 }
 
 /// The messages of a human-handled stretch (R16), oldest first, at most `handback_messages`.
@@ -103,12 +108,22 @@ impl State {
             last_reset: later(self.last_reset, other.last_reset),
             handback,
             names,
+            // Past both: a reply token of either conversation is stale after a merge.
+            hand: self.hand.max(other.hand) + 1,
+            last_customer_at: later(self.last_customer_at, other.last_customer_at),
         }
     }
 
     /// The pause in force at `now`.
     pub fn paused(&self, now: Millis) -> Option<&Pause> {
         self.pause.as_ref().filter(|p| p.until > now)
+    }
+
+    /// The hand at `now`: a pause past its deadline has ended (R7), also before its release is
+    /// recorded.
+    pub fn hand_at(&self, now: Millis) -> u64 {
+        let ended = self.pause.as_ref().is_some_and(|p| p.until <= now);
+        self.hand + ended as u64
     }
 
     /// The session alive at `now`.

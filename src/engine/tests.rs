@@ -108,6 +108,8 @@ fn paused_state(since: i64, until: i64) -> State {
             expires: Millis(since + DAY),
         }),
         last_reset: None,
+        hand: 1,
+        last_customer_at: None,
         handback: None,
         names: Vec::new(),
     }

@@ -8,6 +8,7 @@
 
 pub mod lenient;
 pub mod render;
+pub mod reply;
 pub mod wire;
 
 use lenient::{LStr, RawList};

@@ -28,6 +28,7 @@ pub fn text(m: &wire::Message) -> String {
                             .get()
                             .and_then(|n| n.body.0.clone().or(n.name.0.clone()))
                     })
+                    .or_else(|| i.body.get().and_then(|b| b.text.0.clone()))
             })
             .unwrap_or_else(|| other(kind)),
         "button" => m

@@ -111,6 +111,19 @@ pub struct Message {
     pub revoke: Obj<Revoke>,
     pub edit: Obj<Edit>,
     pub system: Obj<System>,
+    // A message the business sends through the Cloud API (the reply gate reads these too):
+    /// The business-scoped user id it goes to (instead of `to`).
+    pub recipient: LStr,
+    /// `read` for a read receipt (with `message_id`), which is not a message.
+    pub status: LStr,
+    pub template: Obj<Template>,
+}
+
+/// A template message sent through the Cloud API.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Template {
+    pub name: LStr,
 }
 
 /// A `system` message: the customer changed number, business-scoped id, or identity.
@@ -134,7 +147,10 @@ pub struct System {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct Context {
+    /// The quoted message (received messages).
     pub id: LStr,
+    /// The quoted message (messages sent through the Cloud API).
+    pub message_id: LStr,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,9 +192,19 @@ pub struct ContactName {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct Interactive {
+    #[serde(rename = "type")]
+    pub kind: LStr,
     pub button_reply: Obj<Reply>,
     pub list_reply: Obj<Reply>,
     pub nfm_reply: Obj<NfmReply>,
+    /// The text of an interactive message the business sends (buttons, lists, ...).
+    pub body: Obj<InteractiveBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct InteractiveBody {
+    pub text: LStr,
 }
 
 #[derive(Deserialize, Default)]

@@ -112,6 +112,20 @@ impl Shared {
             tracing::Span::current().record("rule", rule.as_str());
         }
         crate::metrics::applied(&applied);
+        if crate::engine::event::begins_pause(&applied.events) {
+            // R17: replies the gate let through before this pause reach Meta before the
+            // handover is published (and any checked after it are refused).
+            let settled = until_ok(
+                "waiting for replies in flight",
+                &self.stop,
+                |e: &crate::store::Error, _| !e.transient(),
+                || self.applier.store().replies_settled(&applied.scope),
+            )
+            .await;
+            if let Err(Stopped::Interrupted) = settled {
+                return Err(Interrupted);
+            }
+        }
         self.publish(&applied.events).await?;
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key);

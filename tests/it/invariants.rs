@@ -1,11 +1,13 @@
 //! Properties that hold over any interleaving (proptest): random sequences of customer
 //! messages, echoes (human, automated, reset, stale), edits, revokes, timeouts, operator
-//! actions and redeliveries, applied through the engine's loop over the memory store.
+//! actions, redeliveries and the AI agent's replies through the reply gate's judgement (R17),
+//! applied through the engine's loop over the memory store.
 
 use std::time::Duration;
 
 use coexist::apply::Delivery;
 use coexist::domain::{CustomerKey, Scope};
+use coexist::engine::reply::{judge, Reply};
 use coexist::engine::{Input, OperatorAction, Rules};
 use coexist::meta::parse_body;
 use coexist::store::StateStore;
@@ -41,6 +43,19 @@ enum Step {
     Redeliver {
         back: usize,
     },
+    /// The AI agent replies with the token of one of the bot events so far (`pick`, modulo
+    /// their number), with none, or with a made-up one.
+    Reply {
+        pick: usize,
+        token: TokenKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TokenKind {
+    Issued,
+    None,
+    Forged,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -56,6 +71,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::OperatorRelease),
         2 => (0i64..200).prop_map(|hours| Step::Wait { hours }),
         1 => (1usize..6).prop_map(|back| Step::Redeliver { back }),
+        3 => (0usize..50, prop_oneof![4 => Just(TokenKind::Issued), 1 => Just(TokenKind::None), 1 => Just(TokenKind::Forged)])
+            .prop_map(|(pick, token)| Step::Reply { pick, token }),
     ]
 }
 
@@ -66,6 +83,9 @@ fn rules() -> Rules {
 /// What a run saw: every event's (exchange, type, id), in order.
 type Seen = Vec<(String, String, String)>;
 
+/// An event as a step saw it: (exchange, type, id, reply token).
+type Saw = Vec<(String, String, String, Option<String>)>;
+
 /// Runs the steps, checking the invariants as it goes; returns the events.
 async fn run(steps: &[Step]) -> Seen {
     let e = memory_engine(rules());
@@ -75,6 +95,10 @@ async fn run(steps: &[Step]) -> Seen {
     let mut bodies: Vec<String> = Vec::new();
     let mut out: Seen = Vec::new();
     let mut last_reset = i64::MIN;
+    // R17's model: every token a bot event carried, with how many changes of hands (handovers
+    // and releases) had been published when it was.
+    let mut tokens: Vec<(String, usize)> = Vec::new();
+    let mut changes = 0usize;
     for (i, s) in steps.iter().enumerate() {
         now += 60;
         let wamid = format!("wamid.P{i}");
@@ -99,7 +123,10 @@ async fn run(steps: &[Step]) -> Seen {
                 json!({"original_message_id": "wamid.P0"}),
             )),
             Step::Redeliver { back } => bodies.len().checked_sub(*back).map(|j| bodies[j].clone()),
-            Step::OperatorPause | Step::OperatorRelease | Step::Wait { .. } => None,
+            Step::OperatorPause
+            | Step::OperatorRelease
+            | Step::Wait { .. }
+            | Step::Reply { .. } => None,
         };
         let before = e
             .store()
@@ -108,8 +135,38 @@ async fn run(steps: &[Step]) -> Seen {
             .unwrap()
             .state;
         let paused_before = before.paused(Millis::from_secs(now)).is_some();
-        let mut events: Seen = Vec::new();
+        let mut events: Saw = Vec::new();
         match (s, &body) {
+            (Step::Reply { pick, token }, _) => {
+                let (token, issued_at) = match (token, tokens.is_empty()) {
+                    (TokenKind::Issued, false) => {
+                        let (t, at) = &tokens[pick % tokens.len()];
+                        (Some(t.clone()), Some(*at))
+                    }
+                    (TokenKind::Forged, _) | (TokenKind::Issued, true) => {
+                        (Some(format!("rt1.forged{pick}")), None)
+                    }
+                    (TokenKind::None, _) => (None, None),
+                };
+                // A template, so the service window does not decide: holding and hands do.
+                let reply = Reply {
+                    token: token.as_deref(),
+                    free_form: false,
+                };
+                let clock = Millis::from_secs(now);
+                let verdict = judge(&before, &scope, reply, clock, &rules());
+                let held = before.paused(clock).is_some();
+                let current = match (&token, issued_at) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(_), Some(at)) => at == changes,
+                };
+                assert_eq!(
+                    verdict.is_ok(),
+                    !held && current,
+                    "{s:?}: held {held}, token from {issued_at:?} of {changes} changes: {verdict:?}"
+                );
+            }
             (Step::Wait { hours }, _) => {
                 now += hours * HOUR;
                 events.extend(sweep(&e, now).await.into_iter().map(triple));
@@ -150,11 +207,15 @@ async fn run(steps: &[Step]) -> Seen {
         }
         // Never a message to the AI agent while a pause is in force (a due pause is released
         // first, in the same decision).
-        if paused_before && !events.iter().any(|(_, t, _)| t == "conversation.released") {
+        if paused_before
+            && !events
+                .iter()
+                .any(|(_, t, _, _)| t == "conversation.released")
+        {
             assert!(
                 !events
                     .iter()
-                    .any(|(x, t, _)| x == "bot" && t == "message.received"),
+                    .any(|(x, t, _, _)| x == "bot" && t == "message.received"),
                 "{s:?} reached the AI agent while paused"
             );
         }
@@ -183,11 +244,21 @@ async fn run(steps: &[Step]) -> Seen {
         if matches!(s, Step::Reset) {
             last_reset = last_reset.max(now);
         }
-        out.extend(events);
+        for (exchange, kind, _, token) in &events {
+            match (exchange.as_str(), kind.as_str(), token) {
+                (_, "conversation.handover" | "conversation.released", _) => changes += 1,
+                ("bot", _, Some(token)) => tokens.push((token.clone(), changes)),
+                _ => {}
+            }
+        }
+        out.extend(events.into_iter().map(|(x, k, id, _)| (x, k, id)));
     }
     // Every handover ends: once all deadlines are due, each has its one release.
     now += timeout + 30 * 86_400;
-    out.extend(sweep(&e, now).await.into_iter().map(triple));
+    out.extend(sweep(&e, now).await.into_iter().map(|ev| {
+        let (x, k, id, _) = triple(ev);
+        (x, k, id)
+    }));
     let count = |t: &str| out.iter().filter(|(_, k, _)| k == t).count();
     assert_eq!(
         count("conversation.handover"),
@@ -197,12 +268,13 @@ async fn run(steps: &[Step]) -> Seen {
     out
 }
 
-fn triple(ev: Ev) -> (String, String, String) {
+fn triple(ev: Ev) -> (String, String, String, Option<String>) {
     let id = ev.body["event_id"].as_str().unwrap().to_owned();
-    (ev.exchange, ev.kind, id)
+    let token = ev.body["reply_token"].as_str().map(str::to_owned);
+    (ev.exchange, ev.kind, id, token)
 }
 
-fn events_of(a: &coexist::apply::Applied) -> Vec<(String, String, String)> {
+fn events_of(a: &coexist::apply::Applied) -> Saw {
     events(a).into_iter().map(triple).collect()
 }
 

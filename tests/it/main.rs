@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod cluster;
 mod faults;
+mod gate;
 mod hardening;
 mod identity;
 mod invariants;

@@ -177,6 +177,123 @@ pub async fn take_events_at(
     out
 }
 
+/// Takes events from `{ns}.{exchange}.events` until one matches `wanted`: the instant it was
+/// taken, and the event (`None` after `within`). The others taken on the way are dropped.
+pub async fn first_event(
+    ns: &str,
+    exchange: &str,
+    within: Duration,
+    wanted: impl Fn(&Taken) -> bool,
+) -> Option<(std::time::Instant, Taken)> {
+    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-watch")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = format!("{ns}.{exchange}.events");
+    let deadline = std::time::Instant::now() + within;
+    let mut found = None;
+    while found.is_none() && std::time::Instant::now() < deadline {
+        let get = lapin::options::BasicGetOptions { no_ack: true };
+        match ch.basic_get(queue.as_str().into(), get).await {
+            Ok(Some(m)) => {
+                let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+                assert_matches_schema(&body);
+                let taken = Taken {
+                    kind: body["type"].as_str().unwrap_or("").to_owned(),
+                    body,
+                    properties: m.delivery.properties,
+                };
+                if wanted(&taken) {
+                    found = Some((std::time::Instant::now(), taken));
+                }
+            }
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let _ = conn.close(200, "read".into()).await;
+    found
+}
+
+/// Events of one routing key of an exchange, on a queue of a test's own (exclusive), as they are
+/// published.
+pub struct Watch {
+    _conn: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Watch {
+    pub async fn start(ns: &str, exchange: &str, routing_key: &str) -> Watch {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        let conn = coexist::broker::connect(&amqp_url(), "coexist-test-watch")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let own = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare("".into(), own, Default::default())
+            .await
+            .unwrap();
+        let exchange = format!("{ns}.{exchange}");
+        ch.queue_bind(
+            q.name().as_str().into(),
+            exchange.as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let consumer = ch
+            .basic_consume(
+                q.name().as_str().into(),
+                "watch".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        Watch {
+            _conn: conn,
+            consumer,
+        }
+    }
+
+    /// The next event that matches `wanted` (others are dropped), and the instant it arrived;
+    /// `None` after `within`.
+    pub async fn next_matching(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&Taken) -> bool,
+    ) -> Option<(std::time::Instant, Taken)> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let d = tokio::time::timeout_at(deadline, self.consumer.next())
+                .await
+                .ok()??
+                .ok()?;
+            let at = std::time::Instant::now();
+            let body: Value = serde_json::from_slice(&d.data).unwrap();
+            assert_matches_schema(&body);
+            let taken = Taken {
+                kind: body["type"].as_str().unwrap_or("").to_owned(),
+                body,
+                properties: d.properties,
+            };
+            if wanted(&taken) {
+                return Some((at, taken));
+            }
+        }
+    }
+}
+
 /// `rabbitmqctl` (on `node`, or the machine's own broker) with `args`, waiting for it.
 pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) {
     let mut cmd = std::process::Command::new("rabbitmqctl");

@@ -5,11 +5,13 @@
 mod broker;
 #[macro_use]
 mod engines;
+mod graph;
 mod stack;
 mod webhooks;
 
 pub use broker::*;
 pub use engines::*;
+pub use graph::*;
 pub use stack::*;
 pub use webhooks::*;
 

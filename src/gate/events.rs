@@ -1,0 +1,232 @@
+//! The reply gate's events (`reply.suppressed`, `message.sent_by_bot`, human_chat): built from
+//! the reply and the conversation, and published in the background with confirms, so the agent
+//! is answered without waiting for the broker. A queue of bounded size holds them while the
+//! broker is away; one that cannot be queued is counted and logged, never silently dropped.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Link, Outgoing, Topology};
+use crate::domain::{stable_id, Customer, Scope};
+use crate::engine::event::{
+    Event, EventMessage, Exchange, Outbound, Payload, Refusal, ReplySuppressed, SentByBot, Source,
+};
+use crate::engine::state::State;
+use crate::meta::reply::Send;
+use crate::metrics::GATE_EVENTS_DROPPED;
+use crate::retry::until_ok;
+use crate::time::Millis;
+
+/// Events waiting for the broker at most.
+const QUEUE: usize = 10_000;
+/// Events published together at most.
+const BATCH: usize = 256;
+/// How long events still queued at shutdown may take to be published.
+const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ids of `reply.suppressed` published lately: an agent retrying the same refused reply in a
+/// loop does not fill the inbox with copies of one event.
+const RECENT: usize = 4096;
+
+/// Where the gate's events go to be published.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Outbound>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The last [`RECENT`] event ids published, oldest first.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Recent {
+    /// Whether `id` is new (and now remembered).
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+impl Events {
+    /// Starts the publisher; it ends when `stop` is cancelled, after publishing (for at most
+    /// [`FLUSH_WITHIN`]) what it holds.
+    pub fn spawn(
+        link: Arc<Link>,
+        topology: Topology,
+        stop: CancellationToken,
+    ) -> (Events, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let events = Events {
+            tx,
+            recent: Arc::default(),
+        };
+        (events, tokio::spawn(run(link, topology, rx, stop)))
+    }
+
+    /// Queues an event for publishing, unless the same event (same id) was queued lately.
+    pub fn publish_once(&self, event: Outbound) {
+        let first = self
+            .recent
+            .lock()
+            .expect("recent events")
+            .first_time(&event.event.event_id);
+        if first {
+            self.publish(event);
+        }
+    }
+
+    /// Queues an event for publishing.
+    pub fn publish(&self, event: Outbound) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!(GATE_EVENTS_DROPPED).increment(1);
+            tracing::warn!(
+                "the reply gate's event queue is full (the broker is away?): an event was not published"
+            );
+        }
+    }
+}
+
+async fn run(
+    link: Arc<Link>,
+    topology: Topology,
+    mut rx: mpsc::Receiver<Outbound>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Outbound> = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => e,
+            () = stop.cancelled() => None,
+        };
+        let stopping = first.is_none();
+        batch.extend(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let messages: Vec<Outgoing> = batch
+                .iter()
+                .map(|e| Outgoing::event(&topology, e))
+                .collect();
+            // While running: until the broker confirms. Stopping: for a bounded time.
+            let give_up = CancellationToken::new();
+            if stopping {
+                let g = give_up.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FLUSH_WITHIN).await;
+                    g.cancel();
+                });
+            }
+            let published = until_ok(
+                "publishing the reply gate's events",
+                &give_up,
+                |_, _| false,
+                || link.publish_all(&messages),
+            )
+            .await;
+            match published {
+                Ok(()) => crate::metrics::published(&batch),
+                Err(_) => tracing::warn!(
+                    events = batch.len(),
+                    "stopping: the reply gate's last events were not published"
+                ),
+            }
+            batch.clear();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The message of a reply, as events show it.
+fn message(send: &Send, id: Option<String>) -> EventMessage {
+    EventMessage {
+        id,
+        kind: send.content.kind.clone(),
+        text: send.content.text.clone(),
+        source: Source::Bot,
+        icon: Source::Bot.icon(),
+        media: send.content.media.clone(),
+        reply_to: send.content.reply_to.clone(),
+        raw: send.raw.clone(),
+    }
+}
+
+/// The customer as the conversation knows them (the name the reply was addressed to first).
+fn customer(send: &Send, state: &State) -> Customer {
+    let mut names = vec![send.customer.clone()];
+    names.extend(state.names.iter().filter(|n| **n != send.customer).cloned());
+    Customer::from_names(&names)
+}
+
+fn outbound(
+    scope: &Scope,
+    state: &State,
+    send: &Send,
+    now: Millis,
+    event_id: String,
+    payload: Payload,
+) -> Outbound {
+    let event = Event {
+        event_id,
+        occurred_at: now.rfc3339(),
+        phone_number_id: scope.phone_number_id.clone(),
+        customer: customer(send, state),
+        session_id: state.session_at(now).map(|s| s.id.clone()),
+        payload,
+    };
+    Outbound::new(Exchange::HumanChat, scope.to_string(), event)
+}
+
+/// `reply.suppressed`: the same refused reply (same body, token and reason) always has the same
+/// id, so an agent retrying it does not fill the inbox.
+pub fn suppressed(
+    scope: &Scope,
+    state: &State,
+    send: &Send,
+    token: Option<&str>,
+    reason: Refusal,
+    now: Millis,
+) -> Outbound {
+    let id = stable_id(&[
+        &scope.to_string(),
+        "reply",
+        send.raw.get(),
+        token.unwrap_or(""),
+        reason.as_str(),
+    ]);
+    let payload = Payload::ReplySuppressed(ReplySuppressed {
+        reason,
+        message: message(send, None),
+    });
+    outbound(scope, state, send, now, id, payload)
+}
+
+/// `message.sent_by_bot`: the reply Meta accepted, with Meta's wamid.
+pub fn sent(scope: &Scope, state: &State, send: &Send, wamid: String, now: Millis) -> Outbound {
+    let id = stable_id(&[&scope.to_string(), &wamid, "message.sent_by_bot"]);
+    let payload = Payload::SentByBot(SentByBot {
+        message: message(send, Some(wamid)),
+    });
+    outbound(scope, state, send, now, id, payload)
+}
