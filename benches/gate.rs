@@ -44,8 +44,12 @@ async fn stand_in() -> SocketAddr {
     addr
 }
 
+/// How many conversations are seeded (each gets a customer message, so a service window).
+static SEEDED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 /// The reply to conversation `i` of the seeded ones (`common::body`'s customer and number).
 fn reply(i: usize) -> (String, String) {
+    let i = i % SEEDED.get().copied().unwrap_or(1);
     let customer = 5_215_540_000_000u64 + (i % 2000) as u64;
     let number = PNID_BASE + (i % NUMBERS) as u64;
     let body = format!(
@@ -133,6 +137,7 @@ async fn main() {
         true => (50, Duration::from_millis(500), Duration::from_secs(1), 3),
         false => (2000, Duration::from_secs(5), Duration::from_secs(10), 30),
     };
+    SEEDED.set(seed).expect("set once");
     let graph = stand_in().await;
     let system = System::start("gate", 4, 1).await;
     let gate_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -233,7 +238,7 @@ async fn main() {
             while !stop.load(Ordering::Relaxed) {
                 let due = start + Duration::from_secs_f64(k as f64 / (rate / 2.0));
                 tokio::time::sleep_until(due.into()).await;
-                let (path, body) = reply(k % seed);
+                let (path, body) = reply(k);
                 let _ = client.send(&path, AUTH, &body).await;
                 k += 1;
             }
