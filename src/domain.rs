@@ -18,7 +18,13 @@ pub enum CustomerKey {
     WaId(String),
     /// A business-scoped user id.
     UserId(String),
+    /// A WhatsApp group (R19), written `group:{group_id}`: its conversation is the group's, never
+    /// a member's.
+    Group(String),
 }
+
+/// How a group's key begins.
+const GROUP_PREFIX: &str = "group:";
 
 impl CustomerKey {
     /// A customer from a phone number as Meta or an operator writes it (`+52 1 555...`), or from
@@ -27,6 +33,9 @@ impl CustomerKey {
         let s = s.trim();
         if s.is_empty() {
             return None;
+        }
+        if let Some(id) = s.strip_prefix(GROUP_PREFIX) {
+            return Self::group(id);
         }
         if let Some(digits) = phone_digits(s) {
             return Some(CustomerKey::WaId(digits));
@@ -54,10 +63,29 @@ impl CustomerKey {
             })
     }
 
+    /// A group's key from Meta's `group_id`: printable, no whitespace, nothing that would break
+    /// a key or a header.
+    pub fn group(group_id: &str) -> Option<Self> {
+        let id = group_id.trim();
+        let ok = (1..=200).contains(&id.len())
+            && id.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '=' | '+' | '/' | '@')
+            });
+        ok.then(|| CustomerKey::Group(format!("{GROUP_PREFIX}{id}")))
+    }
+
+    /// Meta's `group_id` of a group's key.
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            CustomerKey::Group(k) => k.strip_prefix(GROUP_PREFIX),
+            _ => None,
+        }
+    }
+
     /// The identifier as it appears in keys and headers.
     pub fn as_str(&self) -> &str {
         match self {
-            CustomerKey::WaId(s) | CustomerKey::UserId(s) => s,
+            CustomerKey::WaId(s) | CustomerKey::UserId(s) | CustomerKey::Group(s) => s,
         }
     }
 }
@@ -173,6 +201,7 @@ impl Customer {
                 user_id: Some(u.clone()),
                 ..Default::default()
             },
+            CustomerKey::Group(_) => Customer::default(),
         }
     }
 }
@@ -340,6 +369,10 @@ mod tests {
         assert_eq!(CustomerKey::parse("   "), None);
         assert_eq!(CustomerKey::parse("a b"), None);
         assert_eq!(CustomerKey::parse("x{y}"), None);
+        let g = CustomerKey::parse("group:Y2Fw/aV9=").unwrap();
+        assert_eq!(g.group_id(), Some("Y2Fw/aV9="));
+        assert_eq!(CustomerKey::group("a b"), None);
+        assert_eq!(CustomerKey::group("{x}"), None);
     }
 
     #[test]
@@ -368,7 +401,12 @@ mod tests {
 
     #[test]
     fn scope_round_trips() {
-        for s in ["410:5215551230001", "410:US.99", "410:"] {
+        for s in [
+            "410:5215551230001",
+            "410:US.99",
+            "410:",
+            "410:group:Y2FwaV9ncm91cDox",
+        ] {
             assert_eq!(Scope::parse(s).unwrap().to_string(), s);
         }
         assert!(Scope::parse(":1").is_none());

@@ -134,9 +134,41 @@ enum ConversationCommand {
     /// customer is known by (any of them finds the conversation).
     Show(ConversationArgs),
     /// Pauses the AI agent for the customer, as a human reply would (R4 without a message).
-    Pause(ConversationArgs),
+    Pause {
+        #[command(flatten)]
+        conversation: ConversationArgs,
+        /// How long (e.g. 30m, 2h, 7d). Default: the coexistence timeout.
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        duration: Option<std::time::Duration>,
+        /// Who pauses it, recorded as `by.name`. Default: the login name.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
     /// Hands the customer back to the AI agent, as the reset command would (reason: operator).
-    Release(ConversationArgs),
+    Release {
+        #[command(flatten)]
+        conversation: ConversationArgs,
+        /// Who releases it, recorded as `by.name`. Default: the login name.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+}
+
+/// A duration written like 30s, 15m, 24h, 7d (longer than zero).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(_) => Err(format!("{s:?} is not a duration (write e.g. 30m, 2h, 7d)")),
+    }
+}
+
+/// The login name, for `--by` left out.
+fn login_name() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .filter(|n| !n.trim().is_empty())
 }
 
 #[derive(clap::Args)]
@@ -491,8 +523,26 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
             return Ok(());
         }
         ConversationCommand::Show(a) => (a, None),
-        ConversationCommand::Pause(a) => (a, Some(OperatorAction::Pause)),
-        ConversationCommand::Release(a) => (a, Some(OperatorAction::Release)),
+        ConversationCommand::Pause {
+            conversation,
+            duration,
+            by,
+        } => (
+            conversation,
+            Some((
+                OperatorAction::Pause,
+                *duration,
+                by.clone().or_else(login_name),
+            )),
+        ),
+        ConversationCommand::Release { conversation, by } => (
+            conversation,
+            Some((
+                OperatorAction::Release,
+                None,
+                by.clone().or_else(login_name),
+            )),
+        ),
     };
     if !valid_phone_number_id(&args.phone_number_id) {
         return Err(Failure(
@@ -521,9 +571,14 @@ async fn conversation(command: ConversationCommand, config: Config) -> Result<()
             println!("{json}");
         }
         Some(action) => {
-            let done = operator::act(&config, scope, action, now)
-                .await
-                .map_err(failed)?;
+            let (action, duration, by) = action;
+            let command = operator::Command {
+                scope,
+                action,
+                duration,
+                by,
+            };
+            let done = operator::act(&config, command, now).await.map_err(failed)?;
             for e in &done.events {
                 println!("{}", e.to_line());
             }

@@ -15,6 +15,8 @@ pub const WEBHOOKS: &str = "coexist_webhooks_total";
 pub const CONNECTIONS: &str = "coexist_http_connections";
 /// Connections the worker's admin address closed, by `reason` (as `cut` in [`WEBHOOKS`]).
 pub const ADMIN_CUTS: &str = "coexist_admin_connections_cut_total";
+/// What webhooks held that coexist does not act on, by `kind` (`unhandled`) and `field`.
+pub const WEBHOOK_ITEMS: &str = "coexist_webhook_items_total";
 /// Items decided, by `rule` (R1..R12, operator_*, noop, ignored) and `delivery`
 /// (`fresh`, `redelivered`, `duplicate`).
 pub const ITEMS: &str = "coexist_items_total";

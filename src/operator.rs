@@ -9,7 +9,7 @@ use crate::apply::Applier;
 use crate::broker::{self, Outgoing, Publisher, Topology};
 use crate::config::Config;
 use crate::domain::Scope;
-use crate::engine::event::Outbound;
+use crate::engine::event::{By, ByKind, Outbound};
 use crate::engine::state::{Handler, State};
 use crate::engine::{Input, OperatorAction};
 use crate::store::redis::RedisStore;
@@ -28,6 +28,8 @@ pub struct View {
     pub handler: &'static str,
     pub paused: bool,
     pub paused_until: Option<String>,
+    /// Who began the pause in force.
+    pub paused_by: Option<By>,
     /// Milliseconds left on the pause key in Redis.
     pub pause_ttl_ms: Option<i64>,
     /// A pause past its deadline whose `conversation.released` is not yet recorded.
@@ -59,6 +61,7 @@ pub fn view(scope: &Scope, state: &State, pause_ttl_ms: Option<i64>, now: Millis
         handler: if paused.is_some() { "human" } else { "bot" },
         paused: paused.is_some(),
         paused_until: paused.map(|p| p.until.rfc3339()),
+        paused_by: paused.map(|p| p.by.clone()),
         pause_ttl_ms,
         release_pending: state.pause.as_ref().is_some_and(|p| p.until <= now),
         session: state.session_at(now).map(|s| SessionView {
@@ -100,6 +103,10 @@ pub struct Paused {
     pub paused_until: String,
     /// The echo that paused (null for an operator's pause).
     pub trigger_message_id: Option<String>,
+    /// Who paused it.
+    pub by: By,
+    /// RFC 3339: when the pause began.
+    pub since: String,
     /// Milliseconds left.
     #[serde(skip)]
     pub left_ms: i64,
@@ -116,6 +123,8 @@ pub async fn list(store: &RedisStore, now: Millis) -> crate::store::Result<Vec<P
             customer: scope.customer.map(|c| c.to_string()).unwrap_or_default(),
             paused_until: pause.until.rfc3339(),
             trigger_message_id: pause.trigger.strip_prefix("m:").map(str::to_owned),
+            by: pause.by.clone(),
+            since: pause.since.rfc3339(),
             left_ms: pause.until.0 - now.0,
         })
         .collect();
@@ -126,21 +135,36 @@ pub async fn list(store: &RedisStore, now: Millis) -> crate::store::Result<Vec<P
 /// `conversation list`'s table: number, customer, paused until, time left, trigger message.
 pub fn table(paused: &[Paused]) -> String {
     let mut out = format!(
-        "{:<20} {:<28} {:<22} {:>14}  trigger\n",
-        "number", "customer", "paused until", "left"
+        "{:<20} {:<28} {:<22} {:>14}  {:<20} trigger\n",
+        "number", "customer", "paused until", "left", "by"
     );
     for p in paused {
         let left = std::time::Duration::from_secs((p.left_ms.max(0) / 1000) as u64);
         out.push_str(&format!(
-            "{:<20} {:<28} {:<22} {:>14}  {}\n",
+            "{:<20} {:<28} {:<22} {:>14}  {:<20} {}\n",
             p.phone_number_id,
             p.customer,
             p.paused_until,
             humantime::format_duration(left).to_string(),
-            p.trigger_message_id.as_deref().unwrap_or("(operator)")
+            by_text(&p.by),
+            p.trigger_message_id.as_deref().unwrap_or("-")
         ));
     }
     out
+}
+
+/// Who paused, as a person reads it: `business_app`, `routing`, `system`, `operator:{name}`.
+pub fn by_text(by: &By) -> String {
+    let kind = match by.kind {
+        ByKind::BusinessApp => "business_app",
+        ByKind::Operator => "operator",
+        ByKind::Routing => "routing",
+        ByKind::System => "system",
+    };
+    match &by.name {
+        Some(name) => format!("{kind}:{name}"),
+        None => kind.to_owned(),
+    }
 }
 
 /// Why an operator command failed.
@@ -169,48 +193,66 @@ pub struct Done {
     pub view: View,
 }
 
-/// Pauses or releases one conversation: applies the command, publishes its events like any
-/// others (confirmed), and only then records them published.
-pub async fn act(
-    config: &Config,
-    scope: Scope,
-    action: OperatorAction,
-    now: Millis,
-) -> Result<Done, Error> {
-    let engine = Applier::new(store(config).await?, Arc::new(config.rules.clone()));
-    let input = Input::Operator {
-        scope: scope.clone(),
-        action,
-        at: now,
-    };
-    let applied = engine.apply(&input, now).await?;
-    if crate::engine::event::begins_pause(&applied.events) {
-        engine.store().replies_settled(&applied.scope).await?;
-    }
-    if !applied.events.is_empty() {
-        publish(config, &applied.events).await?;
-    }
-    engine.acknowledge(&applied).await?;
-    let view = show(engine.store(), &scope, now).await?;
-    Ok(Done {
-        events: applied.events,
-        view,
-    })
+/// An operator's command on one conversation.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub scope: Scope,
+    pub action: OperatorAction,
+    /// How long a pause lasts (default: the coexistence timeout).
+    pub duration: Option<std::time::Duration>,
+    /// Who gives it (`by.name` of its events).
+    pub by: Option<String>,
 }
 
-async fn publish(config: &Config, events: &[Outbound]) -> Result<(), Error> {
+/// Pauses or releases one conversation with connections of its own (`coexist conversation`).
+pub async fn act(config: &Config, command: Command, now: Millis) -> Result<Done, Error> {
+    let applier = Applier::new(store(config).await?, Arc::new(config.rules.clone()));
     let topology = Topology::new(&config.namespace, config.partitions);
     let conn = broker::connect(config.amqp_url.expose(), "coexist-operator").await?;
     topology.declare(&conn).await?;
     let publisher = Publisher::open(&conn).await?;
-    let messages: Vec<Outgoing> = events
-        .iter()
-        .map(|e| Outgoing::event(&topology, e))
-        .collect();
-    publisher
-        .publish_all(&messages)
-        .await
-        .map_err(Error::NotPublished)?;
+    let done = apply(&applier, &publisher, &topology, command, now).await;
     let _ = conn.close(200, "done".into()).await;
-    Ok(())
+    done
+}
+
+/// Applies a command, publishes its events like any others (confirmed; a pause's only once the
+/// reply gate has no reply in flight for the conversation), and only then records them
+/// published. The console runs its actions through this too.
+pub async fn apply(
+    applier: &Applier<RedisStore>,
+    publisher: &Publisher,
+    topology: &Topology,
+    command: Command,
+    now: Millis,
+) -> Result<Done, Error> {
+    let input = Input::Operator {
+        scope: command.scope.clone(),
+        action: command.action,
+        at: now,
+        duration: command.duration,
+        by: command.by,
+    };
+    let applied = applier.apply(&input, now).await?;
+    if crate::engine::event::begins_pause(&applied.events) {
+        applier.store().replies_settled(&applied.scope).await?;
+    }
+    if !applied.events.is_empty() {
+        let messages: Vec<Outgoing> = applied
+            .events
+            .iter()
+            .map(|e| Outgoing::event(topology, e))
+            .collect();
+        publisher
+            .publish_all(&messages)
+            .await
+            .map_err(Error::NotPublished)?;
+        crate::metrics::published(&applied.events);
+    }
+    applier.acknowledge(&applied).await?;
+    let view = show(applier.store(), &command.scope, now).await?;
+    Ok(Done {
+        events: applied.events,
+        view,
+    })
 }

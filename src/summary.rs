@@ -2,7 +2,7 @@
 //! matters (`coexist process --format summary`, and `coexist tail` after the time).
 
 use crate::domain::Customer;
-use crate::engine::event::{Event, EventMessage, Outbound, Payload};
+use crate::engine::event::{By, ByKind, Event, EventMessage, Outbound, Payload};
 
 /// `exchange  type  customer  text or detail`, aligned.
 pub fn line(o: &Outbound) -> String {
@@ -40,6 +40,17 @@ fn wire_name<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
+/// ` by {name}` for an operator, ` by routing` for Conversation Routing; the App's and the
+/// timeout's go without saying.
+fn by(by: &By) -> String {
+    match (by.kind, &by.name) {
+        (ByKind::Operator, Some(name)) => format!("  by {name}"),
+        (ByKind::Operator, None) => "  by an operator".to_owned(),
+        (ByKind::Routing, _) => "  by routing".to_owned(),
+        _ => String::new(),
+    }
+}
+
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
 }
@@ -67,8 +78,8 @@ fn detail(e: &Event) -> String {
         Payload::Revoked(r) => format!("deletes {}", or_dash(&r.original_message_id)),
         Payload::History(h) => format!("{} {}", wire_name(&h.direction), text(&h.message)),
         Payload::SessionPaused(p) => format!("until {}", p.paused_until),
-        Payload::Handover(h) => format!("until {}", h.paused_until),
-        Payload::Released(r) => r.reason.as_str().to_owned(),
+        Payload::Handover(h) => format!("until {}{}", h.paused_until, by(&h.by)),
+        Payload::Released(r) => format!("{}{}", r.reason.as_str(), by(&r.by)),
         Payload::MessageStatus(s) => format!("{} {}", or_dash(&s.status), or_dash(&s.message_id)),
         Payload::AccountUpdated(a) => format!("{} {}", or_dash(&a.event), or_dash(&a.reason)),
         Payload::HistoryStatus(h) if h.declined => "declined".to_owned(),
@@ -94,5 +105,8 @@ fn detail(e: &Event) -> String {
             format!("{}  (not sent: {})", text(&r.message), r.reason.as_str())
         }
         Payload::SentByBot(m) => text(&m.message),
+        Payload::Observed(m) => format!("{}  (observed)", text(&m.message)),
+        Payload::Preferences(p) => format!("{} {}", or_dash(&p.category), or_dash(&p.value)),
+        Payload::MetaError(m) => m.errors.get().to_owned(),
     }
 }

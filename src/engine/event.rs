@@ -42,6 +42,10 @@ pub struct Event {
     pub customer: Customer,
     /// The session the event belongs to, or null.
     pub session_id: Option<String>,
+    /// R19: the WhatsApp group the event belongs to (present on a group's events only; then
+    /// `customer` is the member who wrote, and the conversation is the group's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
     /// What the event's type adds (its own fields, beside these).
     #[schemars(skip)]
     pub payload: Payload,
@@ -116,6 +120,12 @@ event_types! {
     ReplySuppressed = "reply.suppressed",
     /// A reply the gate let through and Meta accepted (R17; human_chat).
     SentByBot = "message.sent_by_bot",
+    /// A copy of a thread another responder owns under Conversation Routing (R18; human_chat).
+    Observed = "message.observed",
+    /// The customer stopped or resumed a kind of messages (`user_preferences`; bot).
+    Preferences = "customer.preferences",
+    /// Errors Meta reports for the number rather than for one message (bot).
+    MetaError = "meta.error",
 }
 
 /// `message.received`.
@@ -229,8 +239,11 @@ pub struct SentFromApp {
 pub struct Handover {
     /// RFC 3339: the AI agent is paused for this customer until then.
     pub paused_until: String,
-    /// The echo that paused (null for an operator's pause).
+    /// The echo that paused (null for an operator's or Conversation Routing's pause).
     pub trigger_message_id: Option<String>,
+    /// Who took the conversation.
+    #[serde(default)]
+    pub by: By,
 }
 
 /// `conversation.released`.
@@ -238,6 +251,9 @@ pub struct Handover {
 pub struct Released {
     /// What ended the pause.
     pub reason: ReleaseReason,
+    /// Who handed it back.
+    #[serde(default)]
+    pub by: By,
 }
 
 /// `message.edited`.
@@ -312,6 +328,32 @@ pub struct Previous {
     pub user_id: Option<String>,
 }
 
+/// `message.observed` (R18): never to be answered; `source` `customer` or `other_app`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Observed {
+    /// The message as copied on `standby`.
+    pub message: EventMessage,
+}
+
+/// `customer.preferences`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Preferences {
+    /// What kind of messages, as Meta says (`marketing_messages`, ...).
+    pub category: Option<String>,
+    /// `stop`, `resume`, ... as Meta says.
+    pub value: Option<String>,
+    /// Meta's description of the change.
+    pub detail: Option<String>,
+}
+
+/// `meta.error`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MetaError {
+    /// Meta's `errors`, as sent (code, title, message, error_data).
+    #[schemars(with = "Vec<serde_json::Value>")]
+    pub errors: Box<RawValue>,
+}
+
 /// `reply.suppressed`: what the AI agent would have said.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ReplySuppressed {
@@ -364,6 +406,8 @@ pub enum Source {
     History,
     /// The AI agent, through the reply gate (R17).
     Bot,
+    /// Another responder on the number (Conversation Routing, R18).
+    OtherApp,
 }
 
 impl Source {
@@ -412,8 +456,10 @@ pub enum ReleaseReason {
     ResetCommand,
     /// The coexistence timeout passed (R7).
     Timeout,
-    /// An operator released it (`coexist conversation release`).
+    /// An operator released it (`coexist conversation release`, the console).
     Operator,
+    /// Meta's Conversation Routing passed the thread to us (`control_passed`, R18).
+    Routing,
 }
 
 impl ReleaseReason {
@@ -423,7 +469,62 @@ impl ReleaseReason {
             ReleaseReason::ResetCommand => "reset_command",
             ReleaseReason::Timeout => "timeout",
             ReleaseReason::Operator => "operator",
+            ReleaseReason::Routing => "routing",
         }
+    }
+}
+
+/// `by`: who changed hands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct By {
+    /// `business_app` (a human's reply from the App, the reset command), `operator` (a
+    /// `conversation pause|release` or the console), `routing` (Meta's Conversation Routing),
+    /// `system` (the timeout).
+    pub kind: ByKind,
+    /// The operator's name (null for the others).
+    pub name: Option<String>,
+}
+
+/// Who changed hands, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ByKind {
+    BusinessApp,
+    Operator,
+    Routing,
+    System,
+}
+
+impl By {
+    pub fn business_app() -> By {
+        By {
+            kind: ByKind::BusinessApp,
+            name: None,
+        }
+    }
+    pub fn system() -> By {
+        By {
+            kind: ByKind::System,
+            name: None,
+        }
+    }
+    pub fn routing() -> By {
+        By {
+            kind: ByKind::Routing,
+            name: None,
+        }
+    }
+    pub fn operator(name: Option<String>) -> By {
+        By {
+            kind: ByKind::Operator,
+            name,
+        }
+    }
+}
+
+impl Default for By {
+    fn default() -> Self {
+        By::business_app()
     }
 }
 
@@ -449,6 +550,8 @@ impl Event {
             phone_number_id: String,
             customer: Customer,
             session_id: Option<String>,
+            #[serde(default)]
+            group_id: Option<String>,
         }
         let h: Header = serde_json::from_str(json)?;
         Ok(Event {
@@ -458,6 +561,7 @@ impl Event {
             phone_number_id: h.phone_number_id,
             customer: h.customer,
             session_id: h.session_id,
+            group_id: h.group_id,
         })
     }
 }
@@ -491,6 +595,7 @@ pub fn schema() -> serde_json::Value {
         let optional: &[&str] = match name.as_str() {
             "MessageReceived" => MessageReceived::AGENT_FIELDS,
             "Edited" | "Revoked" => CHANGE_AGENT_FIELDS,
+            "Event" => &["group_id"],
             _ => &[],
         };
         let required: Vec<&String> = properties
@@ -536,6 +641,8 @@ impl Serialize for Event {
             phone_number_id: &'a str,
             customer: &'a Customer,
             session_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            group_id: Option<&'a str>,
             #[serde(flatten)]
             payload: &'a Payload,
         }
@@ -546,6 +653,7 @@ impl Serialize for Event {
             phone_number_id: &self.phone_number_id,
             customer: &self.customer,
             session_id: self.session_id.as_deref(),
+            group_id: self.group_id.as_deref(),
             payload: &self.payload,
         }
         .serialize(s)
@@ -720,9 +828,11 @@ mod tests {
             Payload::Handover(Handover {
                 paused_until: "2026-12-03T10:00:00Z".into(),
                 trigger_message_id: None,
+                by: By::operator(Some("ana".into())),
             }),
             Payload::Released(Released {
                 reason: ReleaseReason::Timeout,
+                by: By::system(),
             }),
             Payload::Edited(Edited {
                 message: message(Source::BusinessApp),
@@ -761,6 +871,17 @@ mod tests {
             Payload::SentByBot(SentByBot {
                 message: message(Source::Bot),
             }),
+            Payload::Observed(Observed {
+                message: message(Source::OtherApp),
+            }),
+            Payload::Preferences(Preferences {
+                category: Some("marketing_messages".into()),
+                value: Some("stop".into()),
+                detail: Some("User requested to stop marketing messages".into()),
+            }),
+            Payload::MetaError(MetaError {
+                errors: raw(r#"[{"code":130429,"title":"Rate limit hit"}]"#),
+            }),
         ]
     }
 
@@ -775,6 +896,7 @@ mod tests {
                 name: None,
             },
             session_id: None,
+            group_id: None,
             payload,
         }
     }
@@ -877,13 +999,18 @@ mod tests {
         assert!(matches!(
             read[0].event.payload,
             Payload::Released(Released {
-                reason: ReleaseReason::ResetCommand
+                reason: ReleaseReason::ResetCommand,
+                ..
             })
         ));
         assert_eq!(
             serde_json::to_string(&read).unwrap(),
             stored,
-            "written back the same"
+            "written back, and published, as committed"
+        );
+        assert_eq!(
+            read[0].json(),
+            &stored[stored.find(r#""body":"#).unwrap() + 7..stored.len() - 2]
         );
         let unknown = stored.replace("\"type\":\"conversation.released\"", "\"type\":\"x.y\"");
         assert!(serde_json::from_str::<Vec<Outbound>>(&unknown).is_err());

@@ -75,10 +75,51 @@ pub enum ItemKind {
         action: Option<String>,
         contact: Option<Box<RawValue>>,
     },
-    /// `value.errors[]` of a `messages` change: Meta reports a problem with no message attached.
-    Errors,
+    /// `value.errors[]` of a change: Meta reports problems for the number rather than for one
+    /// message (e.g. 130429, rate limit hit): the errors as sent.
+    Errors { errors: Box<RawValue> },
+    /// `standby` (R18): a copy of activity on a thread another responder owns: a customer's
+    /// message, or the other responder's.
+    Observed {
+        customer: Customer,
+        message: Content,
+        from: ObservedFrom,
+    },
+    /// `messaging_handovers` (R18): Conversation Routing moved the thread.
+    Routing {
+        customer: Customer,
+        control: Control,
+        /// The `metadata` given to the pass, as sent.
+        metadata: Option<String>,
+    },
+    /// `user_preferences`: the customer stopped or resumed a kind of messages.
+    Preferences {
+        customer: Customer,
+        category: Option<String>,
+        value: Option<String>,
+        detail: Option<String>,
+    },
     /// A change of a field this product does not subscribe to (kept for logs and metrics).
     Unhandled { field: String },
+}
+
+/// Who wrote a message copied on `standby`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedFrom {
+    Customer,
+    /// The responder that owns the thread.
+    OtherApp,
+}
+
+/// A move of Conversation Routing's thread control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Another responder took the thread (`control_taken`).
+    Taken,
+    /// The thread was passed to us (`control_passed`).
+    Passed,
 }
 
 impl ItemKind {
@@ -91,10 +132,13 @@ impl ItemKind {
             | ItemKind::Echo { customer, .. }
             | ItemKind::Status { customer, .. }
             | ItemKind::History { customer, .. }
-            | ItemKind::ContactSync { customer, .. } => Some(customer),
+            | ItemKind::ContactSync { customer, .. }
+            | ItemKind::Observed { customer, .. }
+            | ItemKind::Routing { customer, .. }
+            | ItemKind::Preferences { customer, .. } => Some(customer),
             ItemKind::AccountUpdate { .. }
             | ItemKind::HistoryStatus { .. }
-            | ItemKind::Errors
+            | ItemKind::Errors { .. }
             | ItemKind::Unhandled { .. } => None,
         }
     }

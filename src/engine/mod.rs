@@ -14,12 +14,12 @@ use std::time::Duration;
 use crate::domain::{stable_id, Customer, CustomerKey, Scope};
 use crate::time::Millis;
 use event::{
-    AccountUpdated, ContactSynced, CustomerChanged, Edited, Event, EventMessage, Exchange,
-    ForAgent, Handback, HandbackMessage, Handover, History, HistoryStatus, MessageReceived,
-    MessageStatus, Outbound, Payload, Previous, ReleaseReason, Released, Revoked, SentFromApp,
-    SessionPaused, Source, HANDBACK_TEXT_LIMIT,
+    AccountUpdated, By, ByKind, ContactSynced, CustomerChanged, Edited, Event, EventMessage,
+    Exchange, ForAgent, Handback, HandbackMessage, Handover, History, HistoryStatus,
+    MessageReceived, MessageStatus, MetaError, Observed, Outbound, Payload, Preferences, Previous,
+    ReleaseReason, Released, Revoked, SentFromApp, SessionPaused, Source, HANDBACK_TEXT_LIMIT,
 };
-use input::{Change, Content, Echo, Item, ItemKind};
+use input::{Change, Content, Control, Echo, Item, ItemKind, ObservedFrom};
 use state::{Ended, Handler, Pause, Session, State, Stretch};
 
 /// The settings the rules read, for one business number.
@@ -62,6 +62,10 @@ impl RuleBook {
         self.numbers.get(phone_number_id).unwrap_or(&self.default)
     }
 }
+
+/// How long after the customer's latest message Meta's Conversation Routing lets a thread go
+/// idle (R18): a routing pause lasts until then.
+pub const ROUTING_IDLE: Duration = Duration::from_secs(86_400);
 
 /// How many handback messages are kept unless configured otherwise.
 pub const DEFAULT_HANDBACK_MESSAGES: usize = 20;
@@ -162,11 +166,14 @@ pub enum OperatorAction {
 pub enum Input<'a> {
     /// Something Meta sent.
     Item(&'a Item),
-    /// An operator's command, issued at the given instant.
+    /// An operator's command, issued at the given instant: a pause for `duration` (default: the
+    /// timeout), or a release; `by` names the operator.
     Operator {
         scope: Scope,
         action: OperatorAction,
         at: Millis,
+        duration: Option<Duration>,
+        by: Option<String>,
     },
     /// A pause deadline came due: release it if it is still the pause it names.
     Timeout(Deadline),
@@ -194,6 +201,10 @@ impl Input<'_> {
     /// Every name of the customer the input carries (phone first): an item naming several links
     /// them into one conversation; a `system` message links the old names and the new.
     pub fn names(&self) -> Vec<CustomerKey> {
+        // A group's conversation is the group's alone: its members' names are not linked to it.
+        if let Some(group @ CustomerKey::Group(_)) = &self.scope().customer {
+            return vec![group.clone()];
+        }
         let mut names = match self {
             Input::Item(item) => match &item.kind {
                 ItemKind::System {
@@ -257,6 +268,7 @@ pub enum Rule {
     R12a,
     R14,
     R15,
+    R18,
     OperatorPause,
     OperatorRelease,
     /// A timeout check that found nothing to release (extended, reset or already released).
@@ -281,6 +293,7 @@ impl Rule {
             Rule::R12a => "R12a",
             Rule::R14 => "R14",
             Rule::R15 => "R15",
+            Rule::R18 => "R18",
             Rule::OperatorPause => "operator_pause",
             Rule::OperatorRelease => "operator_release",
             Rule::Noop => "noop",
@@ -341,22 +354,31 @@ pub fn decide(
     };
     match input {
         Input::Item(item) => d.item(item),
-        Input::Operator { action, at, .. } => {
+        Input::Operator {
+            action,
+            at,
+            duration,
+            by,
+            ..
+        } => {
             d.expire();
             let customer = d.scope_customer();
+            let by = By::operator(by.clone());
             match action {
                 OperatorAction::Pause => d.pause(
                     *at,
-                    at.plus(rules.timeout),
+                    at.plus(duration.unwrap_or(rules.timeout)),
                     &customer,
                     None,
                     Rule::OperatorPause,
+                    by,
                 ),
                 OperatorAction::Release => d.reset(
                     *at,
                     &customer,
                     ReleaseReason::Operator,
                     Rule::OperatorRelease,
+                    by,
                 ),
             }
         }
@@ -400,7 +422,8 @@ impl Decider<'_> {
             } => {
                 self.expire();
                 if self.rules.is_reset(content) {
-                    self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5);
+                    let by = By::business_app();
+                    self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5, by);
                 } else if self.rules.is_automated(content) {
                     self.automated(item, customer, content, ts);
                 } else {
@@ -512,11 +535,101 @@ impl Decider<'_> {
                 });
                 self.stateless(Exchange::HumanChat, customer, ts, payload, Rule::R11);
             }
-            ItemKind::Errors | ItemKind::Unhandled { .. } => {
+            ItemKind::Errors { errors } => {
+                let payload = Payload::MetaError(MetaError {
+                    errors: errors.clone(),
+                });
+                let nobody = Customer::default();
+                self.stateless(Exchange::Bot, &nobody, ts, payload, Rule::R12);
+            }
+            ItemKind::Preferences {
+                customer,
+                category,
+                value,
+                detail,
+            } => {
+                let payload = Payload::Preferences(Preferences {
+                    category: category.clone(),
+                    value: value.clone(),
+                    detail: detail.clone(),
+                });
+                self.stateless(Exchange::Bot, customer, ts, payload, Rule::R12);
+            }
+            ItemKind::Observed {
+                customer,
+                message,
+                from,
+            } => {
+                self.expire();
+                self.observed(item, customer, message, *from, ts);
+            }
+            ItemKind::Routing {
+                customer, control, ..
+            } => {
+                self.expire();
+                match control {
+                    Control::Taken => {
+                        // Meta's thread goes idle 24 h after the customer's latest message.
+                        let latest = self.out.state.last_customer_at.map_or(ts, |l| l.max(ts));
+                        let until = latest.plus(ROUTING_IDLE);
+                        self.pause(ts, until, customer, None, Rule::R18, By::routing());
+                    }
+                    Control::Passed => {
+                        let by = By::routing();
+                        self.reset(ts, customer, ReleaseReason::Routing, Rule::R18, by);
+                    }
+                }
+            }
+            ItemKind::Unhandled { .. } => {
                 self.out.reads_state = false;
                 self.out.rule = Rule::Ignored;
             }
         }
+    }
+
+    /// A customer's message at `ts`: the service window runs from the latest, and a routing
+    /// pause lasts until the thread goes idle 24 h after it (R18).
+    fn customer_wrote(&mut self, ts: Millis) {
+        let latest = &mut self.out.state.last_customer_at;
+        *latest = Some(latest.map_or(ts, |l| l.max(ts)));
+        let now = self.now;
+        let idle = ts.plus(ROUTING_IDLE);
+        let extended = self
+            .out
+            .state
+            .pause
+            .as_mut()
+            .filter(|p| p.until > now && p.by.kind == ByKind::Routing && idle > p.until);
+        if let Some(p) = extended {
+            p.until = idle;
+            let trigger = p.trigger.clone();
+            self.out.schedule = Some((self.deadline(&trigger), idle));
+        }
+    }
+
+    /// R18: a copy of a thread another responder owns: to the human inbox only, never a session
+    /// or a pause change; a customer's message keeps the service window open and the thread
+    /// (and a routing pause) from going idle.
+    fn observed(
+        &mut self,
+        item: &Item,
+        customer: &Customer,
+        content: &Content,
+        from: ObservedFrom,
+        ts: Millis,
+    ) {
+        let source = match from {
+            ObservedFrom::Customer => Source::Customer,
+            ObservedFrom::OtherApp => Source::OtherApp,
+        };
+        if from == ObservedFrom::Customer {
+            self.customer_wrote(ts);
+        }
+        let message = self.message(item, content, source);
+        let session = self.current_session();
+        let payload = Payload::Observed(Observed { message });
+        self.emit(Exchange::HumanChat, customer, ts, session, payload);
+        self.out.rule = Rule::R18;
     }
 
     /// `message.edited` / `message.revoked` for an edit or deletion (R10, R14).
@@ -649,8 +762,7 @@ impl Decider<'_> {
         ts: Millis,
     ) {
         let message = self.message(item, content, Source::Customer);
-        let latest = &mut self.out.state.last_customer_at;
-        *latest = Some(latest.map_or(ts, |l| l.max(ts)));
+        self.customer_wrote(ts);
         if self.out.state.paused(self.now).is_some() {
             self.keep(&message, ts);
             let session = self.touch_session(Handler::Human);
@@ -696,7 +808,8 @@ impl Decider<'_> {
         let rule = if before_reset || until <= self.now {
             Rule::R8
         } else {
-            self.pause(ts, until, customer, content.id.clone(), Rule::R4);
+            let by = By::business_app();
+            self.pause(ts, until, customer, content.id.clone(), Rule::R4, by);
             Rule::R4
         };
         let message = self.message(item, content, Source::BusinessApp);
@@ -717,6 +830,7 @@ impl Decider<'_> {
         customer: &Customer,
         trigger_message: Option<String>,
         rule: Rule,
+        by: By,
     ) {
         self.out.rule = rule;
         if let Some(p) = self.out.state.pause.as_mut().filter(|p| p.until > self.now) {
@@ -739,6 +853,7 @@ impl Decider<'_> {
             until,
             since,
             trigger: self.key.clone(),
+            by: by.clone(),
         });
         self.out.state.hand += 1;
         if self.rules.handback_messages > 0 {
@@ -766,12 +881,20 @@ impl Decider<'_> {
         let payload = Payload::Handover(Handover {
             paused_until,
             trigger_message_id: trigger_message,
+            by,
         });
         self.emit(Exchange::HumanChat, customer, since, Some(session), payload);
     }
 
     /// R5 (and the operator's release): ends the pause and the session.
-    fn reset(&mut self, at: Millis, customer: &Customer, reason: ReleaseReason, rule: Rule) {
+    fn reset(
+        &mut self,
+        at: Millis,
+        customer: &Customer,
+        reason: ReleaseReason,
+        rule: Rule,
+        by: By,
+    ) {
         self.out.rule = rule;
         let last = self.out.state.last_reset.map_or(at, |r| r.max(at));
         self.out.state.last_reset = Some(last);
@@ -780,7 +903,7 @@ impl Decider<'_> {
             Some(p) if at < p.since => {}
             Some(p) => {
                 let p = p.clone();
-                self.release(&p, reason, at, customer);
+                self.release(&p, reason, at, customer, by);
             }
             None => {
                 if self
@@ -801,13 +924,20 @@ impl Decider<'_> {
         if let Some(p) = self.out.state.pause.clone().filter(|p| p.until <= self.now) {
             let customer = self.scope_customer();
             let key = std::mem::replace(&mut self.key, release_key(&p.trigger));
-            self.release(&p, ReleaseReason::Timeout, p.until, &customer);
+            self.release(&p, ReleaseReason::Timeout, p.until, &customer, By::system());
             self.key = key;
             self.out.rule = Rule::R7;
         }
     }
 
-    fn release(&mut self, p: &Pause, reason: ReleaseReason, at: Millis, customer: &Customer) {
+    fn release(
+        &mut self,
+        p: &Pause,
+        reason: ReleaseReason,
+        at: Millis,
+        customer: &Customer,
+        by: By,
+    ) {
         let session = self.current_session();
         self.out.state.pause = None;
         self.out.state.hand += 1;
@@ -828,7 +958,7 @@ impl Decider<'_> {
         {
             self.out.schedule = None;
         }
-        let payload = Payload::Released(Released { reason });
+        let payload = Payload::Released(Released { reason, by });
         self.emit(Exchange::HumanChat, customer, at, session, payload);
     }
 
@@ -920,6 +1050,12 @@ impl Decider<'_> {
             phone_number_id: self.scope.phone_number_id.clone(),
             customer: customer.clone(),
             session_id,
+            group_id: self
+                .scope
+                .customer
+                .as_ref()
+                .and_then(|c| c.group_id())
+                .map(str::to_owned),
             payload,
         };
         let conversation = self.scope_str.clone();

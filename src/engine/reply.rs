@@ -108,6 +108,7 @@ mod tests {
             until: Millis(12 * HOUR),
             since: Millis(11 * HOUR),
             trigger: "m:wamid.E".into(),
+            by: crate::engine::event::By::business_app(),
         });
         let token = reply_token(&scope(), 2);
         let held = judge(

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{HandbackMessage, ReleaseReason};
+use super::event::{By, HandbackMessage, ReleaseReason};
 use crate::domain::CustomerKey;
 use crate::time::Millis;
 
@@ -53,6 +53,9 @@ pub struct Pause {
     pub since: Millis,
     /// The item that began it (an echo's key, or an operator command's); identifies the pause.
     pub trigger: String,
+    /// Who began it.
+    #[serde(default)]
+    pub by: By,
 }
 
 /// Who is handling the current session.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::event::{Exchange, Payload, ReleaseReason, Source};
+use super::event::{By, Exchange, Payload, ReleaseReason, Source};
 use super::input::{Change, Content, Direction, Echo, Item, ItemKind};
 use super::state::{Handler, Pause, Session, State};
 use super::{decide, Deadline, Decision, Input, OperatorAction, Rule, Rules};
@@ -100,6 +100,7 @@ fn paused_state(since: i64, until: i64) -> State {
             until: Millis(until),
             since: Millis(since),
             trigger: "m:wamid.E".into(),
+            by: By::business_app(),
         }),
         session: Some(Session {
             id: "s-human".into(),
@@ -424,6 +425,8 @@ fn operator_pause_and_release() {
         scope: scope(),
         action,
         at: Millis(T),
+        duration: None,
+        by: Some("ana".into()),
     };
     let d = decide(
         &State::default(),

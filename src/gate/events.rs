@@ -24,7 +24,7 @@ use crate::time::Millis;
 /// Events waiting for the broker at most.
 const QUEUE: usize = 10_000;
 /// Events published together at most.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 /// How long events still queued at shutdown may take to be published.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 
@@ -95,9 +95,15 @@ impl Events {
     pub fn publish(&self, event: Outbound) {
         if self.tx.try_send(event).is_err() {
             metrics::counter!(GATE_EVENTS_DROPPED).increment(1);
-            tracing::warn!(
-                "the reply gate's event queue is full (the broker is away?): an event was not published"
-            );
+            static WARNED: std::sync::Mutex<Option<std::time::Instant>> =
+                std::sync::Mutex::new(None);
+            let mut last = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "the reply gate's event queue is full (the broker is away or does not keep up): events are not published; counted in coexist_gate_events_dropped_total (logged once a minute)"
+                );
+            }
         }
     }
 }
@@ -193,6 +199,11 @@ fn outbound(
         phone_number_id: scope.phone_number_id.clone(),
         customer: customer(send, state),
         session_id: state.session_at(now).map(|s| s.id.clone()),
+        group_id: scope
+            .customer
+            .as_ref()
+            .and_then(|c| c.group_id())
+            .map(str::to_owned),
         payload,
     };
     Outbound::new(Exchange::HumanChat, scope.to_string(), event)

@@ -363,9 +363,14 @@ async fn send(
         .await;
     let waited = forwarded_at.elapsed();
     if found.in_flight {
-        if let Err(e) = gate.store.reply_done(&found.scope).await {
-            tracing::warn!(error = %e, "a reply's in-flight mark was not cleared (it expires by itself)");
-        }
+        // Meta has answered: the reply is no longer in flight. Cleared beside the answer to
+        // the agent, not before it.
+        let (store, scope) = (gate.store.clone(), found.scope.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.reply_done(&scope).await {
+                tracing::warn!(error = %e, "a reply's in-flight mark was not cleared (it expires by itself)");
+            }
+        });
     }
     let response = match answer {
         Err(e) => {

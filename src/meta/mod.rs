@@ -15,7 +15,9 @@ use lenient::{LStr, RawList};
 use serde_json::value::RawValue;
 
 use crate::domain::{phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope};
-use crate::engine::input::{Change, Content, Direction, Echo, Item, ItemKind, Media, NameChange};
+use crate::engine::input::{
+    Change, Content, Control, Direction, Echo, Item, ItemKind, Media, NameChange, ObservedFrom,
+};
 use crate::time::Millis;
 
 /// The code Meta sends when the business declined to share its chat history.
@@ -152,6 +154,7 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
     let metadata = value.metadata.get();
     let pnid = metadata
         .and_then(|m| m.phone_number_id.get())
+        .or_else(|| value.recipient.get().and_then(|r| r.phone_number_id.get()))
         .filter(|s| valid_phone_number_id(s));
 
     if field == "account_update" {
@@ -184,10 +187,7 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
         });
     }
 
-    let subscribed = matches!(
-        field.as_str(),
-        "messages" | "smb_message_echoes" | "history" | "smb_app_state_sync"
-    );
+    let subscribed = HANDLED_FIELDS.contains(&field.as_str());
     let Some(pnid) = pnid else {
         // A field this product does not read is kept under the business account; one it reads
         // cannot be placed without its number.
@@ -223,16 +223,41 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             ctx.each(&value.statuses, "statuses", out, |ctx, raw, out| {
                 ctx.status(raw, out)
             });
-            ctx.each(&value.errors, "errors", out, |ctx, raw, out| {
+        }
+        "standby" => {
+            // R18: copies of a thread another responder owns: observed, never answered.
+            ctx.each(&value.messages, "messages", out, |ctx, raw, out| {
+                ctx.observed(raw, ObservedFrom::Customer, out)
+            });
+            ctx.each(
+                &value.message_echoes,
+                "message_echoes",
+                out,
+                |ctx, raw, out| ctx.observed(raw, ObservedFrom::OtherApp, out),
+            );
+            ctx.each(&value.statuses, "statuses", out, |ctx, raw, out| {
+                // The other responder's receipts: not ours to report, but never silent.
                 out.push(Item {
                     scope: Scope::number(ctx.pnid),
-                    key: format!("e:{}", stable_id(&[raw.get()])),
+                    key: format!("u:{}", stable_id(&[raw.get()])),
                     timestamp: None,
                     raw: compact(raw),
-                    kind: ItemKind::Errors,
+                    kind: ItemKind::Unhandled {
+                        field: "standby.statuses".into(),
+                    },
                 })
             });
         }
+        "messaging_handovers" => match &value.messaging_handovers {
+            RawList::List(each) => each.iter().for_each(|raw| ctx.handover(raw, out)),
+            _ => ctx.handover(value_raw, out),
+        },
+        "user_preferences" => ctx.each(
+            &value.user_preferences,
+            "user_preferences",
+            out,
+            |ctx, raw, out| ctx.preference(raw, out),
+        ),
         "smb_message_echoes" => ctx.each(
             &value.message_echoes,
             "message_echoes",
@@ -266,6 +291,75 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
             raw: compact(value_raw),
             kind: ItemKind::Unhandled { field },
         }),
+    }
+    // Errors Meta reports for the number rather than for one message (any field's value).
+    if let Some(errors) = value
+        .errors
+        .filter(|e| e.get().trim_start().starts_with('['))
+    {
+        let empty = serde_json::from_str::<Vec<serde::de::IgnoredAny>>(errors.get())
+            .map_or(true, |e| e.is_empty());
+        if !empty {
+            out.push(Item {
+                scope: Scope::number(pnid),
+                key: format!("e:{}", stable_id(&[errors.get()])),
+                timestamp: None,
+                raw: compact(value_raw),
+                kind: ItemKind::Errors {
+                    errors: compact(errors),
+                },
+            });
+        }
+    }
+}
+
+/// The fields this product reads (a deployment subscribes its app to these). A change of any
+/// other field is counted and reported ([`report`]), never silently dropped.
+pub const HANDLED_FIELDS: &[&str] = &[
+    "messages",
+    "smb_message_echoes",
+    "history",
+    "smb_app_state_sync",
+    "account_update",
+    "standby",
+    "messaging_handovers",
+    "user_preferences",
+];
+
+/// Says what a parsed body holds that coexist does not act on: each change of a field it does
+/// not handle is counted (`coexist_webhook_items_total{kind="unhandled", field}`) and logged at
+/// warn once per field name per process; errors Meta reports for a number are logged with their
+/// code and title.
+pub fn report(parsed: &Parsed) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    for item in &parsed.items {
+        match &item.kind {
+            ItemKind::Unhandled { field } => {
+                metrics::counter!(crate::metrics::WEBHOOK_ITEMS, "kind" => "unhandled", "field" => field.clone())
+                    .increment(1);
+                let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+                if !warned.contains(field) {
+                    warned.push(field.clone());
+                    tracing::warn!(
+                        field = %field,
+                        "Meta sent a change of a field coexist does not handle: counted, not acted on (logged once per field)"
+                    );
+                }
+            }
+            ItemKind::Errors { errors } => {
+                let list: Vec<serde_json::Value> =
+                    serde_json::from_str(errors.get()).unwrap_or_default();
+                for e in list {
+                    tracing::warn!(
+                        phone_number_id = %item.scope.phone_number_id,
+                        code = %e["code"],
+                        title = %e["title"].as_str().unwrap_or(""),
+                        "Meta reports an error for the number"
+                    );
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -318,8 +412,13 @@ impl Ctx<'_, '_> {
             name: None,
         };
         let customer = self.not_the_business(self.with_contact(sender));
-        let Some(key) = customer.key() else {
-            return out.park(raw, "a customer message without a sender");
+        // A group's message belongs to the group's conversation (R19), never the sender's.
+        let key = match group(&m) {
+            Some(group) => group,
+            None => match customer.key() {
+                Some(key) => key,
+                None => return out.park(raw, "a customer message without a sender"),
+            },
         };
         let kind = if m.kind.get() == Some("system") {
             system(&m, customer)
@@ -350,7 +449,7 @@ impl Ctx<'_, '_> {
             user_id: m.to_user_id.0.clone(),
             name: None,
         });
-        let Some(key) = customer.key() else {
+        let Some(key) = group(&m).or_else(|| customer.key()) else {
             return out.park(raw, "an echo without a recipient");
         };
         let echo = match change(&m) {
@@ -363,6 +462,139 @@ impl Ctx<'_, '_> {
             timestamp: m.timestamp.0,
             raw: compact(raw),
             kind: ItemKind::Echo { customer, echo },
+        });
+    }
+
+    /// R18: a message copied on `standby` (a customer's, or the owning responder's).
+    fn observed(&self, raw: &RawValue, from: ObservedFrom, out: &mut Parsed) {
+        let Some(m) = self.read::<wire::Message>(raw, "a standby message", out) else {
+            return;
+        };
+        let named = match from {
+            ObservedFrom::Customer => Customer {
+                wa_id: m.from.get().and_then(phone_digits),
+                user_id: m.from_user_id.0.clone(),
+                name: None,
+            },
+            ObservedFrom::OtherApp => Customer {
+                wa_id: m.to.get().and_then(phone_digits),
+                user_id: m.to_user_id.0.clone(),
+                name: None,
+            },
+        };
+        let customer = self.not_the_business(self.with_contact(named));
+        let Some(key) = group(&m).or_else(|| customer.key()) else {
+            return out.park(raw, "a standby message without a customer");
+        };
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            // Its own dedup key: the same wamid may reach us on `messages` once we own the thread.
+            key: format!("sb:{}", message_key(&m, raw)),
+            timestamp: m.timestamp.0,
+            raw: compact(raw),
+            kind: ItemKind::Observed {
+                customer,
+                message: content(&m),
+                from,
+            },
+        });
+    }
+
+    /// R18: a `messaging_handovers` notification; one that names no customer or no move is
+    /// parked, never dropped.
+    fn handover(&self, raw: &RawValue, out: &mut Parsed) {
+        let Some(h) = self.read::<wire::Handover>(raw, "a messaging_handovers notification", out)
+        else {
+            return;
+        };
+        let sender = h.sender.get();
+        let phone = sender
+            .and_then(|s| s.phone_number.get().or(s.wa_id.get()))
+            .or(h.from.get())
+            .or(h.wa_id.get())
+            .and_then(phone_digits);
+        let user_id = sender
+            .and_then(|s| s.user_id.0.clone())
+            .or(h.user_id.0.clone());
+        let customer = self.not_the_business(self.with_contact(Customer {
+            wa_id: phone,
+            user_id,
+            name: None,
+        }));
+        let control = match h.kind.get() {
+            Some("control_taken") => Some(Control::Taken),
+            Some("control_passed") => Some(Control::Passed),
+            _ => match (h.control_taken, h.control_passed) {
+                (Some(_), None) => Some(Control::Taken),
+                (None, Some(_)) => Some(Control::Passed),
+                _ => None,
+            },
+        };
+        let Some(control) = control else {
+            return out.park(
+                raw,
+                "a messaging_handovers notification that says neither control_taken nor control_passed",
+            );
+        };
+        let Some(key) = customer.key() else {
+            return out.park(
+                raw,
+                "a messaging_handovers notification that names no customer",
+            );
+        };
+        let object = match control {
+            Control::Taken => h.control_taken,
+            Control::Passed => h.control_passed,
+        };
+        let metadata = object
+            .and_then(|o| serde_json::from_str::<lenient::Obj<wire::Control>>(o.get()).ok())
+            .and_then(|o| o.0)
+            .and_then(|c| c.metadata.0);
+        let name = match control {
+            Control::Taken => "taken",
+            Control::Passed => "passed",
+        };
+        let item_key = match h.timestamp.0 {
+            Some(t) => format!("ho:{name}:{}:{}", key.as_str(), t.0),
+            None => format!("ho:{name}:{}", stable_id(&[raw.get()])),
+        };
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            key: item_key,
+            timestamp: h.timestamp.0,
+            raw: compact(raw),
+            kind: ItemKind::Routing {
+                customer,
+                control,
+                metadata,
+            },
+        });
+    }
+
+    /// A `user_preferences` entry: the customer stopped or resumed a kind of messages.
+    fn preference(&self, raw: &RawValue, out: &mut Parsed) {
+        let Some(p) = self.read::<wire::Preference>(raw, "a user_preferences entry", out) else {
+            return;
+        };
+        let customer = self.not_the_business(self.with_contact(Customer {
+            wa_id: p.wa_id.get().and_then(phone_digits),
+            user_id: p.user_id.0.clone(),
+            name: None,
+        }));
+        let Some(key) = customer.key() else {
+            return out.park(raw, "a user_preferences entry that names no customer");
+        };
+        out.push(Item {
+            scope: Scope::conversation(self.pnid, key),
+            key: format!("p:{}", stable_id(&[raw.get()])),
+            timestamp: p.timestamp.0,
+            raw: compact(raw),
+            kind: ItemKind::Preferences {
+                customer,
+                category: p.category.0.clone(),
+                value: p.value.0.clone(),
+                detail: p.detail.0.clone(),
+            },
         });
     }
 
@@ -653,6 +885,11 @@ pub fn compact(raw: &RawValue) -> Box<RawValue> {
 
 fn opt(v: Option<i64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The group a message belongs to (R19): its conversation's key.
+fn group(m: &wire::Message) -> Option<CustomerKey> {
+    m.group_id.get().and_then(CustomerKey::group)
 }
 
 /// The dedup key of a message: its wamid, or a digest of its bytes when it has none.

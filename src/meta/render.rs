@@ -18,19 +18,19 @@ pub fn text(m: &wire::Message) -> String {
         "interactive" => m
             .interactive
             .get()
-            .and_then(|i| {
-                i.button_reply
-                    .get()
-                    .or(i.list_reply.get())
-                    .and_then(|r| r.title.0.clone())
-                    .or_else(|| {
-                        i.nfm_reply
-                            .get()
-                            .and_then(|n| n.body.0.clone().or(n.name.0.clone()))
-                    })
-                    .or_else(|| i.body.get().and_then(|b| b.text.0.clone()))
-            })
+            .map(interactive)
             .unwrap_or_else(|| other(kind)),
+        "order" => match m.order.get() {
+            Some(o) => match o.text.get().map(str::trim).filter(|t| !t.is_empty()) {
+                Some(text) => text.to_owned(),
+                None => format!("[order: {} items]", o.product_items.0.len()),
+            },
+            None => other(kind),
+        },
+        "unsupported" => match m.unsupported.get().and_then(|u| u.kind.get()) {
+            Some(real) if !real.is_empty() => format!("[unsupported message: {real}]"),
+            _ => "[unsupported message]".to_owned(),
+        },
         "button" => m
             .button
             .get()
@@ -46,6 +46,40 @@ pub fn text(m: &wire::Message) -> String {
             None => "Removed reaction".to_owned(),
         },
         _ => other(kind),
+    }
+}
+
+/// An interactive message: the choice made (a button or list reply), the text shown (one the
+/// business sends), else a short line naming what the customer did.
+fn interactive(i: &wire::Interactive) -> String {
+    let chosen = i.button_reply.get().or(i.list_reply.get());
+    if let Some(title) = chosen.and_then(|r| r.title.get()).filter(|t| !t.is_empty()) {
+        return title.to_owned();
+    }
+    if let Some(text) = i
+        .body
+        .get()
+        .and_then(|b| b.text.get())
+        .filter(|t| !t.is_empty())
+    {
+        return text.to_owned();
+    }
+    let kind = i.kind.get().unwrap_or("");
+    if i.nfm_reply.get().is_some() || kind == "nfm_reply" {
+        return "Completed a form".to_owned();
+    }
+    if let Some(reply) = i.call_permission_reply.get() {
+        return match reply.response.get() {
+            Some("accept") => "Allowed calls".to_owned(),
+            Some("reject") => "Declined calls".to_owned(),
+            _ => "Answered a call permission request".to_owned(),
+        };
+    }
+    match kind {
+        "payment_method" => "Chose a payment method".to_owned(),
+        "call_permission_reply" => "Answered a call permission request".to_owned(),
+        "" => "Replied to an interactive message".to_owned(),
+        other => format!("Replied to an interactive message ({other})"),
     }
 }
 
@@ -216,9 +250,21 @@ mod tests {
         );
         assert_eq!(
             render(
-                r#"{"type":"interactive","interactive":{"type":"nfm_reply","nfm_reply":{"name":"flow","body":"Sent"}}}"#
+                r#"{"type":"interactive","interactive":{"type":"nfm_reply","nfm_reply":{"name":"flow","body":"Sent","response_json":"{}"}}}"#
             ),
-            "Sent"
+            "Completed a form"
+        );
+        assert_eq!(
+            render(
+                r#"{"type":"interactive","interactive":{"type":"payment_method","payment_method":{"payment_method":"card"}}}"#
+            ),
+            "Chose a payment method"
+        );
+        assert_eq!(
+            render(
+                r#"{"type":"interactive","interactive":{"type":"call_permission_reply","call_permission_reply":{"response":"accept"}}}"#
+            ),
+            "Allowed calls"
         );
         assert_eq!(
             render(r#"{"type":"button","button":{"text":"Confirmar","payload":"OK"}}"#),
@@ -226,7 +272,7 @@ mod tests {
         );
         assert_eq!(
             render(r#"{"type":"interactive","interactive":{}}"#),
-            "[interactive message]"
+            "Replied to an interactive message"
         );
     }
 
@@ -248,10 +294,28 @@ mod tests {
 
     #[test]
     fn anything_else_names_its_type() {
-        assert_eq!(render(r#"{"type":"order","order":{}}"#), "[order message]");
+        assert_eq!(render(r#"{"type":"order","order":{}}"#), "[order: 0 items]");
+        assert_eq!(
+            render(
+                r#"{"type":"order","order":{"catalog_id":"1","text":"Love these!","product_items":[{"product_retailer_id":"a"}]}}"#
+            ),
+            "Love these!"
+        );
+        assert_eq!(
+            render(r#"{"type":"order","order":{"product_items":[{},{}]}}"#),
+            "[order: 2 items]"
+        );
         assert_eq!(
             render(r#"{"type":"unsupported","errors":[{"code":131051}]}"#),
             "[unsupported message]"
+        );
+        assert_eq!(
+            render(r#"{"type":"unsupported","unsupported":{"type":"poll"}}"#),
+            "[unsupported message: poll]"
+        );
+        assert_eq!(
+            render(r#"{"type":"request_welcome"}"#),
+            "[request_welcome message]"
         );
         assert_eq!(render(r#"{"type":"hologram"}"#), "[hologram message]");
         assert_eq!(render(r#"{}"#), "[unknown message]");

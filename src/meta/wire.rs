@@ -42,8 +42,9 @@ pub struct Value<'a> {
     pub messages: RawList<'a>,
     #[serde(borrow)]
     pub statuses: RawList<'a>,
+    /// Errors Meta reports for the number rather than for one message, as sent.
     #[serde(borrow)]
-    pub errors: RawList<'a>,
+    pub errors: Option<&'a RawValue>,
     #[serde(borrow)]
     pub message_echoes: RawList<'a>,
     #[serde(borrow)]
@@ -54,6 +55,62 @@ pub struct Value<'a> {
     pub event: LStr,
     pub phone_number_id: LStr,
     pub disconnection_info: Obj<Disconnection>,
+    // user_preferences
+    #[serde(borrow)]
+    pub user_preferences: RawList<'a>,
+    // messaging_handovers: a list of notifications, or the value is one (see `Handover`)
+    #[serde(borrow)]
+    pub messaging_handovers: RawList<'a>,
+    pub recipient: Obj<Party>,
+}
+
+/// A `messaging_handovers` notification (Conversation Routing). The keys inside are not all
+/// documented: read leniently.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Handover<'a> {
+    #[serde(rename = "type")]
+    pub kind: LStr,
+    pub sender: Obj<Party>,
+    pub recipient: Obj<Party>,
+    pub from: LStr,
+    pub wa_id: LStr,
+    pub user_id: LStr,
+    pub timestamp: LTime,
+    #[serde(borrow)]
+    pub control_taken: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub control_passed: Option<&'a RawValue>,
+}
+
+/// The object named by a handover's `type`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Control {
+    pub metadata: LStr,
+}
+
+/// Who a routing notification is about or for.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Party {
+    pub phone_number: LStr,
+    pub wa_id: LStr,
+    pub user_id: LStr,
+    pub phone_number_id: LStr,
+    pub display_phone_number: LStr,
+}
+
+/// One `user_preferences` entry.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Preference {
+    pub wa_id: LStr,
+    pub user_id: LStr,
+    pub category: LStr,
+    pub value: LStr,
+    pub detail: LStr,
+    pub timestamp: LTime,
 }
 
 #[derive(Deserialize, Default)]
@@ -117,6 +174,31 @@ pub struct Message {
     /// `read` for a read receipt (with `message_id`), which is not a message.
     pub status: LStr,
     pub template: Obj<Template>,
+    /// The WhatsApp group the message was written in (Groups API, R19).
+    pub group_id: LStr,
+    pub order: Obj<Order>,
+    pub unsupported: Obj<Unsupported>,
+}
+
+/// An order sent from a catalog.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Order {
+    /// The customer's text with the order.
+    pub text: LStr,
+    pub product_items: Arr<Obj<Empty>>,
+}
+
+/// Any object, its fields unread.
+#[derive(Deserialize, Default)]
+pub struct Empty {}
+
+/// `unsupported`: Meta names the real type (`edit`, `poll`, ...).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Unsupported {
+    #[serde(rename = "type")]
+    pub kind: LStr,
 }
 
 /// A template message sent through the Cloud API.
@@ -199,6 +281,14 @@ pub struct Interactive {
     pub nfm_reply: Obj<NfmReply>,
     /// The text of an interactive message the business sends (buttons, lists, ...).
     pub body: Obj<InteractiveBody>,
+    pub call_permission_reply: Obj<CallPermission>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CallPermission {
+    /// `accept` or `reject`.
+    pub response: LStr,
 }
 
 #[derive(Deserialize, Default)]

@@ -180,6 +180,8 @@ async fn run(steps: &[Step]) -> Seen {
                     scope: scope.clone(),
                     action,
                     at: Millis::from_secs(now),
+                    duration: None,
+                    by: Some("ana".into()),
                 };
                 let a = e.apply(&input, Millis::from_secs(now)).await.unwrap();
                 e.acknowledge(&a).await.unwrap();

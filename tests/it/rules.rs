@@ -607,6 +607,8 @@ async fn operator_pause_and_release<S: StateStore>(e: &Applier<S>, t: i64) {
         scope: scope.clone(),
         action,
         at: Millis::from_secs(at),
+        duration: None,
+        by: Some("ana".into()),
     };
     let p = e
         .apply(&op(OperatorAction::Pause, t + 5), Millis::from_secs(t + 5))

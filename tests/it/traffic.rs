@@ -342,6 +342,8 @@ async fn r16_handback_after_an_operator_release<S: StateStore>(e: &Applier<S>, t
         scope: scope.clone(),
         action,
         at: Millis::from_secs(at),
+        duration: None,
+        by: Some("ana".into()),
     };
     let a = e
         .apply(&op(OperatorAction::Pause, t), Millis::from_secs(t))
