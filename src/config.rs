@@ -573,6 +573,7 @@ pub const PLACEHOLDERS: &[&str] = &[
     "changeme",
     "your-meta-app-secret",
     "your-token",
+    "your-gate-token",
     "secret",
     "token",
 ];

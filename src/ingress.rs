@@ -175,6 +175,7 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
             (vec![letter], 1)
         }
         Ok(parsed) => {
+            crate::meta::report(&parsed);
             let units = unit::split(parsed.items, accepted_at);
             let parked = parsed.unreadable.len();
             let mut out = Vec::with_capacity(units.len() + parked);

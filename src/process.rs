@@ -111,6 +111,7 @@ impl Processor {
             source_name: name.to_owned(),
             reason: e.to_string(),
         })?;
+        crate::meta::report(&parsed);
         for part in &parsed.unreadable {
             tracing::warn!(
                 source = name,

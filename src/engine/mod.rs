@@ -569,9 +569,14 @@ impl Decider<'_> {
                 self.expire();
                 match control {
                     Control::Taken => {
-                        // Meta's thread goes idle 24 h after the customer's latest message.
-                        let latest = self.out.state.last_customer_at.map_or(ts, |l| l.max(ts));
-                        let until = latest.plus(ROUTING_IDLE);
+                        // Meta's thread goes idle 24 h after the customer's latest message (a
+                        // thread idle already counts from the take itself).
+                        let idle = self
+                            .out
+                            .state
+                            .last_customer_at
+                            .map(|l| l.plus(ROUTING_IDLE));
+                        let until = idle.filter(|i| *i > ts).unwrap_or(ts.plus(ROUTING_IDLE));
                         self.pause(ts, until, customer, None, Rule::R18, By::routing());
                     }
                     Control::Passed => {

@@ -312,11 +312,17 @@ fn conversation_commands_against_redis() {
     assert_eq!(v["handler"], json!("bot"));
     assert_eq!(v["paused"], json!(false));
     assert_eq!(v["conversation"], json!(format!("{PNID}:{ANA}")));
-    let out = coexist(&["conversation", "pause", PNID, ANA], &env, None);
+    let with_user: Vec<(&str, &str)> = env.iter().copied().chain([("USER", "sam")]).collect();
+    let out = coexist(&["conversation", "pause", PNID, ANA], &with_user, None);
     assert!(out.status.success(), "{}", stderr(&out));
     let ev = lines(&out);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["routing_key"], json!("conversation.handover"));
+    assert_eq!(
+        ev[0]["event"]["by"],
+        json!({"kind": "operator", "name": "sam"}),
+        "--by defaults to the login name"
+    );
     // Published, not only printed.
     let got = tokio::runtime::Runtime::new()
         .unwrap()
@@ -333,11 +339,45 @@ fn conversation_commands_against_redis() {
     assert!(v["pause_ttl_ms"].as_i64().unwrap() > 6 * 86_400_000);
     assert!(v["session"]["id"].is_string());
     assert_eq!(v["names"], json!([ANA]));
-    let out = coexist(&["conversation", "release", PNID, ANA], &env, None);
+    assert_eq!(v["paused_by"], json!({"kind": "operator", "name": "sam"}));
+    let out = coexist(
+        &["conversation", "release", PNID, ANA, "--by", "Lee Park"],
+        &env,
+        None,
+    );
     assert!(out.status.success());
     let ev = lines(&out);
     assert_eq!(ev[0]["event"]["reason"], json!("operator"));
+    assert_eq!(
+        ev[0]["event"]["by"],
+        json!({"kind": "operator", "name": "Lee Park"})
+    );
     assert_eq!(show(&env)["handler"], json!("bot"));
+    // --for sets the pause's length.
+    let out = coexist(
+        &[
+            "conversation",
+            "pause",
+            PNID,
+            ANA,
+            "--for",
+            "2h",
+            "--by",
+            "sam",
+        ],
+        &env,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ttl = show(&env)["pause_ttl_ms"].as_i64().unwrap();
+    assert!((7_000_000..=7_200_000).contains(&ttl), "{ttl}");
+    let out = coexist(
+        &["conversation", "pause", PNID, ANA, "--for", "soon"],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
     // Bad arguments: one line, non-zero.
     let out = coexist(
         &["conversation", "show", PNID, "not a customer!"],
@@ -543,6 +583,10 @@ fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
         json!(coexist::time::Millis::from_secs(t - 3600 + 7 * 86_400).rfc3339())
     );
     assert_eq!(paused[1]["customer"], json!(LUIS));
+    assert_eq!(
+        paused[0]["by"],
+        json!({"kind": "business_app", "name": null})
+    );
     // The table, for people.
     let out = coexist(&["conversation", "list"], &env, None);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -597,7 +641,11 @@ fn send_and_tail_refuse_bad_arguments_in_one_line() {
 #[test]
 fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
     let compose = include_str!("../../docker-compose.yml");
-    for var in ["COEXIST_APP_SECRET", "COEXIST_VERIFY_TOKEN"] {
+    for var in [
+        "COEXIST_APP_SECRET",
+        "COEXIST_VERIFY_TOKEN",
+        "COEXIST_GATE_TOKEN",
+    ] {
         assert!(
             compose.contains(&format!("{var}: ${{{var}:?")),
             "compose refuses to start without {var}"
@@ -617,4 +665,45 @@ fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
         stderr(&out)
     );
     assert_eq!(stderr(&out).lines().count(), 1);
+    let out = coexist(
+        &["gate"],
+        &[("COEXIST_GATE_TOKEN", "your-gate-token")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is a placeholder"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Nothing Meta sends is dropped in silence: a change of a field coexist does not handle is
+/// reported on stderr (once per field), and the events of the rest are printed.
+#[test]
+fn process_says_what_it_does_not_handle() {
+    let unknown = |field: &str| {
+        envelope(
+            field,
+            json!({"messaging_product": "whatsapp", "metadata": metadata(), "anything": 1}),
+        )
+    };
+    let input = [
+        unknown("automatic_events"),
+        unknown("calls"),
+        unknown("calls"),
+        customer_text(ANA, "wamid.UF1", 1764000000, "hola"),
+    ]
+    .join("\n");
+    let out = coexist(&["process"], &[], Some(&input));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out).len(), 1, "the customer's message");
+    let err = stderr(&out);
+    let said = |field: &str| {
+        err.lines()
+            .filter(|l| l.contains("does not handle") && l.contains(field))
+            .count()
+    };
+    assert_eq!(said("automatic_events"), 1, "{err}");
+    assert_eq!(said("calls"), 1, "once per field: {err}");
 }

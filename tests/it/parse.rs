@@ -434,7 +434,12 @@ fn items_in(body: &serde_json::Value) -> usize {
         for change in entry["changes"].as_array().unwrap() {
             let v = &change["value"];
             n += match change["field"].as_str().unwrap() {
-                "messages" => len(&v["messages"]) + len(&v["statuses"]) + len(&v["errors"]),
+                "messages" => {
+                    len(&v["messages"]) + len(&v["statuses"]) + (len(&v["errors"]) > 0) as usize
+                }
+                "standby" => len(&v["messages"]) + len(&v["message_echoes"]) + len(&v["statuses"]),
+                "messaging_handovers" => len(&v["messaging_handovers"]).max(1),
+                "user_preferences" => len(&v["user_preferences"]),
                 "smb_message_echoes" => len(&v["message_echoes"]),
                 "history" => {
                     let chunks = v["history"].as_array().cloned().unwrap_or_default();
@@ -524,6 +529,9 @@ async fn the_corpus_loses_nothing_and_never_names_the_business() {
         "message.history",
         "history.status",
         "contact.synced",
+        "message.observed",
+        "customer.preferences",
+        "meta.error",
     ] {
         assert!(types.contains(t), "the corpus yields {t}: {types:?}");
     }

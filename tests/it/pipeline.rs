@@ -454,3 +454,26 @@ async fn timeouts_are_released_by_the_worker() {
     stays_empty(&stack.ns, "human_chat", "exactly once across two workers").await;
     stack.stop().await;
 }
+
+/// A change of a field coexist does not handle is accepted and counted by field, never silent.
+#[tokio::test]
+async fn unhandled_fields_are_accepted_and_counted() {
+    let stack = Stack::start("unhandled", 1, &[]).await;
+    let body = envelope(
+        "calls",
+        json!({"messaging_product": "whatsapp", "metadata": metadata(), "calls": [{"id": "c1"}]}),
+    );
+    assert_eq!(stack.post(&body).await, 200);
+    let (_, metrics) = http(stack.ingress.addr, "GET", "/metrics", &[], b"").await;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("coexist_webhook_items_total{")
+                && l.contains("field=\"calls\"")
+                && l.contains("kind=\"unhandled\"")
+        })
+        .unwrap_or_else(|| panic!("not counted:\n{metrics}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{line}");
+    stack.stop().await;
+}
