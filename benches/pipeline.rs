@@ -250,6 +250,42 @@ fn main() {
         for (i, (hwm, rss)) in mem.iter().enumerate() {
             println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);
         }
+        // A backlog: accepted with the workers stopped, then drained by two workers.
+        let mut system = system;
+        let backlog_n = if full { 100_000 } else { 300 };
+        let first = next + n_half;
+        system.stop_workers();
+        let accept_start = Instant::now();
+        let tasks = paced(ingress_addr, accept_start, 1e9, (first, backlog_n), 64, ts, |_, _| {});
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let accepted_in = accept_start.elapsed();
+        let drain_start = Instant::now();
+        system.start_workers();
+        let peaks = Arc::new(Mutex::new(vec![0u64; system.workers.len()]));
+        let watch = {
+            let (pids, peaks) = (system.workers.iter().map(|w| w.id()).collect::<Vec<_>>(), peaks.clone());
+            tokio::spawn(async move {
+                loop {
+                    for (i, pid) in pids.iter().enumerate() {
+                        let (hwm, _) = rss_kib(*pid);
+                        let mut p = peaks.lock().unwrap();
+                        p[i] = p[i].max(hwm);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        assert!(wait_for(&arrivals, first + backlog_n, Duration::from_secs(600)).await, "the backlog drains");
+        let drained_in = drain_start.elapsed();
+        watch.abort();
+        let drain_rate = backlog_n as f64 / drained_in.as_secs_f64();
+        println!("  backlog: {backlog_n} webhooks accepted in {:.1} s with the workers stopped, drained by two workers in {:.1} s", accepted_in.as_secs_f64(), drained_in.as_secs_f64());
+        println!("    drain rate {drain_rate:.0} webhooks/s = {:.0} % of the ceiling   (goal: at least 40 %)", drain_rate / ceiling * 100.0);
+        for (i, kib) in peaks.lock().unwrap().iter().enumerate() {
+            println!("    worker {i} peak RSS while draining {:.1} MiB   (goal: under 128 MiB)", *kib as f64 / 1024.0);
+        }
         if !full {
             println!("  (smoke round; `cargo bench --bench pipeline` for the real figures)");
         }

@@ -36,10 +36,31 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// What `/readyz` asks: named checks, each true when ready.
-pub type Readiness = Arc<dyn Fn() -> Vec<(&'static str, bool)> + Send + Sync>;
+/// One check of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Ok,
+    /// Not ready, and why.
+    NotReady(String),
+    /// Ready, but running short of what it should have (said, not failed).
+    Degraded(String),
+}
 
-/// `/healthz` (the process answers), `/readyz` (every check passes), `/metrics` (Prometheus).
+impl Check {
+    /// `Ok` when `ok`, else not ready for `why`.
+    pub fn from(ok: bool, why: &str) -> Check {
+        match ok {
+            true => Check::Ok,
+            false => Check::NotReady(why.to_owned()),
+        }
+    }
+}
+
+/// What `/readyz` asks: named checks.
+pub type Readiness = Arc<dyn Fn() -> Vec<(&'static str, Check)> + Send + Sync>;
+
+/// `/healthz` (the process answers), `/readyz` (no check is not ready; the body names each and
+/// says why), `/metrics` (Prometheus).
 pub fn admin_routes(ready: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -51,14 +72,16 @@ pub fn admin_routes(ready: Readiness) -> Router {
                     let checks = ready();
                     let body: String = checks
                         .iter()
-                        .map(|(name, ok)| {
-                            format!("{name}: {}\n", if *ok { "ok" } else { "not ready" })
+                        .map(|(name, check)| match check {
+                            Check::Ok => format!("{name}: ok\n"),
+                            Check::NotReady(why) => format!("{name}: not ready ({why})\n"),
+                            Check::Degraded(why) => format!("{name}: degraded ({why})\n"),
                         })
                         .collect();
-                    let status = if checks.iter().all(|(_, ok)| *ok) {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
+                    let ready = checks.iter().all(|(_, c)| !matches!(c, Check::NotReady(_)));
+                    let status = match ready {
+                        true => StatusCode::OK,
+                        false => StatusCode::SERVICE_UNAVAILABLE,
                     };
                     (status, body)
                 }

@@ -64,8 +64,7 @@ impl Ingress {
     /// The routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`, `/metrics`.
     pub fn router(self) -> Router {
         let link = self.link.clone();
-        let ready: crate::http::Readiness =
-            Arc::new(move || vec![("rabbitmq", link.is_connected())]);
+        let ready: crate::http::Readiness = Arc::new(move || vec![("rabbitmq", link.check())]);
         Router::new()
             .route("/webhook", get(handshake).post(receive))
             .with_state(self)
@@ -202,12 +201,13 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
             (out, parked)
         }
     };
-    let Some(publisher) = s.link.publisher().await else {
-        rejected("broker_unavailable");
+    // While the broker blocks publishers (a resource alarm): 503 at once, nothing published.
+    if s.link.blocked().is_some() {
+        rejected("broker_blocked");
         return StatusCode::SERVICE_UNAVAILABLE;
-    };
-    // Unconfirmed within the publisher's bound: 503, and Meta retries.
-    match publisher.publish_all(&messages).await {
+    }
+    // Unconfirmed within the publisher's bound, or blocked meanwhile: 503, and Meta retries.
+    match s.link.publish_all(&messages).await {
         Ok(()) => {
             if parked > 0 {
                 metrics::counter!(DEAD_LETTERS, "stage" => Stage::Ingress.as_str())
@@ -217,9 +217,16 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
             metrics::counter!(WEBHOOKS, "result" => "accepted", "reason" => reason).increment(1);
             StatusCode::OK
         }
+        Err(crate::broker::Error::Blocked(reason)) => {
+            tracing::debug!(
+                reason,
+                "the broker blocks publishers: answered 503 (Meta retries)"
+            );
+            rejected("broker_blocked");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Err(e) => {
             tracing::warn!(error = %e, "publishing a webhook failed: answered 503 (Meta retries)");
-            s.link.report_failure();
             rejected("broker_unavailable");
             StatusCode::SERVICE_UNAVAILABLE
         }

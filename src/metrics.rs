@@ -30,8 +30,16 @@ pub const RELEASES: &str = "coexist_releases_total";
 pub const DEAD_LETTERS: &str = "coexist_dead_letters_total";
 /// Seconds from the ingress accepting a webhook to the broker confirming its events.
 pub const LATENCY: &str = "coexist_accept_to_confirm_seconds";
+/// Times the broker began blocking a connection's publishers (a memory or disk alarm).
+pub const BROKER_BLOCKED: &str = "coexist_broker_blocked_total";
 /// Commits that fewer Redis replicas than `COEXIST_REDIS_REPLICAS` acknowledged within 1 s.
 pub const REPLICA_SHORTFALLS: &str = "coexist_redis_replica_shortfalls_total";
+/// Commits that did not wait for replicas because they fall short (see `RedisStore`).
+pub const REPLICA_WAITS_SKIPPED: &str = "coexist_redis_replica_waits_skipped_total";
+/// 1 while fewer Redis replicas than `COEXIST_REDIS_REPLICAS` acknowledge commits, else 0.
+pub const REPLICAS_SHORT: &str = "coexist_redis_replicas_short";
+/// Items waiting for a Redis fault to pass, by `reason` (`oom`, `readonly`, `loading`, ...).
+pub const REDIS_WAITS: &str = "coexist_redis_waits_total";
 /// Partitions this worker consumes now.
 pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
 /// Replies through the reply gate, by `result` (`forwarded`: Meta answered, whatever its status;

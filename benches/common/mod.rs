@@ -373,6 +373,20 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// Starts `coexist {command}` in namespace `ns` with `listen` set.
+fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+        .arg(command)
+        .env("COEXIST_NAMESPACE", ns)
+        .env("COEXIST_APP_SECRET", SECRET)
+        .env("COEXIST_PARTITIONS", partitions.to_string())
+        .env("COEXIST_LOG", "warn")
+        .env(listen.0, listen.1)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// An ingress and worker processes of `coexist` in a namespace of their own.
 pub struct System {
     pub ns: String,
@@ -392,22 +406,22 @@ impl System {
         let admins: Vec<SocketAddr> = (0..workers)
             .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
             .collect();
-        let spawn = |args: &[&str], listen: (&str, String)| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-                .args(args)
-                .env("COEXIST_NAMESPACE", &ns)
-                .env("COEXIST_APP_SECRET", SECRET)
-                .env("COEXIST_PARTITIONS", partitions.to_string())
-                .env("COEXIST_LOG", "warn")
-                .env(listen.0, listen.1)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let ingress = spawn(&["ingress"], ("COEXIST_LISTEN", ingress_addr.to_string()));
+        let ingress = spawn(
+            &ns,
+            partitions,
+            "ingress",
+            ("COEXIST_LISTEN", ingress_addr.to_string()),
+        );
         let workers = admins
             .iter()
-            .map(|a| spawn(&["worker"], ("COEXIST_ADMIN_LISTEN", a.to_string())))
+            .map(|a| {
+                spawn(
+                    &ns,
+                    partitions,
+                    "worker",
+                    ("COEXIST_ADMIN_LISTEN", a.to_string()),
+                )
+            })
             .collect();
         for _ in 0..200 {
             let up = tokio::net::TcpStream::connect(ingress_addr).await.is_ok()
@@ -431,6 +445,35 @@ impl System {
             ingress,
             workers,
         }
+    }
+
+    /// Stops the workers (SIGTERM) and waits until they have exited.
+    pub fn stop_workers(&mut self) {
+        for w in &self.workers {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &w.id().to_string()])
+                .status();
+        }
+        for w in &mut self.workers {
+            let _ = w.wait();
+        }
+        self.workers.clear();
+    }
+
+    /// Starts the workers again on their admin addresses.
+    pub fn start_workers(&mut self) {
+        self.workers = self
+            .admins
+            .iter()
+            .map(|a| {
+                spawn(
+                    &self.ns,
+                    self.partitions,
+                    "worker",
+                    ("COEXIST_ADMIN_LISTEN", a.to_string()),
+                )
+            })
+            .collect();
     }
 
     /// Messages waiting in the inbound partition queues (ready and unacknowledged).

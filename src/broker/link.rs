@@ -26,6 +26,11 @@ pub struct Link {
     current: RwLock<Option<(Arc<Connection>, Publisher)>>,
     broken: Notify,
     connected: AtomicBool,
+    /// Why the broker blocks this connection's publishers now (a memory or disk alarm), if it
+    /// does: from its `connection.blocked` / `connection.unblocked` notifications.
+    blocked: std::sync::Mutex<Option<String>>,
+    /// Told when the broker blocks the connection (publishes waiting for confirms give up).
+    blocking: Notify,
 }
 
 impl Link {
@@ -41,6 +46,8 @@ impl Link {
             current: Default::default(),
             broken: Default::default(),
             connected: Default::default(),
+            blocked: Default::default(),
+            blocking: Default::default(),
         });
         let task = tokio::spawn(link.clone().run(url, name, topology, stop));
         (link, task)
@@ -72,6 +79,8 @@ impl Link {
             };
             next = node + 1;
             tracing::info!(connection = %name, node, "connected to RabbitMQ");
+            *self.blocked.lock().expect("blocked") = None;
+            let watching = tokio::spawn(self.clone().watch_blocking(conn.events_listener()));
             *self.current.write().await = Some((Arc::new(conn), publisher));
             self.connected.store(true, Ordering::SeqCst);
             // Hold it until a caller reports a failure or the connection drops.
@@ -89,6 +98,8 @@ impl Link {
                 }
             }
             self.connected.store(false, Ordering::SeqCst);
+            watching.abort();
+            *self.blocked.lock().expect("blocked") = None;
             // Out of the lock first: closing a dead connection may wait, and callers must get
             // `None` meanwhile rather than wait behind it.
             let lost = self.current.write().await.take();
@@ -99,6 +110,52 @@ impl Link {
             if !stop.is_cancelled() {
                 tracing::warn!(connection = %name, "lost RabbitMQ; reconnecting");
             }
+        }
+    }
+
+    /// Follows the broker's `connection.blocked` / `unblocked` notifications.
+    async fn watch_blocking(
+        self: Arc<Self>,
+        events: impl futures_util::Stream<Item = lapin::Event>,
+    ) {
+        use futures_util::StreamExt;
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(reason, "the broker blocks publishing (a resource alarm): answering 503 until it lifts");
+                    metrics::counter!(crate::metrics::BROKER_BLOCKED).increment(1);
+                    *self.blocked.lock().expect("blocked") = Some(reason);
+                    self.blocking.notify_waiters();
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    tracing::info!("the broker publishes again (its alarm lifted)");
+                    *self.blocked.lock().expect("blocked") = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Why the broker blocks publishing on this link now (`None`: it does not).
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.lock().expect("blocked").clone()
+    }
+
+    /// Resolves when the broker starts blocking this link's publishers.
+    pub async fn blocking(&self) {
+        self.blocking.notified().await
+    }
+
+    /// The link's `/readyz` check: connected, and not blocked by the broker.
+    pub fn check(&self) -> crate::http::Check {
+        use crate::http::Check;
+        if !self.is_connected() {
+            return Check::NotReady("not connected".into());
+        }
+        match self.blocked() {
+            Some(reason) => Check::NotReady(format!("the broker blocks publishers: {reason}")),
+            None => Check::Ok,
         }
     }
 
@@ -122,11 +179,20 @@ impl Link {
     }
 
     /// Publishes on the current connection; a failure makes the link check its connection.
+    /// While the broker blocks publishers it fails at once (`Blocked`), and a publish already
+    /// waiting for its confirms gives up when the block begins: the caller waits the alarm out
+    /// (the worker) or answers `503` (the ingress), and nothing is acknowledged meanwhile.
     pub async fn publish_all(&self, messages: &[super::Outgoing]) -> super::Result<()> {
+        if let Some(reason) = self.blocked() {
+            return Err(Error::Blocked(reason));
+        }
         let publisher = self.publisher().await.ok_or(Error::NotConnected)?;
-        publisher
-            .publish_all(messages)
-            .await
-            .inspect_err(|_| self.report_failure())
+        let blocking = self.blocking();
+        tokio::select! {
+            published = publisher.publish_all(messages) => {
+                published.inspect_err(|_| self.report_failure())
+            }
+            () = blocking => Err(Error::Blocked(self.blocked().unwrap_or_default())),
+        }
     }
 }

@@ -33,6 +33,8 @@ pub enum Error {
     NotConfirmed,
     #[error("the broker did not confirm in time")]
     ConfirmTimeout,
+    #[error("the broker blocks publishers ({0})")]
+    Blocked(String),
     #[error(
         "the broker returned an unroutable message: exchange {exchange}, routing key {routing_key}"
     )]

@@ -38,7 +38,7 @@ use crate::domain::{valid_phone_number_id, CustomerKey, Scope};
 use crate::engine::event::Refusal;
 use crate::engine::reply::{judge, Reply};
 use crate::engine::{reply_token, RuleBook};
-use crate::http::BodyBudget;
+use crate::http::{BodyBudget, Check};
 use crate::meta::reply::Send;
 use crate::metrics::{GATE_CUTS, GATE_SECONDS, REPLIES};
 use crate::retry::{until_ok, Stopped};
@@ -168,9 +168,10 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     tasks.spawn("redis check", check_redis(gate.clone(), stop.clone()));
     let ready_gate = gate.clone();
     let ready: crate::http::Readiness = Arc::new(move || {
+        let redis_ok = ready_gate.redis_ok.load(Ordering::SeqCst);
         vec![
-            ("redis", ready_gate.redis_ok.load(Ordering::SeqCst)),
-            ("rabbitmq", link.is_connected()),
+            ("redis", Check::from(redis_ok, "cannot reach Redis")),
+            ("rabbitmq", link.check()),
         ]
     });
     let router = Router::new()

@@ -37,29 +37,52 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whether the failure should pass by itself (Redis unreachable, loading, failing over):
-    /// worth retrying for as long as it lasts, never a reason to dead-letter.
+    /// Whether the failure should pass by itself (Redis unreachable, loading, failing over, out
+    /// of memory, refusing writes): worth retrying for as long as it lasts, never a reason to
+    /// dead-letter.
     pub fn transient(&self) -> bool {
-        match self {
-            Error::Redis(r) => {
-                r.is_io_error()
-                    || r.is_timeout()
-                    || r.is_connection_dropped()
-                    || r.is_connection_refusal()
-                    || matches!(
-                        r.code(),
-                        Some(
-                            "LOADING"
-                                | "BUSY"
-                                | "TRYAGAIN"
-                                | "MASTERDOWN"
-                                | "CLUSTERDOWN"
-                                | "READONLY"
-                        )
-                    )
-            }
-            Error::Corrupt { .. } | Error::Contention(..) => false,
+        self.passing().is_some()
+    }
+
+    /// For a failure that passes by itself, what it is (a metric label): `unreachable`, `oom`,
+    /// `readonly`, `loading`, `misconf`, `tryagain`, `clusterdown`, `moved`, `busy`,
+    /// `masterdown`.
+    pub fn passing(&self) -> Option<&'static str> {
+        let Error::Redis(r) = self else {
+            return None;
+        };
+        if r.is_io_error()
+            || r.is_timeout()
+            || r.is_connection_dropped()
+            || r.is_connection_refusal()
+        {
+            return Some("unreachable");
         }
+        const PASSING: &[(&str, &str)] = &[
+            ("OOM", "oom"),
+            ("READONLY", "readonly"),
+            ("LOADING", "loading"),
+            ("MISCONF", "misconf"),
+            ("TRYAGAIN", "tryagain"),
+            ("CLUSTERDOWN", "clusterdown"),
+            ("MOVED", "moved"),
+            ("ASK", "moved"),
+            ("BUSY", "busy"),
+            ("MASTERDOWN", "masterdown"),
+            ("NOREPLICAS", "readonly"),
+        ];
+        if let Some(code) = r.code() {
+            if let Some((_, label)) = PASSING.iter().find(|(c, _)| *c == code) {
+                return Some(label);
+            }
+        }
+        // A script's error carries the failed command's error inside its message
+        // ("ERR Error running script ... OOM command not allowed ...").
+        let text = r.to_string();
+        PASSING
+            .iter()
+            .find(|(c, _)| text.contains(&format!("{c} ")) && *c != "ASK")
+            .map(|(_, label)| *label)
     }
 }
 

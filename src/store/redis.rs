@@ -31,7 +31,7 @@ use crate::domain::{CustomerKey, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::state::{Pause, Session, State, Stretch};
 use crate::engine::Deadline;
-use crate::metrics::REPLICA_SHORTFALLS;
+use crate::metrics::{REPLICAS_SHORT, REPLICA_SHORTFALLS, REPLICA_WAITS_SKIPPED};
 use crate::secret::Secret;
 use crate::time::Millis;
 
@@ -283,6 +283,17 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a commit waits for its replicas (`COEXIST_REDIS_REPLICAS`).
 const WAIT_MS: u64 = 1000;
+/// While replicas are short, how often a commit probes whether they acknowledge again, and how
+/// long that probe waits.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_MS: u64 = 100;
+
+/// Since when replicas have been short, and when they were last probed.
+#[derive(Debug, Clone, Copy)]
+struct Short {
+    since: std::time::Instant,
+    probed: std::time::Instant,
+}
 
 /// A [`StateStore`] in Redis, under one namespace.
 #[derive(Clone)]
@@ -291,6 +302,8 @@ pub struct RedisStore {
     ns: String,
     /// Replicas that must acknowledge a commit before it counts as made (0: no `WAIT`).
     replicas: u32,
+    /// Set while replicas fall short (shared by every clone of the store).
+    short: std::sync::Arc<std::sync::Mutex<Option<Short>>>,
     commit: Script,
     claim: Script,
     finish: Script,
@@ -336,6 +349,7 @@ impl RedisStore {
             conn,
             ns: namespace.to_owned(),
             replicas: 0,
+            short: Default::default(),
             commit: Script::new(COMMIT),
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
@@ -345,24 +359,79 @@ impl RedisStore {
 
     /// Waits (at most [`WAIT_MS`]) until the configured number of replicas hold the writes made
     /// so far; a shortfall is counted and logged, and does not fail the commit.
+    ///
+    /// After a shortfall (a primary failed over and its replacement has no replica yet) the
+    /// store stops waiting: every commit would otherwise wait the full second, and a number's
+    /// items would crawl. It probes instead, once every [`PROBE_EVERY`], with a short `WAIT`;
+    /// when the replicas acknowledge again, it waits again. While short, each commit skipped is
+    /// counted (`coexist_redis_replica_waits_skipped_total`), the gauge
+    /// `coexist_redis_replicas_short` is 1 and the worker's `/readyz` says so (docs/deploy.md,
+    /// the trade-off).
     async fn replicated(&self) -> Result<()> {
         if self.replicas == 0 {
             return Ok(());
         }
+        let probe = {
+            let mut short = self.short.lock().expect("replica state");
+            match short.as_mut() {
+                None => None,
+                Some(s) if s.probed.elapsed() >= PROBE_EVERY => {
+                    s.probed = std::time::Instant::now();
+                    Some(PROBE_MS)
+                }
+                Some(_) => {
+                    metrics::counter!(REPLICA_WAITS_SKIPPED).increment(1);
+                    return Ok(());
+                }
+            }
+        };
+        let wait = probe.unwrap_or(WAIT_MS);
         let acked: i64 = redis::cmd("WAIT")
             .arg(self.replicas)
-            .arg(WAIT_MS)
+            .arg(wait)
             .query_async(&mut self.conn.clone())
             .await?;
-        if acked < self.replicas as i64 {
-            metrics::counter!(REPLICA_SHORTFALLS).increment(1);
-            tracing::warn!(
-                acked,
-                wanted = self.replicas,
-                "a commit reached fewer Redis replicas than COEXIST_REDIS_REPLICAS within 1 s; publishing anyway"
-            );
+        let enough = acked >= self.replicas as i64;
+        let mut short = self.short.lock().expect("replica state");
+        match (enough, short.is_some()) {
+            (true, true) => {
+                *short = None;
+                metrics::gauge!(REPLICAS_SHORT).set(0.0);
+                tracing::info!(
+                    acked,
+                    "Redis replicas acknowledge commits again: waiting for them again"
+                );
+            }
+            (false, false) => {
+                metrics::counter!(REPLICA_SHORTFALLS).increment(1);
+                metrics::gauge!(REPLICAS_SHORT).set(1.0);
+                *short = Some(Short {
+                    since: std::time::Instant::now(),
+                    probed: std::time::Instant::now(),
+                });
+                tracing::warn!(
+                    acked,
+                    wanted = self.replicas,
+                    "a commit reached fewer Redis replicas than COEXIST_REDIS_REPLICAS within 1 s: publishing without waiting until they acknowledge again (probed every 5 s)"
+                );
+            }
+            (false, true) => metrics::counter!(REPLICA_SHORTFALLS).increment(1),
+            (true, false) => {}
         }
         Ok(())
+    }
+
+    /// Why commits do not wait for replicas now (`None`: they do, or none is asked for).
+    pub fn replicas_short(&self) -> Option<String> {
+        let short = self.short.lock().expect("replica state");
+        short.as_ref().map(|s| {
+            format!(
+                "fewer than {} replica(s) acknowledge commits, for {} s: publishing without waiting, probing every {} s",
+                self.replicas,
+                s.since.elapsed().as_secs(),
+                PROBE_EVERY.as_secs()
+            )
+        })
     }
 
     /// The connection (for callers that need raw commands, e.g. tests cleaning a namespace).

@@ -11,7 +11,7 @@ use crate::broker::{Outgoing, Stage, UNIT_TYPE};
 use crate::domain::{redact_digits, Scope};
 use crate::engine::event::Outbound;
 use crate::engine::Input;
-use crate::retry::{until_ok, Interrupted, Stopped};
+use crate::retry::{retrying, until_ok, Interrupted, Stopped};
 use crate::unit::{Unit, VERSION};
 
 /// Attempts at an item failing for a reason other than an unreachable server before it is
@@ -46,6 +46,22 @@ impl Work {
             Work::Unit(u) => &u.scope.phone_number_id,
             Work::Unreadable(_) => "",
         }
+    }
+}
+
+/// Says that an item waits: a passing fault is counted by reason and logged at most once a
+/// minute; any other failure is logged each time (it leads to a dead letter).
+fn waiting(e: &crate::store::Error, attempt: u32, delay: std::time::Duration) {
+    let Some(reason) = e.passing() else {
+        tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "deciding an item failed; retrying");
+        return;
+    };
+    metrics::counter!(crate::metrics::REDIS_WAITS, "reason" => reason).increment(1);
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(reason, error = %e, "items wait for a Redis fault to pass (never dead-lettered for it; logged once a minute, counted in coexist_redis_waits_total)");
     }
 }
 
@@ -84,10 +100,17 @@ impl Shared {
     async fn item(&self, unit: &Unit, i: usize) -> Result<Outcome, Interrupted> {
         let item = &unit.items[i];
         let input = Input::Item(item);
-        let decided = until_ok(
-            "deciding an item",
+        // Failures that pass (Redis away, out of memory, read-only, loading, failing over) are
+        // waited out for as long as they last; only the others count towards a dead letter.
+        let failures = std::sync::atomic::AtomicU32::new(0);
+        let permanent = |e: &crate::store::Error, _| {
+            !e.transient()
+                && failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MAX_ATTEMPTS
+        };
+        let decided = retrying(
             &self.stop,
-            |e: &crate::store::Error, attempt| !e.transient() && attempt >= MAX_ATTEMPTS,
+            permanent,
+            |e: &crate::store::Error, attempt, delay| waiting(e, attempt, delay),
             || self.applier.apply(&input, self.clock.now()),
         )
         .await;
@@ -128,7 +151,7 @@ impl Shared {
         }
         self.publish(&applied.events).await?;
         if !applied.events.is_empty() {
-            self.marks.add(&applied.scope, &applied.key);
+            self.marks.add(&applied.scope, &applied.key).await;
         }
         tracing::debug!(events = applied.events.len(), "item decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {

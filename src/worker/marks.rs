@@ -17,9 +17,13 @@ const BATCH: usize = 512;
 /// Attempts at a batch before its marks are left as they are (a redelivery repeats events).
 const ATTEMPTS: u32 = 5;
 
+/// Marks waiting to be written at most: past it, finishing an item waits (memory stays bounded
+/// when Redis is slow).
+const QUEUE: usize = 8192;
+
 /// Where finished items go to be marked.
 #[derive(Clone)]
-pub(super) struct Marks(mpsc::UnboundedSender<(Scope, String)>);
+pub(super) struct Marks(mpsc::Sender<(Scope, String)>);
 
 impl Marks {
     /// Starts the task that writes the marks; it ends when `stop` is cancelled, after writing
@@ -28,22 +32,18 @@ impl Marks {
         store: RedisStore,
         stop: CancellationToken,
     ) -> (Marks, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         (Marks(tx), tokio::spawn(run(store, rx, stop)))
     }
 
-    /// Queues an item's mark.
-    pub(super) fn add(&self, scope: &Scope, key: &str) {
+    /// Queues an item's mark (waiting while the queue is full).
+    pub(super) async fn add(&self, scope: &Scope, key: &str) {
         // Only closed after the worker stopped: the mark is then left to a redelivery.
-        let _ = self.0.send((scope.clone(), key.to_owned()));
+        let _ = self.0.send((scope.clone(), key.to_owned())).await;
     }
 }
 
-async fn run(
-    store: RedisStore,
-    mut rx: mpsc::UnboundedReceiver<(Scope, String)>,
-    stop: CancellationToken,
-) {
+async fn run(store: RedisStore, mut rx: mpsc::Receiver<(Scope, String)>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let first = tokio::select! {

@@ -47,6 +47,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::apply::Applier;
 use crate::broker::{Link, Topology};
 use crate::config::Config;
+use crate::http::Check;
 use crate::retry::{until_ok, Stopped};
 use crate::store::redis::RedisStore;
 use crate::supervise::{Ended, Tasks};
@@ -129,15 +130,32 @@ impl Shared {
     }
 
     /// Ready: both servers reachable, and it consumes every partition it owns (at least one).
-    fn readiness(&self) -> Vec<(&'static str, bool)> {
+    /// A shortfall of Redis replicas is said, not failed.
+    fn readiness(&self) -> Vec<(&'static str, Check)> {
         let consuming = self.consuming.lock().expect("consuming");
+        let idle = consuming
+            .iter()
+            .filter(|c| !c.load(Ordering::SeqCst))
+            .count();
+        let partitions = match (consuming.len(), idle) {
+            (0, _) => Check::NotReady("owns no partition".into()),
+            (_, 0) => Check::Ok,
+            (n, idle) => {
+                Check::NotReady(format!("{idle} of the {n} partitions it owns not consumed"))
+            }
+        };
+        let redis = match (
+            self.redis_ok.load(Ordering::SeqCst),
+            self.applier.store().replicas_short(),
+        ) {
+            (false, _) => Check::NotReady("cannot reach Redis".into()),
+            (true, Some(why)) => Check::Degraded(why),
+            (true, None) => Check::Ok,
+        };
         vec![
-            ("rabbitmq", self.link.is_connected()),
-            ("redis", self.redis_ok.load(Ordering::SeqCst)),
-            (
-                "partitions",
-                !consuming.is_empty() && consuming.iter().all(|c| c.load(Ordering::SeqCst)),
-            ),
+            ("rabbitmq", self.link.check()),
+            ("redis", redis),
+            ("partitions", partitions),
         ]
     }
 }

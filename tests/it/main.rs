@@ -14,6 +14,7 @@ mod parse;
 mod pipeline;
 mod processes;
 mod redis_store;
+mod reliability;
 mod routing;
 mod rules;
 mod supervision;

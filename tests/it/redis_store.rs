@@ -480,4 +480,20 @@ async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
         "it waited for the replica"
     );
     assert!(shortfalls() >= before + 1.0, "the shortfall is counted");
+    // From then on commits do not wait for a replica that is not there (no crawl), and say so.
+    assert!(e.store().replicas_short().is_some());
+    let started = std::time::Instant::now();
+    for i in 2..12 {
+        let body = customer_text(ANA, &format!("wamid.RP{i}"), t + i, "más");
+        assert_eq!(feed(&e, &body, t + i).await.len(), 1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "ten commits while short took {:?}",
+        started.elapsed()
+    );
+    let skipped = coexist::metrics::render()
+        .lines()
+        .any(|l| l.starts_with(coexist::metrics::REPLICA_WAITS_SKIPPED));
+    assert!(skipped, "the skipped waits are counted");
 }
