@@ -1,4 +1,5 @@
 # Shared by scripts/test and scripts/up (sourced, not run): makes sure Redis and RabbitMQ answer
+# (and, for the tests, that Chromium and chromedriver are installed)
 # on 127.0.0.1, starting them when they are installed but stopped, and installing them from the
 # distribution's packages when they are missing and this user may. Sets STARTED_REDIS /
 # STARTED_RABBITMQ to 1 for what it started.
@@ -58,6 +59,13 @@ ensure_rabbitmq() {
   wait_port 5672 120 rabbitmq-server
   command -v rabbitmqctl >/dev/null && rabbitmqctl -q await_startup >/dev/null 2>&1 || true
   STARTED_RABBITMQ=1
+}
+
+# Debian's Chromium and its WebDriver, for the console's browser tests.
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  install chromium
+  install chromium-driver
 }
 
 # Stops what ensure_* started (nothing that was running before).

@@ -47,6 +47,8 @@ pub const ENV: &[(&str, &str)] = &[
     ("gate_token", "COEXIST_GATE_TOKEN"),
     ("graph_url", "COEXIST_GRAPH_URL"),
     ("service_window", "COEXIST_SERVICE_WINDOW"),
+    ("console_listen", "COEXIST_CONSOLE_LISTEN"),
+    ("console_token", "COEXIST_CONSOLE_TOKEN"),
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
@@ -94,6 +96,17 @@ pub struct Config {
     pub rules: RuleBook,
     /// The reply gate (docs/contract.md, "Reply gate").
     pub gate: GateConfig,
+    /// The operator console (docs/contract.md, "Console").
+    pub console: ConsoleConfig,
+}
+
+/// The operator console's settings.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub listen: SocketAddr,
+    /// Who may sign in: (operator name, token); empty when no token is configured (the console
+    /// then refuses to start).
+    pub operators: Vec<(String, Secret)>,
 }
 
 /// The reply gate's settings.
@@ -161,6 +174,8 @@ struct Settings {
     gate_token: Option<Token>,
     graph_url: HttpUrl,
     service_window: Span,
+    console_listen: Address,
+    console_token: Option<Operators>,
     log: LogFilter,
     log_format: LogFormat,
     log_content: Flag,
@@ -281,6 +296,10 @@ impl Config {
                     .filter(|t| !t.is_empty())
                     .map(Secret::new),
                 graph_url: s.graph_url.0.trim_end_matches('/').to_owned(),
+            },
+            console: ConsoleConfig {
+                listen: s.console_listen.0,
+                operators: s.console_token.map(|o| o.0).unwrap_or_default(),
             },
         })
     }
@@ -574,6 +593,7 @@ pub const PLACEHOLDERS: &[&str] = &[
     "your-meta-app-secret",
     "your-token",
     "your-gate-token",
+    "your-console-token",
     "secret",
     "token",
 ];
@@ -603,6 +623,40 @@ impl<'de> Deserialize<'de> for Secrets {
             placeholder(p)?;
         }
         Ok(Secrets(parts.into_iter().map(Secret::new).collect()))
+    }
+}
+
+/// The console's operators: `name:token` pairs, comma-separated, or one token alone (its
+/// operator is then called `operator`); no token empty or a placeholder (empty means none).
+struct Operators(Vec<(String, Secret)>);
+
+impl<'de> Deserialize<'de> for Operators {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, token) = match part.split_once(':') {
+                Some((name, token)) => (name.trim(), token.trim()),
+                None => ("operator", part),
+            };
+            if name.is_empty() || token.is_empty() {
+                return Err(D::Error::custom(
+                    "expected name:token pairs, comma-separated (or one token)",
+                ));
+            }
+            if token.len() < 8 {
+                return Err(D::Error::custom(format!(
+                    "the token of {name:?} is shorter than 8 characters"
+                )));
+            }
+            placeholder(token)?;
+            if out.iter().any(|(n, _): &(String, Secret)| n == name) {
+                return Err(D::Error::custom(format!("{name:?} is named twice")));
+            }
+            out.push((name.to_owned(), Secret::new(token)));
+        }
+        Ok(Operators(out))
     }
 }
 

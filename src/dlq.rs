@@ -34,7 +34,13 @@ pub struct Entry {
     pub attempts: i64,
     pub age_secs: Option<i64>,
     pub bytes: usize,
+    /// The start of its body, safe to show: whitespace collapsed, long digit runs (phone
+    /// numbers) cut to their last four.
+    pub preview: String,
 }
+
+/// How long a preview is, in characters.
+const PREVIEW: usize = 160;
 
 fn int(v: &AMQPValue) -> Option<i64> {
     match v {
@@ -88,7 +94,63 @@ pub fn describe(d: &Delivery, now: Millis) -> Entry {
         attempts,
         age_secs: p.timestamp().map(|t| now.0 / 1000 - t as i64),
         bytes: d.data.len(),
+        preview: preview(&d.data),
     }
+}
+
+fn preview(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&data[..data.len().min(PREVIEW * 4)]);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cut: String = flat.chars().take(PREVIEW).collect();
+    let more = if flat.chars().count() > PREVIEW {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{more}", crate::domain::redact_digits(&cut))
+}
+
+/// What to do with one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it back to its partition (decided again against the state at that time).
+    Replay,
+    /// Remove it for good.
+    Discard,
+}
+
+/// Replays or discards the first dead letter whose id is `id`; `false` when there is none. The
+/// others stay in the queue as they were.
+pub async fn act_on_one(
+    url: &str,
+    topology: &Topology,
+    id: &str,
+    action: Action,
+) -> broker::Result<bool> {
+    let conn = broker::connect(url, "coexist-dlq-one").await?;
+    topology.declare(&conn).await?;
+    let ch = conn.create_channel().await?;
+    let publisher = Publisher::open(&conn).await?;
+    let mut found = false;
+    while let Some(m) = ch
+        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        let d = &m.delivery;
+        if d.properties.message_id().as_ref().map(|s| s.as_str()) != Some(id) {
+            continue; // left unacknowledged: back in the queue when the channel closes
+        }
+        if action == Action::Replay {
+            let (messages, _) = back_to_partitions(topology, d);
+            publisher.publish_all(&messages).await?;
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        found = true;
+        break;
+    }
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(found)
 }
 
 /// The table `dlq list` prints: a header line, then one line per dead letter.

@@ -35,6 +35,7 @@
 pub mod apply;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod dlq;
 pub mod domain;
 pub mod engine;

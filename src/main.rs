@@ -49,6 +49,10 @@ enum Command {
     /// /healthz, /readyz, /metrics. On COEXIST_GATE_LISTEN; COEXIST_GATE_TOKEN required on a
     /// non-loopback address.
     Gate,
+    /// The operator console: a web page for the people who run the number (who is with a human
+    /// now, pause/release/extend, live events, dead letters), on COEXIST_CONSOLE_LISTEN. Needs
+    /// COEXIST_CONSOLE_TOKEN (name:token pairs); `serve` runs it too when the token is set.
+    Console,
     /// Runs webhook bodies through the engine offline (in-memory state, no servers) and prints
     /// one JSON line per event it would publish.
     ///
@@ -253,6 +257,7 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         Command::Ingress => services(config, Services::INGRESS).await,
         Command::Worker => services(config, Services::WORKER).await,
         Command::Gate => services(config, Services::GATE).await,
+        Command::Console => services(config, Services::CONSOLE).await,
         Command::Serve => services(config, Services::ALL).await,
         Command::Topology => {
             coexist::broker::declare(config.amqp_url.expose(), &topology)
@@ -406,28 +411,38 @@ struct Services {
     ingress: bool,
     worker: bool,
     gate: bool,
+    console: bool,
 }
 
 impl Services {
+    const NONE: Services = Services {
+        ingress: false,
+        worker: false,
+        gate: false,
+        console: false,
+    };
     const INGRESS: Services = Services {
         ingress: true,
-        worker: false,
-        gate: false,
+        ..Services::NONE
     };
     const WORKER: Services = Services {
-        ingress: false,
         worker: true,
-        gate: false,
+        ..Services::NONE
     };
     const GATE: Services = Services {
-        ingress: false,
-        worker: false,
         gate: true,
+        ..Services::NONE
     };
+    const CONSOLE: Services = Services {
+        console: true,
+        ..Services::NONE
+    };
+    /// `serve`: all of them, the console when its token is set.
     const ALL: Services = Services {
         ingress: true,
         worker: true,
         gate: true,
+        console: true,
     };
 }
 
@@ -441,6 +456,14 @@ async fn services(config: Config, run: Services) -> Result<(), Failure> {
     }
     if run.gate {
         coexist::gate::check(&config).map_err(|e| Failure(e, 2))?;
+    }
+    // `serve` runs the console only when its token is set; `console` refuses without one.
+    let run = Services {
+        console: run.console && (!run.ingress || !config.console.operators.is_empty()),
+        ..run
+    };
+    if run.console {
+        coexist::console::check(&config).map_err(|e| Failure(e, 2))?;
     }
     let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
     let shutdown = CancellationToken::new();
@@ -458,6 +481,12 @@ async fn services(config: Config, run: Services) -> Result<(), Failure> {
             .await
             .map_err(io("cannot start the reply gate"))?;
         running.push(Box::pin(gate.stopped()));
+    }
+    if run.console {
+        let console = coexist::console::start(&config, &shutdown)
+            .await
+            .map_err(io("cannot start the console"))?;
+        running.push(Box::pin(console.stopped()));
     }
     if run.worker {
         let options = coexist::worker::Options {

@@ -47,6 +47,8 @@ pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
 pub const REPLIES: &str = "coexist_replies_total";
 /// Seconds the reply gate adds to a reply (its whole handling minus the wait for Meta).
 pub const GATE_SECONDS: &str = "coexist_gate_seconds";
+/// Connections the console closed, by `reason` (as `cut` in [`WEBHOOKS`]).
+pub const CONSOLE_CUTS: &str = "coexist_console_connections_cut_total";
 /// Connections the reply gate closed, by `reason` (as `cut` in [`WEBHOOKS`]).
 pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
 /// Events of the reply gate that could not be queued for publishing (its queue was full).

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod console;
 mod faults;
 mod gate;
 mod hardening;

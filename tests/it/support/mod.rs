@@ -3,6 +3,7 @@
 //! ([`broker`]), whole stacks and processes ([`stack`]).
 
 mod broker;
+mod browser;
 #[macro_use]
 mod engines;
 mod graph;
@@ -10,6 +11,7 @@ mod stack;
 mod webhooks;
 
 pub use broker::*;
+pub use browser::*;
 pub use engines::*;
 pub use graph::*;
 pub use stack::*;

@@ -1,0 +1,271 @@
+//! The console's pages: HTML from templates the compiler checks (maud), every value escaped.
+
+use maud::{html, Markup, DOCTYPE};
+
+/// A conversation with a human, as the first page lists it.
+pub struct Held {
+    /// An opaque reference to the conversation, valid for this session.
+    pub reference: String,
+    pub number: String,
+    /// The customer, masked unless `log_content`.
+    pub customer: String,
+    pub since: String,
+    pub until: String,
+    pub left: String,
+    pub by: String,
+    pub trigger: String,
+}
+
+/// A dead letter, as its page lists it.
+pub struct Dead {
+    pub id: String,
+    pub kind: String,
+    pub stage: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub age: String,
+    pub preview: String,
+}
+
+/// The page around every page: navigation, who is signed in, sign-out.
+pub struct Frame<'a> {
+    pub title: &'a str,
+    /// The navigation entry of this page: `held`, `live`, `dead`.
+    pub current: &'a str,
+    pub operator: &'a str,
+    pub csrf: &'a str,
+    /// What the last action did (`Ok`) or why it failed (`Err`).
+    pub said: Option<Result<String, String>>,
+    /// Reload every this many seconds (0: never).
+    pub refresh: u32,
+}
+
+/// The choices of a pause's or an extension's length.
+pub const DURATIONS: &[(&str, &str)] = &[
+    ("30m", "30 minutes"),
+    ("2h", "2 hours"),
+    ("8h", "8 hours"),
+    ("1d", "1 day"),
+    ("3d", "3 days"),
+    ("7d", "7 days"),
+];
+
+fn head(title: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) " · coexist" }
+        link rel="stylesheet" href="/assets/console.css";
+        script src="/assets/console.js" defer {}
+    }
+}
+
+fn page(f: &Frame<'_>, body: Markup) -> Markup {
+    let nav = [
+        ("held", "/", "With a human now"),
+        ("live", "/live", "Live events"),
+        ("dead", "/dead", "Dead letters"),
+    ];
+    html! {
+        (head(f.title))
+        body data-refresh=(f.refresh) {
+            header {
+                span.brand { "coexist" }
+                nav {
+                    @for (key, href, label) in nav {
+                        @if key == f.current {
+                            a href=(href) aria-current="page" { (label) }
+                        } @else {
+                            a href=(href) { (label) }
+                        }
+                    }
+                }
+                span.muted { "Signed in as " b { (f.operator) } }
+                form method="post" action="/logout" {
+                    input type="hidden" name="csrf" value=(f.csrf);
+                    button.quiet type="submit" { "Sign out" }
+                }
+            }
+            main {
+                h1 { (f.title) }
+                @match &f.said {
+                    Some(Ok(text)) => p.said role="status" { (text) },
+                    Some(Err(text)) => p.said.error role="alert" { (text) },
+                    None => {},
+                }
+                (body)
+            }
+        }
+    }
+}
+
+fn durations(selected: &str) -> Markup {
+    html! {
+        @for (value, label) in DURATIONS {
+            @if *value == selected {
+                option value=(value) selected { (label) }
+            } @else {
+                option value=(value) { (label) }
+            }
+        }
+    }
+}
+
+/// The sign-in page.
+pub fn login(error: Option<&str>) -> Markup {
+    html! {
+        (head("Sign in"))
+        body {
+            main {
+                form.login method="post" action="/login" {
+                    h1 { "coexist console" }
+                    @if let Some(e) = error { p.said.error role="alert" { (e) } }
+                    label for="token" { "Operator token" }
+                    input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                    button type="submit" { "Sign in" }
+                }
+            }
+        }
+    }
+}
+
+/// The first page: every conversation with a human now, soonest release first.
+pub fn held(f: &Frame<'_>, rows: &[Held], numbers: usize) -> Markup {
+    page(
+        f,
+        html! {
+            ul.counts {
+                li { b { (rows.len()) } " conversation(s) with a human" }
+                li { b { (numbers) } " business number(s)" }
+            }
+            @if rows.is_empty() {
+                p.empty { "Nobody is with a human now: the AI agent handles every conversation." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "Number" } th { "Customer" } th { "Since" } th { "Until" } th { "Left" }
+                        th { "Paused by" } th { "Trigger" } th { "Actions" }
+                    } }
+                    tbody {
+                        @for r in rows {
+                            tr {
+                                td data-label="Number" { (r.number) }
+                                td data-label="Customer" { (r.customer) }
+                                td data-label="Since" { (r.since) }
+                                td data-label="Until" { (r.until) }
+                                td data-label="Left" { (r.left) }
+                                td data-label="Paused by" { (r.by) }
+                                td data-label="Trigger" { code { (r.trigger) } }
+                                td data-label="Actions" {
+                                    form method="post" action="/release" {
+                                        input type="hidden" name="csrf" value=(f.csrf);
+                                        input type="hidden" name="conversation" value=(r.reference);
+                                        button type="submit" { "Release" }
+                                    }
+                                    form method="post" action="/extend" {
+                                        input type="hidden" name="csrf" value=(f.csrf);
+                                        input type="hidden" name="conversation" value=(r.reference);
+                                        select name="duration" aria-label="Extend by" { (durations("2h")) }
+                                        button.quiet type="submit" { "Extend" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Pause a conversation" }
+            form.pause method="post" action="/pause" {
+                input type="hidden" name="csrf" value=(f.csrf);
+                label { "Business number (phone_number_id)" input name="number" required inputmode="numeric"; }
+                label { "Customer (phone or business-scoped id)" input name="customer" required; }
+                label { "For" select name="duration" { (durations("1d")) } }
+                button type="submit" { "Pause" }
+            }
+        },
+    )
+}
+
+/// The live view: the events as they are published.
+pub fn live(f: &Frame<'_>) -> Markup {
+    page(
+        f,
+        html! {
+            form #filters .filters {
+                label { "Exchange " select name="exchange" {
+                    option value="" { "both" }
+                    option value="bot" { "bot" }
+                    option value="human_chat" { "human_chat" }
+                } }
+                label { "Conversation " input name="conversation" placeholder="PHONE_NUMBER_ID:CUSTOMER"; }
+                button.quiet type="submit" { "Apply" }
+                button.quiet #toggle type="button" { "Pause" }
+                span #state .state { "not connected" }
+            }
+            noscript { p.said.error { "The live view needs JavaScript; every other page works without it." } }
+            ul #events {}
+        },
+    )
+}
+
+/// The dead letters, each with its actions.
+pub fn dead(f: &Frame<'_>, rows: &[Dead]) -> Markup {
+    page(
+        f,
+        html! {
+            ul.counts { li { b { (rows.len()) } " dead letter(s)" } }
+            @if rows.is_empty() {
+                p.empty { "No dead letters." }
+            } @else {
+                p {
+                    a href="/dead/confirm?action=replay&id=all" { "Replay all…" }
+                }
+                table {
+                    thead { tr {
+                        th { "Id" } th { "Stage" } th { "Reason" } th { "Attempts" } th { "Age" }
+                        th { "Preview" } th { "Actions" }
+                    } }
+                    tbody {
+                        @for d in rows {
+                            tr {
+                                td data-label="Id" { code { (d.id) } br; span.muted { (d.kind) } }
+                                td data-label="Stage" { (d.stage) }
+                                td data-label="Reason" { (d.reason) }
+                                td data-label="Attempts" { (d.attempts) }
+                                td data-label="Age" { (d.age) }
+                                td data-label="Preview" { code { (d.preview) } }
+                                td data-label="Actions" {
+                                    a href={ "/dead/confirm?action=replay&id=" (d.id) } { "Replay…" }
+                                    " · "
+                                    a href={ "/dead/confirm?action=discard&id=" (d.id) } { "Discard…" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Asks before a dead letter is replayed or discarded.
+pub fn confirm(f: &Frame<'_>, action: &str, id: &str, what: &str) -> Markup {
+    page(
+        f,
+        html! {
+            p { (what) }
+            form method="post" action={ "/dead/" (action) } {
+                input type="hidden" name="csrf" value=(f.csrf);
+                input type="hidden" name="id" value=(id);
+                @if action == "discard" {
+                    button.danger type="submit" { "Yes, discard it" }
+                } @else {
+                    button type="submit" { "Yes, replay" }
+                }
+                " "
+                a href="/dead" { "No, go back" }
+            }
+        },
+    )
+}
