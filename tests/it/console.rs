@@ -69,14 +69,12 @@ async fn sign_in(b: &Browser, c: &ConsoleStack, token: &str) {
         .unwrap();
 }
 
+/// The page's text; a page in the middle of loading reads as empty (its elements go stale).
 async fn text(b: &Browser) -> String {
-    b.client
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    match b.client.find(Locator::Css("body")).await {
+        Ok(body) => body.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 /// Waits until the page's text contains `want` (reloading when `reload`).
@@ -88,7 +86,7 @@ async fn until_shown(b: &Browser, want: &str, reload: bool) -> String {
             return last;
         }
         if reload {
-            b.client.refresh().await.unwrap();
+            let _ = b.client.refresh().await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
