@@ -68,6 +68,31 @@ ensure_chromium() {
   install chromium-driver
 }
 
+# promtool, from Debian's prometheus package, for the alerts' checks and unit tests.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  if ! can_install; then
+    say "promtool is not installed and cannot be installed here (needs root and apt-get)"
+    exit 1
+  fi
+  say "installing prometheus (for promtool) from the distribution's packages"
+  [ -n "$apt_updated" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
+# AsyncAPI's own CLI (@asyncapi/cli, from npm), kept in a cache outside the checkout; exports
+# COEXIST_TEST_ASYNCAPI, the path the AsyncAPI test runs.
+ensure_asyncapi() {
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/coexist/asyncapi-cli"
+  if [ ! -x "$dir/node_modules/.bin/asyncapi" ]; then
+    command -v npm >/dev/null || install npm
+    say "installing @asyncapi/cli from npm into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund @asyncapi/cli@6 >/dev/null 2>&1)
+  fi
+  export COEXIST_TEST_ASYNCAPI="$dir/node_modules/.bin/asyncapi"
+}
+
 # Stops what ensure_* started (nothing that was running before).
 stop_started() {
   if [ -n "$STARTED_RABBITMQ" ]; then

@@ -33,6 +33,7 @@
 //!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
 pub mod apply;
+pub mod asyncapi;
 pub mod broker;
 pub mod config;
 pub mod console;

@@ -108,6 +108,9 @@ enum Command {
     /// Prints the JSON Schema (draft 2020-12) of every event body: one oneOf branch per type.
     /// docs/events.schema.json is its output.
     Schema,
+    /// Prints the AsyncAPI 3.0 document of the exchanges, queues and events (AMQP 0-9-1
+    /// bindings; payloads from the same types as `schema`). docs/asyncapi.yaml is its output.
+    Asyncapi,
 }
 
 /// An exchange to follow.
@@ -393,6 +396,13 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                     1,
                 )),
             }
+        }
+        Command::Asyncapi => {
+            print!(
+                "{}",
+                coexist::asyncapi::yaml(&coexist::asyncapi::document())
+            );
+            Ok(())
         }
         Command::Schema => {
             let schema = coexist::engine::event::schema();

@@ -40,8 +40,18 @@ pub const REPLICA_WAITS_SKIPPED: &str = "coexist_redis_replica_waits_skipped_tot
 pub const REPLICAS_SHORT: &str = "coexist_redis_replicas_short";
 /// Items waiting for a Redis fault to pass, by `reason` (`oom`, `readonly`, `loading`, ...).
 pub const REDIS_WAITS: &str = "coexist_redis_waits_total";
-/// Partitions this worker consumes now.
+/// Partitions this worker owns now.
 pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
+/// Partitions this worker owns whose consumer is registered now.
+pub const PARTITIONS_CONSUMING: &str = "coexist_partitions_consuming";
+/// The configured number of partitions (`COEXIST_PARTITIONS`).
+pub const PARTITIONS: &str = "coexist_partitions";
+/// Messages waiting in an inbound partition this worker owns, by `partition` (read every 5 s).
+pub const INBOUND_BACKLOG: &str = "coexist_inbound_backlog";
+/// Conversations whose AI agent is paused now (counted by every worker every 5 s).
+pub const PAUSED: &str = "coexist_paused_conversations";
+/// Messages waiting in the dead-letter queue `{ns}.dead` (read by every worker every 5 s).
+pub const DEAD_LETTERS_WAITING: &str = "coexist_dead_letters_waiting";
 /// Replies through the reply gate, by `result` (`forwarded`: Meta answered, whatever its status;
 /// `refused`; `failed`: Meta unreachable or silent, a bad request, state unreadable) and `reason`.
 pub const REPLIES: &str = "coexist_replies_total";
@@ -53,6 +63,37 @@ pub const CONSOLE_CUTS: &str = "coexist_console_connections_cut_total";
 pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
 /// Events of the reply gate that could not be queued for publishing (its queue was full).
 pub const GATE_EVENTS_DROPPED: &str = "coexist_gate_events_dropped_total";
+
+/// Every metric name coexist exports (histograms add `_bucket`, `_sum`, `_count`); a test holds
+/// the alerts and the dashboard to these.
+pub const NAMES: &[&str] = &[
+    WEBHOOKS,
+    CONNECTIONS,
+    ADMIN_CUTS,
+    WEBHOOK_ITEMS,
+    ITEMS,
+    EVENTS,
+    HANDOVERS,
+    RELEASES,
+    DEAD_LETTERS,
+    LATENCY,
+    BROKER_BLOCKED,
+    REPLICA_SHORTFALLS,
+    REPLICA_WAITS_SKIPPED,
+    REPLICAS_SHORT,
+    REDIS_WAITS,
+    PARTITIONS_OWNED,
+    PARTITIONS_CONSUMING,
+    PARTITIONS,
+    INBOUND_BACKLOG,
+    DEAD_LETTERS_WAITING,
+    PAUSED,
+    REPLIES,
+    GATE_SECONDS,
+    CONSOLE_CUTS,
+    GATE_CUTS,
+    GATE_EVENTS_DROPPED,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

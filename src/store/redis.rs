@@ -665,6 +665,17 @@ impl RedisStore {
         }
     }
 
+    /// How many pauses are in force at `now`, counted in the deadline set (one deadline per
+    /// pause; a released pause's is removed): for `/metrics`, without reading every pause.
+    pub async fn paused_count(&self, now: Millis) -> Result<u64> {
+        let n: u64 = self
+            .conn
+            .clone()
+            .zcount(self.deadlines(), format!("({}", now.0), "+inf")
+            .await?;
+        Ok(n)
+    }
+
     /// Remaining lifetime of the pause key in ms (for `conversation show`), if it exists.
     pub async fn pause_ttl_ms(&self, scope: &Scope) -> Result<Option<i64>> {
         let ttl: i64 = self.conn.clone().pttl(self.key(scope, "pause")).await?;

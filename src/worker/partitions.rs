@@ -23,6 +23,49 @@ struct Running {
     consuming: Arc<AtomicBool>,
 }
 
+/// How often (in rounds of [`membership::TICK`]) the backlog of the partitions owned and of the
+/// dead letters is read for `/metrics`.
+const BACKLOG_EVERY: u64 = 5;
+
+/// Reads the messages waiting in the partitions this worker owns, and in the dead-letter queue
+/// (passive declares, bounded): `coexist_inbound_backlog{partition}`,
+/// `coexist_dead_letters_waiting`.
+async fn backlog(shared: &Shared, owned: &[u16]) {
+    use lapin::options::QueueDeclareOptions;
+    let Some(conn) = shared.link.connection().await else {
+        return;
+    };
+    let read = async {
+        let ch = conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        for &p in owned {
+            let q = ch
+                .queue_declare(
+                    shared.topology.partition_queue(p).into(),
+                    passive,
+                    Default::default(),
+                )
+                .await?;
+            metrics::gauge!(crate::metrics::INBOUND_BACKLOG, "partition" => p.to_string())
+                .set(q.message_count() as f64);
+        }
+        let dead = ch
+            .queue_declare(shared.topology.dead().into(), passive, Default::default())
+            .await?;
+        metrics::gauge!(crate::metrics::DEAD_LETTERS_WAITING).set(dead.message_count() as f64);
+        let _ = ch.close(200, "read".into()).await;
+        Ok::<_, lapin::Error>(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "reading the backlog failed"),
+        Err(_) => tracing::debug!("reading the backlog took too long"),
+    }
+}
+
 /// Runs until the worker stops; then stops every consumer, waits for them, and leaves.
 pub(super) async fn manage(
     shared: Arc<Shared>,
@@ -32,7 +75,9 @@ pub(super) async fn manage(
     let mut running: HashMap<u16, Running> = HashMap::new();
     let mut stopping: Vec<JoinHandle<()>> = Vec::new();
     let mut wanted: Vec<u16> = Vec::new();
+    let mut round = 0u64;
     loop {
+        round += 1;
         match membership.beat().await {
             Ok(live) => {
                 shared.redis_ok.store(true, Ordering::SeqCst);
@@ -111,6 +156,15 @@ pub(super) async fn manage(
             running.values().map(|r| r.consuming.clone()).collect();
         shared.fault("partition manager");
         metrics::gauge!(crate::metrics::PARTITIONS_OWNED).set(now_owned.len() as f64);
+        let consuming = running
+            .values()
+            .filter(|r| r.consuming.load(Ordering::SeqCst))
+            .count();
+        metrics::gauge!(crate::metrics::PARTITIONS_CONSUMING).set(consuming as f64);
+        metrics::gauge!(crate::metrics::PARTITIONS).set(shared.topology.partitions as f64);
+        if round % BACKLOG_EVERY == 1 {
+            backlog(&shared, &now_owned).await;
+        }
         owned_tx.send_replace(now_owned);
         tokio::select! {
             _ = tokio::time::sleep(membership::TICK) => {}

@@ -8,18 +8,32 @@ use super::Shared;
 
 /// How often due pause deadlines are claimed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often (in sweeps) the pauses in force are counted for `/metrics`.
+const COUNT_EVERY: u64 = 5;
 /// Deadlines claimed at once.
 const BATCH: usize = 100;
 
 /// Runs until the worker stops.
 pub(super) async fn run(shared: Arc<Shared>) {
+    let mut round = 0u64;
     loop {
+        round += 1;
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shared.stop.cancelled() => return,
         }
         if !shared.link.is_connected() {
             continue;
+        }
+        if round % COUNT_EVERY == 1 {
+            if let Ok(n) = shared
+                .applier
+                .store()
+                .paused_count(shared.clock.now())
+                .await
+            {
+                metrics::gauge!(crate::metrics::PAUSED).set(n as f64);
+            }
         }
         let released = shared.applier.release_due(shared.clock.now(), BATCH).await;
         shared.fault("timeout sweeper");

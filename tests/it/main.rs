@@ -11,6 +11,7 @@ mod gate;
 mod hardening;
 mod identity;
 mod invariants;
+mod observability;
 mod parse;
 mod pipeline;
 mod processes;
