@@ -133,13 +133,23 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Re
             return refusal.response();
         }
     };
-    let status = accept(&s, &headers, &held.bytes).await;
+    // The webhook's trace: continued from a proxy's `traceparent`, else begun here.
+    let server = crate::trace::server("POST", "/webhook", &headers);
+    let status = accept(&s, &headers, &held.bytes, &server).await;
     drop(held);
+    crate::trace::note(&server, "http.response.status_code", status.as_u16() as i64);
+    let failed = status.is_server_error().then_some("refused");
+    crate::trace::end(&server, failed);
     status.into_response()
 }
 
 /// Checks, splits and publishes one webhook's body; the status to answer.
-async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
+async fn accept(
+    s: &Ingress,
+    headers: &HeaderMap,
+    body: &[u8],
+    server: &opentelemetry::Context,
+) -> StatusCode {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
@@ -206,8 +216,17 @@ async fn accept(s: &Ingress, headers: &HeaderMap, body: &[u8]) -> StatusCode {
         rejected("broker_blocked");
         return StatusCode::SERVICE_UNAVAILABLE;
     }
+    // Every message carries the trace on to the worker.
+    let key = match &messages[..] {
+        [one] => Some(one.routing_key.as_str()),
+        _ => None,
+    };
+    let sending = crate::trace::send(server, s.topology.inbound_exchange(), key, messages.len());
+    let messages: Vec<Outgoing> = messages.into_iter().map(|m| m.traced(&sending)).collect();
     // Unconfirmed within the publisher's bound, or blocked meanwhile: 503, and Meta retries.
-    match s.link.publish_all(&messages).await {
+    let published = s.link.publish_all(&messages).await;
+    crate::trace::end(&sending, published.as_ref().err().map(|_| "not confirmed"));
+    match published {
         Ok(()) => {
             if parked > 0 {
                 metrics::counter!(DEAD_LETTERS, "stage" => Stage::Ingress.as_str())

@@ -55,5 +55,6 @@ pub mod summary;
 pub mod supervise;
 pub mod tail;
 pub mod time;
+pub mod trace;
 pub mod unit;
 pub mod worker;

@@ -467,6 +467,16 @@ async fn services(config: Config, run: Services) -> Result<(), Failure> {
     if run.gate {
         coexist::gate::check(&config).map_err(|e| Failure(e, 2))?;
     }
+    // Traces: exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT says where; `service.name` per
+    // role unless OTEL_SERVICE_NAME says otherwise.
+    let role = match (run.ingress, run.worker, run.gate) {
+        (true, true, _) => "coexist-serve",
+        (true, false, _) => "coexist-ingress",
+        (false, true, _) => "coexist-worker",
+        (false, false, true) => "coexist-gate",
+        _ => "coexist-console",
+    };
+    coexist::trace::init(role).map_err(|e| Failure(e.to_string(), 2))?;
     // `serve` runs the console only when its token is set; `console` refuses without one.
     let run = Services {
         console: run.console && (!run.ingress || !config.console.operators.is_empty()),
@@ -521,6 +531,7 @@ async fn services(config: Config, run: Services) -> Result<(), Failure> {
     if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
         tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
     }
+    coexist::trace::flush();
     match failed {
         None => Ok(()),
         Some(ended) => Err(Failure(ended.to_string(), 1)),

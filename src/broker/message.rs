@@ -119,6 +119,14 @@ impl Outgoing {
         }
     }
 
+    /// The same message, carrying the trace context of `cx` (`traceparent`, `tracestate`).
+    pub fn traced(mut self, cx: &opentelemetry::Context) -> Self {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        crate::trace::into_amqp(cx, &mut headers);
+        self.properties = self.properties.with_headers(headers);
+        self
+    }
+
     /// A dead letter: the bytes as they came, the reason and where it failed.
     pub fn dead_letter(
         topology: &Topology,

@@ -211,7 +211,7 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
 }
 
 /// An AMQP long string.
-pub(super) fn long(s: &str) -> AMQPValue {
+pub(crate) fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 

@@ -20,6 +20,7 @@ use crate::meta::reply::Send;
 use crate::metrics::GATE_EVENTS_DROPPED;
 use crate::retry::until_ok;
 use crate::time::Millis;
+use opentelemetry::Context;
 
 /// Events waiting for the broker at most.
 const QUEUE: usize = 10_000;
@@ -35,7 +36,7 @@ const RECENT: usize = 4096;
 /// Where the gate's events go to be published.
 #[derive(Clone)]
 pub struct Events {
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<(Outbound, Context)>,
     recent: Arc<Mutex<Recent>>,
 }
 
@@ -80,20 +81,20 @@ impl Events {
     }
 
     /// Queues an event for publishing, unless the same event (same id) was queued lately.
-    pub fn publish_once(&self, event: Outbound) {
+    pub fn publish_once(&self, event: Outbound, trace: &Context) {
         let first = self
             .recent
             .lock()
             .expect("recent events")
             .first_time(&event.event.event_id);
         if first {
-            self.publish(event);
+            self.publish(event, trace);
         }
     }
 
-    /// Queues an event for publishing.
-    pub fn publish(&self, event: Outbound) {
-        if self.tx.try_send(event).is_err() {
+    /// Queues an event for publishing, carrying the trace of `trace` (the reply's).
+    pub fn publish(&self, event: Outbound, trace: &Context) {
+        if self.tx.try_send((event, trace.clone())).is_err() {
             metrics::counter!(GATE_EVENTS_DROPPED).increment(1);
             static WARNED: std::sync::Mutex<Option<std::time::Instant>> =
                 std::sync::Mutex::new(None);
@@ -111,10 +112,10 @@ impl Events {
 async fn run(
     link: Arc<Link>,
     topology: Topology,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<(Outbound, Context)>,
     stop: CancellationToken,
 ) {
-    let mut batch: Vec<Outbound> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Outbound, Context)> = Vec::with_capacity(BATCH);
     loop {
         let first = tokio::select! {
             e = rx.recv() => e,
@@ -131,7 +132,16 @@ async fn run(
         if !batch.is_empty() {
             let messages: Vec<Outgoing> = batch
                 .iter()
-                .map(|e| Outgoing::event(&topology, e))
+                .map(|(e, trace)| {
+                    let send = crate::trace::send(
+                        trace,
+                        topology.exchange(e.exchange),
+                        Some(e.event.name()),
+                        1,
+                    );
+                    crate::trace::end(&send, None);
+                    Outgoing::event(&topology, e).traced(&send)
+                })
                 .collect();
             // While running: until the broker confirms. Stopping: for a bounded time.
             let give_up = CancellationToken::new();
@@ -150,7 +160,10 @@ async fn run(
             )
             .await;
             match published {
-                Ok(()) => crate::metrics::published(&batch),
+                Ok(()) => {
+                    let events: Vec<Outbound> = batch.iter().map(|(e, _)| e.clone()).collect();
+                    crate::metrics::published(&events);
+                }
                 Err(_) => tracing::warn!(
                     events = batch.len(),
                     "stopping: the reply gate's last events were not published"

@@ -301,14 +301,39 @@ async fn send(
     if !gate.authorized(&headers) {
         return unauthorized();
     }
-    let held = match gate.bodies.read(&headers, body).await {
+    // The reply's trace continues here, and on to Meta and to the gate's events.
+    let server = crate::trace::server("POST", "/{version}/{phone_number_id}/messages", &headers);
+    let response = send_traced(&gate, &version, &pnid, &headers, body, started, &server).await;
+    crate::trace::note(
+        &server,
+        "http.response.status_code",
+        response.status().as_u16() as i64,
+    );
+    crate::trace::end(
+        &server,
+        response.status().is_server_error().then_some("failed"),
+    );
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_traced(
+    gate: &Arc<Gate>,
+    version: &str,
+    pnid: &str,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+    trace: &opentelemetry::Context,
+) -> Response {
+    let held = match gate.bodies.read(headers, body).await {
         Ok(held) => held,
         Err(refusal) => {
             counted("failed", refusal.reason());
             return refusal.response();
         }
     };
-    if !valid_phone_number_id(&pnid) || !valid_phone_number_id(&version) {
+    if !valid_phone_number_id(pnid) || !valid_phone_number_id(version) {
         return bad_request("the path is not /{version}/{phone_number_id}/messages");
     }
     let reply = match crate::meta::reply::read(&held.bytes) {
@@ -321,11 +346,11 @@ async fn send(
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let now = gate.clock.now();
-    let found = match gate.store.hold_for_reply(&pnid, &reply.customer, now).await {
+    let found = match gate.store.hold_for_reply(pnid, &reply.customer, now).await {
         Ok(found) => found,
         Err(e) => return gate.state_unavailable(&e),
     };
-    let rules = gate.rules.for_number(&pnid);
+    let rules = gate.rules.for_number(pnid);
     let asked = Reply {
         token,
         free_form: reply.message && !reply.template,
@@ -340,7 +365,7 @@ async fn send(
             let _ = gate.store.reply_done(&found.scope).await;
         }
         return refuse(
-            &gate,
+            gate,
             &found.scope,
             &found.state,
             &reply,
@@ -348,17 +373,19 @@ async fn send(
             reason,
             now,
             started,
+            trace,
         );
     }
     // Let through: forwarded as it came, with the agent's own credentials.
     let forwarded_at = Instant::now();
+    let traceparent = crate::trace::traceparent(trace).and_then(|t| HeaderValue::from_str(&t).ok());
     let answer = gate
         .graph
         .send(
-            &version,
-            &pnid,
+            version,
+            pnid,
             headers.get(header::AUTHORIZATION),
-            headers.get("traceparent"),
+            traceparent.as_ref().or(headers.get("traceparent")),
             held.bytes.clone(),
         )
         .await;
@@ -389,7 +416,7 @@ async fn send(
                 match wamid(&answer.body) {
                     Some(wamid) => {
                         let event = events::sent(&found.scope, &found.state, &reply, wamid, now);
-                        gate.events.publish(event);
+                        gate.events.publish(event, trace);
                     }
                     None => tracing::warn!(
                         "Meta accepted a reply but named no message id: no message.sent_by_bot"
@@ -431,6 +458,7 @@ fn refuse(
     reason: Refusal,
     now: crate::time::Millis,
     started: Instant,
+    trace: &opentelemetry::Context,
 ) -> Response {
     let paused_until = state.paused(now).map(|p| p.until.rfc3339());
     let conversation = match gate.log_content {
@@ -444,7 +472,7 @@ fn refuse(
     );
     if reply.message {
         let event = events::suppressed(scope, state, reply, token, reason, now);
-        gate.events.publish_once(event);
+        gate.events.publish_once(event, trace);
     }
     counted("refused", reason.as_str());
     let message = match reason {

@@ -9,10 +9,11 @@ use super::Shared;
 use crate::apply::{Applied, Delivery};
 use crate::broker::{Outgoing, Stage, UNIT_TYPE};
 use crate::domain::{redact_digits, Scope};
-use crate::engine::event::Outbound;
+use crate::engine::event::{Exchange, Outbound};
 use crate::engine::Input;
 use crate::retry::{retrying, until_ok, Interrupted, Stopped};
 use crate::unit::{Unit, VERSION};
+use opentelemetry::Context;
 
 /// Attempts at an item failing for a reason other than an unreachable server before it is
 /// dead-lettered.
@@ -66,18 +67,24 @@ fn waiting(e: &crate::store::Error, attempt: u32, delay: std::time::Duration) {
 }
 
 impl Shared {
-    /// Handles one delivery (`data`, read as `work`); `Err(Interrupted)` when shutdown came first
-    /// (leave it unacknowledged: it is delivered again).
+    /// Handles one delivery (`data`, read as `work`, with its AMQP `headers`): the trace context
+    /// of its processing (for the acknowledgement's span); `Err(Interrupted)` when shutdown came
+    /// first (leave it unacknowledged: it is delivered again).
     pub(super) async fn handle(
         &self,
         partition: u16,
         data: &[u8],
+        headers: &Option<lapin::types::FieldTable>,
         work: Work,
-    ) -> Result<(), Interrupted> {
+    ) -> Result<Context, Interrupted> {
+        // The webhook's trace continues here: a `process` span under the ingress's `send`.
+        let carried = crate::trace::from_amqp(headers);
+        let processing = crate::trace::process(&carried, self.topology.partition_queue(partition));
         let unit = match work {
             Work::Unit(u) => u,
             Work::Unreadable(reason) => {
-                return self.dead_letter(data.to_vec(), None, &reason, 1).await;
+                self.dead_letter(data.to_vec(), None, &reason, 1).await?;
+                return Ok(processing);
             }
         };
         for i in 0..unit.items.len() {
@@ -88,16 +95,16 @@ impl Shared {
                 item = %self.key_for_log(&unit.items[i].key),
                 rule = tracing::field::Empty,
             );
-            match self.item(&unit, i).instrument(span).await? {
+            match self.item(&unit, i, &processing).instrument(span).await? {
                 Outcome::Decided => {}
                 Outcome::Parked => break,
             }
         }
-        Ok(())
+        Ok(processing)
     }
 
     /// Decides, publishes and acknowledges the unit's item `i`.
-    async fn item(&self, unit: &Unit, i: usize) -> Result<Outcome, Interrupted> {
+    async fn item(&self, unit: &Unit, i: usize, trace: &Context) -> Result<Outcome, Interrupted> {
         let item = &unit.items[i];
         let input = Input::Item(item);
         // Failures that pass (Redis away, out of memory, read-only, loading, failing over) are
@@ -149,7 +156,7 @@ impl Shared {
                 return Err(Interrupted);
             }
         }
-        self.publish(&applied.events).await?;
+        self.publish(&applied.events, trace).await?;
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key).await;
         }
@@ -183,7 +190,7 @@ impl Shared {
         &self,
         applied: &Applied,
     ) -> Result<(), Interrupted> {
-        self.publish(&applied.events).await?;
+        self.publish(&applied.events, &Context::new()).await?;
         let acked = until_ok(
             "recording events as published",
             &self.stop,
@@ -202,17 +209,33 @@ impl Shared {
         }
     }
 
-    /// Publishes events, retrying while the broker is away.
-    async fn publish(&self, events: &[Outbound]) -> Result<(), Interrupted> {
+    /// Publishes events, retrying while the broker is away; each carries the trace of a `send`
+    /// span (one per exchange) under `trace`.
+    async fn publish(&self, events: &[Outbound], trace: &Context) -> Result<(), Interrupted> {
         if events.is_empty() {
             return Ok(());
         }
-        let messages: Vec<Outgoing> = events
-            .iter()
-            .map(|e| Outgoing::event(&self.topology, e))
-            .collect();
-        self.publish_retrying("publishing events", &messages)
-            .await?;
+        let mut sends: Vec<(Exchange, Context)> = Vec::new();
+        let mut messages = Vec::with_capacity(events.len());
+        for e in events {
+            let cx = match sends.iter().find(|(x, _)| *x == e.exchange) {
+                Some((_, cx)) => cx.clone(),
+                None => {
+                    let n = events.iter().filter(|o| o.exchange == e.exchange).count();
+                    let exchange = self.topology.exchange(e.exchange);
+                    let key = (n == 1).then(|| e.event.name());
+                    let cx = crate::trace::send(trace, exchange, key, n);
+                    sends.push((e.exchange, cx.clone()));
+                    cx
+                }
+            };
+            messages.push(Outgoing::event(&self.topology, e).traced(&cx));
+        }
+        let published = self.publish_retrying("publishing events", &messages).await;
+        for (_, cx) in &sends {
+            crate::trace::end(cx, published.is_err().then_some("interrupted"));
+        }
+        published?;
         crate::metrics::published(events);
         Ok(())
     }

@@ -149,18 +149,29 @@ async fn run_lane(
 ) -> Result<(), lapin::Error> {
     let (mut delivery, mut work) = first;
     loop {
-        if shared
-            .handle(partition, &delivery.data, work)
+        let headers = delivery.properties.headers();
+        let Ok(processing) = shared
+            .handle(partition, &delivery.data, headers, work)
             .await
-            .is_err()
-        {
+        else {
             // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
             halted.store(true, Ordering::SeqCst);
             return Ok(());
-        }
+        };
         // On a connection that died meanwhile the ack's answer never comes: bounded. Unacked,
         // the delivery comes again and finds its events published (same ids).
-        match tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await {
+        let queue = shared.topology.partition_queue(partition);
+        let settling = crate::trace::settle(&processing, queue);
+        let acked =
+            tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await;
+        crate::trace::end(
+            &settling,
+            acked
+                .as_ref()
+                .map_or(Some("no answer"), |a| a.as_ref().err().map(|_| "failed")),
+        );
+        crate::trace::end(&processing, None);
+        match acked {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 halted.store(true, Ordering::SeqCst);

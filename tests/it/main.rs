@@ -20,4 +20,5 @@ mod reliability;
 mod routing;
 mod rules;
 mod supervision;
+mod tracing;
 mod traffic;

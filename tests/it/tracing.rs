@@ -1,0 +1,230 @@
+//! One trace from Meta's POST to every event (docs/contract.md, "Trace context"): the W3C
+//! trace context in the AMQP headers, and the spans exported over OTLP/HTTP to a receiver of
+//! the test's own (decoded with OpenTelemetry's protobuf definitions).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+
+use crate::support::*;
+
+const SECS: Duration = Duration::from_secs(1);
+
+fn header(t: &Taken, name: &str) -> Option<String> {
+    let headers = t.properties.headers().as_ref()?;
+    headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .and_then(|(_, v)| match v {
+            lapin::types::AMQPValue::LongString(s) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            _ => None,
+        })
+}
+
+/// The trace id of a `traceparent`.
+fn trace_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or("")
+}
+
+async fn post_with(addr: std::net::SocketAddr, body: &str, traceparent: Option<&str>) -> u16 {
+    let mut headers = vec![(
+        "X-Hub-Signature-256",
+        coexist::ingress::sign(SECRET, body.as_bytes()),
+    )];
+    if let Some(tp) = traceparent {
+        headers.push(("traceparent", tp.to_owned()));
+    }
+    http(addr, "POST", "/webhook", &headers, body.as_bytes())
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn a_webhooks_events_carry_its_trace_and_two_webhooks_two_traces() {
+    let stack = Stack::start("trace-context", 1, &[]).await;
+    let t = t0();
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let addr = stack.ingress.addr;
+    assert_eq!(
+        post_with(
+            addr,
+            &customer_text(ANA, "wamid.TR1", t, "hola"),
+            Some(given)
+        )
+        .await,
+        200
+    );
+    // A human's reply: three events from one webhook, on both exchanges.
+    assert_eq!(
+        post_with(
+            addr,
+            &echo_text(ANA, "wamid.TR2", t + 1, "te atiendo"),
+            None
+        )
+        .await,
+        200
+    );
+    let bot = take_distinct(&stack.ns, "bot", 2, 10 * SECS).await.0;
+    let human = take_distinct(&stack.ns, "human_chat", 2, 10 * SECS).await.0;
+    let first = header(&bot[0], "traceparent").expect("the event carries traceparent");
+    assert_eq!(
+        trace_id(&first),
+        trace_id(given),
+        "the proxy's trace continued"
+    );
+    assert_ne!(first, given, "its own span");
+    let second: Vec<String> = bot[1..]
+        .iter()
+        .chain(&human)
+        .map(|e| header(e, "traceparent").expect("traceparent"))
+        .collect();
+    assert!(
+        second.iter().all(|tp| trace_id(tp) == trace_id(&second[0])),
+        "one trace: {second:?}"
+    );
+    assert_ne!(
+        trace_id(&second[0]),
+        trace_id(given),
+        "another webhook, another trace"
+    );
+    assert_eq!(trace_id(&second[0]).len(), 32);
+    stack.stop().await;
+}
+
+/// An OTLP/HTTP receiver: every span it was sent.
+#[derive(Default, Clone)]
+struct Received(Arc<Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>);
+
+async fn receive(State(r): State<Received>, body: Bytes) -> &'static str {
+    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| a.value.as_ref()?.value.clone())
+            .map(|v| match v {
+                AnyValue::StringValue(s) => s,
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default();
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                r.0.lock().unwrap().push((service.clone(), span));
+            }
+        }
+    }
+    ""
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_receiver_in_one_trace_without_the_customers_data() {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/v1/traces", axum::routing::post(receive))
+        .with_state(received.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ns = unique_ns("trace-otlp");
+    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let env = [
+        ("COEXIST_NAMESPACE", ns.as_str()),
+        ("COEXIST_APP_SECRET", SECRET),
+        ("COEXIST_PARTITIONS", "2"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let (serve, listen) = Process::serving(&env).await;
+    let t = t0();
+    let text = "mi pedido 4471";
+    let body = customer_text(ANA, "wamid.OTLP1", t, text);
+    accepted_within(listen, &body, 30 * SECS, "the webhook accepted").await;
+    // The spans of that webhook, in one trace.
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = received.0.lock().unwrap().clone();
+        let server = spans.iter().find(|(_, s)| s.name == "POST /webhook");
+        if let Some((_, server)) = server {
+            let trace = server.trace_id.clone();
+            let in_trace: Vec<_> = spans
+                .iter()
+                .filter(|(_, s)| s.trace_id == trace)
+                .cloned()
+                .collect();
+            let names: Vec<&str> = in_trace.iter().map(|(_, s)| s.name.as_str()).collect();
+            if names.iter().any(|n| n.starts_with("settle "))
+                && names.iter().any(|n| *n == format!("send {ns}.bot"))
+            {
+                spans = in_trace;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    let kind = |name: &str| {
+        spans
+            .iter()
+            .find(|(_, s)| s.name == name)
+            .map(|(_, s)| s.kind)
+    };
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    assert_eq!(
+        kind("POST /webhook"),
+        Some(SpanKind::Server as i32),
+        "{names:?}"
+    );
+    assert_eq!(
+        kind(&format!("send {ns}.inbound")),
+        Some(SpanKind::Producer as i32),
+        "{names:?}"
+    );
+    let process = spans
+        .iter()
+        .find(|(_, s)| s.name.starts_with(&format!("process {ns}.inbound.")))
+        .unwrap_or_else(|| panic!("a process span: {names:?}"));
+    assert_eq!(process.1.kind, SpanKind::Consumer as i32);
+    assert_eq!(process.1.links.len(), 1, "linked to the producer's context");
+    assert_eq!(
+        kind(&format!("send {ns}.bot")),
+        Some(SpanKind::Producer as i32),
+        "{names:?}"
+    );
+    assert!(
+        spans.iter().all(|(service, _)| service == "coexist-serve"),
+        "service.name per role"
+    );
+    // The conventions' attributes, and nothing of the customer's anywhere.
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref()?.value.clone())
+    };
+    assert_eq!(
+        attribute(&process.1, "messaging.system"),
+        Some(AnyValue::StringValue("rabbitmq".into()))
+    );
+    assert_eq!(
+        attribute(&process.1, "messaging.operation.name"),
+        Some(AnyValue::StringValue("process".into()))
+    );
+    for (_, span) in &spans {
+        let all = format!("{} {:?}", span.name, span.attributes);
+        for secret in [ANA, "wamid.OTLP1", text, "4471"] {
+            assert!(!all.contains(secret), "{secret:?} in span {all}");
+        }
+    }
+    drop(serve);
+}
