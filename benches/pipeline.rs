@@ -230,7 +230,7 @@ fn main() {
         lat.sort();
         let mem: Vec<(u64, u64)> = system.workers.iter().map(|w| rss_kib(w.id())).collect();
 
-        println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine");
+        println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine{}", if otlp_endpoint().is_some() { ", spans exported over OTLP (BENCH_OTLP=1)" } else { "" });
         println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
         println!("  end to end at maximum rate ({clients} keep-alive clients)                {:>9.0} webhooks/s ({max_n} webhooks, all accepted in {:.1} s)", end_to_end, accepted_in.as_secs_f64());
         println!("  end to end / ceiling                                                 {:>8.0} %    (goal: at least 40 %)", end_to_end / ceiling * 100.0);

@@ -375,8 +375,12 @@ pub fn open_fds(pid: u32) -> usize {
 
 /// Starts `coexist {command}` in namespace `ns` with `listen` set.
 fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-        .arg(command)
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"));
+    // BENCH_OTLP=1: the processes export their spans to a receiver in this benchmark.
+    if let Some(endpoint) = otlp_endpoint() {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    }
+    cmd.arg(command)
         .env("COEXIST_NAMESPACE", ns)
         .env("COEXIST_APP_SECRET", SECRET)
         .env("COEXIST_PARTITIONS", partitions.to_string())
@@ -385,6 +389,29 @@ fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> st
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// With `BENCH_OTLP=1`, an OTLP/HTTP receiver in this process that accepts and drops every
+/// span (started on first use): its address.
+pub fn otlp_endpoint() -> Option<String> {
+    static ENDPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            std::env::var("BENCH_OTLP").ok().filter(|v| v == "1")?;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            listener.set_nonblocking(true).unwrap();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let app = axum::Router::new().fallback(|| async { "" });
+                    let _ = axum::serve(listener, app).await;
+                });
+            });
+            Some(format!("http://{addr}"))
+        })
+        .clone()
 }
 
 /// An ingress and worker processes of `coexist` in a namespace of their own.
