@@ -237,8 +237,13 @@ fn main() {
         for (c, r) in &curve {
             println!("  end to end with {c} keep-alive clients                                {:>9.0} webhooks/s = {:.0} % of the ceiling", r, r / ceiling * 100.0);
         }
-        println!("  sustained rate (held {hold:?} with the inbound backlog not growing)        {:>9.0} webhooks/s = {:.0} % of the ceiling (burst: {:.0})", sustained, sustained / ceiling * 100.0, end_to_end);
-        println!("  at half the sustained rate ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        if fixed.is_none() {
+            println!("  sustained rate (held {hold:?} with the inbound backlog not growing)        {:>9.0} webhooks/s = {:.0} % of the ceiling (burst: {:.0})", sustained, sustained / ceiling * 100.0, end_to_end);
+        } else {
+            println!("  sustained rate: not searched (BENCH_RATE paces at a fixed rate)");
+        }
+        let pacing = if fixed.is_some() { "at BENCH_RATE" } else { "at half the sustained rate" };
+        println!("  {pacing} ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
         println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
         let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;

@@ -249,18 +249,10 @@ impl Scope {
 impl Scope {
     /// The number and the customer reduced to its last four characters (empty for none).
     pub fn redacted_parts(&self) -> (&str, String) {
-        let tail = self.customer.as_ref().map(|c| {
-            let s = c.as_str();
-            let tail: String = s
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("…{tail}")
-        });
+        let tail = self
+            .customer
+            .as_ref()
+            .map(|c| format!("…{}", last_chars(c.as_str(), 4)));
         (&self.phone_number_id, tail.unwrap_or_default())
     }
 
@@ -348,9 +340,26 @@ pub fn valid_phone_number_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The last `n` characters of `s` (all of it when shorter).
+pub fn last_chars(s: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
+    let start = s.char_indices().rev().nth(n - 1).map_or(0, |(i, _)| i);
+    &s[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_chars_counts_characters_not_bytes() {
+        assert_eq!(last_chars("5215551230001", 4), "0001");
+        assert_eq!(last_chars("añoñ€x", 3), "ñ€x");
+        assert_eq!(last_chars("ab", 4), "ab");
+        assert_eq!(last_chars("abc", 0), "");
+    }
 
     #[test]
     fn customer_keys_normalise_phone_numbers() {

@@ -20,7 +20,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::config::Config;
@@ -28,7 +28,7 @@ use crate::http::BodyBudget;
 use crate::meta::parse_body;
 use crate::metrics::{DEAD_LETTERS, WEBHOOKS};
 use crate::secret::Secret;
-use crate::supervise::{Ended, Tasks};
+use crate::supervise::{Ended, Handle, Tasks};
 use crate::time::Millis;
 use crate::unit;
 
@@ -256,30 +256,19 @@ async fn accept(
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub link: Arc<Link>,
-    done: tokio::task::JoinHandle<Result<(), Ended>>,
-    stop: DropGuard,
+    handle: Handle,
 }
 
 impl Running {
-    /// Stops gracefully (requests in flight are answered) and waits until it has.
+    /// Stops gracefully and waits until it has.
     pub async fn stop(self) {
-        let Running { done, stop, .. } = self;
-        drop(stop);
-        let _ = done.await;
+        self.handle.stop().await
     }
 
-    /// Resolves when it has stopped: after the token given to [`start`] was cancelled (`Ok`), or
-    /// because one of its tasks ended by itself (`Err`, naming it).
+    /// Resolves when it has stopped: after its stop token was cancelled (`Ok`), or because one
+    /// of its tasks ended by itself (`Err`, naming it).
     pub async fn stopped(self) -> Result<(), Ended> {
-        let Running { done, stop, .. } = self;
-        let result = done.await.unwrap_or_else(|e| {
-            Err(Ended {
-                name: "ingress supervisor",
-                how: e.to_string(),
-            })
-        });
-        drop(stop);
-        result
+        self.handle.stopped().await
     }
 }
 
@@ -320,8 +309,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     Ok(Running {
         addr,
         link,
-        done,
-        stop: stop.drop_guard(),
+        handle: Handle::new("ingress supervisor", done, stop),
     })
 }
 

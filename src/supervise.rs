@@ -5,7 +5,7 @@
 
 use futures_util::future::select_all;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// A task that ended while it should have been running.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +79,68 @@ impl Tasks {
         for (_, handle) in self.running.drain(..) {
             let _ = handle.await;
         }
+    }
+}
+
+/// A started part (worker, ingress, gate, console) seen from outside: stop it, or wait until it
+/// stops. Dropping it stops the part.
+pub struct Handle {
+    name: &'static str,
+    done: JoinHandle<Result<(), Ended>>,
+    stop: DropGuard,
+}
+
+impl Handle {
+    /// `done` is the part's supervisor (it resolves once the part has stopped); `stop` stops it.
+    pub fn new(
+        name: &'static str,
+        done: JoinHandle<Result<(), Ended>>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            name,
+            done,
+            stop: stop.drop_guard(),
+        }
+    }
+
+    /// Stops gracefully and waits until it has.
+    pub async fn stop(self) {
+        let Handle { done, stop, .. } = self;
+        drop(stop);
+        let _ = done.await;
+    }
+
+    /// Resolves when it has stopped: after its stop token was cancelled (`Ok`), or because one
+    /// of its tasks ended by itself (`Err`, naming it; the rest of the part was stopped).
+    pub async fn stopped(self) -> Result<(), Ended> {
+        let Handle { name, done, stop } = self;
+        let result = done.await.unwrap_or_else(|e| {
+            Err(Ended {
+                name,
+                how: e.to_string(),
+            })
+        });
+        drop(stop);
+        result
+    }
+}
+
+/// A started part that serves HTTP on `addr` (the gate, the console). Dropping it stops it.
+pub struct Listening {
+    pub addr: std::net::SocketAddr,
+    pub handle: Handle,
+}
+
+impl Listening {
+    /// Stops gracefully and waits until it has.
+    pub async fn stop(self) {
+        self.handle.stop().await
+    }
+
+    /// See [`Handle::stopped`].
+    pub async fn stopped(self) -> Result<(), Ended> {
+        self.handle.stopped().await
     }
 }
 

@@ -402,7 +402,10 @@ pub fn otlp_endpoint() -> Option<String> {
             let addr = listener.local_addr().unwrap();
             listener.set_nonblocking(true).unwrap();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     let app = axum::Router::new().fallback(|| async { "" });

@@ -27,7 +27,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::apply::Applier;
 use crate::broker::{Link, Topology};
@@ -35,10 +35,9 @@ use crate::config::Config;
 use crate::domain::{valid_phone_number_id, CustomerKey, Scope};
 use crate::engine::OperatorAction;
 use crate::operator::{self, Command};
-use crate::retry::{until_ok, Stopped};
 use crate::secret::Secret;
 use crate::store::redis::RedisStore;
-use crate::supervise::{Ended, Tasks};
+use crate::supervise::{Handle, Listening, Tasks};
 use crate::time::Millis;
 use pages::Frame;
 
@@ -84,34 +83,8 @@ struct Console {
     viewers: Arc<tokio::sync::Semaphore>,
 }
 
-/// A running console. Dropping it stops it.
-pub struct Running {
-    pub addr: std::net::SocketAddr,
-    done: tokio::task::JoinHandle<Result<(), Ended>>,
-    stop: DropGuard,
-}
-
-impl Running {
-    pub async fn stop(self) {
-        let Running { done, stop, .. } = self;
-        drop(stop);
-        let _ = done.await;
-    }
-
-    /// Resolves when it has stopped: after `shutdown` (`Ok`), or because one of its tasks ended
-    /// by itself (`Err`, naming it).
-    pub async fn stopped(self) -> Result<(), Ended> {
-        let Running { done, stop, .. } = self;
-        let result = done.await.unwrap_or_else(|e| {
-            Err(Ended {
-                name: "console supervisor",
-                how: e.to_string(),
-            })
-        });
-        drop(stop);
-        result
-    }
-}
+/// A running console: [`Listening`]. Dropping it stops it.
+pub type Running = Listening;
 
 /// Why the console refuses to start: one line.
 pub fn check(config: &Config) -> Result<(), String> {
@@ -130,23 +103,13 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     crate::metrics::handle();
     let stop = shutdown.child_token();
     let topology = Topology::new(&config.namespace, config.partitions);
-    let (redis, ns) = (&config.redis, &config.namespace);
-    let store = match until_ok(
-        "connecting to Redis",
+    let store = RedisStore::open_until(
+        &config.redis,
+        &config.namespace,
+        config.redis_replicas,
         &stop,
-        |_, _| false,
-        || RedisStore::open(redis, ns, config.redis_replicas),
     )
-    .await
-    {
-        Ok(store) => store,
-        Err(Stopped::GaveUp { error, .. }) => {
-            return Err(std::io::Error::other(format!("Redis: {error}")))
-        }
-        Err(Stopped::Interrupted) => {
-            return Err(std::io::Error::other("stopped before Redis answered"))
-        }
-    };
+    .await?;
     let mut tasks = Tasks::new();
     let link_stop = CancellationToken::new();
     let (link, link_task) = Link::spawn(
@@ -211,10 +174,9 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         result
     });
     tracing::info!(%addr, "console listening");
-    Ok(Running {
+    Ok(Listening {
         addr,
-        done,
-        stop: stop.drop_guard(),
+        handle: Handle::new("console supervisor", done, stop),
     })
 }
 
@@ -359,15 +321,7 @@ impl Console {
 
 /// A customer's name cut to its last four characters.
 pub fn mask(customer: &str) -> String {
-    let tail: String = customer
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("•••{tail}")
+    format!("•••{}", crate::domain::last_chars(customer, 4))
 }
 
 fn frame<'a>(

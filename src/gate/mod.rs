@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Link, Topology};
 use crate::config::Config;
@@ -41,11 +41,10 @@ use crate::engine::{reply_token, RuleBook};
 use crate::http::{BodyBudget, Check};
 use crate::meta::reply::Send;
 use crate::metrics::{GATE_CUTS, GATE_SECONDS, REPLIES};
-use crate::retry::{until_ok, Stopped};
 use crate::secret::Secret;
 use crate::store::redis::RedisStore;
 use crate::store::StateStore;
-use crate::supervise::{Ended, Tasks};
+use crate::supervise::{Handle, Listening, Tasks};
 use crate::time::Clock;
 use events::Events;
 use graph::Graph;
@@ -72,35 +71,8 @@ struct Gate {
     redis_ok: AtomicBool,
 }
 
-/// A running gate. Dropping it stops it.
-pub struct Running {
-    pub addr: std::net::SocketAddr,
-    done: tokio::task::JoinHandle<Result<(), Ended>>,
-    stop: DropGuard,
-}
-
-impl Running {
-    /// Stops gracefully and waits until it has.
-    pub async fn stop(self) {
-        let Running { done, stop, .. } = self;
-        drop(stop);
-        let _ = done.await;
-    }
-
-    /// Resolves when it has stopped: after `shutdown` (`Ok`), or because one of its tasks ended
-    /// by itself (`Err`, naming it).
-    pub async fn stopped(self) -> Result<(), Ended> {
-        let Running { done, stop, .. } = self;
-        let result = done.await.unwrap_or_else(|e| {
-            Err(Ended {
-                name: "gate supervisor",
-                how: e.to_string(),
-            })
-        });
-        drop(stop);
-        result
-    }
-}
+/// A running gate: [`Listening`]. Dropping it stops it.
+pub type Running = Listening;
 
 /// Why the gate refuses to start: one line.
 pub fn check(config: &Config) -> Result<(), String> {
@@ -119,23 +91,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     crate::metrics::handle();
     let stop = shutdown.child_token();
     let topology = Topology::new(&config.namespace, config.partitions);
-    let (redis, ns) = (&config.redis, &config.namespace);
-    let store = match until_ok(
-        "connecting to Redis",
-        &stop,
-        |_, _| false,
-        || RedisStore::open(redis, ns, 0),
-    )
-    .await
-    {
-        Ok(store) => store,
-        Err(Stopped::GaveUp { error, .. }) => {
-            return Err(std::io::Error::other(format!("Redis: {error}")))
-        }
-        Err(Stopped::Interrupted) => {
-            return Err(std::io::Error::other("stopped before Redis answered"))
-        }
-    };
+    let store = RedisStore::open_until(&config.redis, &config.namespace, 0, &stop).await?;
     let mut tasks = Tasks::new();
     // The link and the event publisher outlive the HTTP server: replies answered at shutdown
     // still get their events published.
@@ -205,10 +161,9 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         result
     });
     tracing::info!(%addr, "reply gate listening");
-    Ok(Running {
+    Ok(Listening {
         addr,
-        done,
-        stop: stop.drop_guard(),
+        handle: Handle::new("gate supervisor", done, stop),
     })
 }
 

@@ -344,6 +344,30 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// [`open`](Self::open) for a process starting up: retried until Redis answers, or until
+    /// `stop` is cancelled or the retries give up (then one line saying why).
+    pub async fn open_until(
+        target: &RedisTarget,
+        namespace: &str,
+        replicas: u32,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<Self> {
+        use crate::retry::{until_ok, Stopped};
+        let opened = until_ok(
+            "connecting to Redis",
+            stop,
+            |_, _| false,
+            || Self::open(target, namespace, replicas),
+        )
+        .await;
+        opened.map_err(|stopped| {
+            std::io::Error::other(match stopped {
+                Stopped::GaveUp { error, .. } => format!("Redis: {error}"),
+                Stopped::Interrupted => "Redis: stopped before it answered".to_owned(),
+            })
+        })
+    }
+
     pub fn with_connection(conn: Conn, namespace: &str) -> Self {
         RedisStore {
             conn,

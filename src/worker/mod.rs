@@ -41,16 +41,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::apply::Applier;
 use crate::broker::{Link, Topology};
 use crate::config::Config;
 use crate::http::Check;
-use crate::retry::{until_ok, Stopped};
 use crate::store::redis::RedisStore;
-use crate::supervise::{Ended, Tasks};
+use crate::supervise::{Ended, Handle, Tasks};
 use crate::time::Clock;
 use membership::Membership;
 
@@ -60,8 +58,7 @@ pub struct Worker {
     /// The bound admin address (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
     owned: watch::Receiver<Vec<u16>>,
-    done: JoinHandle<Result<(), Ended>>,
-    stop: DropGuard,
+    handle: Handle,
 }
 
 impl Worker {
@@ -72,24 +69,13 @@ impl Worker {
 
     /// Stops gracefully and waits until it has.
     pub async fn stop(self) {
-        let Worker { done, stop, .. } = self;
-        drop(stop);
-        let _ = done.await;
+        self.handle.stop().await
     }
 
-    /// Resolves when the worker has stopped: after the token given to [`start`] was cancelled
-    /// (`Ok`), or because one of its tasks ended by itself (`Err`, naming it; the rest of the
-    /// worker was stopped).
+    /// Resolves when it has stopped: after its stop token was cancelled (`Ok`), or because one
+    /// of its tasks ended by itself (`Err`, naming it).
     pub async fn stopped(self) -> Result<(), Ended> {
-        let Worker { done, stop, .. } = self;
-        let result = done.await.unwrap_or_else(|e| {
-            Err(Ended {
-                name: "worker supervisor",
-                how: e.to_string(),
-            })
-        });
-        drop(stop);
-        result
+        self.handle.stopped().await
     }
 }
 
@@ -188,23 +174,17 @@ pub async fn start_with(
         link_stop.clone(),
     );
     tasks.add("broker link", link_task);
-    let (redis, ns) = (&config.redis, &config.namespace);
-    let store = match until_ok(
-        "connecting to Redis",
+    let opened = RedisStore::open_until(
+        &config.redis,
+        &config.namespace,
+        config.redis_replicas,
         &stop,
-        |_, _| false,
-        || RedisStore::open(redis, ns, config.redis_replicas),
-    )
-    .await
-    {
+    );
+    let store = match opened.await {
         Ok(store) => store,
-        Err(stopped) => {
+        Err(e) => {
             link_stop.cancel();
-            let why = match stopped {
-                Stopped::GaveUp { error, .. } => error.to_string(),
-                Stopped::Interrupted => "stopped before Redis answered".into(),
-            };
-            return Err(std::io::Error::other(format!("Redis: {why}")));
+            return Err(e);
         }
     };
     // Like the link, the marks outlive the lanes: the last items' marks are written at the end.
@@ -267,8 +247,7 @@ pub async fn start_with(
         id,
         admin_addr,
         owned: owned_rx,
-        done,
-        stop: stop.drop_guard(),
+        handle: Handle::new("worker supervisor", done, stop),
     })
 }
 

@@ -42,6 +42,14 @@ fn lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// A refusal: exit 2 and one line on stderr that contains `says`.
+fn assert_refused(out: &Output, says: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(says), "{err}");
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -376,6 +384,7 @@ fn conversation_commands_against_redis() {
         &env,
         None,
     );
+    // clap's own refusal: its line, then a pointer to --help.
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
     // Bad arguments: one line, non-zero.
@@ -384,8 +393,7 @@ fn conversation_commands_against_redis() {
         &env,
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(stderr(&out).lines().count(), 1);
+    assert_refused(&out, "");
     let out = coexist(
         &["conversation", "show", PNID, ANA],
         &[("COEXIST_REDIS_URL", "redis://127.0.0.1:1")],
@@ -627,15 +635,9 @@ fn send_and_tail_refuse_bad_arguments_in_one_line() {
         &[("COEXIST_APP_SECRET", "s")],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("not an http:// URL"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "not an http:// URL");
     let out = coexist(&["tail", "--conversation", "no-colon"], &[], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_refused(&out, "");
 }
 
 #[test]
@@ -658,24 +660,13 @@ fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
         &[("COEXIST_APP_SECRET", "your-meta-app-secret")],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("is a placeholder"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(stderr(&out).lines().count(), 1);
+    assert_refused(&out, "is a placeholder");
     let out = coexist(
         &["gate"],
         &[("COEXIST_GATE_TOKEN", "your-gate-token")],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("is a placeholder"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "is a placeholder");
 }
 
 /// Nothing Meta sends is dropped in silence: a change of a field coexist does not handle is

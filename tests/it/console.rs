@@ -54,19 +54,8 @@ impl ConsoleStack {
 
 async fn sign_in(b: &Browser, c: &ConsoleStack, token: &str) {
     b.client.goto(&c.url("/login")).await.unwrap();
-    let field = b
-        .client
-        .find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap();
-    field.send_keys(token).await.unwrap();
-    b.client
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.type_into(Locator::Css("input[name=token]"), token).await;
+    b.click(Locator::Css("form.login button")).await;
 }
 
 /// The page's text; a page in the middle of loading reads as empty (its elements go stale).
@@ -181,13 +170,7 @@ async fn sign_in_is_required_wrong_tokens_refused_and_cross_site_posts_refused()
     assert_eq!(status, 403, "the right origin, but not the form's token");
     stays_empty(&c.stack.ns, "human_chat", "nothing was paused").await;
     // Signing out ends the session.
-    b.client
-        .find(Locator::Css("header form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("header form button")).await;
     b.client.goto(&c.url("/")).await.unwrap();
     assert!(b
         .client
@@ -221,13 +204,8 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
     b.screenshot("held").await;
     fits_a_phone_and_stays_home(&b, &c.url("")).await;
     // Release: conversation.released, reason operator, by the signed-in operator.
-    b.client
-        .find(Locator::Css("form[action='/release'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("form[action='/release'] button"))
+        .await;
     let page = until_shown(&b, "Release •••0001: done", false).await;
     assert!(page.contains("Nobody is with a human now"), "{page}");
     let released = take_distinct(&c.stack.ns, "human_chat", 1, 10 * SECS)
@@ -241,34 +219,13 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
     );
     // Pause from the form.
     let form = |name: &'static str| Locator::Css(name);
-    b.client
-        .find(form("form.pause input[name=number]"))
-        .await
-        .unwrap()
-        .send_keys(PNID)
-        .await
-        .unwrap();
-    b.client
-        .find(form("form.pause input[name=customer]"))
-        .await
-        .unwrap()
-        .send_keys(LUIS)
-        .await
-        .unwrap();
-    b.client
-        .find(form("form.pause select[name=duration] option[value='2h']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .find(form("form.pause button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.type_into(form("form.pause input[name=number]"), PNID)
+        .await;
+    b.type_into(form("form.pause input[name=customer]"), LUIS)
+        .await;
+    b.click(form("form.pause select[name=duration] option[value='2h']"))
+        .await;
+    b.click(form("form.pause button")).await;
     until_shown(&b, "Pause •••0002: done", false).await;
     let handover = take_distinct(&c.stack.ns, "human_chat", 1, 10 * SECS)
         .await
@@ -281,20 +238,9 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
     let until = |v: &serde_json::Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
     let first = until(&handover[0].body["paused_until"]);
     // Extend by a day: paused_until moves a day on.
-    b.client
-        .find(form("form[action='/extend'] select option[value='1d']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .find(form("form[action='/extend'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(form("form[action='/extend'] select option[value='1d']"))
+        .await;
+    b.click(form("form[action='/extend'] button")).await;
     until_shown(&b, "Extend •••0002 by 1day: done", false).await;
     let store = coexist::store::redis::RedisStore::connect(&redis_url(), &c.stack.ns)
         .await
@@ -359,40 +305,16 @@ async fn dead_letters_are_listed_discarded_and_replayed_each_after_asking() {
     b.screenshot("dead").await;
     fits_a_phone_and_stays_home(&b, &c.url("")).await;
     // Discard asks first, then removes exactly one.
-    b.client
-        .find(Locator::LinkText("Discard…"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::LinkText("Discard…")).await;
     let asked = until_shown(&b, "Are you sure?", false).await;
     assert!(asked.contains("removed for good"), "{asked}");
-    b.client
-        .find(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("button.danger")).await;
     let page = until_shown(&b, "Discarded", false).await;
     assert!(page.contains("1 dead letter(s)"), "{page}");
     // Replay sends the other back (it is parked again: it still is not a webhook).
-    b.client
-        .find(Locator::LinkText("Replay…"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::LinkText("Replay…")).await;
     until_shown(&b, "Are you sure?", false).await;
-    b.client
-        .find(Locator::Css("main form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("main form button")).await;
     until_shown(&b, "Replayed", false).await;
     let topology = coexist::broker::Topology::new(&c.stack.ns, c.stack.config.partitions);
     let left = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();

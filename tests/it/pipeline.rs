@@ -14,19 +14,6 @@ use crate::support::*;
 
 const SECS: Duration = Duration::from_secs(1);
 
-fn header(t: &Taken, name: &str) -> Option<String> {
-    let h = t.properties.headers().as_ref()?;
-    h.inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == name)
-        .and_then(|(_, v)| match v {
-            lapin::types::AMQPValue::LongString(s) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            _ => None,
-        })
-}
-
 #[tokio::test]
 async fn handshake_signatures_and_body_limit() {
     let stack = Stack::start("http", 0, &[("COEXIST_MAX_BODY_BYTES", "2048")]).await;
@@ -252,7 +239,7 @@ async fn handover_story_with_amqp_properties() {
             Some("application/json")
         );
         assert_eq!(*p.delivery_mode(), Some(2), "persistent");
-        assert_eq!(header(e, "conversation"), Some(format!("{PNID}:{ANA}")));
+        assert_eq!(e.header("conversation"), Some(format!("{PNID}:{ANA}")));
     }
     wait_done(&stack.ns, ANA, "m:wamid.ST5").await;
     stays_empty(&stack.ns, "bot", "nothing more").await;

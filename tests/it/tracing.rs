@@ -16,20 +16,6 @@ use crate::support::*;
 
 const SECS: Duration = Duration::from_secs(1);
 
-fn header(t: &Taken, name: &str) -> Option<String> {
-    let headers = t.properties.headers().as_ref()?;
-    headers
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == name)
-        .and_then(|(_, v)| match v {
-            lapin::types::AMQPValue::LongString(s) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            _ => None,
-        })
-}
-
 /// The trace id of a `traceparent`.
 fn trace_id(traceparent: &str) -> &str {
     traceparent.split('-').nth(1).unwrap_or("")
@@ -75,7 +61,9 @@ async fn a_webhooks_events_carry_its_trace_and_two_webhooks_two_traces() {
     );
     let bot = take_distinct(&stack.ns, "bot", 2, 10 * SECS).await.0;
     let human = take_distinct(&stack.ns, "human_chat", 2, 10 * SECS).await.0;
-    let first = header(&bot[0], "traceparent").expect("the event carries traceparent");
+    let first = bot[0]
+        .header("traceparent")
+        .expect("the event carries traceparent");
     assert_eq!(
         trace_id(&first),
         trace_id(given),
@@ -85,7 +73,7 @@ async fn a_webhooks_events_carry_its_trace_and_two_webhooks_two_traces() {
     let second: Vec<String> = bot[1..]
         .iter()
         .chain(&human)
-        .map(|e| header(e, "traceparent").expect("traceparent"))
+        .map(|e| e.header("traceparent").expect("traceparent"))
         .collect();
     assert!(
         second.iter().all(|tp| trace_id(tp) == trace_id(&second[0])),

@@ -131,6 +131,23 @@ pub struct Taken {
     pub properties: lapin::BasicProperties,
 }
 
+impl Taken {
+    /// The string header `name`, if the event carries one.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers().as_ref()?;
+        headers
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .and_then(|(_, v)| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            })
+    }
+}
+
 /// Takes (and acknowledges) events from `{ns}.{exchange}.events` until `want` arrived or the
 /// time is up; returns what arrived.
 pub async fn take_events(ns: &str, exchange: &str, want: usize, within: Duration) -> Vec<Taken> {

@@ -83,6 +83,22 @@ impl Browser {
         Browser { client, profile }
     }
 
+    /// Clicks the element `at` finds (it must be there).
+    pub async fn click(&self, at: fantoccini::Locator<'_>) {
+        self.client.find(at).await.unwrap().click().await.unwrap();
+    }
+
+    /// Types `text` into the element `at` finds (it must be there).
+    pub async fn type_into(&self, at: fantoccini::Locator<'_>, text: &str) {
+        self.client
+            .find(at)
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
     /// Runs a script in the page and returns its value.
     pub async fn js(&self, script: &str) -> serde_json::Value {
         self.client.execute(script, vec![]).await.unwrap()
