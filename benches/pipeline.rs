@@ -17,7 +17,8 @@
 //!
 //! `BENCH_PARTITIONS=N` sets the partition count (default 16). `BENCH_RATE=N` skips the curve and
 //! the sustained-rate search and paces step 4 at N webhooks/s: a quick comparison of CPU per
-//! webhook between two builds at the same rate.
+//! webhook between two builds at the same rate. `BENCH_BACKLOG_ONLY=1` runs the ceiling and the
+//! backlog alone.
 
 mod common;
 
@@ -158,107 +159,115 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let ts = coexist::time::Millis::now().0 / 1000;
 
-        // Maximum rate, 32 clients; then the curve at 128 and 512 (Meta sends many at once).
-        let clients = 32;
-        let (end_to_end, accepted_in) = burst(ingress_addr, &arrivals, clients, 0, max_n, ts).await;
-        let mut next = max_n;
-        let mut curve = Vec::new();
-        // BENCH_RATE=N skips the curve and the sustained-rate search and paces at N/s: a quick
-        // comparison of CPU per webhook between two builds.
-        let fixed: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
-        for c in [128, 512].into_iter().filter(|_| fixed.is_none()) {
-            let (rate, _) = burst(ingress_addr, &arrivals, c, next, max_n, ts).await;
-            next += max_n;
-            curve.push((c, rate));
-        }
-
-        // The sustained rate: the highest posting rate held for `hold` with the inbound
-        // backlog not growing, stepping up from half the burst rate by a tenth of it.
-        let conn = coexist::broker::connect(&amqp_url(), "bench-backlog").await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let hold = if full { Duration::from_secs(20) } else { Duration::from_secs(2) };
-        let mut sustained = 0.0;
-        let mut step = end_to_end * 0.5;
-        while fixed.is_none() && step <= end_to_end * 1.5 {
-            let (held, posted) = holds(ingress_addr, &system, &ch, step, next, ts, hold).await;
-            next += posted;
-            assert!(wait_for(&arrivals, next, Duration::from_secs(120)).await, "every event arrives");
-            if !held {
-                break;
-            }
-            sustained = step;
-            step += end_to_end * 0.1;
-        }
-        let _ = conn.close(200, "done".into()).await;
-
-        // Half the sustained rate, paced.
-        let rate = match fixed {
-            Some(r) => r,
-            None if sustained > 0.0 => sustained / 2.0,
-            None => end_to_end / 2.0,
-        };
-        let before = latency_buckets(&admins).await;
-        let cpu_before = cpu_jiffies();
-        let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![system.ingress.id()])];
-        procs.extend(system.workers.iter().enumerate().map(|(i, w)| (format!("worker {i}"), vec![w.id()])));
-        procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
-        procs.push(("redis-server".into(), server_pids("redis-server")));
-        procs.push(("this benchmark".into(), vec![std::process::id()]));
-        let proc_before: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
-        let switches_before: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
-        let n_half = (rate * half_secs as f64) as usize;
-        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let pace_start = Instant::now();
-        let per_client = 8;
-        let record = sent.clone();
-        let tasks = paced(ingress_addr, pace_start, rate, (next, n_half), per_client, ts, move |k, _| {
-            record.lock().unwrap().insert(format!("wamid.P{}", next + k), Instant::now());
-        });
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert!(wait_for(&arrivals, next + n_half, Duration::from_secs(60)).await);
-        let cpu_after = cpu_jiffies();
-        let proc_after: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
-        let switches_after: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
-        let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
-        let after = latency_buckets(&admins).await;
-        let mut lat: Vec<Duration> = {
-            let arrivals = arrivals.lock().unwrap();
-            sent.lock().unwrap().iter().filter_map(|(id, t)| arrivals.get(id).map(|a| a.saturating_duration_since(*t))).collect()
-        };
-        lat.sort();
-        let mem: Vec<(u64, u64)> = system.workers.iter().map(|w| rss_kib(w.id())).collect();
-
-        println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine{}", if otlp_endpoint().is_some() { ", spans exported over OTLP (BENCH_OTLP=1)" } else { "" });
-        println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
-        println!("  end to end at maximum rate ({clients} keep-alive clients)                {:>9.0} webhooks/s ({max_n} webhooks, all accepted in {:.1} s)", end_to_end, accepted_in.as_secs_f64());
-        println!("  end to end / ceiling                                                 {:>8.0} %    (goal: at least 40 %)", end_to_end / ceiling * 100.0);
-        for (c, r) in &curve {
-            println!("  end to end with {c} keep-alive clients                                {:>9.0} webhooks/s = {:.0} % of the ceiling", r, r / ceiling * 100.0);
-        }
-        if fixed.is_none() {
-            println!("  sustained rate (held {hold:?} with the inbound backlog not growing)        {:>9.0} webhooks/s = {:.0} % of the ceiling (burst: {:.0})", sustained, sustained / ceiling * 100.0, end_to_end);
+        // BENCH_BACKLOG_ONLY=1: the ceiling and the backlog alone.
+        let backlog_only = std::env::var("BENCH_BACKLOG_ONLY").is_ok_and(|v| v == "1");
+        let first = if backlog_only {
+            println!("pipeline benchmark (BENCH_BACKLOG_ONLY): one ingress and two worker processes, {partitions} partitions");
+            println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
+            0
         } else {
-            println!("  sustained rate: not searched (BENCH_RATE paces at a fixed rate)");
-        }
-        let pacing = if fixed.is_some() { "at BENCH_RATE" } else { "at half the sustained rate" };
-        println!("  {pacing} ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
-        println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
-        println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
-        let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;
-        for (i, (name, _)) in procs.iter().enumerate() {
-            let (secs, switches) = (proc_after[i] - proc_before[i], switches_after[i] - switches_before[i]);
-            println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", secs, per_k(secs));
-            println!("      context switches of {name:<22} {:.1} per webhook", switches as f64 / n_half as f64);
-        }
-        for (i, (hwm, rss)) in mem.iter().enumerate() {
-            println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);
-        }
+            // Maximum rate, 32 clients; then the curve at 128 and 512 (Meta sends many at once).
+            let clients = 32;
+            let (end_to_end, accepted_in) = burst(ingress_addr, &arrivals, clients, 0, max_n, ts).await;
+            let mut next = max_n;
+            let mut curve = Vec::new();
+            // BENCH_RATE=N skips the curve and the sustained-rate search and paces at N/s: a quick
+            // comparison of CPU per webhook between two builds.
+            let fixed: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
+            for c in [128, 512].into_iter().filter(|_| fixed.is_none()) {
+                let (rate, _) = burst(ingress_addr, &arrivals, c, next, max_n, ts).await;
+                next += max_n;
+                curve.push((c, rate));
+            }
+
+            // The sustained rate: the highest posting rate held for `hold` with the inbound
+            // backlog not growing, stepping up from half the burst rate by a tenth of it.
+            let conn = coexist::broker::connect(&amqp_url(), "bench-backlog").await.unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            let hold = if full { Duration::from_secs(20) } else { Duration::from_secs(2) };
+            let mut sustained = 0.0;
+            let mut step = end_to_end * 0.5;
+            while fixed.is_none() && step <= end_to_end * 1.5 {
+                let (held, posted) = holds(ingress_addr, &system, &ch, step, next, ts, hold).await;
+                next += posted;
+                assert!(wait_for(&arrivals, next, Duration::from_secs(120)).await, "every event arrives");
+                if !held {
+                    break;
+                }
+                sustained = step;
+                step += end_to_end * 0.1;
+            }
+            let _ = conn.close(200, "done".into()).await;
+
+            // Half the sustained rate, paced.
+            let rate = match fixed {
+                Some(r) => r,
+                None if sustained > 0.0 => sustained / 2.0,
+                None => end_to_end / 2.0,
+            };
+            let before = latency_buckets(&admins).await;
+            let cpu_before = cpu_jiffies();
+            let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![system.ingress.id()])];
+            procs.extend(system.workers.iter().enumerate().map(|(i, w)| (format!("worker {i}"), vec![w.id()])));
+            procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
+            procs.push(("redis-server".into(), server_pids("redis-server")));
+            procs.push(("this benchmark".into(), vec![std::process::id()]));
+            let proc_before: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
+            let switches_before: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
+            let n_half = (rate * half_secs as f64) as usize;
+            let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+            let pace_start = Instant::now();
+            let per_client = 8;
+            let record = sent.clone();
+            let tasks = paced(ingress_addr, pace_start, rate, (next, n_half), per_client, ts, move |k, _| {
+                record.lock().unwrap().insert(format!("wamid.P{}", next + k), Instant::now());
+            });
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert!(wait_for(&arrivals, next + n_half, Duration::from_secs(60)).await);
+            let cpu_after = cpu_jiffies();
+            let proc_after: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
+            let switches_after: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
+            let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
+            let after = latency_buckets(&admins).await;
+            let mut lat: Vec<Duration> = {
+                let arrivals = arrivals.lock().unwrap();
+                sent.lock().unwrap().iter().filter_map(|(id, t)| arrivals.get(id).map(|a| a.saturating_duration_since(*t))).collect()
+            };
+            lat.sort();
+            let mem: Vec<(u64, u64)> = system.workers.iter().map(|w| rss_kib(w.id())).collect();
+
+            println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine{}", if otlp_endpoint().is_some() { ", spans exported over OTLP (BENCH_OTLP=1)" } else { "" });
+            println!("  broker ceiling (persistent, confirms, quorum queue, consumed with acks) {:>9.0} msg/s   ({ceiling_n} messages)", ceiling);
+            println!("  end to end at maximum rate ({clients} keep-alive clients)                {:>9.0} webhooks/s ({max_n} webhooks, all accepted in {:.1} s)", end_to_end, accepted_in.as_secs_f64());
+            println!("  end to end / ceiling                                                 {:>8.0} %    (goal: at least 40 %)", end_to_end / ceiling * 100.0);
+            for (c, r) in &curve {
+                println!("  end to end with {c} keep-alive clients                                {:>9.0} webhooks/s = {:.0} % of the ceiling", r, r / ceiling * 100.0);
+            }
+            if fixed.is_none() {
+                println!("  sustained rate (held {hold:?} with the inbound backlog not growing)        {:>9.0} webhooks/s = {:.0} % of the ceiling (burst: {:.0})", sustained, sustained / ceiling * 100.0, end_to_end);
+            } else {
+                println!("  sustained rate: not searched (BENCH_RATE paces at a fixed rate)");
+            }
+            let pacing = if fixed.is_some() { "at BENCH_RATE" } else { "at half the sustained rate" };
+            println!("  {pacing} ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
+            println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
+            println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
+            let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;
+            for (i, (name, _)) in procs.iter().enumerate() {
+                let (secs, switches) = (proc_after[i] - proc_before[i], switches_after[i] - switches_before[i]);
+                println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", secs, per_k(secs));
+                println!("      context switches of {name:<22} {:.1} per webhook", switches as f64 / n_half as f64);
+            }
+            for (i, (hwm, rss)) in mem.iter().enumerate() {
+                println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);
+            }
+            next + n_half
+        };
         // A backlog: accepted with the workers stopped, then drained by two workers.
         let mut system = system;
         let backlog_n = if full { 100_000 } else { 300 };
-        let first = next + n_half;
         system.stop_workers();
         let accept_start = Instant::now();
         let tasks = paced(ingress_addr, accept_start, 1e9, (first, backlog_n), 64, ts, |_, _| {});
@@ -267,6 +276,9 @@ fn main() {
         }
         let accepted_in = accept_start.elapsed();
         let drain_start = Instant::now();
+        let drain_cpu = cpu_jiffies();
+        let rabbit_before: f64 = server_pids("beam.smp").iter().map(|p| cpu_secs(*p)).sum();
+        let redis_before: f64 = server_pids("redis-server").iter().map(|p| cpu_secs(*p)).sum();
         system.start_workers();
         let peaks = Arc::new(Mutex::new(vec![0u64; system.workers.len()]));
         let watch = {
@@ -284,10 +296,23 @@ fn main() {
         };
         assert!(wait_for(&arrivals, first + backlog_n, Duration::from_secs(600)).await, "the backlog drains");
         let drained_in = drain_start.elapsed();
+        let drain_cpu_after = cpu_jiffies();
+        let workers_cpu: Vec<f64> = system.workers.iter().map(|w| cpu_secs(w.id())).collect();
+        let rabbit_cpu = server_pids("beam.smp").iter().map(|p| cpu_secs(*p)).sum::<f64>() - rabbit_before;
+        let redis_cpu = server_pids("redis-server").iter().map(|p| cpu_secs(*p)).sum::<f64>() - redis_before;
         watch.abort();
         let drain_rate = backlog_n as f64 / drained_in.as_secs_f64();
         println!("  backlog: {backlog_n} webhooks accepted in {:.1} s with the workers stopped, drained by two workers in {:.1} s", accepted_in.as_secs_f64(), drained_in.as_secs_f64());
-        println!("    drain rate {drain_rate:.0} webhooks/s = {:.0} % of the ceiling   (goal: at least 40 %)", drain_rate / ceiling * 100.0);
+        // The ceiling moves by a third between runs minutes apart: measured again right after
+        // the drain, and the drain set against both.
+        let ceiling_after = broker_ceiling(ceiling_n).await;
+        println!("    drain rate {drain_rate:.0} webhooks/s = {:.0} % of the ceiling measured first, {:.0} % of the ceiling measured right after ({ceiling_after:.0} msg/s)   (goal: at least 40 %)", drain_rate / ceiling * 100.0, drain_rate / ceiling_after * 100.0);
+        let first_event = arrivals.lock().unwrap().values().filter(|t| **t > drain_start).min().map(|t| t.duration_since(drain_start));
+        println!("    first event {:.2} s after the workers were started", first_event.map_or(f64::NAN, |d| d.as_secs_f64()));
+        let busy = (drain_cpu_after.0 - drain_cpu.0) as f64 / (drain_cpu_after.1 - drain_cpu.1).max(1) as f64 * 100.0;
+        let per = |secs: f64| secs / backlog_n as f64 * 1e6;
+        let workers: Vec<String> = workers_cpu.iter().map(|s| format!("{:.0}", per(*s))).collect();
+        println!("    machine CPU busy {busy:.0} %; CPU per webhook: workers {} µs, RabbitMQ {:.0} µs, Redis {:.0} µs", workers.join(" + "), per(rabbit_cpu), per(redis_cpu));
         for (i, kib) in peaks.lock().unwrap().iter().enumerate() {
             println!("    worker {i} peak RSS while draining {:.1} MiB   (goal: under 128 MiB)", *kib as f64 / 1024.0);
         }

@@ -31,6 +31,8 @@ pub struct Link {
     blocked: std::sync::Mutex<Option<String>>,
     /// Told when the broker blocks the connection (publishes waiting for confirms give up).
     blocking: Notify,
+    /// Counts the connections made, so a waiter learns of a new one at once.
+    made: tokio::sync::watch::Sender<u64>,
 }
 
 impl Link {
@@ -48,6 +50,7 @@ impl Link {
             connected: Default::default(),
             blocked: Default::default(),
             blocking: Default::default(),
+            made: tokio::sync::watch::Sender::new(0),
         });
         let task = tokio::spawn(link.clone().run(url, name, topology, stop));
         (link, task)
@@ -83,6 +86,7 @@ impl Link {
             let watching = tokio::spawn(self.clone().watch_blocking(conn.events_listener()));
             *self.current.write().await = Some((Arc::new(conn), publisher));
             self.connected.store(true, Ordering::SeqCst);
+            self.made.send_modify(|n| *n += 1);
             // Hold it until a caller reports a failure or the connection drops.
             loop {
                 tokio::select! {
@@ -167,6 +171,11 @@ impl Link {
     /// A connection to open more channels on (consumers), while connected.
     pub async fn connection(&self) -> Option<Arc<Connection>> {
         self.current.read().await.as_ref().map(|(c, _)| c.clone())
+    }
+
+    /// Changes each time a connection is made: its holder can start using it at once.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.made.subscribe()
     }
 
     pub fn is_connected(&self) -> bool {

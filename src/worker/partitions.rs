@@ -76,7 +76,10 @@ pub(super) async fn manage(
     let mut stopping: Vec<JoinHandle<()>> = Vec::new();
     let mut wanted: Vec<u16> = Vec::new();
     let mut round = 0u64;
+    // A new broker connection is put to use at once (at start-up, after a loss), not a tick later.
+    let mut connections = shared.link.connections();
     loop {
+        connections.mark_unchanged();
         round += 1;
         match membership.beat().await {
             Ok(live) => {
@@ -168,6 +171,7 @@ pub(super) async fn manage(
         owned_tx.send_replace(now_owned);
         tokio::select! {
             _ = tokio::time::sleep(membership::TICK) => {}
+            Ok(()) = connections.changed() => {}
             _ = shared.stop.cancelled() => break,
         }
     }
