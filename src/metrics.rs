@@ -61,8 +61,6 @@ pub const GATE_SECONDS: &str = "coexist_gate_seconds";
 pub const CONSOLE_CUTS: &str = "coexist_console_connections_cut_total";
 /// Connections the reply gate closed, by `reason` (as `cut` in [`WEBHOOKS`]).
 pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
-/// Events of the reply gate that could not be queued for publishing (its queue was full).
-pub const GATE_EVENTS_DROPPED: &str = "coexist_gate_events_dropped_total";
 
 /// Every metric name coexist exports (histograms add `_bucket`, `_sum`, `_count`); a test holds
 /// the alerts and the dashboard to these.
@@ -92,7 +90,6 @@ pub const NAMES: &[&str] = &[
     GATE_SECONDS,
     CONSOLE_CUTS,
     GATE_CUTS,
-    GATE_EVENTS_DROPPED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -1,7 +1,8 @@
 //! The reply gate's events (`reply.suppressed`, `message.sent_by_bot`, human_chat): built from
 //! the reply and the conversation, and published in the background with confirms, so the agent
-//! is answered without waiting for the broker. A queue of bounded size holds them while the
-//! broker is away; one that cannot be queued is counted and logged, never silently dropped.
+//! is answered without waiting for the broker. A reply is judged and forwarded only once its
+//! event has a [`Place`] in the bounded queue (waiting up to [`PLACE_WITHIN`] for one while the
+//! broker is away or slow): the gate slows down or answers `503` rather than drop an event.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,13 +18,14 @@ use crate::engine::event::{
 };
 use crate::engine::state::State;
 use crate::meta::reply::Send;
-use crate::metrics::GATE_EVENTS_DROPPED;
 use crate::retry::until_ok;
 use crate::time::Millis;
 use opentelemetry::Context;
 
 /// Events waiting for the broker at most.
 const QUEUE: usize = 10_000;
+/// How long a reply waits for a place in a full queue before the gate answers `503`.
+pub const PLACE_WITHIN: Duration = Duration::from_secs(2);
 /// Events published together at most.
 const BATCH: usize = 1024;
 /// How long events still queued at shutdown may take to be published.
@@ -38,7 +40,11 @@ const RECENT: usize = 4096;
 pub struct Events {
     tx: mpsc::Sender<(Outbound, Context)>,
     recent: Arc<Mutex<Recent>>,
+    wait: Duration,
 }
+
+/// A place held in the queue for one event; dropped unused, it is given back.
+pub struct Place(mpsc::OwnedPermit<(Outbound, Context)>);
 
 /// The last [`RECENT`] event ids published, oldest first.
 #[derive(Default)]
@@ -72,40 +78,50 @@ impl Events {
         topology: Topology,
         stop: CancellationToken,
     ) -> (Events, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        Self::spawn_sized(link, topology, stop, QUEUE, PLACE_WITHIN)
+    }
+
+    /// [`Events::spawn`] with a queue of `queue` events and a wait of `wait` for a place.
+    pub fn spawn_sized(
+        link: Arc<Link>,
+        topology: Topology,
+        stop: CancellationToken,
+        queue: usize,
+        wait: Duration,
+    ) -> (Events, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
         let events = Events {
             tx,
             recent: Arc::default(),
+            wait,
         };
         (events, tokio::spawn(run(link, topology, rx, stop)))
     }
 
-    /// Queues an event for publishing, unless the same event (same id) was queued lately.
-    pub fn publish_once(&self, event: Outbound, trace: &Context) {
+    /// A place in the queue for one event, waiting for one while the queue is full; `None`
+    /// when none came free in time (or the publisher has stopped).
+    pub async fn place(&self) -> Option<Place> {
+        match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
+            Ok(Ok(permit)) => Some(Place(permit)),
+            _ => None,
+        }
+    }
+
+    /// Queues an event in its place, unless the same event (same id) was queued lately.
+    pub fn publish_once(&self, place: Place, event: Outbound, trace: &Context) {
         let first = self
             .recent
             .lock()
             .expect("recent events")
             .first_time(&event.event.event_id);
         if first {
-            self.publish(event, trace);
+            self.publish(place, event, trace);
         }
     }
 
-    /// Queues an event for publishing, carrying the trace of `trace` (the reply's).
-    pub fn publish(&self, event: Outbound, trace: &Context) {
-        if self.tx.try_send((event, trace.clone())).is_err() {
-            metrics::counter!(GATE_EVENTS_DROPPED).increment(1);
-            static WARNED: std::sync::Mutex<Option<std::time::Instant>> =
-                std::sync::Mutex::new(None);
-            let mut last = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!(
-                    "the reply gate's event queue is full (the broker is away or does not keep up): events are not published; counted in coexist_gate_events_dropped_total (logged once a minute)"
-                );
-            }
-        }
+    /// Queues an event in its place, carrying the trace of `trace` (the reply's).
+    pub fn publish(&self, place: Place, event: Outbound, trace: &Context) {
+        place.0.send((event, trace.clone()));
     }
 }
 
@@ -253,4 +269,43 @@ pub fn sent(scope: &Scope, state: &State, send: &Send, wamid: String, now: Milli
         message: message(send, Some(wamid)),
     });
     outbound(scope, state, send, now, id, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full queue holds replies back (no place) instead of dropping their events, and a place
+    /// given back serves the next.
+    #[tokio::test]
+    async fn a_full_queue_gives_no_place_and_drops_nothing() {
+        let stop = CancellationToken::new();
+        // A broker that is never there: nothing leaves the queue.
+        let (link, link_task) = Link::spawn(
+            "amqp://127.0.0.1:1/%2f".into(),
+            "test".into(),
+            Topology::new("events-test", 1),
+            stop.clone(),
+        );
+        let wait = Duration::from_millis(100);
+        let (events, publisher) =
+            Events::spawn_sized(link, Topology::new("events-test", 1), stop.clone(), 2, wait);
+        let first = events.place().await.expect("a place in an empty queue");
+        let second = events.place().await.expect("a second place");
+        let started = std::time::Instant::now();
+        assert!(
+            events.place().await.is_none(),
+            "a third place in a queue of two"
+        );
+        assert!(started.elapsed() >= wait, "it waited for a place first");
+        drop(second);
+        let third = events
+            .place()
+            .await
+            .expect("the place given back serves the next");
+        drop((first, third));
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), link_task).await;
+    }
 }

@@ -10,8 +10,9 @@
 //! while a human holds the conversation, for a token that names an earlier hand, and for a
 //! free-form message past the service window; otherwise it forwards the body as it came, with
 //! the agent's `Authorization`, and answers Meta's status and body as they are. Refusals publish
-//! `reply.suppressed`, accepted replies `message.sent_by_bot` (human_chat). Meta unreachable or
-//! silent for 10 s: `502`, nothing published, nothing retried.
+//! `reply.suppressed`, accepted replies `message.sent_by_bot` (human_chat); a message is judged
+//! only once its event has a place in the publishing queue (`503` when none comes free in 2 s).
+//! Meta unreachable or silent for 10 s: `502`, nothing published, nothing retried.
 //!
 //! `graph.rs` is the client to Meta; `events.rs` builds and publishes the gate's events.
 
@@ -235,6 +236,22 @@ fn unauthorized() -> Response {
     )
 }
 
+/// `503`: no place for the reply's event came free in time (the broker is away or does not
+/// keep up); nothing was judged or sent.
+fn busy() -> Response {
+    counted("failed", "events_backlogged");
+    let mut response = meta_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "coexist_events_backlogged",
+        "the gate's events cannot be published now (the broker is away or does not keep up); nothing was sent",
+        serde_json::Value::Null,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 fn bad_request(message: &str) -> Response {
     counted("failed", "bad_request");
     meta_error(
@@ -295,6 +312,15 @@ async fn send_traced(
         Ok(reply) => reply,
         Err(e) => return bad_request(&e),
     };
+    // The event a message will publish (refused or accepted) has its place before anything is
+    // judged or sent: while the broker does not keep up the gate slows down, then answers 503.
+    let place = match reply.message {
+        true => match gate.events.place().await {
+            Some(place) => Some(place),
+            None => return busy(),
+        },
+        false => None,
+    };
     let token = headers
         .get(REPLY_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -321,6 +347,7 @@ async fn send_traced(
         }
         return refuse(
             gate,
+            place,
             &found.scope,
             &found.state,
             &reply,
@@ -367,11 +394,11 @@ async fn send_traced(
             )
         }
         Ok(answer) => {
-            if (200..300).contains(&answer.status) && reply.message {
+            if let Some(place) = place.filter(|_| (200..300).contains(&answer.status)) {
                 match wamid(&answer.body) {
                     Some(wamid) => {
                         let event = events::sent(&found.scope, &found.state, &reply, wamid, now);
-                        gate.events.publish(event, trace);
+                        gate.events.publish(place, event, trace);
                     }
                     None => tracing::warn!(
                         "Meta accepted a reply but named no message id: no message.sent_by_bot"
@@ -406,6 +433,7 @@ async fn send_traced(
 #[allow(clippy::too_many_arguments)]
 fn refuse(
     gate: &Gate,
+    place: Option<events::Place>,
     scope: &Scope,
     state: &crate::engine::state::State,
     reply: &Send,
@@ -425,9 +453,9 @@ fn refuse(
         reason = reason.as_str(),
         "the reply gate refused a reply of the AI agent"
     );
-    if reply.message {
+    if let Some(place) = place {
         let event = events::suppressed(scope, state, reply, token, reason, now);
-        gate.events.publish_once(event, trace);
+        gate.events.publish_once(place, event, trace);
     }
     counted("refused", reason.as_str());
     let message = match reason {
