@@ -5,8 +5,9 @@
 //! to the producer and linked to it), `settle` (the acknowledgement). No span name or attribute
 //! holds a phone number, a business-scoped id, a wamid or a message's text.
 //!
-//! Spans are exported over OTLP (HTTP/protobuf) only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the standard `OTEL_*` variables. Without
+//! Spans are exported over OTLP (HTTP/protobuf, or gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`)
+//! only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with
+//! the standard `OTEL_*` variables. Without
 //! it, spans are not recorded (sampled off): only their ids are made, so the trace context still
 //! travels, at the cost of a few random numbers per webhook.
 
@@ -69,32 +70,48 @@ fn build(service: &str) -> Result<(SdkTracerProvider, bool), Error> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(var("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let provider = match (endpoint, disabled) {
+    let provider = match (&endpoint, disabled) {
         (Some(_), false) => {
             let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 .or(var("OTEL_EXPORTER_OTLP_PROTOCOL"))
                 .unwrap_or_else(|| "http/protobuf".into());
-            if protocol != "http/protobuf" {
-                return Err(Error(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={protocol:?}: this build exports over http/protobuf only"
-                )));
+            let exporter = match protocol.as_str() {
+                "http/protobuf" => {
+                    use opentelemetry_otlp::WithHttpConfig;
+                    let https = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_webpki_roots()
+                        .https_or_http()
+                        .enable_http1()
+                        .build();
+                    let client = opentelemetry_http::hyper::HyperClient::new(
+                        https,
+                        std::time::Duration::from_secs(10),
+                        None,
+                    );
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_http_client(client)
+                        .build()
+                }
+                "grpc" => {
+                    use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+                    use opentelemetry_otlp::WithTonicConfig;
+                    let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                    // An https endpoint is verified against the Web PKI roots, as over HTTP.
+                    match endpoint.as_deref().is_some_and(|e| e.starts_with("https:")) {
+                        true => builder
+                            .with_tls_config(ClientTlsConfig::new().with_webpki_roots())
+                            .build(),
+                        false => builder.build(),
+                    }
+                }
+                other => {
+                    return Err(Error(format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: coexist exports over \"http/protobuf\" (the default) or \"grpc\""
+                    )))
+                }
             }
-            use opentelemetry_otlp::WithHttpConfig;
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
-                .https_or_http()
-                .enable_http1()
-                .build();
-            let client = opentelemetry_http::hyper::HyperClient::new(
-                https,
-                std::time::Duration::from_secs(10),
-                None,
-            );
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .build()
-                .map_err(|e| Error(e.to_string()))?;
+            .map_err(|e| Error(e.to_string()))?;
             let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
                 exporter,
                 opentelemetry_sdk::runtime::Tokio,

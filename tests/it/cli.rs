@@ -50,6 +50,20 @@ fn assert_refused(out: &Output, says: &str) {
     assert!(err.contains(says), "{err}");
 }
 
+#[test]
+fn an_otlp_protocol_it_does_not_speak_stops_start_up_in_one_line() {
+    let out = coexist(
+        &["gate"],
+        &[
+            ("COEXIST_GATE_LISTEN", "127.0.0.1:0"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ],
+        None,
+    );
+    assert_refused(&out, "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\"");
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

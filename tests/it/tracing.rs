@@ -1,6 +1,6 @@
 //! One trace from Meta's POST to every event (docs/contract.md, "Trace context"): the W3C
-//! trace context in the AMQP headers, and the spans exported over OTLP/HTTP to a receiver of
-//! the test's own (decoded with OpenTelemetry's protobuf definitions).
+//! trace context in the AMQP headers, and the spans exported over OTLP (HTTP and gRPC) to
+//! receivers of the test's own (decoded with OpenTelemetry's protobuf definitions).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,31 +88,135 @@ async fn a_webhooks_events_carry_its_trace_and_two_webhooks_two_traces() {
     stack.stop().await;
 }
 
-/// An OTLP/HTTP receiver: every span it was sent.
+/// An OTLP receiver (over HTTP or gRPC): every span it was sent, with its `service.name`.
 #[derive(Default, Clone)]
 struct Received(Arc<Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>);
 
-async fn receive(State(r): State<Received>, body: Bytes) -> &'static str {
-    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-    for resource in request.resource_spans {
-        let service = resource
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|a| a.key == "service.name")
-            .and_then(|a| a.value.as_ref()?.value.clone())
-            .map(|v| match v {
-                AnyValue::StringValue(s) => s,
-                other => format!("{other:?}"),
-            })
-            .unwrap_or_default();
-        for scope in resource.scope_spans {
-            for span in scope.spans {
-                r.0.lock().unwrap().push((service.clone(), span));
+impl Received {
+    fn record(&self, request: ExportTraceServiceRequest) {
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.clone())
+                .map(|v| match v {
+                    AnyValue::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    self.0.lock().unwrap().push((service.clone(), span));
+                }
             }
         }
     }
+
+    /// The spans of the trace that holds a span named `first`, once spans named `then` have
+    /// arrived in it too (waits up to 10 s).
+    async fn trace_of(
+        &self,
+        first: &str,
+        then: &[&dyn Fn(&str) -> bool],
+    ) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        let mut spans = Vec::new();
+        for _ in 0..100 {
+            spans = self.0.lock().unwrap().clone();
+            if let Some((_, root)) = spans.iter().find(|(_, s)| s.name == first) {
+                let trace = root.trace_id.clone();
+                let in_trace: Vec<_> = spans
+                    .iter()
+                    .filter(|(_, s)| s.trace_id == trace)
+                    .cloned()
+                    .collect();
+                if then
+                    .iter()
+                    .all(|wanted| in_trace.iter().any(|(_, s)| wanted(&s.name)))
+                {
+                    return in_trace;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        spans
+    }
+}
+
+async fn receive(State(r): State<Received>, body: Bytes) -> &'static str {
+    r.record(ExportTraceServiceRequest::decode(body).expect("OTLP protobuf"));
     ""
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.record(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn over_grpc_the_same_trace_reaches_an_otlp_grpc_receiver() {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(received.clone()))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    let ns = unique_ns("trace-grpc");
+    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let env = [
+        ("COEXIST_NAMESPACE", ns.as_str()),
+        ("COEXIST_APP_SECRET", SECRET),
+        ("COEXIST_PARTITIONS", "2"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "shop-coexist"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let (serve, listen) = Process::serving(&env).await;
+    let body = customer_text(ANA, "wamid.GRPC1", t0(), "hola");
+    accepted_within(listen, &body, 30 * SECS, "the webhook accepted").await;
+    let bot = format!("send {ns}.bot");
+    let process = format!("process {ns}.inbound.");
+    // The process span ends after the settle span: both awaited, they may come in two batches.
+    let spans = received
+        .trace_of(
+            "POST /webhook",
+            &[
+                &|n: &str| n.starts_with("settle "),
+                &|n: &str| n.starts_with(&process),
+                &|n: &str| n == bot,
+            ],
+        )
+        .await;
+    let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    for wanted in [
+        "POST /webhook".to_owned(),
+        format!("send {ns}.inbound"),
+        bot.clone(),
+    ] {
+        assert!(names.contains(&wanted.as_str()), "{wanted} in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with(&process)), "{names:?}");
+    assert!(
+        spans.iter().all(|(service, _)| service == "shop-coexist"),
+        "OTEL_SERVICE_NAME wins"
+    );
+    drop(serve);
 }
 
 #[tokio::test]
@@ -139,27 +243,19 @@ async fn spans_reach_an_otlp_receiver_in_one_trace_without_the_customers_data() 
     let body = customer_text(ANA, "wamid.OTLP1", t, text);
     accepted_within(listen, &body, 30 * SECS, "the webhook accepted").await;
     // The spans of that webhook, in one trace.
-    let mut spans = Vec::new();
-    for _ in 0..100 {
-        spans = received.0.lock().unwrap().clone();
-        let server = spans.iter().find(|(_, s)| s.name == "POST /webhook");
-        if let Some((_, server)) = server {
-            let trace = server.trace_id.clone();
-            let in_trace: Vec<_> = spans
-                .iter()
-                .filter(|(_, s)| s.trace_id == trace)
-                .cloned()
-                .collect();
-            let names: Vec<&str> = in_trace.iter().map(|(_, s)| s.name.as_str()).collect();
-            if names.iter().any(|n| n.starts_with("settle "))
-                && names.iter().any(|n| *n == format!("send {ns}.bot"))
-            {
-                spans = in_trace;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let bot = format!("send {ns}.bot");
+    let process = format!("process {ns}.inbound.");
+    // The process span ends after the settle span: both awaited, they may come in two batches.
+    let spans = received
+        .trace_of(
+            "POST /webhook",
+            &[
+                &|n: &str| n.starts_with("settle "),
+                &|n: &str| n.starts_with(&process),
+                &|n: &str| n == bot,
+            ],
+        )
+        .await;
     let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
     let kind = |name: &str| {
         spans

@@ -204,6 +204,10 @@ impl Process {
             .env("COEXIST_REDIS_URL", redis_url())
             .env("COEXIST_LISTEN", "127.0.0.1:0")
             .env("COEXIST_ADMIN_LISTEN", "127.0.0.1:0")
+            // `serve` runs the gate (and the console with a token): never on a fixed port, so
+            // processes of tests running side by side do not collide.
+            .env("COEXIST_GATE_LISTEN", "127.0.0.1:0")
+            .env("COEXIST_CONSOLE_LISTEN", "127.0.0.1:0")
             .env("COEXIST_LOG", "warn,coexist=info")
             .env("COEXIST_LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
