@@ -167,28 +167,36 @@ impl TraceService for Received {
     }
 }
 
-#[tokio::test]
-async fn over_grpc_the_same_trace_reaches_an_otlp_grpc_receiver() {
-    let received = Received::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(received.clone()))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-    tokio::spawn(server);
-    let ns = unique_ns("trace-grpc");
-    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
-    let env = [
+type Spans = Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>;
+
+/// One webhook through `coexist serve` exporting to `endpoint` (with `extra` variables).
+struct Traced {
+    ns: String,
+    /// The spans of its trace, once the process, settle and event spans have come.
+    spans: Spans,
+    _serve: Process,
+    _guards: (NsGuard, AmqpNsGuard),
+}
+
+async fn one_webhook_traced(
+    received: &Received,
+    endpoint: &str,
+    extra: &[(&str, &str)],
+    wamid: &str,
+    text: &str,
+) -> Traced {
+    let ns = unique_ns("trace-otlp");
+    let guards = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
+    let mut env = vec![
         ("COEXIST_NAMESPACE", ns.as_str()),
         ("COEXIST_APP_SECRET", SECRET),
         ("COEXIST_PARTITIONS", "2"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_SERVICE_NAME", "shop-coexist"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
+    env.extend_from_slice(extra);
     let (serve, listen) = Process::serving(&env).await;
-    let body = customer_text(ANA, "wamid.GRPC1", t0(), "hola");
+    let body = customer_text(ANA, wamid, t0(), text);
     accepted_within(listen, &body, 30 * SECS, "the webhook accepted").await;
     let bot = format!("send {ns}.bot");
     let process = format!("process {ns}.inbound.");
@@ -203,6 +211,30 @@ async fn over_grpc_the_same_trace_reaches_an_otlp_grpc_receiver() {
             ],
         )
         .await;
+    Traced {
+        ns,
+        spans,
+        _serve: serve,
+        _guards: guards,
+    }
+}
+
+#[tokio::test]
+async fn over_grpc_the_same_trace_reaches_an_otlp_grpc_receiver() {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(received.clone()))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    let extra = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "shop-coexist"),
+    ];
+    let traced = one_webhook_traced(&received, &endpoint, &extra, "wamid.GRPC1", "hola").await;
+    let (ns, spans) = (&traced.ns, &traced.spans);
+    let (bot, process) = (format!("send {ns}.bot"), format!("process {ns}.inbound."));
     let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
     for wanted in [
         "POST /webhook".to_owned(),
@@ -216,7 +248,6 @@ async fn over_grpc_the_same_trace_reaches_an_otlp_grpc_receiver() {
         spans.iter().all(|(service, _)| service == "shop-coexist"),
         "OTEL_SERVICE_NAME wins"
     );
-    drop(serve);
 }
 
 #[tokio::test]
@@ -228,34 +259,9 @@ async fn spans_reach_an_otlp_receiver_in_one_trace_without_the_customers_data() 
         .route("/v1/traces", axum::routing::post(receive))
         .with_state(received.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let ns = unique_ns("trace-otlp");
-    let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
-    let env = [
-        ("COEXIST_NAMESPACE", ns.as_str()),
-        ("COEXIST_APP_SECRET", SECRET),
-        ("COEXIST_PARTITIONS", "2"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
-    let (serve, listen) = Process::serving(&env).await;
-    let t = t0();
     let text = "mi pedido 4471";
-    let body = customer_text(ANA, "wamid.OTLP1", t, text);
-    accepted_within(listen, &body, 30 * SECS, "the webhook accepted").await;
-    // The spans of that webhook, in one trace.
-    let bot = format!("send {ns}.bot");
-    let process = format!("process {ns}.inbound.");
-    // The process span ends after the settle span: both awaited, they may come in two batches.
-    let spans = received
-        .trace_of(
-            "POST /webhook",
-            &[
-                &|n: &str| n.starts_with("settle "),
-                &|n: &str| n.starts_with(&process),
-                &|n: &str| n == bot,
-            ],
-        )
-        .await;
+    let traced = one_webhook_traced(&received, &endpoint, &[], "wamid.OTLP1", text).await;
+    let (ns, spans) = (&traced.ns, &traced.spans);
     let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
     let kind = |name: &str| {
         spans
@@ -304,11 +310,10 @@ async fn spans_reach_an_otlp_receiver_in_one_trace_without_the_customers_data() 
         attribute(&process.1, "messaging.operation.name"),
         Some(AnyValue::StringValue("process".into()))
     );
-    for (_, span) in &spans {
+    for (_, span) in spans {
         let all = format!("{} {:?}", span.name, span.attributes);
         for secret in [ANA, "wamid.OTLP1", text, "4471"] {
             assert!(!all.contains(secret), "{secret:?} in span {all}");
         }
     }
-    drop(serve);
 }
