@@ -683,6 +683,46 @@ fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
     assert_refused(&out, "is a placeholder");
 }
 
+/// docker compose cannot run here: the compose file and every YAML file under config/ at least
+/// parse, and the observability services come only with their profile.
+#[test]
+fn compose_and_config_yaml_parse() {
+    use yaml_rust2::YamlLoader;
+    let parse = |path: &str| {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        YamlLoader::load_from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+            .remove(0)
+    };
+    let compose = parse("docker-compose.yml");
+    let services = &compose["services"];
+    for name in ["rabbitmq", "redis", "ingress", "gate", "worker"] {
+        assert!(!services[name].is_badvalue(), "service {name}");
+        assert!(
+            services[name]["profiles"].is_badvalue(),
+            "{name} runs by default"
+        );
+    }
+    for name in ["prometheus", "grafana", "jaeger"] {
+        assert_eq!(
+            services[name]["profiles"][0].as_str(),
+            Some("observability"),
+            "{name} only with the observability profile"
+        );
+    }
+    for path in [
+        "config/prometheus/prometheus.yml",
+        "config/prometheus/alerts.yml",
+        "config/prometheus/alerts.test.yml",
+        "config/grafana/provisioning/datasources/prometheus.yml",
+        "config/grafana/provisioning/dashboards/coexist.yml",
+    ] {
+        assert!(!parse(path).is_badvalue(), "{path}");
+    }
+}
+
 /// Nothing Meta sends is dropped in silence: a change of a field coexist does not handle is
 /// reported on stderr (once per field), and the events of the rest are printed.
 #[test]
