@@ -7,9 +7,9 @@
 //!
 //! Spans are exported over OTLP (HTTP/protobuf, or gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`)
 //! only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with
-//! the standard `OTEL_*` variables. Without
-//! it, spans are not recorded (sampled off): only their ids are made, so the trace context still
-//! travels, at the cost of a few random numbers per webhook.
+//! the standard `OTEL_*` variables. Without it, spans are not recorded (sampled off): only their
+//! ids are made, so the trace context still travels, at the cost of a few random numbers per
+//! webhook.
 
 use std::sync::OnceLock;
 
