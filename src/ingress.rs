@@ -137,9 +137,7 @@ async fn receive(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Re
     let server = crate::trace::server("POST", "/webhook", &headers);
     let status = accept(&s, &headers, &held.bytes, &server).await;
     drop(held);
-    crate::trace::note(&server, "http.response.status_code", status.as_u16() as i64);
-    let failed = status.is_server_error().then_some("refused");
-    crate::trace::end(&server, failed);
+    crate::trace::end_server(&server, status, "refused");
     status.into_response()
 }
 

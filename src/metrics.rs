@@ -151,7 +151,7 @@ pub fn applied(applied: &crate::apply::Applied) {
 }
 
 /// Counts confirmed events.
-pub fn published(events: &[Outbound]) {
+pub fn published<'a>(events: impl IntoIterator<Item = &'a Outbound>) {
     for e in events {
         metrics::counter!(EVENTS, "exchange" => e.exchange.as_str(), "type" => e.event.name())
             .increment(1);

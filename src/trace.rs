@@ -25,9 +25,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 /// The version of OpenTelemetry's semantic conventions the spans follow (messaging, RabbitMQ).
 pub const CONVENTIONS: &str = "1.30.0";
 
-/// The AMQP and HTTP headers that carry the trace context.
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+/// The HTTP header that carries the trace context to Meta.
+const TRACEPARENT: &str = "traceparent";
 
 static PROVIDER: OnceLock<(SdkTracerProvider, bool)> = OnceLock::new();
 
@@ -140,20 +139,19 @@ pub fn flush() {
     }
 }
 
-/// Whether spans are exported.
-pub fn exporting() -> bool {
-    PROVIDER.get().is_some_and(|(_, on)| *on)
-}
-
-fn tracer() -> BoxedTracer {
-    if PROVIDER.get().is_none() {
-        let _ = init("coexist");
-    }
-    let scope = InstrumentationScope::builder("coexist")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .with_schema_url(format!("https://opentelemetry.io/schemas/{CONVENTIONS}"))
-        .build();
-    global::tracer_with_scope(scope)
+/// coexist's tracer, made once (after the provider is set up).
+fn tracer() -> &'static BoxedTracer {
+    static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
+    TRACER.get_or_init(|| {
+        if PROVIDER.get().is_none() {
+            let _ = init("coexist");
+        }
+        let scope = InstrumentationScope::builder("coexist")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_schema_url(format!("https://opentelemetry.io/schemas/{CONVENTIONS}"))
+            .build();
+        global::tracer_with_scope(scope)
+    })
 }
 
 /// The trace context an HTTP request carries (an empty context when none).
@@ -230,7 +228,7 @@ pub fn server(method: &'static str, route: &'static str, headers: &HeaderMap) ->
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", route),
         ])
-        .start_with_context(&tracer(), &parent);
+        .start_with_context(tracer(), &parent);
     parent.with_span(span)
 }
 
@@ -256,7 +254,7 @@ pub fn send(
         .span_builder(format!("send {destination}"))
         .with_kind(SpanKind::Producer)
         .with_attributes(attributes)
-        .start_with_context(&tracer(), parent);
+        .start_with_context(tracer(), parent);
     parent.with_span(span)
 }
 
@@ -271,7 +269,7 @@ pub fn process(carried: &Context, queue: &str) -> Context {
     if producer.is_valid() {
         builder = builder.with_links(vec![Link::with_context(producer)]);
     }
-    let span = builder.start_with_context(&tracer(), carried);
+    let span = builder.start_with_context(tracer(), carried);
     carried.with_span(span)
 }
 
@@ -281,7 +279,7 @@ pub fn settle(parent: &Context, queue: &str) -> Context {
         .span_builder(format!("settle {queue}"))
         .with_kind(SpanKind::Consumer)
         .with_attributes(messaging("settle", queue))
-        .start_with_context(&tracer(), parent);
+        .start_with_context(tracer(), parent);
     parent.with_span(span)
 }
 
@@ -294,7 +292,11 @@ pub fn end(cx: &Context, error: Option<&str>) {
     span.end();
 }
 
-/// Notes an attribute on the span of `cx`.
-pub fn note(cx: &Context, key: &'static str, value: i64) {
-    cx.span().set_attribute(KeyValue::new(key, value));
+/// Ends the server span of `cx` with the response's status (failed, saying `why`, on a 5xx).
+pub fn end_server(cx: &Context, status: axum::http::StatusCode, why: &str) {
+    cx.span().set_attribute(KeyValue::new(
+        "http.response.status_code",
+        status.as_u16() as i64,
+    ));
+    end(cx, status.is_server_error().then_some(why));
 }

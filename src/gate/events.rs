@@ -176,10 +176,7 @@ async fn run(
             )
             .await;
             match published {
-                Ok(()) => {
-                    let events: Vec<Outbound> = batch.iter().map(|(e, _)| e.clone()).collect();
-                    crate::metrics::published(&events);
-                }
+                Ok(()) => crate::metrics::published(batch.iter().map(|(e, _)| e)),
                 Err(_) => tracing::warn!(
                     events = batch.len(),
                     "stopping: the reply gate's last events were not published"

@@ -276,15 +276,7 @@ async fn send(
     // The reply's trace continues here, and on to Meta and to the gate's events.
     let server = crate::trace::server("POST", "/{version}/{phone_number_id}/messages", &headers);
     let response = send_traced(&gate, &version, &pnid, &headers, body, started, &server).await;
-    crate::trace::note(
-        &server,
-        "http.response.status_code",
-        response.status().as_u16() as i64,
-    );
-    crate::trace::end(
-        &server,
-        response.status().is_server_error().then_some("failed"),
-    );
+    crate::trace::end_server(&server, response.status(), "failed");
     response
 }
 

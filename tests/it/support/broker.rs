@@ -134,17 +134,8 @@ pub struct Taken {
 impl Taken {
     /// The string header `name`, if the event carries one.
     pub fn header(&self, name: &str) -> Option<String> {
-        let headers = self.properties.headers().as_ref()?;
-        headers
-            .inner()
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .and_then(|(_, v)| match v {
-                lapin::types::AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            })
+        use coexist::broker::message::{header, text};
+        header(self.properties.headers(), name).and_then(text)
     }
 }
 
