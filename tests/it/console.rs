@@ -52,10 +52,20 @@ impl ConsoleStack {
     }
 }
 
+/// Signs in and waits for the console's answer (signed in, or refused), so that the next
+/// navigation does not race the form's redirect.
 async fn sign_in(b: &Browser, c: &ConsoleStack, token: &str) {
     b.client.goto(&c.url("/login")).await.unwrap();
     b.type_into(Locator::Css("input[name=token]"), token).await;
     b.click(Locator::Css("form.login button")).await;
+    for _ in 0..100 {
+        let page = text(b).await;
+        if page.contains("Signed in as") || page.contains("not an operator") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("signing in got no answer:\n{}", text(b).await);
 }
 
 /// The page's text; a page in the middle of loading reads as empty (its elements go stale).
