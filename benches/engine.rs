@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
-use coexist::engine::{decide, state::State, Input, Rules};
-use coexist::meta::parse_body;
-use coexist::store::memory::MemoryStore;
-use coexist::time::Millis;
+use coexist::core::apply::Applier;
+use coexist::core::engine::RuleBook;
+use coexist::core::engine::{decide, state::State, Input, Rules};
+use coexist::core::meta::parse_body;
+use coexist::core::store::memory::MemoryStore;
+use coexist::core::time::Millis;
 
 fn body(i: usize) -> Vec<u8> {
     let customer = 5_215_550_000_000u64 + (i % 10_000) as u64;

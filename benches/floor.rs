@@ -21,16 +21,16 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
-use coexist::engine::{Input, Rules};
-use coexist::meta::parse_body;
-use coexist::store::redis::RedisStore;
-use coexist::time::Millis;
+use coexist::adapters::redis::RedisStore;
+use coexist::core::apply::Applier;
+use coexist::core::engine::RuleBook;
+use coexist::core::engine::{Input, Rules};
+use coexist::core::meta::parse_body;
+use coexist::core::time::Millis;
 
 /// Messages/s and this process's CPU µs per message with `window` confirms in flight.
 async fn run(n: usize, window: usize) -> (f64, f64) {
-    let conn = coexist::broker::connect(&amqp_url(), "bench-floor")
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-floor")
         .await
         .unwrap();
     let queue = format!("bench-floor-{}-{window}", std::process::id());

@@ -33,7 +33,7 @@ use lapin::BasicProperties;
 
 /// Persistent messages with confirms into a quorum queue, consumed with acks: messages/s.
 async fn broker_ceiling(n: usize) -> f64 {
-    let conn = coexist::broker::connect(&amqp_url(), "bench-ceiling")
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-ceiling")
         .await
         .unwrap();
     let queue = format!("bench-ceiling-{}", std::process::id());
@@ -157,7 +157,7 @@ fn main() {
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(collect_events(ns.clone(), arrivals.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let ts = coexist::time::Millis::now().0 / 1000;
+        let ts = coexist::core::time::Millis::now().0 / 1000;
 
         // BENCH_BACKLOG_ONLY=1: the ceiling and the backlog alone.
         let backlog_only = std::env::var("BENCH_BACKLOG_ONLY").is_ok_and(|v| v == "1");
@@ -182,7 +182,7 @@ fn main() {
 
             // The sustained rate: the highest posting rate held for `hold` with the inbound
             // backlog not growing, stepping up from half the burst rate by a tenth of it.
-            let conn = coexist::broker::connect(&amqp_url(), "bench-backlog").await.unwrap();
+            let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-backlog").await.unwrap();
             let ch = conn.create_channel().await.unwrap();
             let hold = if full { Duration::from_secs(20) } else { Duration::from_secs(2) };
             let mut sustained = 0.0;

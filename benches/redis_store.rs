@@ -9,12 +9,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coexist::apply::Applier;
-use coexist::engine::RuleBook;
-use coexist::engine::{Input, Rules};
-use coexist::meta::parse_body;
-use coexist::store::redis::RedisStore;
-use coexist::time::Millis;
+use coexist::adapters::redis::RedisStore;
+use coexist::core::apply::Applier;
+use coexist::core::engine::RuleBook;
+use coexist::core::engine::{Input, Rules};
+use coexist::core::meta::parse_body;
+use coexist::core::time::Millis;
 
 const IN_FLIGHT: usize = 64;
 

@@ -41,7 +41,7 @@ fn main() {
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(collect_events(system.ns.clone(), arrivals.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let ts = coexist::time::Millis::now().0 / 1000;
+        let ts = coexist::core::time::Millis::now().0 / 1000;
         let addr = system.ingress_addr;
 
         // The machine's rate: 32 clients as fast as they are answered, for 15 s (1 s in smoke).
@@ -85,7 +85,7 @@ fn main() {
             record.lock().unwrap().insert(format!("wamid.P{}", n_burst + k), (w as usize, Instant::now()));
         });
 
-        let conn = coexist::broker::connect(&amqp_url(), "bench-soak").await.unwrap();
+        let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-soak").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         let pids: Vec<u32> = system.workers.iter().map(|w| w.id()).collect();
         let mut rows: Vec<Row> = Vec::new();

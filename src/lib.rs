@@ -32,29 +32,8 @@
 //! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
 //!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
 
-pub mod apply;
-pub mod asyncapi;
-pub mod broker;
-pub mod config;
-pub mod console;
-pub mod dlq;
-pub mod domain;
-pub mod engine;
-pub mod gate;
-pub mod http;
-pub mod ingress;
-pub mod meta;
-pub mod metrics;
-pub mod operator;
-pub mod process;
-pub mod retry;
-pub mod secret;
-pub mod send;
-pub mod store;
-pub mod summary;
-pub mod supervise;
-pub mod tail;
-pub mod time;
-pub mod trace;
-pub mod unit;
-pub mod worker;
+pub mod adapters;
+pub mod core;
+pub mod runtime;
+pub mod services;
+pub mod tools;

@@ -144,7 +144,7 @@ impl Client {
 
     /// Posts a webhook body signed as Meta signs it: the status.
     pub async fn post(&mut self, body: &str) -> u16 {
-        let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+        let sig = coexist::services::ingress::sign(SECRET, body.as_bytes());
         self.send("/webhook", &format!("X-Hub-Signature-256: {sig}\r\n"), body)
             .await
     }
@@ -192,7 +192,7 @@ pub fn quorum() -> FieldTable {
 
 /// Collects event arrival instants by message id from `{ns}.bot.events`.
 pub async fn collect_events(ns: String, arrivals: Arc<Mutex<HashMap<String, Instant>>>) {
-    let conn = coexist::broker::connect(&amqp_url(), "bench-events")
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-events")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -508,7 +508,7 @@ impl System {
 
     /// Messages waiting in the inbound partition queues (ready and unacknowledged).
     pub async fn backlog(&self, ch: &lapin::Channel) -> u32 {
-        let t = coexist::broker::Topology::new(&self.ns, self.partitions);
+        let t = coexist::adapters::broker::Topology::new(&self.ns, self.partitions);
         let mut sum = 0;
         for p in 0..self.partitions {
             let q = ch
@@ -544,11 +544,11 @@ impl System {
         {
             let _ = p.wait();
         }
-        let conn = coexist::broker::connect(&amqp_url(), "bench-cleanup")
+        let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-cleanup")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        let t = coexist::broker::Topology::new(&self.ns, self.partitions);
+        let t = coexist::adapters::broker::Topology::new(&self.ns, self.partitions);
         for q in t.queues() {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

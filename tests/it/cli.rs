@@ -439,10 +439,13 @@ fn conversation_show_finds_a_customer_by_any_linked_name() {
     let bsuid = "US.13491208655302741918";
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = coexist::store::redis::RedisStore::connect(&redis_url(), &ns.0)
+        let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &ns.0)
             .await
             .unwrap();
-        let engine = coexist::apply::Applier::new(store, book(coexist::engine::Rules::default()));
+        let engine = coexist::core::apply::Applier::new(
+            store,
+            book(coexist::core::engine::Rules::default()),
+        );
         let t = t0();
         feed(&engine, &echo_text(ANA, "wamid.CN1", t, "Te atiendo"), t).await;
         // A message naming both links the id to the phone's conversation.
@@ -573,12 +576,13 @@ fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = t0();
     let store = rt
-        .block_on(coexist::store::redis::RedisStore::connect(
+        .block_on(coexist::adapters::redis::RedisStore::connect(
             &redis_url(),
             &ns.0,
         ))
         .unwrap();
-    let engine = coexist::apply::Applier::new(store, book(coexist::engine::Rules::default()));
+    let engine =
+        coexist::core::apply::Applier::new(store, book(coexist::core::engine::Rules::default()));
     rt.block_on(async {
         // Luis was answered an hour after Ana: Ana's pause ends first.
         feed(&engine, &echo_text(LUIS, "wamid.LS2", t, "Hola Luis"), t).await;
@@ -602,7 +606,7 @@ fn conversation_list_shows_who_is_with_a_human_soonest_release_first() {
     assert_eq!(paused[0]["phone_number_id"], json!(PNID));
     assert_eq!(
         paused[0]["paused_until"],
-        json!(coexist::time::Millis::from_secs(t - 3600 + 7 * 86_400).rfc3339())
+        json!(coexist::core::time::Millis::from_secs(t - 3600 + 7 * 86_400).rfc3339())
     );
     assert_eq!(paused[1]["customer"], json!(LUIS));
     assert_eq!(

@@ -354,19 +354,22 @@ async fn cluster_redis_primary_killed_keeps_the_pause() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Redis Cluster of scripts/cluster: scripts/test runs it"]
 async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
-    use coexist::apply::Delivery;
-    use coexist::engine::Input;
-    use coexist::store::StateStore;
+    use coexist::core::apply::Delivery;
+    use coexist::core::engine::Input;
+    use coexist::core::store::StateStore;
     let ns = unique_ns("cl-twice");
     let _keys = ClusterNsGuard(ns.clone());
     let store = cluster_store(&ns, 0).await;
-    let engine =
-        coexist::apply::Applier::new(store.clone(), book(coexist::engine::Rules::default()));
+    let engine = coexist::core::apply::Applier::new(
+        store.clone(),
+        book(coexist::core::engine::Rules::default()),
+    );
     let t = t0();
-    let now = coexist::time::Millis::from_secs(t);
-    let items = coexist::meta::parse_body(customer_text(ANA, "wamid.TW1", t, "hola").as_bytes())
-        .unwrap()
-        .items;
+    let now = coexist::core::time::Millis::from_secs(t);
+    let items =
+        coexist::core::meta::parse_body(customer_text(ANA, "wamid.TW1", t, "hola").as_bytes())
+            .unwrap()
+            .items;
     let first = engine.apply(&Input::Item(&items[0]), now).await.unwrap();
     // The cluster client sends a command again when a node fails before answering; a commit
     // that already took effect finds its dedup mark, so the second run writes nothing and the
@@ -374,7 +377,7 @@ async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
     let again = engine.apply(&Input::Item(&items[0]), now).await.unwrap();
     assert!(matches!(first.delivery, Delivery::Fresh));
     assert!(matches!(again.delivery, Delivery::Redelivered));
-    let ids = |a: &coexist::apply::Applied| {
+    let ids = |a: &coexist::core::apply::Applied| {
         a.events
             .iter()
             .map(|e| e.event.event_id.clone())

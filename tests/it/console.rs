@@ -15,7 +15,7 @@ const TOKEN: &str = "ana-console-token";
 /// An ingress, a worker and the console in their own namespace.
 struct ConsoleStack {
     stack: Stack,
-    console: coexist::console::Running,
+    console: coexist::services::console::Running,
     _shutdown: CancellationToken,
 }
 
@@ -32,7 +32,7 @@ impl ConsoleStack {
         )
         .await;
         let shutdown = CancellationToken::new();
-        let console = coexist::console::start(&stack.config, &shutdown)
+        let console = coexist::services::console::start(&stack.config, &shutdown)
             .await
             .unwrap();
         ConsoleStack {
@@ -139,7 +139,7 @@ async fn sign_in_is_required_wrong_tokens_refused_and_cross_site_posts_refused()
     let cookies = b.client.get_all_cookies().await.unwrap();
     let session = cookies
         .iter()
-        .find(|k| k.name() == coexist::console::COOKIE)
+        .find(|k| k.name() == coexist::services::console::COOKIE)
         .expect("the session cookie");
     assert_eq!(session.http_only(), Some(true), "HttpOnly");
     assert_eq!(
@@ -252,14 +252,14 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
         .await;
     b.click(form("form[action='/extend'] button")).await;
     until_shown(&b, "Extend •••0002 by 1day: done", false).await;
-    let store = coexist::store::redis::RedisStore::connect(&redis_url(), &c.stack.ns)
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &c.stack.ns)
         .await
         .unwrap();
-    let scope = coexist::domain::Scope::conversation(
+    let scope = coexist::core::domain::Scope::conversation(
         PNID,
-        coexist::domain::CustomerKey::parse(LUIS).unwrap(),
+        coexist::core::domain::CustomerKey::parse(LUIS).unwrap(),
     );
-    let view = coexist::operator::show(&store, &scope, coexist::time::Millis::now())
+    let view = coexist::tools::operator::show(&store, &scope, coexist::core::time::Millis::now())
         .await
         .unwrap();
     let extended = humantime::parse_rfc3339(view.paused_until.as_deref().unwrap()).unwrap();
@@ -326,8 +326,10 @@ async fn dead_letters_are_listed_discarded_and_replayed_each_after_asking() {
     until_shown(&b, "Are you sure?", false).await;
     b.click(Locator::Css("main form button")).await;
     until_shown(&b, "Replayed", false).await;
-    let topology = coexist::broker::Topology::new(&c.stack.ns, c.stack.config.partitions);
-    let left = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let topology = coexist::adapters::broker::Topology::new(&c.stack.ns, c.stack.config.partitions);
+    let left = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
     assert_eq!(
         left.len(),
         1,

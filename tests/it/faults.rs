@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::broker::Topology;
+use coexist::adapters::broker::Topology;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -35,14 +35,16 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     let topology = Topology::new(&stack.ns, 4);
     let mut entries = Vec::new();
     for _ in 0..100 {
-        entries = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+        entries = coexist::tools::dlq::list(&amqp_url(), &topology)
+            .await
+            .unwrap();
         if !entries.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(entries.len(), 1, "dead-lettered after its attempts");
-    assert_eq!(entries[0].stage, coexist::broker::Stage::Worker);
+    assert_eq!(entries[0].stage, coexist::adapters::broker::Stage::Worker);
     assert!(
         entries[0].reason.contains("cannot be read"),
         "{:?}",
@@ -72,12 +74,12 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
             .len(),
         2
     );
-    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None, |_, _| {})
+    let replayed = coexist::tools::dlq::replay(&amqp_url(), &topology, None, |_, _| {})
         .await
         .unwrap();
     assert_eq!(
         replayed,
-        coexist::dlq::Replayed {
+        coexist::tools::dlq::Replayed {
             replayed: 1,
             units: 1,
             parked_again: 0
@@ -91,7 +93,7 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     );
     assert_eq!(human[0].body["message"]["text"], json!("¿hay envío?"));
     stays_empty(&stack.ns, "bot", "nothing more").await;
-    assert!(coexist::dlq::list(&amqp_url(), &topology)
+    assert!(coexist::tools::dlq::list(&amqp_url(), &topology)
         .await
         .unwrap()
         .is_empty());
@@ -168,7 +170,7 @@ async fn the_broker_dropping_every_connection_mid_load_loses_nothing() {
                     t,
                     &i.to_string(),
                 );
-                let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+                let sig = coexist::services::ingress::sign(SECRET, body.as_bytes());
                 // Meta retries until it gets a 200.
                 loop {
                     let status = http(

@@ -15,7 +15,7 @@ const AGENT_AUTH: &str = "Bearer agent-own-meta-token";
 struct GateStack {
     stack: Stack,
     graph: GraphStandIn,
-    gate: coexist::gate::Running,
+    gate: coexist::services::gate::Running,
     _shutdown: CancellationToken,
 }
 
@@ -29,7 +29,7 @@ impl GateStack {
         vars.extend_from_slice(extra);
         let stack = Stack::start(name, 1, &vars).await;
         let shutdown = CancellationToken::new();
-        let gate = coexist::gate::start(&stack.config, &shutdown)
+        let gate = coexist::services::gate::start(&stack.config, &shutdown)
             .await
             .unwrap();
         GateStack {
@@ -361,7 +361,9 @@ async fn bad_bodies_are_400_and_meta_away_is_502_within_the_bound() {
         ],
     );
     let shutdown = CancellationToken::new();
-    let gate = coexist::gate::start(&config, &shutdown).await.unwrap();
+    let gate = coexist::services::gate::start(&config, &shutdown)
+        .await
+        .unwrap();
     let body = text_reply(ANA, "hola").to_string();
     let path = format!("/v21.0/{PNID}/messages");
     // No state yet: no customer message, so no window either; a template is judged on holding only.

@@ -345,7 +345,7 @@ async fn webhooks_past_the_confirm_bound_are_shed_and_the_rest_delivered() {
         60,
         "every webhook answered 200 produces its event"
     );
-    assert!(coexist::metrics::render().contains("reason=\"shed\""));
+    assert!(coexist::runtime::metrics::render().contains("reason=\"shed\""));
     stack.stop().await;
 }
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use coexist::apply::{Applier, Delivery};
-use coexist::engine::Rules;
-use coexist::store::StateStore;
+use coexist::core::apply::{Applier, Delivery};
+use coexist::core::engine::Rules;
+use coexist::core::store::StateStore;
 use serde_json::{json, Value};
 
 use crate::support::*;

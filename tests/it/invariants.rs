@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use coexist::apply::Delivery;
-use coexist::domain::{CustomerKey, Scope};
-use coexist::engine::reply::{judge, Reply};
-use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::meta::parse_body;
-use coexist::store::StateStore;
-use coexist::time::Millis;
+use coexist::core::apply::Delivery;
+use coexist::core::domain::{CustomerKey, Scope};
+use coexist::core::engine::reply::{judge, Reply};
+use coexist::core::engine::{Input, OperatorAction, Rules};
+use coexist::core::meta::parse_body;
+use coexist::core::store::StateStore;
+use coexist::core::time::Millis;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -276,7 +276,7 @@ fn triple(ev: Ev) -> (String, String, String, Option<String>) {
     (ev.exchange, ev.kind, id, token)
 }
 
-fn events_of(a: &coexist::apply::Applied) -> Saw {
+fn events_of(a: &coexist::core::apply::Applied) -> Saw {
     events(a).into_iter().map(triple).collect()
 }
 

@@ -32,7 +32,8 @@ fn exported(name: &str) -> bool {
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);
-    coexist::metrics::NAMES.contains(&base) || coexist::metrics::NAMES.contains(&name)
+    coexist::runtime::metrics::NAMES.contains(&base)
+        || coexist::runtime::metrics::NAMES.contains(&name)
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Meta's webhook model: every field and type read, unknown ones tolerated, bad input a clear
 //! error or a tolerated item, never a panic.
 
-use coexist::engine::input::{Change, Direction, Echo, ItemKind};
-use coexist::meta::{parse_body, BodyError};
+use coexist::core::engine::input::{Change, Direction, Echo, ItemKind};
+use coexist::core::meta::{parse_body, BodyError};
 use serde_json::json;
 
 use crate::support::*;
@@ -335,7 +335,7 @@ async fn mutated_bodies_never_panic() {
         rng ^= rng << 17;
         rng
     };
-    let engine = memory_engine(coexist::engine::Rules::default());
+    let engine = memory_engine(coexist::core::engine::Rules::default());
     let alphabet = b"{}[]\":,0123456789 abcnulltruefalse\\";
     let mut parsed = 0;
     for round in 0..4000 {
@@ -355,8 +355,8 @@ async fn mutated_bodies_never_panic() {
             for item in &read.items {
                 let _ = engine
                     .apply(
-                        &coexist::engine::Input::Item(item),
-                        coexist::time::Millis::from_secs(1_764_000_000),
+                        &coexist::core::engine::Input::Item(item),
+                        coexist::core::time::Millis::from_secs(1_764_000_000),
                     )
                     .await
                     .unwrap();
@@ -463,7 +463,7 @@ async fn the_corpus_loses_nothing_and_never_names_the_business() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/meta-shapes.jsonl");
     let text = std::fs::read_to_string(path).unwrap();
-    let engine = memory_engine(coexist::engine::Rules::default());
+    let engine = memory_engine(coexist::core::engine::Rules::default());
     let mut bodies = 0;
     let mut types = std::collections::HashSet::new();
     for (line, raw) in text.lines().enumerate() {

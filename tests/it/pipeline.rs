@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use coexist::broker::Topology;
-use coexist::time::Millis;
+use coexist::adapters::broker::Topology;
+use coexist::core::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ async fn handshake_signatures_and_body_limit() {
         401,
         "missing signature"
     );
-    let wrong = coexist::ingress::sign("another-secret", body.as_bytes());
+    let wrong = coexist::services::ingress::sign("another-secret", body.as_bytes());
     assert_eq!(
         http(
             addr,
@@ -73,7 +73,7 @@ async fn handshake_signatures_and_body_limit() {
         401,
         "wrong secret"
     );
-    let good = coexist::ingress::sign(SECRET, body.as_bytes());
+    let good = coexist::services::ingress::sign(SECRET, body.as_bytes());
     let tampered = body.replace("hola", "HOLA");
     assert_eq!(
         http(
@@ -102,7 +102,7 @@ async fn handshake_signatures_and_body_limit() {
     );
 
     let big = customer_text(ANA, "wamid.BIG1", t0(), &"x".repeat(4096));
-    let sig = coexist::ingress::sign(SECRET, big.as_bytes());
+    let sig = coexist::services::ingress::sign(SECRET, big.as_bytes());
     assert_eq!(
         http(
             addr,
@@ -141,14 +141,16 @@ async fn signed_garbage_is_accepted_and_parked() {
     );
     assert_eq!(stack.post(&half).await, 200);
     let topology = Topology::new(&stack.ns, 4);
-    let entries = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let entries = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert!(
         entries[0].reason.starts_with("not JSON"),
         "{:?}",
         entries[0]
     );
-    assert_eq!(entries[0].stage, coexist::broker::Stage::Ingress);
+    assert_eq!(entries[0].stage, coexist::adapters::broker::Stage::Ingress);
     assert_eq!(entries[0].kind.as_deref(), Some("meta.webhook"));
     assert!(
         entries[1].reason.contains("without a sender"),
@@ -159,7 +161,7 @@ async fn signed_garbage_is_accepted_and_parked() {
     // Replaying input that still cannot be placed puts it back, with its reason; the progress
     // counts as it goes.
     let mut counts = Vec::new();
-    let replayed = coexist::dlq::replay(&amqp_url(), &topology, None, |r, total| {
+    let replayed = coexist::tools::dlq::replay(&amqp_url(), &topology, None, |r, total| {
         counts.push((r.replayed, r.parked_again, total))
     })
     .await
@@ -167,20 +169,22 @@ async fn signed_garbage_is_accepted_and_parked() {
     assert_eq!(counts, [(1, 1, 2), (2, 2, 2)]);
     assert_eq!(
         replayed,
-        coexist::dlq::Replayed {
+        coexist::tools::dlq::Replayed {
             replayed: 2,
             units: 0,
             parked_again: 2
         }
     );
-    let again = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let again = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
     let reasons: Vec<&str> = again.iter().map(|e| e.reason.as_str()).collect();
     assert!(
         reasons[0].starts_with("not JSON") && reasons[1].contains("without a sender"),
         "{reasons:?}"
     );
     assert_eq!(
-        coexist::dlq::list(&amqp_url(), &topology)
+        coexist::tools::dlq::list(&amqp_url(), &topology)
             .await
             .unwrap()
             .len(),
@@ -308,7 +312,7 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
     // chosen so that both workers have numbers to decide.
     let topology = Topology::new(&stack.ns, 8);
     let owner = |number: &str| {
-        let p = topology.partition_of(&coexist::domain::Scope::number(number));
+        let p = topology.partition_of(&coexist::core::domain::Scope::number(number));
         shares.iter().position(|s| s.contains(&p)).unwrap()
     };
     let candidates: Vec<String> = (0..1000u32).map(|n| format!("41000000{n:07}")).collect();
@@ -362,7 +366,7 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
 async fn a_new_worker_gets_its_share_and_a_stopped_ones_share_moves() {
     let mut stack = Stack::start("share", 1, &[("COEXIST_PARTITIONS", "8")]).await;
     assert_eq!(stack.workers[0].owned().len(), 8);
-    let second = coexist::worker::start(&stack.config, &CancellationToken::new())
+    let second = coexist::services::worker::start(&stack.config, &CancellationToken::new())
         .await
         .unwrap();
     let started = std::time::Instant::now();

@@ -38,7 +38,7 @@ async fn sigterm_stops_a_worker_within_ten_seconds() {
         "a clean exit within 10 s of SIGTERM"
     );
     // What it finished is published; what it handed back is for the next worker.
-    let next = coexist::worker::start(&stack.config, &CancellationToken::new())
+    let next = coexist::services::worker::start(&stack.config, &CancellationToken::new())
         .await
         .unwrap();
     let (got, _) = take_distinct(&stack.ns, "bot", 20, 30 * SECS).await;
@@ -178,8 +178,12 @@ async fn dropping_a_worker_or_the_ingress_without_stop_leaves_nothing_running() 
     let (_redis, _amqp) = (NsGuard(ns.clone()), AmqpNsGuard(ns.clone()));
     let config = stack_config(&ns, &[]);
     let never = CancellationToken::new(); // nobody cancels it: only the drops stop anything
-    let worker = coexist::worker::start(&config, &never).await.unwrap();
-    let ingress = coexist::ingress::start(&config, &never).await.unwrap();
+    let worker = coexist::services::worker::start(&config, &never)
+        .await
+        .unwrap();
+    let ingress = coexist::services::ingress::start(&config, &never)
+        .await
+        .unwrap();
     let (id, admin, listen, link) = (
         worker.id.clone(),
         worker.admin_addr,
@@ -395,7 +399,7 @@ async fn send_signs_and_posts_and_says_what_was_refused() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         said.lines().filter(|l| l.contains("retrying in")).count(),
-        coexist::send::ATTEMPTS as usize - 1,
+        coexist::tools::send::ATTEMPTS as usize - 1,
         "{said}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::apply::{Applier, Delivery};
-use coexist::engine::{Input, Rules};
-use coexist::meta::parse_body;
-use coexist::time::Millis;
+use coexist::core::apply::{Applier, Delivery};
+use coexist::core::engine::{Input, Rules};
+use coexist::core::meta::parse_body;
+use coexist::core::time::Millis;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -390,11 +390,12 @@ async fn an_unfinished_claim_comes_due_again_with_the_same_event() {
 #[tokio::test]
 async fn redis_unreachable_is_an_error_not_a_decision() {
     let started = std::time::Instant::now();
-    assert!(
-        coexist::store::redis::RedisStore::connect("redis://127.0.0.1:1", "test-unreachable")
-            .await
-            .is_err()
-    );
+    assert!(coexist::adapters::redis::RedisStore::connect(
+        "redis://127.0.0.1:1",
+        "test-unreachable"
+    )
+    .await
+    .is_err());
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "fails fast: {:?}",
@@ -405,7 +406,7 @@ async fn redis_unreachable_is_an_error_not_a_decision() {
     let proxy = TcpProxy::start("127.0.0.1:6379").await;
     let ns = NsGuard(unique_ns("outage"));
     let store =
-        coexist::store::redis::RedisStore::connect(&format!("redis://{}", proxy.addr), &ns.0)
+        coexist::adapters::redis::RedisStore::connect(&format!("redis://{}", proxy.addr), &ns.0)
             .await
             .unwrap();
     let e = Applier::new(store, book(Rules::default()));
@@ -453,17 +454,18 @@ async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
     // The test server has no replicas: asked for one, each commit waits its second for `WAIT`,
     // is counted as a shortfall, and takes effect all the same.
     let ns = NsGuard(unique_ns("replicas"));
-    let target =
-        coexist::store::redis::RedisTarget::Server(coexist::secret::Secret::new(redis_url()));
-    let store = coexist::store::redis::RedisStore::open(&target, &ns.0, 1)
+    let target = coexist::adapters::redis::RedisTarget::Server(
+        coexist::runtime::secret::Secret::new(redis_url()),
+    );
+    let store = coexist::adapters::redis::RedisStore::open(&target, &ns.0, 1)
         .await
         .unwrap();
     let e = Applier::new(store, book(Rules::default()));
     let shortfalls = || {
-        coexist::metrics::render()
+        coexist::runtime::metrics::render()
             .lines()
             .find_map(|l| {
-                l.strip_prefix(coexist::metrics::REPLICA_SHORTFALLS)?
+                l.strip_prefix(coexist::runtime::metrics::REPLICA_SHORTFALLS)?
                     .trim()
                     .parse::<f64>()
                     .ok()
@@ -492,8 +494,8 @@ async fn a_commit_short_of_its_replicas_is_counted_and_still_made() {
         "ten commits while short took {:?}",
         started.elapsed()
     );
-    let skipped = coexist::metrics::render()
+    let skipped = coexist::runtime::metrics::render()
         .lines()
-        .any(|l| l.starts_with(coexist::metrics::REPLICA_WAITS_SKIPPED));
+        .any(|l| l.starts_with(coexist::runtime::metrics::REPLICA_WAITS_SKIPPED));
     assert!(skipped, "the skipped waits are counted");
 }

@@ -96,8 +96,10 @@ async fn drill_a_memory_alarm_is_answered_503_at_once_and_loses_nothing() {
     for id in &want {
         assert!(ids.contains(id), "{id} lost: {ids:?}");
     }
-    let topology = coexist::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let dead = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
     stack.stop().await;
 }
@@ -165,8 +167,10 @@ async fn drill_redis_out_of_memory_is_waited_out_never_dead_lettered() {
     assert_eq!(redis_cli(&["config", "set", "maxmemory", "0"]), "OK");
     let (events, _) = take_distinct(&stack.ns, "bot", 30, 60 * SECS).await;
     assert_eq!(events.len(), 30, "everything published after");
-    let topology = coexist::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let dead = coexist::dlq::list(&amqp_url(), &topology).await.unwrap();
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
     assert!(
         dead.is_empty(),
         "a passing fault dead-letters nothing: {dead:?}"
@@ -213,10 +217,10 @@ async fn a_backlog_drains_in_order_and_loses_nothing() {
     }
     eprintln!("{total} webhooks accepted with no worker running");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let a = coexist::worker::start(&stack.config, &shutdown)
+    let a = coexist::services::worker::start(&stack.config, &shutdown)
         .await
         .unwrap();
-    let b = coexist::worker::start(&stack.config, &shutdown)
+    let b = coexist::services::worker::start(&stack.config, &shutdown)
         .await
         .unwrap();
     let started = Instant::now();

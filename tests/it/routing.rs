@@ -2,12 +2,12 @@
 //! `messaging_handovers`, groups kept apart, `by` on every change of hands, `user_preferences`,
 //! change-level errors. Each scenario runs on memory, Redis and Redis Cluster.
 
-use coexist::apply::Applier;
-use coexist::domain::{CustomerKey, Scope};
-use coexist::engine::{Input, OperatorAction};
-use coexist::meta::parse_body;
-use coexist::store::StateStore;
-use coexist::time::Millis;
+use coexist::core::apply::Applier;
+use coexist::core::domain::{CustomerKey, Scope};
+use coexist::core::engine::{Input, OperatorAction};
+use coexist::core::meta::parse_body;
+use coexist::core::store::StateStore;
+use coexist::core::time::Millis;
 use serde_json::{json, Value};
 
 use crate::support::*;

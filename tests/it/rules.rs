@@ -1,11 +1,11 @@
 //! One scenario per rule (docs/contract.md, "Rules"), each run against the in-memory store and against the
 //! Redis store on the real local Redis (own namespace per test).
 
-use coexist::apply::Applier;
-use coexist::domain::{CustomerKey, Scope};
-use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::store::StateStore;
-use coexist::time::Millis;
+use coexist::core::apply::Applier;
+use coexist::core::domain::{CustomerKey, Scope};
+use coexist::core::engine::{Input, OperatorAction, Rules};
+use coexist::core::store::StateStore;
+use coexist::core::time::Millis;
 use serde_json::json;
 use std::time::Duration;
 
@@ -687,13 +687,13 @@ async fn event_ids_are_deterministic_across_engines() {
 #[tokio::test]
 async fn per_number_rules_apply_to_their_number_only() {
     let t = t0();
-    let mut book = coexist::engine::RuleBook::default();
+    let mut book = coexist::core::engine::RuleBook::default();
     book.numbers.insert(
         PNID.into(),
         Rules::new("#bot", Duration::from_secs(3600), Duration::from_secs(600)),
     );
     let e = Applier::new(
-        coexist::store::memory::MemoryStore::new(),
+        coexist::core::store::memory::MemoryStore::new(),
         std::sync::Arc::new(book),
     );
     let h = feed(&e, &echo_text(ANA, "wamid.U1", t, "te atiendo"), t).await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coexist::time::Clock;
+use coexist::core::time::Clock;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -65,8 +65,8 @@ async fn readyz_is_503_while_an_owned_partition_is_not_consumed() {
         (status == 200).then_some(()).ok_or(body)
     })
     .await;
-    let topology = coexist::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let conn = coexist::broker::connect(&amqp_url(), "test-delete")
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "test-delete")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -101,14 +101,14 @@ async fn readyz_is_503_while_an_owned_partition_is_not_consumed() {
 async fn a_worker_whose_clock_is_ahead_keeps_a_stable_split() {
     let stack = Stack::start("skew", 0, &[]).await;
     let shutdown = CancellationToken::new();
-    let honest = coexist::worker::start(&stack.config, &shutdown)
+    let honest = coexist::services::worker::start(&stack.config, &shutdown)
         .await
         .unwrap();
-    let options = coexist::worker::Options {
+    let options = coexist::services::worker::Options {
         clock: Clock::skewed(30_000),
         ..Default::default()
     };
-    let ahead = coexist::worker::start_with(&stack.config, &shutdown, options)
+    let ahead = coexist::services::worker::start_with(&stack.config, &shutdown, options)
         .await
         .unwrap();
     let partitions = stack.config.partitions as usize;

@@ -24,7 +24,7 @@ fn trace_id(traceparent: &str) -> &str {
 async fn post_with(addr: std::net::SocketAddr, body: &str, traceparent: Option<&str>) -> u16 {
     let mut headers = vec![(
         "X-Hub-Signature-256",
-        coexist::ingress::sign(SECRET, body.as_bytes()),
+        coexist::services::ingress::sign(SECRET, body.as_bytes()),
     )];
     if let Some(tp) = traceparent {
         headers.push(("traceparent", tp.to_owned()));

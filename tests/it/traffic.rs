@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coexist::apply::{Applier, Delivery};
-use coexist::engine::RuleBook;
-use coexist::engine::{Input, OperatorAction, Rules};
-use coexist::store::StateStore;
-use coexist::time::Millis;
+use coexist::core::apply::{Applier, Delivery};
+use coexist::core::engine::RuleBook;
+use coexist::core::engine::{Input, OperatorAction, Rules};
+use coexist::core::store::StateStore;
+use coexist::core::time::Millis;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -336,8 +336,10 @@ async fn r16_handback_after_a_timeout<S: StateStore>(e: &Applier<S>, t: i64) {
 
 both!(r16_handback_after_an_operator_release);
 async fn r16_handback_after_an_operator_release<S: StateStore>(e: &Applier<S>, t: i64) {
-    let scope =
-        coexist::domain::Scope::conversation(PNID, coexist::domain::CustomerKey::WaId(ANA.into()));
+    let scope = coexist::core::domain::Scope::conversation(
+        PNID,
+        coexist::core::domain::CustomerKey::WaId(ANA.into()),
+    );
     let op = |action, at: i64| Input::Operator {
         scope: scope.clone(),
         action,

@@ -103,13 +103,15 @@ fn clean_amqp(url: String, ns: String) {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let Ok(conn) = coexist::broker::connect(&url, "coexist-test-cleanup").await else {
+                let Ok(conn) =
+                    coexist::adapters::broker::connect(&url, "coexist-test-cleanup").await
+                else {
                     return;
                 };
                 let Ok(ch) = conn.create_channel().await else {
                     return;
                 };
-                let t = coexist::broker::Topology::new(&ns, 64);
+                let t = coexist::adapters::broker::Topology::new(&ns, 64);
                 for q in t.queues() {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
@@ -134,7 +136,7 @@ pub struct Taken {
 impl Taken {
     /// The string header `name`, if the event carries one.
     pub fn header(&self, name: &str) -> Option<String> {
-        use coexist::broker::message::{header, text};
+        use coexist::adapters::broker::message::{header, text};
         header(self.properties.headers(), name).and_then(text)
     }
 }
@@ -153,7 +155,7 @@ pub async fn take_events_at(
     want: usize,
     within: Duration,
 ) -> Vec<Taken> {
-    let conn = coexist::broker::connect(url, "coexist-test-reader")
+    let conn = coexist::adapters::broker::connect(url, "coexist-test-reader")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -193,7 +195,7 @@ pub async fn first_event(
     within: Duration,
     wanted: impl Fn(&Taken) -> bool,
 ) -> Option<(std::time::Instant, Taken)> {
-    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-watch")
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "coexist-test-watch")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -232,7 +234,7 @@ pub struct Watch {
 impl Watch {
     pub async fn start(ns: &str, exchange: &str, routing_key: &str) -> Watch {
         use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-        let conn = coexist::broker::connect(&amqp_url(), "coexist-test-watch")
+        let conn = coexist::adapters::broker::connect(&amqp_url(), "coexist-test-watch")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -400,7 +402,7 @@ pub async fn stays_empty(ns: &str, exchange: &str, why: &str) {
 
 /// Messages ready (not yet delivered to a consumer) in all of a namespace's partitions.
 pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
-    let t = coexist::broker::Topology::new(ns, partitions);
+    let t = coexist::adapters::broker::Topology::new(ns, partitions);
     let queues: Vec<String> = (0..partitions)
         .map(|p| t.partition_queue(p).to_owned())
         .collect();
@@ -409,7 +411,7 @@ pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
 
 /// Messages ready in these queues together, read with passive declares.
 async fn ready_in(queues: &[String]) -> u32 {
-    let conn = coexist::broker::connect(&amqp_url(), "coexist-test-count")
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "coexist-test-count")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use super::*;
-use coexist::apply::{Applied, Applier};
-use coexist::engine::input::Item;
-use coexist::engine::Input;
-use coexist::engine::RuleBook;
-use coexist::meta::parse_body;
-use coexist::store::memory::MemoryStore;
-use coexist::store::redis::RedisStore;
-use coexist::store::StateStore;
-use coexist::time::Millis;
+use coexist::adapters::redis::RedisStore;
+use coexist::core::apply::{Applied, Applier};
+use coexist::core::engine::input::Item;
+use coexist::core::engine::Input;
+use coexist::core::engine::RuleBook;
+use coexist::core::meta::parse_body;
+use coexist::core::store::memory::MemoryStore;
+use coexist::core::store::StateStore;
+use coexist::core::time::Millis;
 use serde_json::Value;
 
 pub fn book(rules: impl Into<RuleBook>) -> Arc<RuleBook> {
@@ -39,7 +39,7 @@ pub async fn redis_engine(
 /// memory, and Redis in a namespace of its own. The rules default to [`Rules::default`].
 macro_rules! both {
     ($name:ident) => {
-        both!($name, coexist::engine::Rules::default());
+        both!($name, coexist::core::engine::Rules::default());
     };
     ($name:ident, $rules:expr) => {
         mod $name {
@@ -84,10 +84,10 @@ pub async fn cluster_engine(
 pub async fn cluster_store(ns: &str, replicas: u32) -> RedisStore {
     let seeds = redis_cluster_seeds()
         .into_iter()
-        .map(coexist::secret::Secret::new)
+        .map(coexist::runtime::secret::Secret::new)
         .collect();
     RedisStore::open(
-        &coexist::store::redis::RedisTarget::Cluster(seeds),
+        &coexist::adapters::redis::RedisTarget::Cluster(seeds),
         ns,
         replicas,
     )

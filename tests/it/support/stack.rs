@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "test-app-secret";
 
 /// Configuration for a test stack: its own namespace, ports picked by the OS.
-pub fn stack_config(ns: &str, extra: &[(&str, &str)]) -> coexist::config::Config {
+pub fn stack_config(ns: &str, extra: &[(&str, &str)]) -> coexist::runtime::config::Config {
     let mut vars: std::collections::HashMap<String, String> = [
         ("COEXIST_NAMESPACE", ns),
         ("COEXIST_APP_SECRET", SECRET),
@@ -27,15 +27,16 @@ pub fn stack_config(ns: &str, extra: &[(&str, &str)]) -> coexist::config::Config
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }
-    coexist::config::Config::load(None, |k| vars.get(k).cloned()).expect("test configuration")
+    coexist::runtime::config::Config::load(None, |k| vars.get(k).cloned())
+        .expect("test configuration")
 }
 
 /// An ingress and workers in this process, in their own namespace.
 pub struct Stack {
     pub ns: String,
-    pub config: coexist::config::Config,
-    pub ingress: coexist::ingress::Running,
-    pub workers: Vec<coexist::worker::Worker>,
+    pub config: coexist::runtime::config::Config,
+    pub ingress: coexist::services::ingress::Running,
+    pub workers: Vec<coexist::services::worker::Worker>,
     shutdown: CancellationToken,
     _redis: NsGuard,
     _amqp: AmqpNsGuard,
@@ -46,10 +47,16 @@ impl Stack {
         let ns = unique_ns(name);
         let config = stack_config(&ns, extra);
         let shutdown = CancellationToken::new();
-        let ingress = coexist::ingress::start(&config, &shutdown).await.unwrap();
+        let ingress = coexist::services::ingress::start(&config, &shutdown)
+            .await
+            .unwrap();
         let mut ws = Vec::new();
         for _ in 0..workers {
-            ws.push(coexist::worker::start(&config, &shutdown).await.unwrap());
+            ws.push(
+                coexist::services::worker::start(&config, &shutdown)
+                    .await
+                    .unwrap(),
+            );
         }
         let stack = Stack {
             ns: ns.clone(),
@@ -133,7 +140,7 @@ pub async fn accepted_within(addr: std::net::SocketAddr, body: &str, within: Dur
 
 /// Posts a body signed with the test secret to `addr`'s `/webhook`: the status.
 pub async fn post_signed(addr: std::net::SocketAddr, body: &str) -> u16 {
-    let sig = coexist::ingress::sign(SECRET, body.as_bytes());
+    let sig = coexist::services::ingress::sign(SECRET, body.as_bytes());
     http(
         addr,
         "POST",

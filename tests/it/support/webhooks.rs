@@ -1,7 +1,7 @@
 //! Webhook bodies in Meta's shape.
 
 use super::*;
-use coexist::time::Millis;
+use coexist::core::time::Millis;
 use serde_json::{json, Value};
 
 /// Now, in whole seconds (Meta's timestamps are seconds).

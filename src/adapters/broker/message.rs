@@ -1,0 +1,159 @@
+//! What coexist publishes, encoded for the wire: events (docs/contract.md, "Events"), inbound units, and dead
+//! letters with the headers that say why.
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
+use super::topology::{long, Topology};
+use crate::core::engine::event::Outbound;
+use crate::core::time::Millis;
+use crate::core::unit::Unit;
+
+/// AMQP `type` of an inbound unit, and of a webhook body parked by the ingress.
+pub const UNIT_TYPE: &str = "coexist.unit";
+pub const WEBHOOK_TYPE: &str = "meta.webhook";
+/// AMQP `type` of one item the ingress parked because it names no conversation.
+pub const ITEM_TYPE: &str = "meta.item";
+
+/// Headers of a dead letter written by coexist.
+pub const REASON_HEADER: &str = "x-coexist-reason";
+pub const STAGE_HEADER: &str = "x-coexist-stage";
+pub const ATTEMPTS_HEADER: &str = "x-coexist-attempts";
+
+/// The `conversation` header of every event.
+pub const CONVERSATION_HEADER: &str = "conversation";
+
+/// A header of a received message, by name.
+pub fn header<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+    headers
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+}
+
+/// A header's value as text (long or short string).
+pub fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Where a dead letter was written: its `x-coexist-stage` header and its metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// A signed body, or part of one, that cannot be read.
+    Ingress,
+    /// An item that kept failing in a worker.
+    Worker,
+    /// A dead letter that `dlq replay` still could not place.
+    Replay,
+    /// The broker's own dead-lettering (the delivery limit): no coexist header.
+    Broker,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingress => "ingress",
+            Stage::Worker => "worker",
+            Stage::Replay => "replay",
+            Stage::Broker => "broker",
+        }
+    }
+
+    /// Reads a stage header back (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Stage> {
+        [Stage::Ingress, Stage::Worker, Stage::Replay, Stage::Broker]
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Outgoing {
+    /// An event, with the properties docs/contract.md ("Events") names.
+    pub fn event(topology: &Topology, e: &Outbound) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert(CONVERSATION_HEADER.into(), long(&e.conversation));
+        let name = e.event.name();
+        Outgoing {
+            exchange: topology.exchange(e.exchange).to_owned(),
+            routing_key: name.to_owned(),
+            body: e.json().as_bytes().to_vec(),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(e.event.event_id.as_str().into())
+                .with_type(name.into())
+                .with_headers(headers),
+        }
+    }
+
+    /// A unit of inbound work, to its business number's partition.
+    pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
+        Outgoing {
+            exchange: topology.inbound_exchange().to_owned(),
+            routing_key: topology
+                .partition_key(topology.partition_of(&u.scope))
+                .to_owned(),
+            body: serde_json::to_vec(u).expect("units serialise"),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_type(UNIT_TYPE.into())
+                .with_message_id(u.id().as_str().into())
+                .with_timestamp(sent_at.0 as u64 / 1000),
+        }
+    }
+
+    /// The same message, carrying the trace context of `cx` (`traceparent`, `tracestate`).
+    pub fn traced(mut self, cx: &opentelemetry::Context) -> Self {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        crate::runtime::trace::into_amqp(cx, &mut headers);
+        self.properties = self.properties.with_headers(headers);
+        self
+    }
+
+    /// A dead letter: the bytes as they came, the reason and where it failed.
+    pub fn dead_letter(
+        topology: &Topology,
+        body: Vec<u8>,
+        kind: &str,
+        message_id: Option<&str>,
+        reason: &str,
+        stage: Stage,
+        attempts: i64,
+    ) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), long(reason));
+        headers.insert(STAGE_HEADER.into(), long(stage.as_str()));
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts));
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_type(kind.into())
+            .with_timestamp(Millis::now().0 as u64 / 1000)
+            .with_headers(headers);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        Outgoing {
+            exchange: topology.dead().to_owned(),
+            routing_key: String::new(),
+            body,
+            properties,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `coexist conversation list|show|pause|release`: one conversation seen and controlled by an
+//! operator.
+
+use coexist::core::domain::{valid_phone_number_id, CustomerKey, Scope};
+use coexist::core::engine::OperatorAction;
+use coexist::core::time::Millis;
+use coexist::runtime::config::Config;
+use coexist::tools::operator;
+
+use super::Failure;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Lists the conversations whose AI agent is paused now, soonest release first: number,
+    /// customer, paused until, time left, trigger message (read from the deadline set and the
+    /// pause keys, never a scan of the keyspace).
+    List {
+        /// One JSON object per line: phone_number_id, customer, paused_until, trigger_message_id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the conversation's state as JSON: paused until, session, handler, and every name the
+    /// customer is known by (any of them finds the conversation).
+    Show(ConversationArgs),
+    /// Pauses the AI agent for the customer, as a human reply would (R4 without a message).
+    Pause {
+        #[command(flatten)]
+        conversation: ConversationArgs,
+        /// How long (e.g. 30m, 2h, 7d). Default: the coexistence timeout.
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        duration: Option<std::time::Duration>,
+        /// Who pauses it, recorded as `by.name`. Default: the login name.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+    /// Hands the customer back to the AI agent, as the reset command would (reason: operator).
+    Release {
+        #[command(flatten)]
+        conversation: ConversationArgs,
+        /// Who releases it, recorded as `by.name`. Default: the login name.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+}
+
+/// A duration written like 30s, 15m, 24h, 7d (longer than zero).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(_) => Err(format!("{s:?} is not a duration (write e.g. 30m, 2h, 7d)")),
+    }
+}
+
+/// The login name, for `--by` left out.
+fn login_name() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .filter(|n| !n.trim().is_empty())
+}
+
+#[derive(clap::Args)]
+pub struct ConversationArgs {
+    /// The business number's phone_number_id.
+    phone_number_id: String,
+    /// The customer: a phone number (any punctuation) or a business-scoped user id; any of a
+    /// customer's linked names names their conversation.
+    customer: String,
+}
+
+pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
+    let failed = |e: operator::Error| Failure(e.to_string(), 1);
+    let (args, action) = match &command {
+        Command::List { json } => {
+            let store = operator::store(&config).await.map_err(failed)?;
+            let paused = operator::list(&store, Millis::now())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            match json {
+                true => {
+                    for p in &paused {
+                        println!("{}", serde_json::to_string(p).expect("serialises"));
+                    }
+                }
+                false => print!("{}", operator::table(&paused)),
+            }
+            eprintln!("{} conversation(s) with a human", paused.len());
+            return Ok(());
+        }
+        Command::Show(a) => (a, None),
+        Command::Pause {
+            conversation,
+            duration,
+            by,
+        } => (
+            conversation,
+            Some((
+                OperatorAction::Pause,
+                *duration,
+                by.clone().or_else(login_name),
+            )),
+        ),
+        Command::Release { conversation, by } => (
+            conversation,
+            Some((
+                OperatorAction::Release,
+                None,
+                by.clone().or_else(login_name),
+            )),
+        ),
+    };
+    if !valid_phone_number_id(&args.phone_number_id) {
+        return Err(Failure(
+            format!("{:?} is not a phone_number_id", args.phone_number_id),
+            2,
+        ));
+    }
+    let Some(customer) = CustomerKey::parse(&args.customer) else {
+        return Err(Failure(
+            format!(
+                "{:?} is neither a phone number nor a business-scoped user id",
+                args.customer
+            ),
+            2,
+        ));
+    };
+    let scope = Scope::conversation(&args.phone_number_id, customer);
+    let now = Millis::now();
+    match action {
+        None => {
+            let store = operator::store(&config).await.map_err(failed)?;
+            let view = operator::show(&store, &scope, now)
+                .await
+                .map_err(|e| failed(e.into()))?;
+            let json = serde_json::to_string_pretty(&view).expect("views serialise");
+            println!("{json}");
+        }
+        Some(action) => {
+            let (action, duration, by) = action;
+            let command = operator::Command {
+                scope,
+                action,
+                duration,
+                by,
+            };
+            let done = operator::act(&config, command, now).await.map_err(failed)?;
+            for e in &done.events {
+                println!("{}", e.to_line());
+            }
+            let json = serde_json::to_string(&done.view).expect("views serialise");
+            eprintln!("{json}");
+        }
+    }
+    Ok(())
+}

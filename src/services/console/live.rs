@@ -1,0 +1,107 @@
+//! The console's live view: Server-Sent Events of the events as they are published, from a
+//! queue of its own ([`crate::tools::tail::Follow`]: never the default queues). When the broker goes
+//! away the stream ends and the browser reconnects by itself (`retry: 2000`), with a new queue.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+
+use super::Console;
+use crate::core::domain::{redact_digits, Scope};
+use crate::core::engine::event::Exchange;
+use crate::tools::tail::{Follow, Options};
+
+#[derive(serde::Deserialize)]
+pub(super) struct Filters {
+    #[serde(default)]
+    exchange: String,
+    #[serde(default)]
+    conversation: String,
+}
+
+/// `GET /live/events`: `event` messages of `{"exchange", "type", "line"}`.
+pub(super) async fn events(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(filters): Query<Filters>,
+) -> Response {
+    if c.session(&headers).is_none() {
+        return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
+    }
+    let Ok(viewer) = c.viewers.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live views open\n",
+        )
+            .into_response();
+    };
+    let exchanges = match filters.exchange.as_str() {
+        "bot" => vec![Exchange::Bot],
+        "human_chat" => vec![Exchange::HumanChat],
+        _ => vec![Exchange::Bot, Exchange::HumanChat],
+    };
+    let conversation = Scope::parse(filters.conversation.trim()).filter(|s| s.customer.is_some());
+    let options = Options {
+        exchanges: exchanges.clone(),
+        conversation,
+        json: false,
+    };
+    let follow = match Follow::open(
+        c.amqp_url.expose(),
+        &c.topology,
+        &exchanges,
+        "coexist-console-live",
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            // The browser tries again by itself.
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker is not reachable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let log_content = c.log_content;
+    let stream = futures_util::stream::unfold(
+        (follow, options, viewer, true),
+        move |(mut follow, options, viewer, first)| async move {
+            if first {
+                let hello = Event::default()
+                    .retry(Duration::from_secs(2))
+                    .comment("following");
+                return Some((Ok::<_, Infallible>(hello), (follow, options, viewer, false)));
+            }
+            match follow.next(&options).await {
+                Some(Ok(shown)) => {
+                    let line = match log_content {
+                        true => shown.line,
+                        false => redact_digits(&shown.line),
+                    };
+                    let data = serde_json::json!({
+                        "exchange": shown.exchange.as_str(),
+                        "type": shown.kind,
+                        "line": line,
+                    });
+                    let event = Event::default().event("event").data(data.to_string());
+                    Some((Ok(event), (follow, options, viewer, false)))
+                }
+                // The broker went away: end the stream; the browser reconnects.
+                Some(Err(_)) | None => {
+                    follow.close().await;
+                    None
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

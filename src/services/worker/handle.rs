@@ -1,0 +1,278 @@
+//! Handling one delivery: each item of the unit is decided (retrying while Redis is away),
+//! its events published with confirms (retrying while the broker is away), and recorded as
+//! published. An item that keeps failing for another reason is dead-lettered with the rest of
+//! its unit. Each item is handled inside a span naming it, so every log line says which it is.
+
+use tracing::Instrument;
+
+use super::Shared;
+use crate::adapters::broker::{Outgoing, Stage, UNIT_TYPE};
+use crate::core::apply::{Applied, Delivery};
+use crate::core::domain::{redact_digits, Scope};
+use crate::core::engine::event::{Exchange, Outbound};
+use crate::core::engine::Input;
+use crate::core::unit::{Unit, VERSION};
+use crate::runtime::retry::{retrying, until_ok, Interrupted, Stopped};
+use opentelemetry::Context;
+
+/// Attempts at an item failing for a reason other than an unreachable server before it is
+/// dead-lettered.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// What became of an item.
+enum Outcome {
+    Decided,
+    /// Dead-lettered, with the rest of its unit.
+    Parked,
+}
+
+/// A delivery, read once: the unit it carries, or why it cannot be read.
+pub(super) enum Work {
+    Unit(Unit),
+    Unreadable(String),
+}
+
+impl Work {
+    pub(super) fn read(data: &[u8]) -> Work {
+        match serde_json::from_slice::<Unit>(data) {
+            Ok(u) if u.v == VERSION => Work::Unit(u),
+            Ok(u) => Work::Unreadable(format!("unit version {} is not understood", u.v)),
+            Err(e) => Work::Unreadable(format!("unreadable unit: {e}")),
+        }
+    }
+
+    /// The lane it is handled in: its business number (unreadable work has a lane of its own).
+    pub(super) fn lane(&self) -> &str {
+        match self {
+            Work::Unit(u) => &u.scope.phone_number_id,
+            Work::Unreadable(_) => "",
+        }
+    }
+}
+
+/// Says that an item waits: a passing fault is counted by reason and logged at most once a
+/// minute; any other failure is logged each time (it leads to a dead letter).
+fn waiting(e: &crate::core::store::Error, attempt: u32, delay: std::time::Duration) {
+    let Some(reason) = e.passing() else {
+        tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "deciding an item failed; retrying");
+        return;
+    };
+    metrics::counter!(crate::runtime::metrics::REDIS_WAITS, "reason" => reason).increment(1);
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(reason, error = %e, "items wait for a Redis fault to pass (never dead-lettered for it; logged once a minute, counted in coexist_redis_waits_total)");
+    }
+}
+
+impl Shared {
+    /// Handles one delivery (`data`, read as `work`, with its AMQP `headers`): the trace context
+    /// of its processing (for the acknowledgement's span); `Err(Interrupted)` when shutdown came
+    /// first (leave it unacknowledged: it is delivered again).
+    pub(super) async fn handle(
+        &self,
+        partition: u16,
+        data: &[u8],
+        headers: &Option<lapin::types::FieldTable>,
+        work: Work,
+    ) -> Result<Context, Interrupted> {
+        // The webhook's trace continues here: a `process` span under the ingress's `send`.
+        let carried = crate::runtime::trace::from_amqp(headers);
+        let processing =
+            crate::runtime::trace::process(&carried, self.topology.partition_queue(partition));
+        let unit = match work {
+            Work::Unit(u) => u,
+            Work::Unreadable(reason) => {
+                self.dead_letter(data.to_vec(), None, &reason, 1).await?;
+                return Ok(processing);
+            }
+        };
+        for i in 0..unit.items.len() {
+            let span = tracing::info_span!(
+                "item",
+                partition,
+                conversation = %self.for_log(&unit.items[i].scope),
+                item = %self.key_for_log(&unit.items[i].key),
+                rule = tracing::field::Empty,
+            );
+            match self.item(&unit, i, &processing).instrument(span).await? {
+                Outcome::Decided => {}
+                Outcome::Parked => break,
+            }
+        }
+        Ok(processing)
+    }
+
+    /// Decides, publishes and acknowledges the unit's item `i`.
+    async fn item(&self, unit: &Unit, i: usize, trace: &Context) -> Result<Outcome, Interrupted> {
+        let item = &unit.items[i];
+        let input = Input::Item(item);
+        // Failures that pass (Redis away, out of memory, read-only, loading, failing over) are
+        // waited out for as long as they last; only the others count towards a dead letter.
+        let failures = std::sync::atomic::AtomicU32::new(0);
+        let permanent = |e: &crate::core::store::Error, _| {
+            !e.transient()
+                && failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MAX_ATTEMPTS
+        };
+        let decided = retrying(
+            &self.stop,
+            permanent,
+            |e: &crate::core::store::Error, attempt, delay| waiting(e, attempt, delay),
+            || self.applier.apply(&input, self.clock.now()),
+        )
+        .await;
+        let applied = match decided {
+            Ok(a) => a,
+            Err(Stopped::Interrupted) => return Err(Interrupted),
+            Err(Stopped::GaveUp { error, attempts }) => {
+                // Keeps failing: park this item and the rest of the unit, with the reason.
+                tracing::error!(error = %error, attempts, "dead-lettering an item that keeps failing");
+                let rest = Unit {
+                    items: unit.items[i..].to_vec(),
+                    ..unit.clone()
+                };
+                let body = serde_json::to_vec(&rest).expect("units serialise");
+                let reason = error.to_string();
+                self.dead_letter(body, Some(&rest.id()), &reason, attempts as i64)
+                    .await?;
+                return Ok(Outcome::Parked);
+            }
+        };
+        if let Some(rule) = applied.rule {
+            tracing::Span::current().record("rule", rule.as_str());
+        }
+        crate::runtime::metrics::applied(&applied);
+        if crate::core::engine::event::begins_pause(&applied.events) {
+            // R17: replies the gate let through before this pause reach Meta before the
+            // handover is published (and any checked after it are refused).
+            let settled = until_ok(
+                "waiting for replies in flight",
+                &self.stop,
+                |e: &crate::core::store::Error, _| !e.transient(),
+                || self.applier.store().replies_settled(&applied.scope),
+            )
+            .await;
+            if let Err(Stopped::Interrupted) = settled {
+                return Err(Interrupted);
+            }
+        }
+        self.publish(&applied.events, trace).await?;
+        if !applied.events.is_empty() {
+            self.marks.add(&applied.scope, &applied.key).await;
+        }
+        tracing::debug!(events = applied.events.len(), "item decided");
+        if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
+            let secs = (self.clock.now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
+            metrics::histogram!(crate::runtime::metrics::LATENCY).record(secs);
+        }
+        Ok(Outcome::Decided)
+    }
+
+    fn for_log(&self, scope: &Scope) -> String {
+        if self.log_content {
+            scope.to_string()
+        } else {
+            scope.redacted()
+        }
+    }
+
+    fn key_for_log(&self, key: &str) -> String {
+        if self.log_content {
+            key.to_owned()
+        } else {
+            redact_digits(key)
+        }
+    }
+
+    /// Publishes an applied input's events, then records them published (and finishes its
+    /// deadline claim) before returning.
+    pub(super) async fn publish_and_acknowledge(
+        &self,
+        applied: &Applied,
+    ) -> Result<(), Interrupted> {
+        self.publish(&applied.events, &Context::new()).await?;
+        let acked = until_ok(
+            "recording events as published",
+            &self.stop,
+            |e: &crate::core::store::Error, _| !e.transient(),
+            || self.applier.acknowledge(applied),
+        )
+        .await;
+        match acked {
+            Ok(()) => Ok(()),
+            Err(Stopped::Interrupted) => Err(Interrupted),
+            // Not recorded: a redelivery publishes the same events again (same ids), nothing is lost.
+            Err(Stopped::GaveUp { error, .. }) => {
+                tracing::warn!(error = %error, "events published but not recorded as such; a redelivery repeats them");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes events, retrying while the broker is away; each carries the trace of a `send`
+    /// span (one per exchange) under `trace`.
+    async fn publish(&self, events: &[Outbound], trace: &Context) -> Result<(), Interrupted> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut sends: Vec<(Exchange, Context)> = Vec::new();
+        let mut messages = Vec::with_capacity(events.len());
+        for e in events {
+            let cx = match sends.iter().find(|(x, _)| *x == e.exchange) {
+                Some((_, cx)) => cx.clone(),
+                None => {
+                    let n = events.iter().filter(|o| o.exchange == e.exchange).count();
+                    let exchange = self.topology.exchange(e.exchange);
+                    let key = (n == 1).then(|| e.event.name());
+                    let cx = crate::runtime::trace::send(trace, exchange, key, n);
+                    sends.push((e.exchange, cx.clone()));
+                    cx
+                }
+            };
+            messages.push(Outgoing::event(&self.topology, e).traced(&cx));
+        }
+        let published = self.publish_retrying("publishing events", &messages).await;
+        for (_, cx) in &sends {
+            crate::runtime::trace::end(cx, published.is_err().then_some("interrupted"));
+        }
+        published?;
+        crate::runtime::metrics::published(events);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        body: Vec<u8>,
+        id: Option<&str>,
+        reason: &str,
+        attempts: i64,
+    ) -> Result<(), Interrupted> {
+        let message = Outgoing::dead_letter(
+            &self.topology,
+            body,
+            UNIT_TYPE,
+            id,
+            reason,
+            Stage::Worker,
+            attempts,
+        );
+        self.publish_retrying("dead-lettering", std::slice::from_ref(&message))
+            .await?;
+        metrics::counter!(crate::runtime::metrics::DEAD_LETTERS, "stage" => Stage::Worker.as_str())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Publishes until confirmed: a broker failure is always worth waiting out.
+    async fn publish_retrying(&self, what: &str, messages: &[Outgoing]) -> Result<(), Interrupted> {
+        until_ok(
+            what,
+            &self.stop,
+            |_, _| false,
+            || self.link.publish_all(messages),
+        )
+        .await
+        .map_err(|_| Interrupted)
+    }
+}

@@ -1,0 +1,203 @@
+//! Consuming one partition: one lane per business number. A number's deliveries are handled one
+//! after the other, in the order the partition delivered them (so a customer's items stay in
+//! order whatever name each carries); different numbers run side by side.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::handle::Work;
+use super::Shared;
+
+/// Deliveries a partition consumer holds ahead of the ones it works on.
+const PREFETCH: u16 = 16;
+/// How long a consumer waits for the broker to answer a cancel or a close.
+const BROKER_CALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The deliveries waiting behind the one each lane works on, by business number, each read once.
+type Waiting = Arc<Mutex<HashMap<String, VecDeque<(Delivery, Work)>>>>;
+
+/// Consumes one partition until `stop` (the partition handed over, or the worker stopping), or
+/// a broker failure.
+pub(super) async fn consume(
+    shared: Arc<Shared>,
+    partition: u16,
+    conn: Arc<Connection>,
+    stop: CancellationToken,
+    consuming: Arc<AtomicBool>,
+) {
+    let result = consume_inner(&shared, partition, &conn, &stop, &consuming).await;
+    consuming.store(false, Ordering::SeqCst);
+    if let Err(e) = result {
+        tracing::warn!(partition, error = %e, "partition consumer failed");
+    }
+}
+
+async fn consume_inner(
+    shared: &Arc<Shared>,
+    partition: u16,
+    conn: &Connection,
+    stop: &CancellationToken,
+    consuming: &AtomicBool,
+) -> Result<(), lapin::Error> {
+    let tag = format!("{}-p{partition}", shared.id);
+    let queue = shared.topology.partition_queue(partition);
+    // On a connection that died under it the broker's answers never come: bounded, and given
+    // up at once when the partition is stopped (it restarts on the link's next connection).
+    let setup = async {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((ch, consumer))
+    };
+    let (ch, mut consumer) = tokio::select! {
+        set = tokio::time::timeout(BROKER_CALL, setup) => match set {
+            Ok(set) => set?,
+            Err(_) => {
+                tracing::warn!(partition, "the broker did not answer setting up a consumer; retrying");
+                return Ok(());
+            }
+        },
+        () = stop.cancelled() => return Ok(()),
+    };
+    tracing::info!(partition, "consuming");
+    consuming.store(true, Ordering::SeqCst);
+    let waiting: Waiting = Arc::default();
+    let halted = Arc::new(AtomicBool::new(false));
+    let mut running = tokio::task::JoinSet::new();
+    let result = loop {
+        let next = tokio::select! {
+            d = consumer.next() => d,
+            _ = stop.cancelled() => break Ok(()),
+            Some(joined) = running.join_next(), if !running.is_empty() => match joined {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break Err(e),
+                Err(e) => {
+                    // A lane that panicked would hold its number forever: give the whole
+                    // partition back (its deliveries return to the queue) and let it restart.
+                    tracing::error!(partition, error = %e, "a conversation lane failed; restarting the partition");
+                    break Ok(());
+                }
+            },
+        };
+        if halted.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        match next {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(delivery)) => {
+                let work = Work::read(&delivery.data);
+                let lane = work.lane().to_owned();
+                let mut map = waiting.lock().expect("lanes");
+                match map.get_mut(&lane) {
+                    Some(queue) => queue.push_back((delivery, work)),
+                    None => {
+                        map.insert(lane.clone(), VecDeque::new());
+                        running.spawn(run_lane(
+                            shared.clone(),
+                            partition,
+                            lane,
+                            (delivery, work),
+                            waiting.clone(),
+                            halted.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
+    // unacknowledged and go back to the queue with the channel, in order. (On a lost
+    // connection the broker's answers never come: the calls to it are bounded.)
+    halted.store(true, Ordering::SeqCst);
+    consuming.store(false, Ordering::SeqCst);
+    let cancel = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(BROKER_CALL, cancel).await;
+    let mut result = result;
+    while let Some(joined) = running.join_next().await {
+        if let Ok(Err(e)) = joined {
+            result = result.and(Err(e));
+        }
+    }
+    let _ = tokio::time::timeout(BROKER_CALL, ch.close(200, "partition released".into())).await;
+    result
+}
+
+/// Handles a business number's deliveries in order until none is waiting, or the partition halts.
+async fn run_lane(
+    shared: Arc<Shared>,
+    partition: u16,
+    lane: String,
+    first: (Delivery, Work),
+    waiting: Waiting,
+    halted: Arc<AtomicBool>,
+) -> Result<(), lapin::Error> {
+    let (mut delivery, mut work) = first;
+    loop {
+        let headers = delivery.properties.headers();
+        let Ok(processing) = shared
+            .handle(partition, &delivery.data, headers, work)
+            .await
+        else {
+            // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
+            halted.store(true, Ordering::SeqCst);
+            return Ok(());
+        };
+        // On a connection that died meanwhile the ack's answer never comes: bounded. Unacked,
+        // the delivery comes again and finds its events published (same ids).
+        let queue = shared.topology.partition_queue(partition);
+        let settling = crate::runtime::trace::settle(&processing, queue);
+        let acked =
+            tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await;
+        crate::runtime::trace::end(
+            &settling,
+            acked
+                .as_ref()
+                .map_or(Some("no answer"), |a| a.as_ref().err().map(|_| "failed")),
+        );
+        crate::runtime::trace::end(&processing, None);
+        match acked {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                halted.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    partition,
+                    "the broker did not answer an ack; the delivery comes again"
+                );
+                halted.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+        let mut map = waiting.lock().expect("lanes");
+        let next = if halted.load(Ordering::SeqCst) {
+            None
+        } else {
+            map.get_mut(&lane).and_then(VecDeque::pop_front)
+        };
+        match next {
+            Some(next) => (delivery, work) = next,
+            None => {
+                map.remove(&lane);
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `coexist dlq list` and `coexist dlq replay`: the dead-letter queue `{ns}.dead`.
+//!
+//! Listing takes every dead letter without acknowledging it and closes the channel, so all of
+//! them stay in the queue. Replaying takes at most the dead letters present when it starts (or
+//! `--limit`), sends each back to its business number's partition, and removes it only once the
+//! broker has confirmed the new copy. A replayed item is decided against the state at that time.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::AMQPValue;
+use serde::Serialize;
+
+use crate::adapters::broker::message::{header, text};
+use crate::adapters::broker::{
+    self, Outgoing, Publisher, Stage, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER,
+    STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
+};
+use crate::core::meta::parse_body;
+use crate::core::time::Millis;
+use crate::core::unit::{self, Unit};
+
+/// One dead letter as `dlq list` shows it.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub id: Option<String>,
+    /// `coexist.unit` (work for a partition), `meta.webhook` (a body the ingress parked) or
+    /// `meta.item` (one item the ingress parked: it names no conversation).
+    pub kind: Option<String>,
+    pub reason: String,
+    /// Where it failed: `ingress`, `worker`, `replay`, or `broker` (the delivery limit).
+    pub stage: Stage,
+    pub attempts: i64,
+    pub age_secs: Option<i64>,
+    pub bytes: usize,
+    /// The start of its body, safe to show: whitespace collapsed, long digit runs (phone
+    /// numbers) cut to their last four.
+    pub preview: String,
+}
+
+/// How long a preview is, in characters.
+const PREVIEW: usize = 160;
+
+fn int(v: &AMQPValue) -> Option<i64> {
+    match v {
+        AMQPValue::LongLongInt(i) => Some(*i),
+        AMQPValue::LongInt(i) => Some(*i as i64),
+        AMQPValue::LongUInt(i) => Some(*i as i64),
+        AMQPValue::ShortInt(i) => Some(*i as i64),
+        AMQPValue::ShortUInt(i) => Some(*i as i64),
+        AMQPValue::ShortShortInt(i) => Some(*i as i64),
+        AMQPValue::ShortShortUInt(i) => Some(*i as i64),
+        AMQPValue::Timestamp(i) => Some(*i as i64),
+        _ => None,
+    }
+}
+
+/// Describes one dead letter from its properties.
+pub fn describe(d: &Delivery, now: Millis) -> Entry {
+    let p = &d.properties;
+    let h = p.headers();
+    // Written by coexist, or by the broker when the delivery limit was reached (`x-death`).
+    let death = header(h, "x-death").and_then(|v| match v {
+        AMQPValue::FieldArray(a) => a.as_slice().first().and_then(|f| match f {
+            AMQPValue::FieldTable(t) => Some(t.clone()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    let death = Some(death.unwrap_or_default());
+    let reason = header(h, REASON_HEADER)
+        .and_then(text)
+        .or_else(|| {
+            header(&death, "reason")
+                .and_then(text)
+                .map(|r| format!("broker: {r}"))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let stage = header(h, STAGE_HEADER)
+        .and_then(text)
+        .and_then(|s| Stage::parse(&s))
+        .unwrap_or(Stage::Broker);
+    let attempts = header(h, ATTEMPTS_HEADER)
+        .and_then(int)
+        .or_else(|| header(h, "x-delivery-count").and_then(int))
+        .or_else(|| header(&death, "count").and_then(int))
+        .unwrap_or(0);
+    Entry {
+        id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        kind: p.kind().as_ref().map(|s| s.as_str().to_owned()),
+        reason,
+        stage,
+        attempts,
+        age_secs: p.timestamp().map(|t| now.0 / 1000 - t as i64),
+        bytes: d.data.len(),
+        preview: preview(&d.data),
+    }
+}
+
+fn preview(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&data[..data.len().min(PREVIEW * 4)]);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cut: String = flat.chars().take(PREVIEW).collect();
+    let more = if flat.chars().count() > PREVIEW {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{more}", crate::core::domain::redact_digits(&cut))
+}
+
+/// What to do with one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it back to its partition (decided again against the state at that time).
+    Replay,
+    /// Remove it for good.
+    Discard,
+}
+
+/// Replays or discards the first dead letter whose id is `id`; `false` when there is none. The
+/// others stay in the queue as they were.
+pub async fn act_on_one(
+    url: &str,
+    topology: &Topology,
+    id: &str,
+    action: Action,
+) -> broker::Result<bool> {
+    let conn = broker::connect(url, "coexist-dlq-one").await?;
+    topology.declare(&conn).await?;
+    let ch = conn.create_channel().await?;
+    let publisher = Publisher::open(&conn).await?;
+    let mut found = false;
+    while let Some(m) = ch
+        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        let d = &m.delivery;
+        if d.properties.message_id().as_ref().map(|s| s.as_str()) != Some(id) {
+            continue; // left unacknowledged: back in the queue when the channel closes
+        }
+        if action == Action::Replay {
+            let (messages, _) = back_to_partitions(topology, d);
+            publisher.publish_all(&messages).await?;
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        found = true;
+        break;
+    }
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(found)
+}
+
+/// The table `dlq list` prints: a header line, then one line per dead letter.
+pub fn table(entries: &[Entry]) -> String {
+    let mut out = format!(
+        "{:<38} {:<13} {:<8} {:>8} {:>8}  reason\n",
+        "id", "kind", "stage", "attempts", "age"
+    );
+    for e in entries {
+        let age = e
+            .age_secs
+            .map(|s| humantime::format_duration(Duration::from_secs(s.max(0) as u64)).to_string())
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<38} {:<13} {:<8} {:>8} {:>8}  {}\n",
+            e.id.as_deref().unwrap_or("-"),
+            e.kind.as_deref().unwrap_or("-"),
+            e.stage.as_str(),
+            e.attempts,
+            age,
+            e.reason
+        ));
+    }
+    out
+}
+
+/// Every dead letter, left in the queue.
+pub async fn list(url: &str, topology: &Topology) -> broker::Result<Vec<Entry>> {
+    let conn = broker::connect(url, "coexist-dlq-list").await?;
+    topology.declare(&conn).await?;
+    let ch = conn.create_channel().await?;
+    let now = Millis::now();
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        out.push(describe(&m.delivery, now));
+    }
+    // Nothing was acknowledged: closing hands every one of them back to the queue.
+    let _ = ch.close(200, "listed".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Replayed {
+    /// Dead letters sent back to the partitions.
+    pub replayed: usize,
+    /// Units published for them.
+    pub units: usize,
+    /// Dead letters that still cannot be read (put back at the end of the dead-letter queue).
+    pub parked_again: usize,
+}
+
+/// Sends up to `limit` dead letters (at most those present at the start) back through the
+/// pipeline; `progress` hears the counts after each one, with how many there are in all.
+pub async fn replay(
+    url: &str,
+    topology: &Topology,
+    limit: Option<usize>,
+    mut progress: impl FnMut(&Replayed, usize),
+) -> broker::Result<Replayed> {
+    let conn = broker::connect(url, "coexist-dlq-replay").await?;
+    topology.declare(&conn).await?;
+    let ch = conn.create_channel().await?;
+    let publisher = Publisher::open(&conn).await?;
+    let mut done = Replayed::default();
+    let mut budget: Option<usize> = limit;
+    loop {
+        if budget == Some(0) {
+            break;
+        }
+        let Some(m) = ch
+            .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        if budget.is_none() {
+            // The dead letters present now, and no more: re-parked ones are not taken twice.
+            budget = Some(m.message_count as usize + 1);
+        }
+        let total = done.replayed + budget.unwrap_or(0);
+        budget = budget.map(|b| b - 1);
+        let d = &m.delivery;
+        let (messages, parked) = back_to_partitions(topology, d);
+        publisher.publish_all(&messages).await?;
+        d.ack(BasicAckOptions::default()).await?;
+        done.replayed += 1;
+        done.units += messages.len() - parked;
+        done.parked_again += parked;
+        progress(&done, total);
+    }
+    let _ = ch.close(200, "replayed".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(done)
+}
+
+/// The messages that put a dead letter back into the pipeline, and how many of them are dead
+/// letters again (it still cannot be read).
+fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usize) {
+    let now = Millis::now();
+    let kind = d.properties.kind().as_ref().map(|s| s.as_str().to_owned());
+    let units: Result<Vec<Unit>, String> = match kind.as_deref() {
+        Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data)
+            .map(|u| vec![u])
+            .map_err(|e| format!("unreadable unit: {e}")),
+        // An item that names no conversation still names none: it keeps its reason.
+        Some(ITEM_TYPE) => Err(header(d.properties.headers(), REASON_HEADER)
+            .and_then(text)
+            .unwrap_or_else(|| "an item that names no conversation".into())),
+        _ => match parse_body(&d.data) {
+            Ok(parsed) if parsed.items.is_empty() && !parsed.unreadable.is_empty() => {
+                Err("nothing in it can be placed".into())
+            }
+            Ok(parsed) => Ok(unit::split(parsed.items, now)),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match units {
+        Ok(units) => (
+            units
+                .iter()
+                .map(|u| Outgoing::unit(topology, u, now))
+                .collect(),
+            0,
+        ),
+        Err(reason) => {
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
+            let kind = kind.unwrap_or_else(|| WEBHOOK_TYPE.into());
+            (
+                vec![Outgoing::dead_letter(
+                    topology,
+                    d.data.clone(),
+                    &kind,
+                    id.as_deref(),
+                    &reason,
+                    Stage::Replay,
+                    0,
+                )],
+                1,
+            )
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `coexist send`: webhook bodies signed and posted as Meta does, to check that a deployment
+//! accepts them. `503` and connection errors are retried with backoff, a bounded number of times
+//! (Meta itself retries for days); any other answer is final.
+
+use std::io::Write;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::runtime::retry::{retrying, Stopped};
+use crate::runtime::secret::Secret;
+
+/// Attempts at one body before its last answer is final.
+pub const ATTEMPTS: u32 = 8;
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why `send` could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0:?} is not an http:// URL (coexist send speaks plain HTTP; put TLS in front)")]
+    Url(String),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Moves every Meta timestamp of the bodies by the same amount, so that the latest is now (the
+/// gaps between them kept): a story written once can be sent to a live deployment, whose clock
+/// is the wall clock. Timestamps are the `timestamp` strings of Unix seconds and an entry's
+/// `time`. Bodies that are not JSON are left as they are.
+pub fn shift_to_now(bodies: &mut [(String, String)], now_secs: i64) {
+    fn walk(v: &mut serde_json::Value, f: &mut impl FnMut(i64) -> i64) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    match (key.as_str(), &*value) {
+                        ("timestamp", serde_json::Value::String(s)) => {
+                            if let Ok(t) = s.parse::<i64>() {
+                                *value = serde_json::Value::String(f(t).to_string());
+                            }
+                        }
+                        ("time", serde_json::Value::Number(n)) => {
+                            if let Some(t) = n.as_i64() {
+                                *value = serde_json::Value::from(f(t));
+                            }
+                        }
+                        _ => walk(value, f),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, f)),
+            _ => {}
+        }
+    }
+    let mut parsed: Vec<Option<serde_json::Value>> = bodies
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).ok())
+        .collect();
+    let mut latest = i64::MIN;
+    for v in parsed.iter_mut().flatten() {
+        walk(v, &mut |t| {
+            latest = latest.max(t);
+            t
+        });
+    }
+    if latest == i64::MIN {
+        return;
+    }
+    let offset = now_secs - latest;
+    for ((_, body), v) in bodies.iter_mut().zip(parsed) {
+        if let Some(mut v) = v {
+            walk(&mut v, &mut |t| t + offset);
+            *body = v.to_string();
+        }
+    }
+}
+
+/// What became of one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The HTTP status of the last attempt.
+    Status(u16),
+    /// No answer at all (connection refused, timeout, ...): the last error.
+    Unreachable(String),
+}
+
+impl Answer {
+    fn accepted(&self) -> bool {
+        matches!(self, Answer::Status(s) if (200..300).contains(s))
+    }
+
+    fn worth_retrying(&self) -> bool {
+        matches!(self, Answer::Status(503) | Answer::Unreachable(_))
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Status(s) => {
+                let reason = hyper::StatusCode::from_u16(*s)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or("");
+                write!(f, "{s} {reason}")
+            }
+            Answer::Unreachable(e) => write!(f, "no answer ({e})"),
+        }
+    }
+}
+
+/// Signs each body (`name`, JSON) with `secret`, posts it to `url`, prints one line per body
+/// (`name: answer`); returns the bodies finally refused, with their answers.
+pub async fn send(
+    url: &str,
+    secret: &Secret,
+    bodies: &[(String, String)],
+    out: &mut impl Write,
+) -> Result<Vec<(String, Answer)>, Error> {
+    let uri: hyper::Uri = url.parse().map_err(|_| Error::Url(url.to_owned()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(Error::Url(url.to_owned()));
+    }
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut refused = Vec::new();
+    let never = tokio_util::sync::CancellationToken::new();
+    for (name, body) in bodies {
+        let signature = crate::services::ingress::sign(secret.expose(), body.as_bytes());
+        let attempt = || async {
+            let request = hyper::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", &signature)
+                .body(Full::new(Bytes::from(body.clone())))
+                .expect("a valid request");
+            let answer = match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(request)).await
+            {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    let _ = response.into_body().collect().await; // read it, keep the connection
+                    Answer::Status(status)
+                }
+                Ok(Err(e)) => Answer::Unreachable(e.to_string()),
+                Err(_) => Answer::Unreachable(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+            };
+            match answer.accepted() {
+                true => Ok(answer),
+                false => Err(answer),
+            }
+        };
+        let mut said = Ok(());
+        let tell = |answer: &Answer, _: u32, delay: Duration| {
+            if said.is_ok() {
+                said = writeln!(
+                    out,
+                    "{name}: {answer}, retrying in {} ms",
+                    delay.as_millis()
+                );
+            }
+        };
+        let final_answer =
+            |answer: &Answer, attempt: u32| !answer.worth_retrying() || attempt >= ATTEMPTS;
+        let answer = match retrying(&never, final_answer, tell, attempt).await {
+            Ok(answer) => answer,
+            Err(Stopped::GaveUp { error, .. }) => error,
+            Err(Stopped::Interrupted) => Answer::Unreachable("interrupted".into()),
+        };
+        said?;
+        writeln!(out, "{name}: {answer}")?;
+        if !answer.accepted() {
+            refused.push((name.clone(), answer));
+        }
+    }
+    Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifting_keeps_the_gaps_and_ends_now() {
+        let mut bodies = vec![
+            ("a".to_owned(), r#"{"entry":[{"time":1000,"changes":[{"value":{"messages":[{"timestamp":"1000"}]}}]}]}"#.to_owned()),
+            ("b".to_owned(), r#"{"entry":[{"changes":[{"value":{"message_echoes":[{"timestamp":"1060","id":"1060"}]}}]}]}"#.to_owned()),
+            ("c".to_owned(), "not json".to_owned()),
+        ];
+        shift_to_now(&mut bodies, 5000);
+        assert!(bodies[0].1.contains(r#""time":4940"#), "{}", bodies[0].1);
+        assert!(
+            bodies[0].1.contains(r#""timestamp":"4940""#),
+            "{}",
+            bodies[0].1
+        );
+        assert!(
+            bodies[1].1.contains(r#""timestamp":"5000""#),
+            "{}",
+            bodies[1].1
+        );
+        assert!(bodies[1].1.contains(r#""id":"1060""#), "other fields kept");
+        assert_eq!(bodies[2].1, "not json");
+    }
+}
