@@ -8,29 +8,58 @@
 //!
 //! ## Layout
 //!
-//! - [`meta`]: Meta's webhook bodies read into items (tolerant of unknown and odd fields).
-//! - [`render`]: the one rendering of a message into `message.text`.
-//! - [`domain`]: customers, conversations (scopes) and deterministic ids.
-//! - [`engine`]: the rules R1-R16 as a pure function (state + input + clock -> decision), the
-//!   event types ([`engine::event`]: a header and one payload variant per type) and the
-//!   conversation state ([`engine::state`]).
-//! - [`store`]: conversation state behind one trait, in memory or in Redis, and the [`store::Engine`]
-//!   loop that applies the rules atomically and exactly once per input.
-//! - [`config`]: the configuration (defaults, file, environment) and its checks.
-//! - [`process`]: the offline `coexist process` command; [`summary`]: one readable line per event.
-//! - [`operator`]: `coexist conversation show|pause|release`.
-//! - [`time`]: instants (Unix ms) and RFC 3339.
-//! - [`broker`]: RabbitMQ, one job per file: names and declaration ([`broker::topology`]), the
-//!   wire form of what is published ([`broker::message`]), confirms ([`broker::publisher`]), the
-//!   self-reconnecting [`broker::Link`].
-//! - [`unit`]: the inbound work unit (one conversation's items from one webhook).
-//! - [`ingress`]: the webhook endpoint (signatures, partitions, confirms).
-//! - [`worker`]: start and stop, the partition manager, a lane per business number, item handling,
-//!   the timeout sweeper, partition sharing ([`worker::membership`]).
-//! - [`dlq`]: listing and replaying dead letters; [`tail`]: following the events live; [`send`]:
-//!   posting signed webhook bodies to a deployment.
-//! - [`http`], [`metrics`], [`retry`]: health/metrics endpoints, metric names, retrying until
-//!   success or shutdown (shutdown is a `tokio_util` cancellation token; handles stop on drop).
+//! Five parts, and dependencies point one way: `tools` and `services` use `adapters`, `runtime`
+//! and `core`; `adapters` use `core`; [`core::engine`] names nothing outside the core.
+//!
+//! - [`core`]: the pure core, no I/O of its own.
+//!   - [`core::domain`]: customers, conversations ([`core::domain::Scope`]) and deterministic ids;
+//!     [`core::time`]: instants (Unix ms), RFC 3339 and the injected clock.
+//!   - [`core::meta`]: Meta's webhook bodies read into items, tolerant of unknown and odd fields
+//!     ([`core::meta::wire`] the shapes, [`core::meta::lenient`] the tolerant readers, [`core::meta::items`] one
+//!     change's items, [`core::meta::render`] the one `message.text`, [`core::meta::reply`] a
+//!     Cloud API send as the reply gate reads it).
+//!   - [`core::engine`]: **the rules R1-R19** as one pure function ([`core::engine::decide`]:
+//!     state + input + clock -> decision), its input ([`core::engine::input`]), the events
+//!     ([`core::engine::event`]: the header; [`core::engine::event::payload`] each type's fields), the
+//!     conversation state ([`core::engine::state`]) and the reply gate's judgement
+//!     ([`core::engine::reply`]).
+//!   - [`core::store`]: the state store interface, and the in-memory store ([`core::store::memory`]).
+//!   - [`core::apply`]: the one loop that applies the rules to stored state, exactly once per input.
+//!   - [`core::unit`]: the inbound work unit (one number's items from one webhook).
+//! - [`adapters`]: the outside systems.
+//!   - [`adapters::broker`]: RabbitMQ: **every exchange and queue name** and their declaration
+//!     ([`adapters::broker::topology`]), what is published on the wire ([`adapters::broker::message`]),
+//!     confirms ([`adapters::broker::publisher`]), the self-reconnecting link ([`adapters::broker::link`]).
+//!   - [`adapters::redis`]: the state in Redis, with **the table of every key**; the commit script
+//!     ([`adapters::redis::commit`]), the gate's in-flight replies ([`adapters::redis::reply`]), the
+//!     deadline schedule ([`adapters::redis::deadlines`]).
+//!   - [`adapters::graph`]: the client the reply gate forwards to Meta's Graph API through.
+//! - [`services`]: the long-running parts, each started as a [`services::Part`] (one start/stop
+//!   skeleton) and serving its **routes** from its `start`:
+//!   - [`services::ingress`]: `/webhook` (signatures, partitions, confirms);
+//!   - [`services::worker`]: start and stop; [`services::worker::partitions`] which partitions it
+//!     consumes, [`services::worker::membership`] how workers share them, [`services::worker::lanes`]
+//!     a lane per business number, [`services::worker::handle`] one delivery,
+//!     [`services::worker::marks`] published marks, [`services::worker::sweep`] due timeouts;
+//!   - [`services::gate`]: the reply gate (R17), [`services::gate::events`] its events;
+//!   - [`services::console`]: the operator console ([`services::console::signin`],
+//!     [`services::console::held`], [`services::console::dead`], [`services::console::live`],
+//!     [`services::console::pages`] the HTML).
+//! - [`tools`]: what operators run by hand: [`tools::process`] and [`tools::summary`] (offline),
+//!   [`tools::operator`] (one conversation), [`tools::dlq`], [`tools::tail`], [`tools::send`],
+//!   [`tools::asyncapi`].
+//! - [`runtime`]: what every process runs on: **every configuration key** ([`runtime::config`]),
+//!   HTTP serving under limits ([`runtime::http`]), **every metric name** ([`runtime::metrics`]),
+//!   traces ([`runtime::trace`]), supervised tasks ([`runtime::supervise`]), retrying
+//!   ([`runtime::retry`]), secrets that never print ([`runtime::secret`]).
+//!
+//! The `coexist` binary's **commands** are in `src/cli/`, one file per subcommand with its
+//! arguments.
+
+// The crate is documented with its private items (`cargo doc --document-private-items`, run by
+// scripts/test): links to them are meant, broken links are not.
+#![deny(rustdoc::broken_intra_doc_links)]
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod adapters;
 pub mod core;

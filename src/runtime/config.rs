@@ -505,7 +505,8 @@ impl<'de> Deserialize<'de> for Namespace {
     }
 }
 
-/// An `amqp://` or `amqps://` URL.
+/// An `amqp://` or `amqps://` URL (several comma-separated for a cluster); a `cacertfile` it
+/// names must hold PEM certificates.
 struct AmqpUrl(String);
 
 impl<'de> Deserialize<'de> for AmqpUrl {
@@ -523,7 +524,13 @@ impl<'de> Deserialize<'de> for AmqpUrl {
                 "{:?} is not an amqp:// or amqps:// URL",
                 bad.split('@').next_back().unwrap_or(bad)
             ))),
-            None => Ok(AmqpUrl(s)),
+            None => match nodes
+                .iter()
+                .find_map(|u| crate::adapters::broker::tls(u).err())
+            {
+                Some(e) => Err(serde::de::Error::custom(e)),
+                None => Ok(AmqpUrl(s)),
+            },
         }
     }
 }

@@ -1,12 +1,12 @@
-//! Retrying transient failures until they pass or shutdown is asked for. The one place that
-//! uses the `backoff` crate (unmaintained, RUSTSEC-2025-0012, but the one asked for): its
-//! exponential schedule, with no give-up time (its default of 15 minutes would drop work).
+//! Retrying transient failures until they pass or shutdown is asked for. The schedule is
+//! `backon`'s exponential one, never giving up, with jitter of our own around each pause. (The
+//! design card named the `backoff` crate; it is unmaintained, RUSTSEC-2025-0012, and was only
+//! ever used here for this schedule, so it was replaced: docs/deploy.md, "Dependencies".)
 
 use std::future::Future;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 /// Work stopped because shutdown was asked for: what was in hand is left unacknowledged, to be
@@ -30,39 +30,59 @@ impl<E> From<Interrupted> for Stopped<E> {
     }
 }
 
-/// The schedule: 50 ms doubling to 5 s between attempts, with jitter, never giving up.
-pub fn schedule() -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: Duration::from_millis(50),
-        max_interval: Duration::from_secs(5),
-        multiplier: 2.0,
-        randomization_factor: 0.3,
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
+/// An exponential schedule of pauses, each spread at random by ± `spread` of itself, with no
+/// end: after the last step it stays at the longest pause.
+pub struct Schedule {
+    steps: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    longest: Duration,
+    spread: f64,
+}
+
+impl Schedule {
+    fn new(first: Duration, longest: Duration, spread: f64) -> Self {
+        let steps = ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(longest)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        Schedule {
+            steps,
+            longest,
+            spread,
+        }
+    }
+
+    /// The next pause.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.steps.next().unwrap_or(self.longest);
+        pause.mul_f64(1.0 - self.spread + 2.0 * self.spread * fastrand::f64())
     }
 }
 
+/// The schedule of retries: 50 ms doubling to 5 s between attempts, ± 30 %, never giving up.
+pub fn schedule() -> Schedule {
+    Schedule::new(Duration::from_millis(50), Duration::from_secs(5), 0.3)
+}
+
 /// The pauses between attempts of the apply loop after losing a race for a conversation: 2 ms
-/// doubling to 100 ms, with wide jitter so that the two sides do not meet again.
-pub struct ConflictPauses(ExponentialBackoff);
+/// doubling to 100 ms, ± 50 %, so that the two sides do not meet again.
+pub struct ConflictPauses(Schedule);
 
 impl Default for ConflictPauses {
     fn default() -> Self {
-        ConflictPauses(ExponentialBackoff {
-            initial_interval: Duration::from_millis(2),
-            max_interval: Duration::from_millis(100),
-            multiplier: 2.0,
-            randomization_factor: 0.5,
-            max_elapsed_time: None,
-            ..ExponentialBackoff::default()
-        })
+        ConflictPauses(Schedule::new(
+            Duration::from_millis(2),
+            Duration::from_millis(100),
+            0.5,
+        ))
     }
 }
 
 impl ConflictPauses {
     /// The next pause.
     pub fn next_pause(&mut self) -> Duration {
-        self.0.next_backoff().unwrap_or(Duration::from_millis(100))
+        self.0.next_pause()
     }
 }
 
@@ -113,7 +133,7 @@ where
                         attempts: attempt,
                     });
                 }
-                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                let delay = backoff.next_pause();
                 before_retry(&e, attempt, delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -187,5 +207,24 @@ mod tests {
         stop.cancel();
         assert_eq!(task.await.unwrap().unwrap_err(), Stopped::Interrupted);
         assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) > 3);
+    }
+
+    #[test]
+    fn the_schedule_doubles_to_its_longest_pause_and_stays_there() {
+        let mut s = Schedule::new(Duration::from_millis(50), Duration::from_secs(5), 0.3);
+        let pauses: Vec<Duration> = (0..20).map(|_| s.next_pause()).collect();
+        let within = |p: Duration, of: u64| {
+            let of = Duration::from_millis(of);
+            p >= of.mul_f64(0.7) && p <= of.mul_f64(1.3)
+        };
+        assert!(within(pauses[0], 50), "{:?}", pauses[0]);
+        assert!(within(pauses[1], 100), "{:?}", pauses[1]);
+        assert!(within(pauses[6], 3200), "{:?}", pauses[6]);
+        for p in &pauses[7..] {
+            assert!(
+                within(*p, 5000),
+                "never past the longest, never ending: {p:?}"
+            );
+        }
     }
 }

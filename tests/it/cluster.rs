@@ -387,3 +387,73 @@ async fn cluster_a_commit_sent_again_changes_nothing_the_second_time() {
     let snapshot = store.load(&first.scope, &first.key, now).await.unwrap();
     assert_eq!(snapshot.version, 1, "one commit took effect");
 }
+
+/// `amqps://` speaks TLS and checks the broker's certificate (#27): the whole pipeline runs over
+/// the first node's TLS listener with the test CA named by `cacertfile`, the broker reports those
+/// connections as TLS, and the same listener refuses a client that does not trust its
+/// certificate and one that speaks plain AMQP.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the TLS listener of scripts/cluster's first node: scripts/test runs it"]
+async fn cluster_amqps_is_tls_and_checks_the_certificate() {
+    let tls = var("COEXIST_TEST_AMQPS_URL");
+    let stack = Stack::start("cl-amqps", 1, &[("COEXIST_AMQP_URL", &tls)]).await;
+    let _amqp = ClusterAmqpNsGuard(stack.ns.clone(), tls.clone());
+    let body = customer_text(ANA, "wamid.TLS1", t0(), "over TLS");
+    stack.post_until_ok(&body, 30 * SECS).await;
+    let events = take_events_at(&tls, &stack.ns, "bot", 1, 30 * SECS).await;
+    assert_eq!(events.len(), 1, "the event came through the TLS listener");
+    assert_eq!(events[0].body["message"]["text"], "over TLS");
+    // The broker's own view: every connection of this stack is a TLS one.
+    let node = var("COEXIST_TEST_RABBIT_NODES")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let listed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "-n",
+                &node,
+                "list_connections",
+                "port",
+                "ssl",
+                "ssl_protocol",
+            ])
+            .output()
+            .expect("rabbitmqctl runs")
+    })
+    .await
+    .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let on_tls: Vec<&str> = listed.lines().filter(|l| l.starts_with("5691")).collect();
+    assert!(
+        on_tls.len() >= 2,
+        "the ingress and the worker connect on 5691: {listed}"
+    );
+    for line in &on_tls {
+        assert!(
+            line.contains("true") && line.contains("tlsv1."),
+            "a TLS connection: {line}"
+        );
+    }
+    stack.stop().await;
+    // Without the CA the test certificate is not trusted: no connection, no credentials sent.
+    let untrusted = tls.split('?').next().unwrap().to_owned();
+    let refused = coexist::adapters::broker::connect(&untrusted, "coexist-test-untrusted").await;
+    let e = refused
+        .err()
+        .expect("a certificate no root vouches for is refused");
+    assert!(
+        format!("{e:?}").to_lowercase().contains("certificate"),
+        "refused for its certificate: {e:?}"
+    );
+    // Plain AMQP to the TLS listener gets nowhere either.
+    let plain = untrusted.replacen("amqps://", "amqp://", 1);
+    assert!(
+        coexist::adapters::broker::connect(&plain, "coexist-test-plain")
+            .await
+            .is_err(),
+        "the TLS listener does not speak plain AMQP"
+    );
+}

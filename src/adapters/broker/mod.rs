@@ -10,6 +10,7 @@ pub mod message;
 pub mod publisher;
 pub mod topology;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
 pub use link::Link;
@@ -33,6 +34,8 @@ pub enum Error {
     NotConfirmed,
     #[error("the broker did not confirm in time")]
     ConfirmTimeout,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the broker blocks publishers ({0})")]
     Blocked(String),
     #[error(
@@ -71,7 +74,10 @@ pub async fn connect_from(urls: &str, name: &str, first: usize) -> Result<(Conne
     for k in 0..nodes.len() {
         let i = (first + k) % nodes.len();
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(nodes[i], props)).await {
+        let tls = tls(nodes[i])?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let connecting = Connection::connect_with_config(nodes[i], props, tls, runtime);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => return Ok((conn, i)),
             Ok(Err(e)) => {
                 tracing::debug!(node = i, error = %e, "a RabbitMQ node did not answer");
@@ -86,10 +92,88 @@ pub async fn connect_from(urls: &str, name: &str, first: usize) -> Result<(Conne
     Err(last)
 }
 
+/// The query parameter of a node URL that names a PEM file of CA certificates to trust for
+/// `amqps://` beside the Web PKI roots (RabbitMQ's own URI parameter of that name).
+pub const CA_FILE_PARAMETER: &str = "cacertfile";
+
+/// The TLS settings of a node URL: `amqps://` checks the broker's certificate against the Web PKI
+/// roots (rustls), and against the certificates of `cacertfile` when the URL names one.
+pub fn tls(url: &str) -> Result<OwnedTLSConfig> {
+    let Some(path) = ca_file(url) else {
+        return Ok(OwnedTLSConfig::default());
+    };
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Tls(format!("{CA_FILE_PARAMETER} {path}: {e}")))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::Tls(format!(
+            "{CA_FILE_PARAMETER} {path}: holds no PEM certificate"
+        )));
+    }
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
+}
+
+/// The `cacertfile` a node URL names, if it names one (percent-decoded).
+fn ca_file(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == CA_FILE_PARAMETER).then(|| percent_decoded(v))
+    })
+}
+
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Declares a namespace's exchanges and queues on a connection of its own (`coexist topology`).
 pub async fn declare(url: &str, topology: &Topology) -> Result<()> {
     let conn = connect(url, "coexist-topology").await?;
     topology.declare(&conn).await?;
     let _ = conn.close(200, "declared".into()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_url_names_its_ca_file_and_an_unreadable_one_is_said_in_one_line() {
+        assert_eq!(ca_file("amqps://u:p@h:5671/%2f"), None);
+        assert_eq!(
+            ca_file("amqps://u:p@h:5671/%2f?heartbeat=10&cacertfile=%2Fetc%2Fca%20x.pem")
+                .as_deref(),
+            Some("/etc/ca x.pem")
+        );
+        assert!(tls("amqps://h/%2f").unwrap().cert_chain.is_none());
+        let e = tls("amqps://h/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("TLS: cacertfile /nonexistent/ca.pem: "),
+            "{e}"
+        );
+    }
 }

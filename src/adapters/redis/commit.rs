@@ -5,9 +5,9 @@ use serde::Serialize;
 use super::{json, RedisStore, Stored, DONE};
 use crate::core::store::{Commit, Committed, Result, Seen, DEDUP_RETENTION};
 
-/// The commit: one script, reading its arguments by name. ARGV[1] is [`CommitArgs`] as JSON
+/// The commit: one script, reading its arguments by name. `ARGV[1]` is [`CommitArgs`] as JSON
 /// (every key it names is also passed in KEYS, which route it and declare what it touches);
-/// ARGV[2] is the value of the input's dedup mark (`done`, or the events still to publish), apart
+/// `ARGV[2]` is the value of the input's dedup mark (`done`, or the events still to publish), apart
 /// so that the events' JSON is not escaped into the arguments' JSON.
 pub(super) const COMMIT: &str = r#"
 local c = cjson.decode(ARGV[1])
@@ -63,7 +63,7 @@ impl ConversationKeys {
     }
 }
 
-/// The commit script's arguments (ARGV[1]), named as the script reads them. Numbers travel as
+/// The commit script's arguments (`ARGV[1]`), named as the script reads them. Numbers travel as
 /// strings: Lua would print large ones in exponent form.
 #[derive(Debug, Serialize)]
 struct CommitArgs {

@@ -23,9 +23,9 @@
 //! [`crate::core::apply::Applier::apply`] is atomic across processes. Deleting the `pause` key by hand
 //! releases the pause (routing follows the TTL).
 
-mod commit;
-mod deadlines;
-mod reply;
+pub(crate) mod commit;
+pub(crate) mod deadlines;
+pub(crate) mod reply;
 
 pub use reply::{ForReply, REPLY_IN_FLIGHT};
 

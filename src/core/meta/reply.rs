@@ -4,7 +4,8 @@
 
 use serde_json::value::RawValue;
 
-use super::{compact, content, lenient, wire};
+use super::items::content;
+use super::{compact, lenient, wire};
 use crate::core::domain::{phone_digits, CustomerKey};
 use crate::core::engine::input::Content;
 

@@ -14,14 +14,17 @@
 //! - **Dead letters**: listed with a safe preview; Replay (one or all) and Discard, each asked
 //!   for first.
 
-mod live;
+pub(crate) mod dead;
+pub(crate) mod held;
+pub(crate) mod live;
 pub mod pages;
+pub(crate) mod signin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -126,18 +129,18 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     });
     let ready: crate::runtime::http::Readiness = Arc::new(move || vec![("rabbitmq", link.check())]);
     let router = Router::new()
-        .route("/", get(held))
-        .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
-        .route("/pause", post(pause))
-        .route("/release", post(release))
-        .route("/extend", post(extend))
+        .route("/", get(held::held))
+        .route("/login", get(signin::login_page).post(signin::login))
+        .route("/logout", post(signin::logout))
+        .route("/pause", post(held::pause))
+        .route("/release", post(held::release))
+        .route("/extend", post(held::extend))
         .route("/live", get(live_page))
         .route("/live/events", get(live::events))
-        .route("/dead", get(dead))
-        .route("/dead/confirm", get(dead_confirm))
-        .route("/dead/replay", post(dead_replay))
-        .route("/dead/discard", post(dead_discard))
+        .route("/dead", get(dead::dead))
+        .route("/dead/confirm", get(dead::dead_confirm))
+        .route("/dead/replay", post(dead::dead_replay))
+        .route("/dead/discard", post(dead::dead_discard))
         .route(
             "/assets/console.css",
             get(|| async { asset("text/css", CSS) }),
@@ -321,285 +324,6 @@ fn frame<'a>(
     }
 }
 
-async fn login_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if c.session(&headers).is_some() {
-        return Redirect::to("/").into_response();
-    }
-    Html(pages::login(None).into_string()).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct LoginForm {
-    token: String,
-}
-
-async fn login(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    if !same_origin(&headers) {
-        return forbidden("refused: the request did not come from this console");
-    }
-    // Every token is compared (no early exit), in constant time.
-    let given = form.token.trim().as_bytes();
-    let operator = c.operators.iter().fold(None, |found, (name, token)| {
-        let matches = bool::from(token.expose().as_bytes().ct_eq(given));
-        found.or(matches.then(|| name.clone()))
-    });
-    let Some(operator) = operator else {
-        let _one_at_a_time = c.guessing.lock().await;
-        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
-        tracing::warn!("a wrong console token was given");
-        let page = pages::login(Some("That token is not an operator's."));
-        return (StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response();
-    };
-    let id = token();
-    {
-        let mut sessions = c.sessions.lock().expect("sessions");
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                sessions.remove(&k);
-            }
-        }
-        sessions.insert(
-            id.clone(),
-            Session {
-                operator: operator.clone(),
-                csrf: token(),
-                expires: now + SESSION,
-                refs: HashMap::new(),
-                said: None,
-            },
-        );
-    }
-    tracing::info!(operator, "an operator signed in to the console");
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
-    let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        SESSION.as_secs(),
-        if secure { "; Secure" } else { "" }
-    );
-    let mut response = Redirect::to("/").into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
-}
-
-#[derive(serde::Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
-async fn logout(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let (id, _) = match c.posted(&headers, &form.csrf) {
-        Ok(s) => s,
-        Err(refused) => return *refused,
-    };
-    c.sessions.lock().expect("sessions").remove(&id);
-    let mut response = Redirect::to("/login").into_response();
-    let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    if let Ok(v) = HeaderValue::from_str(&gone) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
-}
-
-/// The first page: who is with a human now.
-async fn held(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some((id, session)) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    let now = Millis::now();
-    let (rows, error) = match operator::list(c.applier.store(), now).await {
-        Ok(paused) => (paused, None),
-        Err(e) => (
-            Vec::new(),
-            Some(format!("cannot read the conversations from Redis: {e}")),
-        ),
-    };
-    let mut refs = HashMap::new();
-    let mut numbers: Vec<&str> = Vec::new();
-    let held: Vec<pages::Held> = rows
-        .iter()
-        .map(|p| {
-            let reference = token()[..16].to_owned();
-            if let Some(key) = CustomerKey::parse(&p.customer) {
-                refs.insert(
-                    reference.clone(),
-                    Scope::conversation(&p.phone_number_id, key),
-                );
-            }
-            if !numbers.contains(&p.phone_number_id.as_str()) {
-                numbers.push(&p.phone_number_id);
-            }
-            let left = Duration::from_secs((p.left_ms.max(0) / 60_000 * 60) as u64);
-            pages::Held {
-                reference,
-                number: p.phone_number_id.clone(),
-                customer: c.shown(&p.customer),
-                since: p.since.clone(),
-                until: p.paused_until.clone(),
-                left: humantime::format_duration(left).to_string(),
-                by: operator::by_text(&p.by),
-                trigger: p.trigger_message_id.clone().unwrap_or_else(|| "-".into()),
-            }
-        })
-        .collect();
-    c.update(&id, |s| s.refs = refs);
-    let said = error.map(Err).or_else(|| c.take_said(&id));
-    let f = frame("With a human now", "held", &session, said, REFRESH_SECS);
-    Html(pages::held(&f, &held, numbers.len()).into_string()).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct PauseForm {
-    csrf: String,
-    number: String,
-    customer: String,
-    duration: String,
-}
-
-fn duration_of(text: &str) -> Option<Duration> {
-    pages::DURATIONS
-        .iter()
-        .any(|(v, _)| *v == text)
-        .then(|| humantime::parse_duration(text).ok())
-        .flatten()
-}
-
-async fn pause(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<PauseForm>,
-) -> Response {
-    let (id, session) = match c.posted(&headers, &form.csrf) {
-        Ok(s) => s,
-        Err(refused) => return *refused,
-    };
-    let number = form.number.trim();
-    let said = match (
-        valid_phone_number_id(number),
-        CustomerKey::parse(&form.customer),
-        duration_of(&form.duration),
-    ) {
-        (false, _, _) => Err(format!("{number:?} is not a phone_number_id")),
-        (_, None, _) => Err("that is neither a phone number nor a business-scoped user id".into()),
-        (_, _, None) => Err("choose one of the durations offered".into()),
-        (true, Some(customer), Some(duration)) => {
-            let what = format!("Pause {}", c.shown(customer.as_str()));
-            let command = Command {
-                scope: Scope::conversation(number, customer),
-                action: OperatorAction::Pause,
-                duration: Some(duration),
-                by: Some(session.operator.clone()),
-            };
-            c.act(command, &what).await
-        }
-    };
-    c.update(&id, |s| s.said = Some(said));
-    Redirect::to("/").into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct RowForm {
-    csrf: String,
-    conversation: String,
-    #[serde(default)]
-    duration: Option<String>,
-}
-
-async fn release(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<RowForm>,
-) -> Response {
-    row_action(c, headers, form, OperatorAction::Release).await
-}
-
-async fn extend(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<RowForm>,
-) -> Response {
-    row_action(c, headers, form, OperatorAction::Pause).await
-}
-
-/// Release or Extend on a row of the first page.
-async fn row_action(
-    c: Arc<Console>,
-    headers: HeaderMap,
-    form: RowForm,
-    action: OperatorAction,
-) -> Response {
-    let (id, session) = match c.posted(&headers, &form.csrf) {
-        Ok(s) => s,
-        Err(refused) => return *refused,
-    };
-    let Some(scope) = session.refs.get(&form.conversation).cloned() else {
-        c.update(&id, |s| {
-            s.said = Some(Err("that row is gone: the list was refreshed".into()))
-        });
-        return Redirect::to("/").into_response();
-    };
-    let shown = c.shown(scope.customer.as_ref().map_or("", |k| k.as_str()));
-    let said = match action {
-        OperatorAction::Release => {
-            let command = Command {
-                scope,
-                action,
-                duration: None,
-                by: Some(session.operator.clone()),
-            };
-            c.act(command, &format!("Release {shown}")).await
-        }
-        OperatorAction::Pause => {
-            match form.duration.as_deref().and_then(duration_of) {
-                None => Err("choose one of the durations offered".into()),
-                Some(by) => {
-                    // Extend by `by`: a pause from now until the current deadline plus `by`.
-                    let now = Millis::now();
-                    let view = operator::show(c.applier.store(), &scope, now).await;
-                    let left = match view {
-                        Ok(v) => v.pause_ttl_ms.unwrap_or(0).max(0) as u64,
-                        Err(e) => {
-                            return {
-                                c.update(&id, |s| {
-                                    s.said = Some(Err(format!("cannot read the conversation: {e}")))
-                                });
-                                Redirect::to("/").into_response()
-                            }
-                        }
-                    };
-                    let command = Command {
-                        scope,
-                        action,
-                        duration: Some(Duration::from_millis(left) + by),
-                        by: Some(session.operator.clone()),
-                    };
-                    let what = format!("Extend {shown} by {}", humantime::format_duration(by));
-                    c.act(command, &what).await
-                }
-            }
-        }
-    };
-    c.update(&id, |s| s.said = Some(said));
-    Redirect::to("/").into_response()
-}
-
 async fn live_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((id, session)) = c.session(&headers) else {
         return Redirect::to("/login").into_response();
@@ -607,123 +331,6 @@ async fn live_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
     let said = c.take_said(&id);
     let f = frame("Live events", "live", &session, said, 0);
     Html(pages::live(&f).into_string()).into_response()
-}
-
-async fn dead(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some((id, session)) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    let (rows, error) = match crate::tools::dlq::list(c.amqp_url.expose(), &c.topology).await {
-        Ok(entries) => (entries, None),
-        Err(e) => (
-            Vec::new(),
-            Some(format!("cannot read the dead letters: {e}")),
-        ),
-    };
-    let rows: Vec<pages::Dead> = rows
-        .into_iter()
-        .map(|e| pages::Dead {
-            id: e.id.unwrap_or_else(|| "-".into()),
-            kind: e.kind.unwrap_or_else(|| "-".into()),
-            stage: e.stage.as_str().to_owned(),
-            reason: match c.log_content {
-                true => e.reason,
-                false => crate::core::domain::redact_digits(&e.reason),
-            },
-            attempts: e.attempts,
-            age: e
-                .age_secs
-                .map(|s| {
-                    humantime::format_duration(Duration::from_secs(s.max(0) as u64)).to_string()
-                })
-                .unwrap_or_else(|| "-".into()),
-            preview: e.preview,
-        })
-        .collect();
-    let said = error.map(Err).or_else(|| c.take_said(&id));
-    let f = frame("Dead letters", "dead", &session, said, 0);
-    Html(pages::dead(&f, &rows).into_string()).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct ConfirmQuery {
-    action: String,
-    id: String,
-}
-
-async fn dead_confirm(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(q): Query<ConfirmQuery>,
-) -> Response {
-    let Some((_, session)) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    let (action, what) = match (q.action.as_str(), q.id.as_str()) {
-        ("replay", "all") => ("replay", "Replay every dead letter? Each is sent back to its partition and decided again against the conversation's state now.".to_owned()),
-        ("replay", id) => ("replay", format!("Replay the dead letter {id}? It is sent back to its partition and decided again against the conversation's state now.")),
-        ("discard", id) if id != "all" => ("discard", format!("Discard the dead letter {id}? It is removed for good.")),
-        _ => return Redirect::to("/dead").into_response(),
-    };
-    let f = frame("Are you sure?", "dead", &session, None, 0);
-    Html(pages::confirm(&f, action, &q.id, &what).into_string()).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct DeadForm {
-    csrf: String,
-    id: String,
-}
-
-async fn dead_replay(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<DeadForm>,
-) -> Response {
-    dead_action(c, headers, form, crate::tools::dlq::Action::Replay).await
-}
-
-async fn dead_discard(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<DeadForm>,
-) -> Response {
-    dead_action(c, headers, form, crate::tools::dlq::Action::Discard).await
-}
-
-async fn dead_action(
-    c: Arc<Console>,
-    headers: HeaderMap,
-    form: DeadForm,
-    action: crate::tools::dlq::Action,
-) -> Response {
-    let (id, session) = match c.posted(&headers, &form.csrf) {
-        Ok(s) => s,
-        Err(refused) => return *refused,
-    };
-    let url = c.amqp_url.expose();
-    let said = match (action, form.id.as_str()) {
-        (crate::tools::dlq::Action::Replay, "all") => {
-            match crate::tools::dlq::replay(url, &c.topology, None, |_, _| {}).await {
-                Ok(r) => Ok(format!(
-                    "Replayed {} dead letter(s): {} unit(s) sent back, {} parked again",
-                    r.replayed, r.units, r.parked_again
-                )),
-                Err(e) => Err(format!("Replay failed: {e}")),
-            }
-        }
-        (action, one) => match crate::tools::dlq::act_on_one(url, &c.topology, one, action).await {
-            Ok(true) if action == crate::tools::dlq::Action::Replay => {
-                Ok(format!("Replayed {one}"))
-            }
-            Ok(true) => Ok(format!("Discarded {one}")),
-            Ok(false) => Err(format!("{one} is no longer in the dead-letter queue")),
-            Err(e) => Err(format!("failed: {e}")),
-        },
-    };
-    tracing::info!(operator = %session.operator, action = ?action, id = %form.id, ok = said.is_ok(), "a console action on dead letters");
-    c.update(&id, |s| s.said = Some(said));
-    Redirect::to("/dead").into_response()
 }
 
 #[cfg(test)]

@@ -29,12 +29,12 @@
 //! `handle.rs` decides an item, publishes and acknowledges it; `sweep.rs` releases due pauses;
 //! [`membership`] shares the partitions among workers.
 
-mod handle;
-mod lanes;
-mod marks;
+pub(crate) mod handle;
+pub(crate) mod lanes;
+pub(crate) mod marks;
 pub mod membership;
-mod partitions;
-mod sweep;
+pub(crate) mod partitions;
+pub(crate) mod sweep;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

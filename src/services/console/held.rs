@@ -1,0 +1,192 @@
+//! With a human now: the paused conversations, and Pause, Release and Extend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use super::*;
+
+/// The first page: who is with a human now.
+pub(super) async fn held(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some((id, session)) = c.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    let now = Millis::now();
+    let (rows, error) = match operator::list(c.applier.store(), now).await {
+        Ok(paused) => (paused, None),
+        Err(e) => (
+            Vec::new(),
+            Some(format!("cannot read the conversations from Redis: {e}")),
+        ),
+    };
+    let mut refs = HashMap::new();
+    let mut numbers: Vec<&str> = Vec::new();
+    let held: Vec<pages::Held> = rows
+        .iter()
+        .map(|p| {
+            let reference = token()[..16].to_owned();
+            if let Some(key) = CustomerKey::parse(&p.customer) {
+                refs.insert(
+                    reference.clone(),
+                    Scope::conversation(&p.phone_number_id, key),
+                );
+            }
+            if !numbers.contains(&p.phone_number_id.as_str()) {
+                numbers.push(&p.phone_number_id);
+            }
+            let left = Duration::from_secs((p.left_ms.max(0) / 60_000 * 60) as u64);
+            pages::Held {
+                reference,
+                number: p.phone_number_id.clone(),
+                customer: c.shown(&p.customer),
+                since: p.since.clone(),
+                until: p.paused_until.clone(),
+                left: humantime::format_duration(left).to_string(),
+                by: operator::by_text(&p.by),
+                trigger: p.trigger_message_id.clone().unwrap_or_else(|| "-".into()),
+            }
+        })
+        .collect();
+    c.update(&id, |s| s.refs = refs);
+    let said = error.map(Err).or_else(|| c.take_said(&id));
+    let f = frame("With a human now", "held", &session, said, REFRESH_SECS);
+    Html(pages::held(&f, &held, numbers.len()).into_string()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PauseForm {
+    csrf: String,
+    number: String,
+    customer: String,
+    duration: String,
+}
+
+pub(super) fn duration_of(text: &str) -> Option<Duration> {
+    pages::DURATIONS
+        .iter()
+        .any(|(v, _)| *v == text)
+        .then(|| humantime::parse_duration(text).ok())
+        .flatten()
+}
+
+pub(super) async fn pause(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<PauseForm>,
+) -> Response {
+    let (id, session) = match c.posted(&headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let number = form.number.trim();
+    let said = match (
+        valid_phone_number_id(number),
+        CustomerKey::parse(&form.customer),
+        duration_of(&form.duration),
+    ) {
+        (false, _, _) => Err(format!("{number:?} is not a phone_number_id")),
+        (_, None, _) => Err("that is neither a phone number nor a business-scoped user id".into()),
+        (_, _, None) => Err("choose one of the durations offered".into()),
+        (true, Some(customer), Some(duration)) => {
+            let what = format!("Pause {}", c.shown(customer.as_str()));
+            let command = Command {
+                scope: Scope::conversation(number, customer),
+                action: OperatorAction::Pause,
+                duration: Some(duration),
+                by: Some(session.operator.clone()),
+            };
+            c.act(command, &what).await
+        }
+    };
+    c.update(&id, |s| s.said = Some(said));
+    Redirect::to("/").into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RowForm {
+    csrf: String,
+    conversation: String,
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+pub(super) async fn release(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<RowForm>,
+) -> Response {
+    row_action(c, headers, form, OperatorAction::Release).await
+}
+
+pub(super) async fn extend(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<RowForm>,
+) -> Response {
+    row_action(c, headers, form, OperatorAction::Pause).await
+}
+
+/// Release or Extend on a row of the first page.
+pub(super) async fn row_action(
+    c: Arc<Console>,
+    headers: HeaderMap,
+    form: RowForm,
+    action: OperatorAction,
+) -> Response {
+    let (id, session) = match c.posted(&headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let Some(scope) = session.refs.get(&form.conversation).cloned() else {
+        c.update(&id, |s| {
+            s.said = Some(Err("that row is gone: the list was refreshed".into()))
+        });
+        return Redirect::to("/").into_response();
+    };
+    let shown = c.shown(scope.customer.as_ref().map_or("", |k| k.as_str()));
+    let said = match action {
+        OperatorAction::Release => {
+            let command = Command {
+                scope,
+                action,
+                duration: None,
+                by: Some(session.operator.clone()),
+            };
+            c.act(command, &format!("Release {shown}")).await
+        }
+        OperatorAction::Pause => {
+            match form.duration.as_deref().and_then(duration_of) {
+                None => Err("choose one of the durations offered".into()),
+                Some(by) => {
+                    // Extend by `by`: a pause from now until the current deadline plus `by`.
+                    let now = Millis::now();
+                    let view = operator::show(c.applier.store(), &scope, now).await;
+                    let left = match view {
+                        Ok(v) => v.pause_ttl_ms.unwrap_or(0).max(0) as u64,
+                        Err(e) => {
+                            return {
+                                c.update(&id, |s| {
+                                    s.said = Some(Err(format!("cannot read the conversation: {e}")))
+                                });
+                                Redirect::to("/").into_response()
+                            }
+                        }
+                    };
+                    let command = Command {
+                        scope,
+                        action,
+                        duration: Some(Duration::from_millis(left) + by),
+                        by: Some(session.operator.clone()),
+                    };
+                    let what = format!("Extend {shown} by {}", humantime::format_duration(by));
+                    c.act(command, &what).await
+                }
+            }
+        }
+    };
+    c.update(&id, |s| s.said = Some(said));
+    Redirect::to("/").into_response()
+}

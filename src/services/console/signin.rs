@@ -1,0 +1,106 @@
+//! Signing in and out: a wrong token is answered late and one at a time.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use super::*;
+
+pub(super) async fn login_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if c.session(&headers).is_some() {
+        return Redirect::to("/").into_response();
+    }
+    Html(pages::login(None).into_string()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+}
+
+pub(super) async fn login(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden("refused: the request did not come from this console");
+    }
+    // Every token is compared (no early exit), in constant time.
+    let given = form.token.trim().as_bytes();
+    let operator = c.operators.iter().fold(None, |found, (name, token)| {
+        let matches = bool::from(token.expose().as_bytes().ct_eq(given));
+        found.or(matches.then(|| name.clone()))
+    });
+    let Some(operator) = operator else {
+        let _one_at_a_time = c.guessing.lock().await;
+        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+        tracing::warn!("a wrong console token was given");
+        let page = pages::login(Some("That token is not an operator's."));
+        return (StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response();
+    };
+    let id = token();
+    {
+        let mut sessions = c.sessions.lock().expect("sessions");
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                sessions.remove(&k);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                operator: operator.clone(),
+                csrf: token(),
+                expires: now + SESSION,
+                refs: HashMap::new(),
+                said: None,
+            },
+        );
+    }
+    tracing::info!(operator, "an operator signed in to the console");
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct CsrfForm {
+    csrf: String,
+}
+
+pub(super) async fn logout(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (id, _) = match c.posted(&headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    c.sessions.lock().expect("sessions").remove(&id);
+    let mut response = Redirect::to("/login").into_response();
+    let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
