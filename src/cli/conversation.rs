@@ -32,6 +32,8 @@ pub enum Command {
         /// Who pauses it, recorded as `by.name`. Default: the login name.
         #[arg(long, value_name = "NAME")]
         by: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Hands the customer back to the AI agent, as the reset command would (reason: operator).
     Release {
@@ -40,14 +42,29 @@ pub enum Command {
         /// Who releases it, recorded as `by.name`. Default: the login name.
         #[arg(long, value_name = "NAME")]
         by: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
 }
 
-/// A duration written like 30s, 15m, 24h, 7d (longer than zero).
+/// How long a command waits for a worker to decide it.
+#[derive(clap::Args)]
+pub struct Wait {
+    /// A command is decided by the worker that consumes the conversation's partition, in order
+    /// with the webhooks before it; wait this long for its answer (e.g. 10s, 2m). Past it the
+    /// command stays queued and is decided when a worker reaches it.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30s")]
+    wait: std::time::Duration,
+}
+
+/// A duration written like 30s, 15m, 24h, 7d (longer than zero, at most ten years, as the
+/// configuration's).
 fn duration(s: &str) -> Result<std::time::Duration, String> {
+    const TEN_YEARS: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
     match humantime::parse_duration(s.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be longer than zero".into()),
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) if d > TEN_YEARS => Err("must be at most ten years".into()),
+        Ok(d) => Ok(d),
         Err(_) => Err(format!("{s:?} is not a duration (write e.g. 30m, 2h, 7d)")),
     }
 }
@@ -93,20 +110,27 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
             conversation,
             duration,
             by,
+            wait,
         } => (
             conversation,
             Some((
                 OperatorAction::Pause,
                 *duration,
                 by.clone().or_else(login_name),
+                wait.wait,
             )),
         ),
-        Command::Release { conversation, by } => (
+        Command::Release {
+            conversation,
+            by,
+            wait,
+        } => (
             conversation,
             Some((
                 OperatorAction::Release,
                 None,
                 by.clone().or_else(login_name),
+                wait.wait,
             )),
         ),
     };
@@ -137,14 +161,16 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
             println!("{json}");
         }
         Some(action) => {
-            let (action, duration, by) = action;
+            let (action, duration, by, wait) = action;
             let command = operator::Command {
                 scope,
                 action,
                 duration,
                 by,
             };
-            let done = operator::act(&config, command, now).await.map_err(failed)?;
+            let done = operator::act(&config, command, wait)
+                .await
+                .map_err(failed)?;
             for e in &done.events {
                 println!("{}", e.to_line());
             }

@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 pub struct Millis(pub i64);
 
 impl Millis {
+    /// The latest instant coexist represents: 9999-12-31T23:59:59.999Z (RFC 3339 has four-digit
+    /// years). Arithmetic saturates here, so every instant formats.
+    pub const LATEST: Millis = Millis(253_402_300_799_999);
+
+    /// The latest time an item may carry: 9000-01-01T00:00:00Z. Later ones (and any before 1970)
+    /// are no time Meta sends; the reader parks them as unreadable. Up to here, every duration
+    /// coexist adds (at most ten years) stays within [`Millis::LATEST`].
+    pub const READABLE_UNTIL: Millis = Millis(221_845_392_000_000);
+
     /// The wall clock now.
     pub fn now() -> Self {
         let d = SystemTime::now()
@@ -20,17 +29,23 @@ impl Millis {
         Millis(d.as_millis() as i64)
     }
 
-    /// Unix seconds, as Meta writes them.
+    /// Unix seconds, as Meta writes them (saturating at [`Millis::LATEST`]).
     pub fn from_secs(secs: i64) -> Self {
-        Millis(secs.saturating_mul(1000))
+        Millis(secs.saturating_mul(1000).min(Self::LATEST.0))
     }
 
-    /// This instant plus a duration (saturating).
+    /// This instant plus a duration (saturating at [`Millis::LATEST`]).
     pub fn plus(self, d: Duration) -> Self {
         Millis(
             self.0
-                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64)
+                .min(Self::LATEST.0),
         )
+    }
+
+    /// Whether an item may carry this time ([`Millis::READABLE_UNTIL`]).
+    pub fn readable(self) -> bool {
+        (0..=Self::READABLE_UNTIL.0).contains(&self.0)
     }
 
     /// This instant minus a duration (saturating).
@@ -42,8 +57,9 @@ impl Millis {
     }
 
     /// RFC 3339 in UTC: whole seconds when the instant has no fraction, milliseconds otherwise.
+    /// Total: instants before 1970 read as 1970, after [`Millis::LATEST`] as it.
     pub fn rfc3339(self) -> String {
-        let ms = self.0.max(0) as u64;
+        let ms = self.0.clamp(0, Self::LATEST.0) as u64;
         let t = UNIX_EPOCH + Duration::from_millis(ms);
         if ms % 1000 == 0 {
             humantime::format_rfc3339_seconds(t).to_string()
@@ -103,10 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn every_instant_formats_even_past_year_9999() {
+        assert_eq!(Millis(i64::MAX).rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Millis::LATEST.rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Millis::READABLE_UNTIL.rfc3339(), "9000-01-01T00:00:00Z");
+        let late = Millis::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z, as Meta writes it
+        assert_eq!(late.plus(Duration::from_secs(7 * 86_400)), Millis::LATEST);
+        assert_eq!(Millis::from_secs(i64::MAX), Millis::LATEST);
+        assert!(!late.readable() && Millis::READABLE_UNTIL.readable() && !Millis(-1).readable());
+    }
+
+    #[test]
     fn arithmetic_saturates() {
         assert_eq!(
             Millis(i64::MAX).plus(Duration::from_secs(1)),
-            Millis(i64::MAX)
+            Millis::LATEST
         );
         assert_eq!(Millis(10).minus(Duration::from_millis(4)), Millis(6));
     }

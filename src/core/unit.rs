@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::domain::Scope;
 use crate::core::engine::input::Item;
+use crate::core::engine::{Deadline, Input, OperatorAction};
 use crate::core::time::Millis;
 
 /// Version of the unit format.
@@ -32,6 +33,115 @@ impl Unit {
         parts.extend(keys);
         crate::core::domain::stable_id(&parts)
     }
+}
+
+/// A command for one conversation, decided in its partition's lane like the items around it, so
+/// the events of every source reach consumers in the order they were decided: an operator's
+/// pause, release or extension, or a pause deadline that came due (docs/contract.md, "Order").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub v: u8,
+    /// The conversation: its business number and one of the customer's names.
+    pub scope: Scope,
+    /// When it was sent to the partition.
+    pub accepted_at: Millis,
+    /// What to do.
+    pub order: Order,
+}
+
+/// What a [`Command`] asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "order", rename_all = "snake_case")]
+pub enum Order {
+    /// An operator's pause (for `for_ms`, default the timeout), release, or extension of the
+    /// pause in force by `for_ms`. `id` is the command's own (its dedup key: the same command
+    /// delivered again is decided once), `by` the operator's name.
+    Operator {
+        id: String,
+        action: OperatorAction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// The pause begun by `trigger` came due (R7).
+    Timeout { trigger: String },
+}
+
+impl Command {
+    /// An operator's command, with a fresh id.
+    pub fn operator(
+        scope: Scope,
+        action: OperatorAction,
+        duration: Option<std::time::Duration>,
+        by: Option<String>,
+        accepted_at: Millis,
+    ) -> Self {
+        Command {
+            v: VERSION,
+            scope,
+            accepted_at,
+            order: Order::Operator {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                action,
+                for_ms: duration.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+                by,
+            },
+        }
+    }
+
+    /// A due deadline's release.
+    pub fn timeout(deadline: &Deadline, accepted_at: Millis) -> Self {
+        Command {
+            v: VERSION,
+            scope: deadline.scope.clone(),
+            accepted_at,
+            order: Order::Timeout {
+                trigger: deadline.trigger.clone(),
+            },
+        }
+    }
+
+    /// The rules' input, decided at `now`.
+    pub fn input(&self, now: Millis) -> Input<'static> {
+        match &self.order {
+            Order::Operator {
+                id,
+                action,
+                for_ms,
+                by,
+            } => Input::Operator {
+                scope: self.scope.clone(),
+                id: id.clone(),
+                action: *action,
+                at: now,
+                duration: for_ms.map(std::time::Duration::from_millis),
+                by: by.clone(),
+            },
+            Order::Timeout { trigger } => Input::Timeout(Deadline {
+                scope: self.scope.clone(),
+                trigger: trigger.clone(),
+            }),
+        }
+    }
+
+    /// The message id it travels under: the same command, the same id.
+    pub fn id(&self) -> String {
+        let order = match &self.order {
+            Order::Operator { id, .. } => format!("op:{id}"),
+            Order::Timeout { trigger } => format!("release:{trigger}"),
+        };
+        crate::core::domain::stable_id(&[&self.scope.to_string(), &order])
+    }
+}
+
+/// What a worker answers a command's sender: the events the command published, or why it could
+/// not be decided (it was dead-lettered).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub events: Vec<crate::core::engine::event::Outbound>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Splits a body's items into one unit per business number, keeping their order of appearance

@@ -14,12 +14,12 @@ use serde::Serialize;
 
 use crate::adapters::broker::message::{header, text};
 use crate::adapters::broker::{
-    self, Outgoing, Publisher, Stage, Topology, ATTEMPTS_HEADER, ITEM_TYPE, REASON_HEADER,
-    STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
+    self, Outgoing, Publisher, Stage, Topology, ATTEMPTS_HEADER, COMMAND_TYPE, ITEM_TYPE,
+    REASON_HEADER, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
 };
 use crate::core::meta::parse_body;
 use crate::core::time::Millis;
-use crate::core::unit::{self, Unit};
+use crate::core::unit::{self, Command, Unit};
 
 /// One dead letter as `dlq list` shows it.
 #[derive(Debug, Serialize)]
@@ -256,10 +256,14 @@ pub async fn replay(
 fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usize) {
     let now = Millis::now();
     let kind = d.properties.kind().as_ref().map(|s| s.as_str().to_owned());
-    let units: Result<Vec<Unit>, String> = match kind.as_deref() {
+    let units: Result<Vec<Outgoing>, String> = match kind.as_deref() {
         Some(UNIT_TYPE) => serde_json::from_slice::<Unit>(&d.data)
-            .map(|u| vec![u])
+            .map(|u| vec![Outgoing::unit(topology, &u, now)])
             .map_err(|e| format!("unreadable unit: {e}")),
+        // A command goes back to its conversation's lane (its sender stopped waiting long ago).
+        Some(COMMAND_TYPE) => serde_json::from_slice::<Command>(&d.data)
+            .map(|c| vec![Outgoing::command(topology, &c, None)])
+            .map_err(|e| format!("unreadable command: {e}")),
         // An item that names no conversation still names none: it keeps its reason.
         Some(ITEM_TYPE) => Err(header(d.properties.headers(), REASON_HEADER)
             .and_then(text)
@@ -268,18 +272,15 @@ fn back_to_partitions(topology: &Topology, d: &Delivery) -> (Vec<Outgoing>, usiz
             Ok(parsed) if parsed.items.is_empty() && !parsed.unreadable.is_empty() => {
                 Err("nothing in it can be placed".into())
             }
-            Ok(parsed) => Ok(unit::split(parsed.items, now)),
+            Ok(parsed) => Ok(unit::split(parsed.items, now)
+                .iter()
+                .map(|u| Outgoing::unit(topology, u, now))
+                .collect()),
             Err(e) => Err(e.to_string()),
         },
     };
     match units {
-        Ok(units) => (
-            units
-                .iter()
-                .map(|u| Outgoing::unit(topology, u, now))
-                .collect(),
-            0,
-        ),
+        Ok(messages) => (messages, 0),
         Err(reason) => {
             let id = d
                 .properties

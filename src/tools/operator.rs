@@ -1,20 +1,19 @@
 //! `coexist conversation show|pause|release`: the operator's view and control of one
 //! conversation, against Redis (the manual path for when an echo never arrives).
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use crate::adapters::broker::{self, Outgoing, Publisher, Topology};
 use crate::adapters::redis::RedisStore;
-use crate::core::apply::Applier;
 use crate::core::domain::Scope;
 use crate::core::engine::event::{By, ByKind, Outbound};
 use crate::core::engine::state::{Handler, State};
-use crate::core::engine::{Input, OperatorAction};
+use crate::core::engine::OperatorAction;
 use crate::core::store::StateStore;
 use crate::core::time::Millis;
+use crate::core::unit::Answer;
 use crate::runtime::config::Config;
+use lapin::Connection;
 
 /// What `conversation show` prints.
 #[derive(Debug, Serialize, PartialEq)]
@@ -180,8 +179,14 @@ pub enum Error {
     Store(#[from] crate::core::store::Error),
     #[error("cannot reach RabbitMQ: {0}")]
     Broker(#[from] broker::Error),
-    #[error("the state changed but its events were not published: {0}")]
-    NotPublished(broker::Error),
+    #[error("the command is queued in partition {partition} ({queue}) but no worker decided it within {within:?} (a backlog there, or no worker running); it will be decided in order when a worker reaches it")]
+    NotDecided {
+        partition: u16,
+        queue: String,
+        within: std::time::Duration,
+    },
+    #[error("the command could not be decided: {0}")]
+    Refused(String),
 }
 
 /// Connects to the conversation state of `config`'s namespace.
@@ -202,61 +207,103 @@ pub struct Done {
 pub struct Command {
     pub scope: Scope,
     pub action: OperatorAction,
-    /// How long a pause lasts (default: the coexistence timeout).
+    /// How long a pause lasts (default: the coexistence timeout), or how much longer an
+    /// extended one lasts.
     pub duration: Option<std::time::Duration>,
     /// Who gives it (`by.name` of its events).
     pub by: Option<String>,
 }
 
-/// Pauses or releases one conversation with connections of its own (`coexist conversation`).
-pub async fn act(config: &Config, command: Command, now: Millis) -> Result<Done, Error> {
-    let applier = Applier::new(store(config).await?, Arc::new(config.rules.clone()));
+/// How long a command's sender waits for a worker to decide it.
+pub const DECIDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pauses, releases or extends one conversation with connections of its own (`coexist
+/// conversation`).
+pub async fn act(
+    config: &Config,
+    command: Command,
+    within: std::time::Duration,
+) -> Result<Done, Error> {
+    let store = store(config).await?;
     let topology = Topology::new(&config.namespace, config.partitions);
     let conn = broker::connect(config.amqp_url.expose(), "coexist-operator").await?;
     topology.declare(&conn).await?;
-    let publisher = Publisher::open(&conn).await?;
-    let done = apply(&applier, &publisher, &topology, command, now).await;
+    let done = send(&conn, &topology, &store, command, within).await;
     let _ = conn.close(200, "done".into()).await;
     done
 }
 
-/// Applies a command, publishes its events like any others (confirmed; a pause's only once the
-/// reply gate has no reply in flight for the conversation), and only then records them
-/// published. The console runs its actions through this too.
-pub async fn apply(
-    applier: &Applier<RedisStore>,
-    publisher: &Publisher,
+/// Sends a command to its conversation's partition, where a worker decides it in order with the
+/// items around it (so its events never overtake theirs), and waits up to `within` for the
+/// worker's answer: the events it published, then the state after. The console's actions go
+/// through this too.
+pub async fn send(
+    conn: &Connection,
     topology: &Topology,
+    store: &RedisStore,
     command: Command,
-    now: Millis,
+    within: std::time::Duration,
 ) -> Result<Done, Error> {
-    let input = Input::Operator {
-        scope: command.scope.clone(),
-        action: command.action,
-        at: now,
-        duration: command.duration,
-        by: command.by,
+    use futures_util::StreamExt;
+    let message = crate::core::unit::Command::operator(
+        command.scope.clone(),
+        command.action,
+        command.duration,
+        command.by,
+        Millis::now(),
+    );
+    let id = message.id();
+    // Direct reply-to: the answer comes on the channel the command is published on.
+    let channel = conn.create_channel().await.map_err(broker::Error::from)?;
+    let mut answers = channel
+        .basic_consume(
+            broker::REPLY_TO.into(),
+            "coexist-command".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(broker::Error::from)?;
+    let publisher = Publisher::on(channel.clone()).await?;
+    let outgoing = Outgoing::command(topology, &message, Some(broker::REPLY_TO));
+    publisher
+        .publish_all(std::slice::from_ref(&outgoing))
+        .await?;
+    let waited = tokio::time::timeout(within, async {
+        while let Some(Ok(delivery)) = answers.next().await {
+            let ours = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|c| c.as_str() == id);
+            if ours {
+                return serde_json::from_slice::<Answer>(&delivery.data).ok();
+            }
+        }
+        None
+    })
+    .await;
+    let _ = channel.close(200, "answered".into()).await;
+    let answer = match waited {
+        Ok(Some(answer)) => answer,
+        _ => {
+            let partition = topology.partition_of(&command.scope);
+            return Err(Error::NotDecided {
+                partition,
+                queue: topology.partition_queue(partition).to_owned(),
+                within,
+            });
+        }
     };
-    let applied = applier.apply(&input, now).await?;
-    if crate::core::engine::event::begins_pause(&applied.events) {
-        applier.store().replies_settled(&applied.scope).await?;
+    if let Some(error) = answer.error {
+        return Err(Error::Refused(error));
     }
-    if !applied.events.is_empty() {
-        let messages: Vec<Outgoing> = applied
-            .events
-            .iter()
-            .map(|e| Outgoing::event(topology, e))
-            .collect();
-        publisher
-            .publish_all(&messages)
-            .await
-            .map_err(Error::NotPublished)?;
-        crate::runtime::metrics::published(&applied.events);
-    }
-    applier.acknowledge(&applied).await?;
-    let view = show(applier.store(), &command.scope, now).await?;
+    let view = show(store, &command.scope, Millis::now()).await?;
     Ok(Done {
-        events: applied.events,
+        events: answer.events,
         view,
     })
 }

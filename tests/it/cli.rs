@@ -1,54 +1,8 @@
 //! The `coexist` binary: offline `process`, configuration errors, help, operator commands.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use serde_json::{json, Value};
 
 use crate::support::*;
-
-fn coexist(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coexist"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
-}
-
-/// A refusal: exit 2 and one line on stderr that contains `says`.
-fn assert_refused(out: &Output, says: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains(says), "{err}");
-}
 
 #[test]
 fn an_otlp_protocol_it_does_not_speak_stops_start_up_in_one_line() {
@@ -62,10 +16,6 @@ fn an_otlp_protocol_it_does_not_speak_stops_start_up_in_one_line() {
         None,
     );
     assert_refused(&out, "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\"");
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -312,12 +262,20 @@ fn every_command_explains_itself() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn conversation_commands_against_redis() {
-    let ns = NsGuard(unique_ns("cli"));
-    let _amqp = AmqpNsGuard(ns.0.clone());
+/// The operator commands as a user runs them, with a worker deciding them in the
+/// conversation's lane (docs/contract.md, "Operator commands").
+#[tokio::test(flavor = "multi_thread")]
+async fn conversation_commands_against_redis() {
+    let stack = Stack::start("cli", 1, &[("COEXIST_PARTITIONS", "2")]).await;
+    let ns = stack.ns.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| conversation_commands(&ns, &handle));
+    stack.stop().await;
+}
+
+fn conversation_commands(ns: &str, handle: &tokio::runtime::Handle) {
     let env = [
-        ("COEXIST_NAMESPACE", ns.0.as_str()),
+        ("COEXIST_NAMESPACE", ns),
         ("COEXIST_REDIS_URL", "redis://127.0.0.1:6379"),
         ("COEXIST_PARTITIONS", "2"),
     ];
@@ -346,14 +304,12 @@ fn conversation_commands_against_redis() {
         "--by defaults to the login name"
     );
     // Published, not only printed.
-    let got = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(take_events(
-            &ns.0,
-            "human_chat",
-            1,
-            std::time::Duration::from_secs(5),
-        ));
+    let got = handle.block_on(take_events(
+        ns,
+        "human_chat",
+        1,
+        std::time::Duration::from_secs(5),
+    ));
     assert_eq!(got[0].kind, "conversation.handover");
     assert_eq!(got[0].body["event_id"], ev[0]["event"]["event_id"]);
     let v = show(&env);
@@ -416,6 +372,18 @@ fn conversation_commands_against_redis() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).starts_with("coexist: cannot reach Redis"),
+        "{}",
+        stderr(&out)
+    );
+    // Absurd lengths are refused in one line, not carried into a date past year 9999.
+    let out = coexist(
+        &["conversation", "pause", PNID, ANA, "--for", "100000y"],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("at most ten years"),
         "{}",
         stderr(&out)
     );

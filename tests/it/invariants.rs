@@ -178,6 +178,7 @@ async fn run(steps: &[Step]) -> Seen {
                 };
                 let input = Input::Operator {
                     scope: scope.clone(),
+                    id: format!("{now}"),
                     action,
                     at: Millis::from_secs(now),
                     duration: None,

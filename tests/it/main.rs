@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod console;
 mod faults;
+mod foundations;
 mod gate;
 mod hardening;
 mod identity;

@@ -381,6 +381,7 @@ async fn by_names_who_changed_hands<S: StateStore>(e: &Applier<S>, t: i64) {
     );
     let op = |action, at: i64, by: Option<&str>, duration: Option<u64>| Input::Operator {
         scope: scope.clone(),
+        id: format!("{at}"),
         action,
         at: Millis::from_secs(at),
         duration: duration.map(std::time::Duration::from_secs),

@@ -605,6 +605,7 @@ async fn operator_pause_and_release<S: StateStore>(e: &Applier<S>, t: i64) {
     let scope = Scope::conversation(PNID, CustomerKey::WaId(ANA.into()));
     let op = |action, at: i64| Input::Operator {
         scope: scope.clone(),
+        id: format!("{at}"),
         action,
         at: Millis::from_secs(at),
         duration: None,

@@ -342,6 +342,7 @@ async fn r16_handback_after_an_operator_release<S: StateStore>(e: &Applier<S>, t
     );
     let op = |action, at: i64| Input::Operator {
         scope: scope.clone(),
+        id: format!("{at}"),
         action,
         at: Millis::from_secs(at),
         duration: None,

@@ -187,6 +187,13 @@ impl Link {
         self.broken.notify_one();
     }
 
+    /// Sends one message without waiting for a confirm ([`Publisher::send`]): an answer to a
+    /// command's sender. Not connected: nothing is sent (the sender times out and says so).
+    pub async fn send(&self, message: &super::Outgoing) -> super::Result<()> {
+        let publisher = self.publisher().await.ok_or(Error::NotConnected)?;
+        publisher.send(message).await
+    }
+
     /// Publishes on the current connection; a failure makes the link check its connection.
     /// While the broker blocks publishers it fails at once (`Blocked`), and a publish already
     /// waiting for its confirms gives up when the block begins: the caller waits the alarm out

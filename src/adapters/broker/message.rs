@@ -7,10 +7,18 @@ use lapin::BasicProperties;
 use super::topology::{long, Topology};
 use crate::core::engine::event::Outbound;
 use crate::core::time::Millis;
-use crate::core::unit::Unit;
+use crate::core::unit::{Command, Unit};
 
 /// AMQP `type` of an inbound unit, and of a webhook body parked by the ingress.
 pub const UNIT_TYPE: &str = "coexist.unit";
+/// AMQP `type` of a command for one conversation (an operator's, a due timeout's), decided in
+/// its partition like the units around it.
+pub const COMMAND_TYPE: &str = "coexist.command";
+/// AMQP `type` of a worker's answer to a command that asked for one (`reply_to`).
+pub const ANSWER_TYPE: &str = "coexist.answer";
+/// The broker's direct reply-to pseudo-queue: a command's sender consumes it on the channel it
+/// publishes on, and the worker answers to the name the broker put in `reply_to`.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub const WEBHOOK_TYPE: &str = "meta.webhook";
 /// AMQP `type` of one item the ingress parked because it names no conversation.
 pub const ITEM_TYPE: &str = "meta.item";
@@ -116,6 +124,45 @@ impl Outgoing {
                 .with_type(UNIT_TYPE.into())
                 .with_message_id(u.id().as_str().into())
                 .with_timestamp(sent_at.0 as u64 / 1000),
+        }
+    }
+
+    /// A command, to its conversation's partition; `reply_to` when its sender waits for the
+    /// worker's answer (correlated by the command's id).
+    pub fn command(topology: &Topology, c: &Command, reply_to: Option<&str>) -> Self {
+        let id = c.id();
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_type(COMMAND_TYPE.into())
+            .with_message_id(id.as_str().into())
+            .with_timestamp(c.accepted_at.0.max(0) as u64 / 1000);
+        if let Some(to) = reply_to {
+            properties = properties
+                .with_reply_to(to.into())
+                .with_correlation_id(id.as_str().into());
+        }
+        Outgoing {
+            exchange: topology.inbound_exchange().to_owned(),
+            routing_key: topology
+                .partition_key(topology.partition_of(&c.scope))
+                .to_owned(),
+            body: serde_json::to_vec(c).expect("commands serialise"),
+            properties,
+        }
+    }
+
+    /// A worker's answer to a command, to the `reply_to` it named (not persistent: its sender
+    /// is waiting now, or never will).
+    pub fn answer(reply_to: &str, correlation_id: &str, body: Vec<u8>) -> Self {
+        Outgoing {
+            exchange: String::new(),
+            routing_key: reply_to.to_owned(),
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_type(ANSWER_TYPE.into())
+                .with_correlation_id(correlation_id.into()),
         }
     }
 

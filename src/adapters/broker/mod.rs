@@ -15,8 +15,8 @@ use lapin::{Connection, ConnectionProperties};
 
 pub use link::Link;
 pub use message::{
-    Outgoing, Stage, ATTEMPTS_HEADER, CONVERSATION_HEADER, ITEM_TYPE, REASON_HEADER, STAGE_HEADER,
-    UNIT_TYPE, WEBHOOK_TYPE,
+    Outgoing, Stage, ANSWER_TYPE, ATTEMPTS_HEADER, COMMAND_TYPE, CONVERSATION_HEADER, ITEM_TYPE,
+    REASON_HEADER, REPLY_TO, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
 };
 pub use publisher::Publisher;
 pub use topology::{Topology, DELIVERY_LIMIT};

@@ -29,6 +29,31 @@ impl Publisher {
         Ok(Publisher { channel })
     }
 
+    /// Puts a channel of one's own in confirm mode and publishes on it (a command's sender,
+    /// which consumes its answers on the same channel).
+    pub async fn on(channel: Channel) -> Result<Self> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    /// Publishes one message without waiting for its confirm and without `mandatory`: for an
+    /// answer to a command's sender, which may be gone (then the broker drops it).
+    pub async fn send(&self, m: &Outgoing) -> Result<()> {
+        let _confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(m.exchange.as_str()),
+                ShortString::from(m.routing_key.as_str()),
+                BasicPublishOptions::default(),
+                &m.body,
+                m.properties.clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub fn channel(&self) -> &Channel {
         &self.channel
     }

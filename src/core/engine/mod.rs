@@ -153,12 +153,15 @@ pub fn automation_form(s: &str) -> String {
 }
 
 /// An operator's command on one conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OperatorAction {
     /// R4 without a message.
     Pause,
     /// R5 with `reason: operator`.
     Release,
+    /// The pause in force lasts its duration longer (from now when none is in force: a pause).
+    Extend,
 }
 
 /// What the rules decide about.
@@ -166,10 +169,11 @@ pub enum OperatorAction {
 pub enum Input<'a> {
     /// Something Meta sent.
     Item(&'a Item),
-    /// An operator's command, issued at the given instant: a pause for `duration` (default: the
-    /// timeout), or a release; `by` names the operator.
+    /// An operator's command (`id`: its own, unique), decided at `at`: a pause for `duration`
+    /// (default: the timeout), a release, or an extension by `duration`; `by` names the operator.
     Operator {
         scope: Scope,
+        id: String,
         action: OperatorAction,
         at: Millis,
         duration: Option<Duration>,
@@ -233,7 +237,7 @@ impl Input<'_> {
     pub fn key(&self) -> String {
         match self {
             Input::Item(i) => i.key.clone(),
-            Input::Operator { action, at, .. } => format!("op:{action:?}:{}", at.0).to_lowercase(),
+            Input::Operator { action, id, .. } => format!("op:{action:?}:{id}").to_lowercase(),
             Input::Timeout(deadline) => release_key(&deadline.trigger),
         }
     }
@@ -380,6 +384,18 @@ pub fn decide(
                     Rule::OperatorRelease,
                     by,
                 ),
+                OperatorAction::Extend => {
+                    // From the deadline in force (an extension, no change of hands), or from now.
+                    let from = state.paused(*at).map_or(*at, |p| p.until);
+                    d.pause(
+                        *at,
+                        from.plus(duration.unwrap_or(rules.timeout)),
+                        &customer,
+                        None,
+                        Rule::OperatorPause,
+                        by,
+                    )
+                }
             }
         }
         Input::Timeout(deadline) => {

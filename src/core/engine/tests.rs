@@ -423,6 +423,7 @@ fn r11_r12_read_no_state_and_never_pause() {
 fn operator_pause_and_release() {
     let op = |action| Input::Operator {
         scope: scope(),
+        id: format!("{action:?}"),
         action,
         at: Millis(T),
         duration: None,
@@ -455,6 +456,61 @@ fn operator_pause_and_release() {
     };
     assert_eq!(r.reason, ReleaseReason::Operator);
     assert_eq!(d.state.pause, None);
+}
+
+#[test]
+fn an_extension_lengthens_the_pause_in_force_without_changing_hands() {
+    let hour = Duration::from_secs(3600);
+    let op = |id: &str, action, at: i64| Input::Operator {
+        scope: scope(),
+        id: id.into(),
+        action,
+        at: Millis(at),
+        duration: Some(hour),
+        by: Some("ana".into()),
+    };
+    let paused = decide(
+        &State::default(),
+        &op("p", OperatorAction::Pause, T),
+        &scope(),
+        Millis(T),
+        &rules(),
+    );
+    let until = paused.state.pause.as_ref().unwrap().until;
+    assert_eq!(until, Millis(T).plus(hour));
+    let extended = decide(
+        &paused.state,
+        &op("e", OperatorAction::Extend, T + 10),
+        &scope(),
+        Millis(T + 10),
+        &rules(),
+    );
+    assert_eq!(
+        extended.state.pause.as_ref().unwrap().until,
+        until.plus(hour),
+        "from the deadline in force"
+    );
+    assert!(
+        extended.events.is_empty(),
+        "an extension is no change of hands"
+    );
+    assert_eq!(extended.state.hand, paused.state.hand);
+    // With no pause in force, an extension pauses from now.
+    let fresh = decide(
+        &State::default(),
+        &op("f", OperatorAction::Extend, T),
+        &scope(),
+        Millis(T),
+        &rules(),
+    );
+    assert_eq!(
+        fresh.state.pause.as_ref().unwrap().until,
+        Millis(T).plus(hour)
+    );
+    assert_eq!(
+        kinds(&fresh),
+        [(Exchange::HumanChat, "conversation.handover")]
+    );
 }
 
 #[test]

@@ -114,10 +114,10 @@ pub struct LTime(pub Option<Millis>);
 
 impl<'de> Deserialize<'de> for LTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let secs = LNum::deserialize(d)?
-            .int()
-            .filter(|s| (0..=253_402_300_799).contains(s));
-        Ok(LTime(secs.map(Millis::from_secs)))
+        // Any whole number of seconds reads: one that is no time Meta sends (before 1970, after
+        // year 9000) is the reader's to park, with the reason.
+        let secs = LNum::deserialize(d)?.int();
+        Ok(LTime(secs.map(|s| Millis(s.saturating_mul(1000)))))
     }
 }
 
@@ -341,7 +341,11 @@ mod tests {
         let p: Probe =
             serde_json::from_str(r#"{"s":null,"n":null,"t":-5,"o":[1],"a":"x"}"#).unwrap();
         assert_eq!(p.s.get(), None);
-        assert_eq!(p.t.0, None, "negative timestamps are refused");
+        assert_eq!(
+            p.t.0,
+            Some(Millis(-5000)),
+            "read as sent: the reader parks a time Meta never sends"
+        );
         assert!(p.o.get().is_none());
     }
 }

@@ -96,10 +96,20 @@ pub fn parse_body(body: &[u8]) -> Result<Parsed, BodyError> {
 }
 
 impl Parsed {
-    /// Keeps an item; one without a timestamp of its own takes its entry's `time`.
+    /// Keeps an item; one without a timestamp of its own takes its entry's `time`. An item whose
+    /// time is none Meta sends (before 1970, after year 9000) is parked with the reason.
     fn push(&mut self, mut item: Item) {
         item.timestamp = item.timestamp.or(self.entry_time);
-        self.items.push(item);
+        match item.timestamp {
+            Some(t) if !t.readable() => {
+                let reason = format!(
+                    "its timestamp ({} s) is not a time Meta sends (before 1970 or after 9000-01-01)",
+                    t.0.div_euclid(1000)
+                );
+                self.park(&item.raw, reason)
+            }
+            _ => self.items.push(item),
+        }
     }
 
     /// Keeps a part that cannot be placed, with the reason.

@@ -15,7 +15,7 @@ pub(super) async fn held(State(c): State<Arc<Console>>, headers: HeaderMap) -> R
         return Redirect::to("/login").into_response();
     };
     let now = Millis::now();
-    let (rows, error) = match operator::list(c.applier.store(), now).await {
+    let (rows, error) = match operator::list(&c.store, now).await {
         Ok(paused) => (paused, None),
         Err(e) => (
             Vec::new(),
@@ -126,7 +126,7 @@ pub(super) async fn extend(
     headers: HeaderMap,
     Form(form): Form<RowForm>,
 ) -> Response {
-    row_action(c, headers, form, OperatorAction::Pause).await
+    row_action(c, headers, form, OperatorAction::Extend).await
 }
 
 /// Release or Extend on a row of the first page.
@@ -157,28 +157,15 @@ pub(super) async fn row_action(
             };
             c.act(command, &format!("Release {shown}")).await
         }
-        OperatorAction::Pause => {
+        OperatorAction::Pause | OperatorAction::Extend => {
             match form.duration.as_deref().and_then(duration_of) {
                 None => Err("choose one of the durations offered".into()),
                 Some(by) => {
-                    // Extend by `by`: a pause from now until the current deadline plus `by`.
-                    let now = Millis::now();
-                    let view = operator::show(c.applier.store(), &scope, now).await;
-                    let left = match view {
-                        Ok(v) => v.pause_ttl_ms.unwrap_or(0).max(0) as u64,
-                        Err(e) => {
-                            return {
-                                c.update(&id, |s| {
-                                    s.said = Some(Err(format!("cannot read the conversation: {e}")))
-                                });
-                                Redirect::to("/").into_response()
-                            }
-                        }
-                    };
+                    // Decided in the conversation's lane: the deadline in force plus `by`.
                     let command = Command {
                         scope,
-                        action,
-                        duration: Some(Duration::from_millis(left) + by),
+                        action: OperatorAction::Extend,
+                        duration: Some(by),
                         by: Some(session.operator.clone()),
                     };
                     let what = format!("Extend {shown} by {}", humantime::format_duration(by));

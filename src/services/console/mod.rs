@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use super::Part;
 use crate::adapters::broker::{Link, Topology};
 use crate::adapters::redis::RedisStore;
-use crate::core::apply::Applier;
 use crate::core::domain::{valid_phone_number_id, CustomerKey, Scope};
 use crate::core::engine::OperatorAction;
 use crate::core::time::Millis;
@@ -78,7 +77,7 @@ struct Console {
     sessions: Mutex<HashMap<String, Session>>,
     /// Held while a wrong token is kept waiting: guesses go one at a time.
     guessing: tokio::sync::Mutex<()>,
-    applier: Applier<RedisStore>,
+    store: RedisStore,
     link: Arc<Link>,
     topology: Topology,
     amqp_url: Secret,
@@ -120,7 +119,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         operators: config.console.operators.clone(),
         sessions: Mutex::default(),
         guessing: tokio::sync::Mutex::new(()),
-        applier: Applier::new(store, Arc::new(config.rules.clone())),
+        store,
         link: link.clone(),
         topology,
         amqp_url: config.amqp_url.clone(),
@@ -284,12 +283,12 @@ impl Console {
 
     /// Runs an operator command as `operator`; what it did, in a sentence.
     async fn act(&self, command: Command, what: &str) -> Result<String, String> {
-        let Some(publisher) = self.link.publisher().await else {
+        let Some(conn) = self.link.connection().await else {
             return Err("RabbitMQ is not reachable now: nothing was changed".into());
         };
-        let now = Millis::now();
         let release = command.action == OperatorAction::Release;
-        match operator::apply(&self.applier, &publisher, &self.topology, command, now).await {
+        let within = operator::DECIDED_WITHIN;
+        match operator::send(&conn, &self.topology, &self.store, command, within).await {
             Ok(done) if release && done.events.is_empty() => {
                 Ok(format!("{what}: it was not paused"))
             }

@@ -6,34 +6,38 @@
 use tracing::Instrument;
 
 use super::Shared;
-use crate::adapters::broker::{Outgoing, Stage, UNIT_TYPE};
+use crate::adapters::broker::{Outgoing, Stage, COMMAND_TYPE, UNIT_TYPE};
 use crate::core::apply::{Applied, Delivery};
 use crate::core::domain::{redact_digits, Scope};
 use crate::core::engine::event::{Exchange, Outbound};
 use crate::core::engine::Input;
-use crate::core::unit::{Unit, VERSION};
+use crate::core::time::Millis;
+use crate::core::unit::{Answer, Command, Unit, VERSION};
 use crate::runtime::retry::{retrying, until_ok, Interrupted, Stopped};
+use lapin::BasicProperties;
 use opentelemetry::Context;
 
 /// Attempts at an item failing for a reason other than an unreachable server before it is
 /// dead-lettered.
 const MAX_ATTEMPTS: u32 = 5;
 
-/// What became of an item.
-enum Outcome {
-    Decided,
-    /// Dead-lettered, with the rest of its unit.
-    Parked,
-}
-
-/// A delivery, read once: the unit it carries, or why it cannot be read.
-pub(super) enum Work {
+/// A delivery, read once: the unit or command it carries, or why it cannot be read.
+pub(crate) enum Work {
     Unit(Unit),
+    Command(Command),
     Unreadable(String),
 }
 
 impl Work {
-    pub(super) fn read(data: &[u8]) -> Work {
+    /// Reads a delivery of AMQP type `kind` (a command, or else a unit).
+    pub(crate) fn read(kind: Option<&str>, data: &[u8]) -> Work {
+        if kind == Some(COMMAND_TYPE) {
+            return match serde_json::from_slice::<Command>(data) {
+                Ok(c) if c.v == VERSION => Work::Command(c),
+                Ok(c) => Work::Unreadable(format!("command version {} is not understood", c.v)),
+                Err(e) => Work::Unreadable(format!("unreadable command: {e}")),
+            };
+        }
         match serde_json::from_slice::<Unit>(data) {
             Ok(u) if u.v == VERSION => Work::Unit(u),
             Ok(u) => Work::Unreadable(format!("unit version {} is not understood", u.v)),
@@ -42,12 +46,21 @@ impl Work {
     }
 
     /// The lane it is handled in: its business number (unreadable work has a lane of its own).
-    pub(super) fn lane(&self) -> &str {
+    pub(crate) fn lane(&self) -> &str {
         match self {
             Work::Unit(u) => &u.scope.phone_number_id,
+            Work::Command(c) => &c.scope.phone_number_id,
             Work::Unreadable(_) => "",
         }
     }
+}
+
+/// How deciding one input ended.
+enum Decided {
+    /// Decided (or found decided before) and its events published.
+    Published(Applied),
+    /// It keeps failing for a reason that does not pass: the caller parks it.
+    Failed { error: String, attempts: u32 },
 }
 
 /// Says that an item waits: a passing fault is counted by reason and logged at most once a
@@ -67,24 +80,29 @@ fn waiting(e: &crate::core::store::Error, attempt: u32, delay: std::time::Durati
 }
 
 impl Shared {
-    /// Handles one delivery (`data`, read as `work`, with its AMQP `headers`): the trace context
-    /// of its processing (for the acknowledgement's span); `Err(Interrupted)` when shutdown came
-    /// first (leave it unacknowledged: it is delivered again).
-    pub(super) async fn handle(
+    /// Handles one delivery (`data`, read as `work`, with its AMQP `properties`): the trace
+    /// context of its processing (for the acknowledgement's span); `Err(Interrupted)` when
+    /// shutdown came first (leave it unacknowledged: it is delivered again).
+    pub(crate) async fn handle(
         &self,
         partition: u16,
         data: &[u8],
-        headers: &Option<lapin::types::FieldTable>,
+        properties: &BasicProperties,
         work: Work,
     ) -> Result<Context, Interrupted> {
         // The webhook's trace continues here: a `process` span under the ingress's `send`.
-        let carried = crate::runtime::trace::from_amqp(headers);
+        let carried = crate::runtime::trace::from_amqp(properties.headers());
         let processing =
             crate::runtime::trace::process(&carried, self.topology.partition_queue(partition));
         let unit = match work {
             Work::Unit(u) => u,
+            Work::Command(c) => {
+                self.command(partition, &c, properties, &processing).await?;
+                return Ok(processing);
+            }
             Work::Unreadable(reason) => {
-                self.dead_letter(data.to_vec(), None, &reason, 1).await?;
+                self.dead_letter(data.to_vec(), UNIT_TYPE, None, &reason, 1)
+                    .await?;
                 return Ok(processing);
             }
         };
@@ -96,18 +114,85 @@ impl Shared {
                 item = %self.key_for_log(&unit.items[i].key),
                 rule = tracing::field::Empty,
             );
-            match self.item(&unit, i, &processing).instrument(span).await? {
-                Outcome::Decided => {}
-                Outcome::Parked => break,
+            let input = Input::Item(&unit.items[i]);
+            let decided = self
+                .decide(&input, unit.accepted_at, &processing)
+                .instrument(span.clone())
+                .await?;
+            if let Decided::Failed { error, attempts } = decided {
+                // Keeps failing: park this item and the rest of the unit, with the reason.
+                let _entered = span.enter();
+                tracing::error!(error = %error, attempts, "dead-lettering an item that keeps failing");
+                let rest = Unit {
+                    items: unit.items[i..].to_vec(),
+                    ..unit.clone()
+                };
+                let body = serde_json::to_vec(&rest).expect("units serialise");
+                self.dead_letter(body, UNIT_TYPE, Some(&rest.id()), &error, attempts as i64)
+                    .await?;
+                break;
             }
         }
         Ok(processing)
     }
 
-    /// Decides, publishes and acknowledges the unit's item `i`.
-    async fn item(&self, unit: &Unit, i: usize, trace: &Context) -> Result<Outcome, Interrupted> {
-        let item = &unit.items[i];
-        let input = Input::Item(item);
+    /// Decides a command in its lane, and answers its sender when it asked (`reply_to`).
+    async fn command(
+        &self,
+        partition: u16,
+        command: &Command,
+        properties: &BasicProperties,
+        trace: &Context,
+    ) -> Result<(), Interrupted> {
+        let input = command.input(self.clock.now());
+        let span = tracing::info_span!(
+            "item",
+            partition,
+            conversation = %self.for_log(&command.scope),
+            item = %self.key_for_log(&input.key()),
+            rule = tracing::field::Empty,
+        );
+        let decided = self
+            .decide(&input, command.accepted_at, trace)
+            .instrument(span.clone())
+            .await?;
+        let answer = match decided {
+            Decided::Published(applied) => Answer {
+                events: applied.events,
+                error: None,
+            },
+            Decided::Failed { error, attempts } => {
+                let _entered = span.enter();
+                tracing::error!(error = %error, attempts, "dead-lettering a command that keeps failing");
+                let body = serde_json::to_vec(command).expect("commands serialise");
+                let id = command.id();
+                self.dead_letter(body, COMMAND_TYPE, Some(&id), &error, attempts as i64)
+                    .await?;
+                Answer {
+                    events: Vec::new(),
+                    error: Some(format!("{error} (dead-lettered after {attempts} attempts)")),
+                }
+            }
+        };
+        if let (Some(to), Some(id)) = (properties.reply_to(), properties.correlation_id()) {
+            let body = serde_json::to_vec(&answer).expect("answers serialise");
+            let message = Outgoing::answer(to.as_str(), id.as_str(), body);
+            // Best effort: a sender that gave up is gone, and the command stands either way.
+            if let Err(e) = self.link.send(&message).await {
+                tracing::debug!(error = %e, "a command's answer was not sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides one input (retrying while Redis is away), publishes its events (retrying while
+    /// the broker is away) and records them published.
+    async fn decide(
+        &self,
+        input: &Input<'_>,
+        accepted_at: Millis,
+        trace: &Context,
+    ) -> Result<Decided, Interrupted> {
         // Failures that pass (Redis away, out of memory, read-only, loading, failing over) are
         // waited out for as long as they last; only the others count towards a dead letter.
         let failures = std::sync::atomic::AtomicU32::new(0);
@@ -119,24 +204,17 @@ impl Shared {
             &self.stop,
             permanent,
             |e: &crate::core::store::Error, attempt, delay| waiting(e, attempt, delay),
-            || self.applier.apply(&input, self.clock.now()),
+            || self.applier.apply(input, self.clock.now()),
         )
         .await;
         let applied = match decided {
             Ok(a) => a,
             Err(Stopped::Interrupted) => return Err(Interrupted),
             Err(Stopped::GaveUp { error, attempts }) => {
-                // Keeps failing: park this item and the rest of the unit, with the reason.
-                tracing::error!(error = %error, attempts, "dead-lettering an item that keeps failing");
-                let rest = Unit {
-                    items: unit.items[i..].to_vec(),
-                    ..unit.clone()
-                };
-                let body = serde_json::to_vec(&rest).expect("units serialise");
-                let reason = error.to_string();
-                self.dead_letter(body, Some(&rest.id()), &reason, attempts as i64)
-                    .await?;
-                return Ok(Outcome::Parked);
+                return Ok(Decided::Failed {
+                    error: error.to_string(),
+                    attempts,
+                })
             }
         };
         if let Some(rule) = applied.rule {
@@ -161,12 +239,12 @@ impl Shared {
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key).await;
         }
-        tracing::debug!(events = applied.events.len(), "item decided");
+        tracing::debug!(events = applied.events.len(), "decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
-            let secs = (self.clock.now().0 - unit.accepted_at.0).max(0) as f64 / 1000.0;
+            let secs = (self.clock.now().0 - accepted_at.0).max(0) as f64 / 1000.0;
             metrics::histogram!(crate::runtime::metrics::LATENCY).record(secs);
         }
-        Ok(Outcome::Decided)
+        Ok(Decided::Published(applied))
     }
 
     fn for_log(&self, scope: &Scope) -> String {
@@ -182,31 +260,6 @@ impl Shared {
             key.to_owned()
         } else {
             redact_digits(key)
-        }
-    }
-
-    /// Publishes an applied input's events, then records them published (and finishes its
-    /// deadline claim) before returning.
-    pub(super) async fn publish_and_acknowledge(
-        &self,
-        applied: &Applied,
-    ) -> Result<(), Interrupted> {
-        self.publish(&applied.events, &Context::new()).await?;
-        let acked = until_ok(
-            "recording events as published",
-            &self.stop,
-            |e: &crate::core::store::Error, _| !e.transient(),
-            || self.applier.acknowledge(applied),
-        )
-        .await;
-        match acked {
-            Ok(()) => Ok(()),
-            Err(Stopped::Interrupted) => Err(Interrupted),
-            // Not recorded: a redelivery publishes the same events again (same ids), nothing is lost.
-            Err(Stopped::GaveUp { error, .. }) => {
-                tracing::warn!(error = %error, "events published but not recorded as such; a redelivery repeats them");
-                Ok(())
-            }
         }
     }
 
@@ -244,6 +297,7 @@ impl Shared {
     async fn dead_letter(
         &self,
         body: Vec<u8>,
+        kind: &str,
         id: Option<&str>,
         reason: &str,
         attempts: i64,
@@ -251,7 +305,7 @@ impl Shared {
         let message = Outgoing::dead_letter(
             &self.topology,
             body,
-            UNIT_TYPE,
+            kind,
             id,
             reason,
             Stage::Worker,

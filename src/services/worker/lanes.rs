@@ -101,7 +101,8 @@ async fn consume_inner(
             None => break Ok(()),
             Some(Err(e)) => break Err(e),
             Some(Ok(delivery)) => {
-                let work = Work::read(&delivery.data);
+                let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+                let work = Work::read(kind, &delivery.data);
                 let lane = work.lane().to_owned();
                 let mut map = waiting.lock().expect("lanes");
                 match map.get_mut(&lane) {
@@ -149,9 +150,8 @@ async fn run_lane(
 ) -> Result<(), lapin::Error> {
     let (mut delivery, mut work) = first;
     loop {
-        let headers = delivery.properties.headers();
         let Ok(processing) = shared
-            .handle(partition, &delivery.data, headers, work)
+            .handle(partition, &delivery.data, &delivery.properties, work)
             .await
         else {
             // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.

@@ -2,6 +2,7 @@
 //! store ([`engines`]), webhook bodies in Meta's shape ([`webhooks`]), the broker
 //! ([`broker`]), whole stacks and processes ([`stack`]).
 
+mod binary;
 mod broker;
 mod browser;
 #[macro_use]
@@ -10,6 +11,7 @@ mod graph;
 mod stack;
 mod webhooks;
 
+pub use binary::*;
 pub use broker::*;
 pub use browser::*;
 pub use engines::*;

@@ -1,0 +1,179 @@
+//! The failures a review found that no test caught (#27), each driven on real servers: operator
+//! commands of one number at once, the order of every source's events, webhooks dated past any
+//! sensible time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coexist::core::domain::{CustomerKey, Scope};
+use coexist::core::engine::OperatorAction;
+use coexist::tools::operator;
+
+use crate::support::*;
+
+const SECS: Duration = Duration::from_secs(1);
+
+/// The `i`th customer of these tests.
+fn customer(i: usize) -> String {
+    format!("52155598{i:05}")
+}
+
+/// Fifty customers of one number paused in the same instant are fifty pauses: each command is
+/// its own (the dedup key names the command, not the millisecond), and so is each timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_customers_of_one_number_paused_at_once_are_all_paused_and_all_released() {
+    let stack = Stack::start("op50", 1, &[]).await;
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &stack.ns)
+        .await
+        .unwrap();
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "coexist-test-op50")
+        .await
+        .unwrap();
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let commands = (0..50).map(|i| {
+        let command = operator::Command {
+            scope: Scope::conversation(PNID, CustomerKey::WaId(customer(i))),
+            action: OperatorAction::Pause,
+            duration: Some(5 * SECS),
+            by: Some("ana".into()),
+        };
+        operator::send(&conn, &topology, &store, command, 30 * SECS)
+    });
+    let done = futures_util::future::join_all(commands).await;
+    for (i, d) in done.iter().enumerate() {
+        let d = d.as_ref().unwrap_or_else(|e| panic!("customer {i}: {e}"));
+        assert!(d.view.paused, "customer {i} is paused: {:?}", d.view);
+        assert_eq!(d.events.len(), 1, "customer {i}: its own handover");
+    }
+    // A handover for each, and each pause's own release when it times out.
+    let (events, _) = take_distinct(&stack.ns, "human_chat", 100, 40 * SECS).await;
+    let of = |kind: &str, reason: Option<&str>| -> std::collections::HashSet<String> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && reason.is_none_or(|r| e.body["reason"] == r))
+            .map(|e| e.body["customer"]["wa_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        of("conversation.handover", None).len(),
+        50,
+        "a handover for every customer"
+    );
+    assert_eq!(
+        of("conversation.released", Some("timeout")).len(),
+        50,
+        "every pause timed out with its own release"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    stack.stop().await;
+}
+
+/// Per-conversation order holds for the events of every source, not only Meta's: a timeout's
+/// `conversation.released` never reaches consumers after the next `conversation.handover` of the
+/// same conversation, however the sweeper and the next echo meet. Hands alternate in what a
+/// consumer reads: handover, released, handover, ...
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_and_the_next_echo_reach_consumers_in_the_order_they_were_decided() {
+    let stack = Stack::start("order", 2, &[("COEXIST_TIMEOUT", "3s")]).await;
+    let n = 120;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let t = now.as_secs() as i64;
+    for i in 0..n {
+        let body = echo_text(&customer(i), &format!("wamid.OR{i}.a"), t, "Un momento");
+        stack.post_until_ok(&body, 10 * SECS).await;
+    }
+    // The pauses come due at t + 3 s; the second echoes arrive around then, spread over two
+    // seconds: some before the sweeper claims the deadline, some while it releases them, some
+    // after.
+    let due = std::time::UNIX_EPOCH + Duration::from_secs((t + 3) as u64);
+    let wait = due
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    let step = Duration::from_millis(2000 / n as u64);
+    for i in 0..n {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let body = echo_text(&customer(i), &format!("wamid.OR{i}.b"), ts, "Ya estoy");
+        stack.post_until_ok(&body, 10 * SECS).await;
+        tokio::time::sleep(step).await;
+    }
+    // Each conversation: handover, released (timeout), handover, and, 3 s later, released again.
+    let events = take_events(&stack.ns, "human_chat", n * 6, 60 * SECS).await;
+    let mut hands: HashMap<String, Vec<&str>> = HashMap::new();
+    for e in &events {
+        if matches!(
+            e.kind.as_str(),
+            "conversation.handover" | "conversation.released"
+        ) {
+            let c = e.body["customer"]["wa_id"].as_str().unwrap().to_owned();
+            hands.entry(c).or_default().push(&e.kind);
+        }
+    }
+    assert_eq!(hands.len(), n, "every conversation changed hands");
+    for (c, seq) in &hands {
+        let alternating = seq.iter().enumerate().all(|(k, kind)| {
+            *kind
+                == if k % 2 == 0 {
+                    "conversation.handover"
+                } else {
+                    "conversation.released"
+                }
+        });
+        assert!(alternating, "{c}: hands alternate as published: {seq:?}");
+        assert_eq!(seq.len(), 4, "{c}: two pauses, two releases: {seq:?}");
+    }
+    stack.stop().await;
+}
+
+/// A correctly signed webhook dated in year 9999 is accepted and parked with its reason; the
+/// partition goes on with the next item, and instants near the end of time still format.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_dated_in_year_9999_is_parked_and_its_partition_goes_on() {
+    let stack = Stack::start("y9999", 1, &[]).await;
+    let late = customer_text(ANA, "wamid.Y9999", 253_402_300_799, "¿sigue abierto?");
+    assert_eq!(
+        stack.post(&late).await,
+        200,
+        "accepted: nothing Meta sent is refused"
+    );
+    // 8999-12-31T23:59:59Z is readable: its pause ends in year 9000, written as such.
+    let edge = echo_text(LUIS, "wamid.Y8999", 221_845_391_999, "Hola");
+    assert_eq!(stack.post(&edge).await, 200);
+    let next = customer_text(ANA, "wamid.Y2026", t0(), "hola");
+    assert_eq!(stack.post(&next).await, 200);
+    let bot = take_events(&stack.ns, "bot", 1, 20 * SECS).await;
+    assert_eq!(bot.len(), 1, "the next item was decided");
+    assert_eq!(bot[0].body["message"]["id"], "wamid.Y2026");
+    let inbox = take_events(&stack.ns, "human_chat", 2, 20 * SECS).await;
+    let handover = inbox
+        .iter()
+        .find(|e| e.kind == "conversation.handover")
+        .expect("the echo of 8999 paused");
+    assert_eq!(handover.body["paused_until"], "9000-01-07T23:59:59Z");
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("not a time Meta sends"),
+        "{:?}",
+        dead[0]
+    );
+    // Offline, the same body: a line on stderr, no crash, the others still processed.
+    let bodies = format!("{late}\n{next}\n");
+    let out = coexist(&["process"], &[], Some(&bodies));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out).len(), 1, "the good body's event");
+    assert!(
+        stderr(&out).contains("not a time Meta sends"),
+        "{}",
+        stderr(&out)
+    );
+    stack.stop().await;
+}
