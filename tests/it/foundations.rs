@@ -177,3 +177,46 @@ async fn a_webhook_dated_in_year_9999_is_parked_and_its_partition_goes_on() {
     );
     stack.stop().await;
 }
+
+/// The gate's count of replies in flight never goes below zero nor loses its expiry: a reply
+/// that finishes after its mark expired leaves no mark behind, so the next reply in flight still
+/// holds a handover back (R17); and the handover's wait reads the count a bounded number of
+/// times, not every 2 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gates_in_flight_count_never_goes_below_zero_nor_loses_its_expiry() {
+    use redis::AsyncCommands;
+    let ns = NsGuard(unique_ns("inflight"));
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &ns.0)
+        .await
+        .unwrap();
+    let mut redis = store.connection();
+    let name = CustomerKey::WaId(ANA.into());
+    let now = coexist::core::time::Millis::now();
+    let held = store.hold_for_reply(PNID, &name, now).await.unwrap();
+    assert!(held.in_flight);
+    let sending = format!("{}:{{{PNID}}}:c:{ANA}:sending", ns.0);
+    // Its mark expires (Meta took longer than the mark lives), then the reply is done.
+    let _: i64 = redis.del(&sending).await.unwrap();
+    store.reply_done(&held.scope).await.unwrap();
+    let left: Option<i64> = redis.get(&sending).await.unwrap();
+    assert_eq!(left, None, "no count below zero is left behind");
+    // The next reply in flight holds a handover back until it is done.
+    let next = store.hold_for_reply(PNID, &name, now).await.unwrap();
+    assert!(next.in_flight);
+    let ttl: i64 = redis.pttl(&sending).await.unwrap();
+    assert!((1..=12_000).contains(&ttl), "the mark expires: {ttl} ms");
+    let waiting = store.clone();
+    let scope = next.scope.clone();
+    let settle = tokio::spawn(async move { waiting.replies_settled(&scope).await });
+    tokio::time::sleep(2 * SECS).await;
+    assert!(
+        !settle.is_finished(),
+        "the handover waits for the reply in flight"
+    );
+    store.reply_done(&next.scope).await.unwrap();
+    let reads = settle.await.unwrap().unwrap();
+    assert!(
+        reads < 80,
+        "two seconds of waiting read the count {reads} times"
+    );
+}

@@ -138,6 +138,7 @@ pub struct RedisStore {
     claim: Script,
     finish: Script,
     hold: Script,
+    done: Script,
 }
 
 impl RedisStore {
@@ -208,6 +209,7 @@ impl RedisStore {
             claim: Script::new(deadlines::CLAIM),
             finish: Script::new(deadlines::FINISH),
             hold: Script::new(reply::HOLD_FOR_REPLY),
+            done: Script::new(reply::REPLY_DONE),
         }
     }
 

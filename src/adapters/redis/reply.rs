@@ -25,10 +25,27 @@ local pause = redis.call('GET', KEYS[2])
 local session = redis.call('GET', KEYS[3]) or ''
 local state = redis.call('GET', KEYS[4]) or ''
 if pause then return {'held', pause, session, state} end
-redis.call('INCR', KEYS[5])
-redis.call('PEXPIRE', KEYS[5], ARGV[2])
+-- One more in flight: never counted from below zero, and the mark always expires.
+local n = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+if n < 0 then n = 0 end
+redis.call('SET', KEYS[5], n + 1, 'PX', ARGV[2])
 return {'free', '', session, state}
 "#;
+
+/// A reply in flight is done: one fewer, floored at none (a mark that expired meanwhile stays
+/// gone rather than turning into a count below zero without an expiry), its expiry kept.
+pub(super) const REPLY_DONE: &str = r#"
+-- KEYS: the conversation's sending
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if n <= 1 then redis.call('DEL', KEYS[1]) return 0 end
+return redis.call('DECR', KEYS[1])
+"#;
+
+/// How a handover waits for the replies in flight: polls that start at 1 ms and double to at
+/// most [`SETTLED_POLL_MAX`], so a reply answered at once costs a few reads and one that takes
+/// Meta's full 10 s costs about 200, not thousands.
+const SETTLED_POLL_FIRST: Duration = Duration::from_millis(1);
+const SETTLED_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// How long a reply's in-flight mark lives at most: longer than the gate waits for Meta, so a
 /// gate that dies mid-send holds a handover back this long at worst.
@@ -104,28 +121,33 @@ impl RedisStore {
     /// refused).
     pub async fn reply_done(&self, scope: &Scope) -> Result<()> {
         let _: i64 = self
-            .conn
-            .clone()
-            .decr(self.key(scope, "sending"), 1)
+            .done
+            .key(self.key(scope, "sending"))
+            .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
 
     /// Waits until no reply of the gate is in flight for the conversation (at most
     /// [`REPLY_IN_FLIGHT`]): called after a pause is committed, before its handover is published.
-    pub async fn replies_settled(&self, scope: &Scope) -> Result<()> {
+    /// Returns how many times it read the count.
+    pub async fn replies_settled(&self, scope: &Scope) -> Result<u32> {
         let key = self.key(scope, "sending");
         let deadline = tokio::time::Instant::now() + REPLY_IN_FLIGHT;
+        let mut pause = SETTLED_POLL_FIRST;
+        let mut reads = 0;
         loop {
             let n: Option<i64> = self.conn.clone().get(&key).await?;
+            reads += 1;
             if n.unwrap_or(0) <= 0 {
-                return Ok(());
+                return Ok(reads);
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!("a reply stayed in flight past its bound; publishing the handover");
-                return Ok(());
+                return Ok(reads);
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SETTLED_POLL_MAX);
         }
     }
 }
