@@ -7,8 +7,14 @@ use super::{failed, Failure};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Lists dead-lettered input: id, reason, attempts, age.
-    List,
+    /// Lists dead-lettered input, oldest first: id, kind, stage, attempts, age, reason. The
+    /// letters shown move to the back of the queue, unchanged (a look never hands a letter
+    /// back, which RabbitMQ would count as a delivery): running it again shows the next ones.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Sends dead-lettered input back through the pipeline; it is decided again against the
     /// conversation's state at that time.
     Replay {
@@ -22,12 +28,22 @@ pub async fn run(command: Command, config: &Config) -> Result<(), Failure> {
     let topology = Topology::new(&config.namespace, config.partitions);
     let url = config.amqp_url.expose();
     match command {
-        Command::List => {
-            let entries = coexist::tools::dlq::list(url, &topology)
+        Command::List { limit } => {
+            let page = coexist::tools::dlq::list(url, &topology, limit)
                 .await
                 .map_err(|e| failed(&e))?;
-            print!("{}", coexist::tools::dlq::table(&entries));
-            eprintln!("{} dead letter(s) in {}", entries.len(), topology.dead());
+            print!("{}", coexist::tools::dlq::table(&page.entries));
+            eprintln!(
+                "{} of {} dead letter(s) in {}{}",
+                page.entries.len(),
+                page.total,
+                topology.dead(),
+                if page.entries.len() < page.total {
+                    " (they moved to the back: run it again for the next ones)"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
         Command::Replay { limit } => {

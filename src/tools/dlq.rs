@@ -1,9 +1,14 @@
 //! `coexist dlq list` and `coexist dlq replay`: the dead-letter queue `{ns}.dead`.
 //!
-//! Listing takes every dead letter without acknowledging it and closes the channel, so all of
-//! them stay in the queue. Replaying takes at most the dead letters present when it starts (or
-//! `--limit`), sends each back to its business number's partition, and removes it only once the
-//! broker has confirmed the new copy. A replayed item is decided against the state at that time.
+//! Looking never hands a letter back to the queue: a letter handed back counts as a delivery, and
+//! RabbitMQ 4 drops a quorum queue's message after 20 of them by default, so a dead-letter queue
+//! viewed often would empty itself. Instead a look takes a page of letters from the head, puts
+//! an exact copy of each at the tail (confirmed) and only then acknowledges the original: the
+//! page's letters move to the back, unchanged (id, headers, age), and the next look shows the
+//! next page. Finding one letter by id (to replay or discard it) moves the ones before it the
+//! same way. Replaying takes at most the dead letters present when it starts (or `--limit`),
+//! sends each back to its business number's partition, and removes it only once the broker has
+//! confirmed the new copy. A replayed item is decided against the state at that time.
 
 use std::time::Duration;
 
@@ -120,7 +125,7 @@ pub enum Action {
 }
 
 /// Replays or discards the first dead letter whose id is `id`; `false` when there is none. The
-/// others stay in the queue as they were.
+/// ones looked at on the way move to the back of the queue, unchanged.
 pub async fn act_on_one(
     url: &str,
     topology: &Topology,
@@ -132,13 +137,20 @@ pub async fn act_on_one(
     let ch = conn.create_channel().await?;
     let publisher = Publisher::open(&conn).await?;
     let mut found = false;
-    while let Some(m) = ch
-        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
-        .await?
-    {
+    // At most the letters present at the start: each is looked at once.
+    let mut left: Option<u32> = None;
+    while left != Some(0) {
+        let Some(m) = ch
+            .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        left = Some(left.unwrap_or(m.message_count + 1) - 1);
         let d = &m.delivery;
         if d.properties.message_id().as_ref().map(|s| s.as_str()) != Some(id) {
-            continue; // left unacknowledged: back in the queue when the channel closes
+            to_the_back(topology, &publisher, d).await?;
+            continue;
         }
         if action == Action::Replay {
             let (messages, _) = back_to_partitions(topology, d);
@@ -151,6 +163,25 @@ pub async fn act_on_one(
     let _ = ch.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
     Ok(found)
+}
+
+/// Moves a dead letter taken from the head to the tail: an exact copy published (confirmed)
+/// before the original is acknowledged, so it is never handed back (no delivery counted) and
+/// never lost (a failure in between leaves a second copy, which a replay decides once).
+async fn to_the_back(
+    topology: &Topology,
+    publisher: &Publisher,
+    d: &Delivery,
+) -> broker::Result<()> {
+    let copy = Outgoing {
+        exchange: topology.dead().to_owned(),
+        routing_key: String::new(),
+        body: d.data.clone(),
+        properties: d.properties.clone(),
+    };
+    publisher.publish_all(std::slice::from_ref(&copy)).await?;
+    d.ack(BasicAckOptions::default()).await?;
+    Ok(())
 }
 
 /// The table `dlq list` prints: a header line, then one line per dead letter.
@@ -177,23 +208,41 @@ pub fn table(entries: &[Entry]) -> String {
     out
 }
 
-/// Every dead letter, left in the queue.
-pub async fn list(url: &str, topology: &Topology) -> broker::Result<Vec<Entry>> {
+/// A page of dead letters: the oldest ones first.
+#[derive(Debug)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// How many dead letters the queue holds in all.
+    pub total: usize,
+}
+
+/// The `limit` dead letters at the head of the queue (the next page), which then move to its
+/// back, unchanged: a look never hands a letter back to the queue (see the module's note).
+pub async fn list(url: &str, topology: &Topology, limit: usize) -> broker::Result<Page> {
     let conn = broker::connect(url, "coexist-dlq-list").await?;
     topology.declare(&conn).await?;
     let ch = conn.create_channel().await?;
+    let publisher = Publisher::open(&conn).await?;
     let now = Millis::now();
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
-        .await?
-    {
-        out.push(describe(&m.delivery, now));
+    let mut entries = Vec::new();
+    let mut total = None;
+    while entries.len() < limit.min(total.unwrap_or(usize::MAX)) {
+        let Some(m) = ch
+            .basic_get(topology.dead().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        total.get_or_insert(m.message_count as usize + 1);
+        entries.push(describe(&m.delivery, now));
+        to_the_back(topology, &publisher, &m.delivery).await?;
     }
-    // Nothing was acknowledged: closing hands every one of them back to the queue.
     let _ = ch.close(200, "listed".into()).await;
     let _ = conn.close(200, "done".into()).await;
-    Ok(out)
+    Ok(Page {
+        entries,
+        total: total.unwrap_or(0),
+    })
 }
 
 /// What a replay did.

@@ -327,9 +327,10 @@ async fn dead_letters_are_listed_discarded_and_replayed_each_after_asking() {
     b.click(Locator::Css("main form button")).await;
     until_shown(&b, "Replayed", false).await;
     let topology = coexist::adapters::broker::Topology::new(&c.stack.ns, c.stack.config.partitions);
-    let left = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let left = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert_eq!(
         left.len(),
         1,

@@ -35,9 +35,10 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     let topology = Topology::new(&stack.ns, 4);
     let mut entries = Vec::new();
     for _ in 0..100 {
-        entries = coexist::tools::dlq::list(&amqp_url(), &topology)
+        entries = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
             .await
-            .unwrap();
+            .unwrap()
+            .entries;
         if !entries.is_empty() {
             break;
         }
@@ -93,9 +94,10 @@ async fn a_poison_item_is_dead_lettered_then_replayed_against_the_state_at_repla
     );
     assert_eq!(human[0].body["message"]["text"], json!("¿hay envío?"));
     stays_empty(&stack.ns, "bot", "nothing more").await;
-    assert!(coexist::tools::dlq::list(&amqp_url(), &topology)
+    assert!(coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
         .unwrap()
+        .entries
         .is_empty());
     stack.stop().await;
 }

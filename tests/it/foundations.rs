@@ -156,9 +156,10 @@ async fn a_webhook_dated_in_year_9999_is_parked_and_its_partition_goes_on() {
         .expect("the echo of 8999 paused");
     assert_eq!(handover.body["paused_until"], "9000-01-07T23:59:59Z");
     let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(
         dead[0].reason.contains("not a time Meta sends"),
@@ -219,4 +220,87 @@ async fn the_gates_in_flight_count_never_goes_below_zero_nor_loses_its_expiry() 
         reads < 80,
         "two seconds of waiting read the count {reads} times"
     );
+}
+
+/// Removes a broker policy when dropped.
+struct Policy(String);
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "clear_policy", &self.0])
+            .status();
+    }
+}
+
+/// Dead letters do not vanish by being looked at: viewed fifty times, every one is still there,
+/// with its id, reason and age. The dead-letter queue here carries a delivery limit of 3 (a
+/// policy, as RabbitMQ 4 sets 20 on every quorum queue by default): a look that handed the
+/// letters back would count a delivery each time and lose them by the fourth.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_viewed_fifty_times_are_all_still_there() {
+    let stack = Stack::start("dlq50", 1, &[]).await;
+    let dead = format!("{}.dead", stack.ns);
+    let policy = Policy(format!("{}-limit", stack.ns));
+    let pattern = format!("^{}$", dead.replace('.', "\\."));
+    let set = tokio::task::spawn_blocking(move || {
+        rabbitmqctl(
+            None,
+            &[
+                "set_policy",
+                "--apply-to",
+                "queues",
+                &policy.0,
+                &pattern,
+                r#"{"delivery-limit": 3}"#,
+            ],
+        );
+        policy
+    });
+    let _policy = set.await.unwrap();
+    // Five bodies that are signed but are no webhook: each accepted and parked.
+    for i in 0..5 {
+        assert_eq!(
+            stack.post(&format!("{{\"not\": \"a webhook {i}\"}}")).await,
+            200
+        );
+    }
+    let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
+    let mut first: Option<Vec<String>> = None;
+    for look in 0..50 {
+        let page = coexist::tools::dlq::list(&amqp_url(), &topology, 100)
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = page
+            .entries
+            .iter()
+            .map(|e| e.id.clone().unwrap_or_default())
+            .collect();
+        ids.sort();
+        if look == 0 && ids.len() < 5 {
+            // The ingress parks them right after answering: wait for the fifth once.
+            tokio::time::sleep(SECS).await;
+            continue;
+        }
+        assert_eq!(page.total, 5, "look {look}: {ids:?}");
+        match &first {
+            None => first = Some(ids),
+            Some(f) => assert_eq!(&ids, f, "look {look}: the same five letters"),
+        }
+    }
+    // One page at a time: two letters per look, and looking on shows the next ones.
+    let a = coexist::tools::dlq::list(&amqp_url(), &topology, 2)
+        .await
+        .unwrap();
+    let b = coexist::tools::dlq::list(&amqp_url(), &topology, 2)
+        .await
+        .unwrap();
+    assert_eq!((a.entries.len(), a.total), (2, 5));
+    assert!(
+        a.entries
+            .iter()
+            .all(|x| b.entries.iter().all(|y| x.id != y.id)),
+        "the next look shows the next letters"
+    );
+    stack.stop().await;
 }

@@ -141,9 +141,10 @@ async fn signed_garbage_is_accepted_and_parked() {
     );
     assert_eq!(stack.post(&half).await, 200);
     let topology = Topology::new(&stack.ns, 4);
-    let entries = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let entries = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert!(
         entries[0].reason.starts_with("not JSON"),
@@ -175,18 +176,20 @@ async fn signed_garbage_is_accepted_and_parked() {
             parked_again: 2
         }
     );
-    let again = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let again = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     let reasons: Vec<&str> = again.iter().map(|e| e.reason.as_str()).collect();
     assert!(
         reasons[0].starts_with("not JSON") && reasons[1].contains("without a sender"),
         "{reasons:?}"
     );
     assert_eq!(
-        coexist::tools::dlq::list(&amqp_url(), &topology)
+        coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
             .await
             .unwrap()
+            .entries
             .len(),
         2,
         "listing leaves them in place"

@@ -97,9 +97,10 @@ async fn drill_a_memory_alarm_is_answered_503_at_once_and_loses_nothing() {
         assert!(ids.contains(id), "{id} lost: {ids:?}");
     }
     let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
     stack.stop().await;
 }
@@ -168,9 +169,10 @@ async fn drill_redis_out_of_memory_is_waited_out_never_dead_lettered() {
     let (events, _) = take_distinct(&stack.ns, "bot", 30, 60 * SECS).await;
     assert_eq!(events.len(), 30, "everything published after");
     let topology = coexist::adapters::broker::Topology::new(&stack.ns, stack.config.partitions);
-    let dead = coexist::tools::dlq::list(&amqp_url(), &topology)
+    let dead = coexist::tools::dlq::list(&amqp_url(), &topology, 1000)
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert!(
         dead.is_empty(),
         "a passing fault dead-letters nothing: {dead:?}"

@@ -9,14 +9,19 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use super::*;
 
+/// Dead letters a page shows.
+const DEAD_PAGE: usize = 50;
+
 pub(super) async fn dead(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((id, session)) = c.session(&headers) else {
         return Redirect::to("/login").into_response();
     };
-    let (rows, error) = match crate::tools::dlq::list(c.amqp_url.expose(), &c.topology).await {
-        Ok(entries) => (entries, None),
+    let listed = crate::tools::dlq::list(c.amqp_url.expose(), &c.topology, DEAD_PAGE).await;
+    let (rows, total, error) = match listed {
+        Ok(page) => (page.entries, page.total, None),
         Err(e) => (
             Vec::new(),
+            0,
             Some(format!("cannot read the dead letters: {e}")),
         ),
     };
@@ -42,7 +47,7 @@ pub(super) async fn dead(State(c): State<Arc<Console>>, headers: HeaderMap) -> R
         .collect();
     let said = error.map(Err).or_else(|| c.take_said(&id));
     let f = frame("Dead letters", "dead", &session, said, 0);
-    Html(pages::dead(&f, &rows).into_string()).into_response()
+    Html(pages::dead(&f, &rows, total).into_string()).into_response()
 }
 
 #[derive(serde::Deserialize)]

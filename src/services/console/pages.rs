@@ -210,11 +210,14 @@ pub fn live(f: &Frame<'_>) -> Markup {
 }
 
 /// The dead letters, each with its actions.
-pub fn dead(f: &Frame<'_>, rows: &[Dead]) -> Markup {
+pub fn dead(f: &Frame<'_>, rows: &[Dead], total: usize) -> Markup {
     page(
         f,
         html! {
-            ul.counts { li { b { (rows.len()) } " dead letter(s)" } }
+            ul.counts { li { b { (total) } " dead letter(s)" } }
+            @if rows.len() < total {
+                p.muted { "The oldest " (rows.len()) " are shown; they move to the back of the queue as they are looked at, so reloading shows the next ones." }
+            }
             @if rows.is_empty() {
                 p.empty { "No dead letters." }
             } @else {
@@ -236,9 +239,9 @@ pub fn dead(f: &Frame<'_>, rows: &[Dead]) -> Markup {
                                 td data-label="Age" { (d.age) }
                                 td data-label="Preview" { code { (d.preview) } }
                                 td data-label="Actions" {
-                                    a href={ "/dead/confirm?action=replay&id=" (d.id) } { "Replay…" }
+                                    a href={ "/dead/confirm?action=replay&id=" (query_value(&d.id)) } { "Replay…" }
                                     " · "
-                                    a href={ "/dead/confirm?action=discard&id=" (d.id) } { "Discard…" }
+                                    a href={ "/dead/confirm?action=discard&id=" (query_value(&d.id)) } { "Discard…" }
                                 }
                             }
                         }
@@ -247,6 +250,12 @@ pub fn dead(f: &Frame<'_>, rows: &[Dead]) -> Markup {
             }
         },
     )
+}
+
+/// A value written into a link's query: every byte but unreserved ones percent-encoded, so an
+/// id with `+`, `&` or `#` names itself and not another letter.
+pub fn query_value(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
 /// Asks before a dead letter is replayed or discarded.
