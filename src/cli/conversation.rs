@@ -18,6 +18,9 @@ pub enum Command {
         /// One JSON object per line: phone_number_id, customer, paused_until, trigger_message_id.
         #[arg(long)]
         json: bool,
+        /// Show at most this many (default: all, read a page at a time).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Prints the conversation's state as JSON: paused until, session, handler, and every name the
     /// customer is known by (any of them finds the conversation).
@@ -89,20 +92,39 @@ pub struct ConversationArgs {
 pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
     let failed = |e: operator::Error| Failure(e.to_string(), 1);
     let (args, action) = match &command {
-        Command::List { json } => {
+        Command::List { json, limit } => {
+            const PAGE: usize = 1000;
             let store = operator::store(&config).await.map_err(failed)?;
-            let paused = operator::list(&store, Millis::now())
-                .await
-                .map_err(|e| failed(e.into()))?;
-            match json {
-                true => {
-                    for p in &paused {
-                        println!("{}", serde_json::to_string(p).expect("serialises"));
-                    }
-                }
-                false => print!("{}", operator::table(&paused)),
+            let now = Millis::now();
+            let mut shown = 0;
+            let mut after = None;
+            if !json {
+                print!("{}", operator::table_header());
             }
-            eprintln!("{} conversation(s) with a human", paused.len());
+            // A page at a time, printed as it comes: memory stays flat however many there are.
+            loop {
+                let want = limit.map_or(PAGE, |l| (l - shown).min(PAGE));
+                if want == 0 {
+                    break;
+                }
+                let (page, next) = operator::list(&store, now, after, want)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                shown += page.len();
+                match json {
+                    true => {
+                        for p in &page {
+                            println!("{}", serde_json::to_string(p).expect("serialises"));
+                        }
+                    }
+                    false => print!("{}", operator::table_rows(&page)),
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            eprintln!("{shown} conversation(s) with a human");
             return Ok(());
         }
         Command::Show(a) => (a, None),

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::adapters::broker::{self, Outgoing, Publisher, Topology};
-use crate::adapters::redis::RedisStore;
+use crate::adapters::redis::{PageCursor, RedisStore};
 use crate::core::domain::Scope;
 use crate::core::engine::event::{By, ByKind, Outbound};
 use crate::core::engine::state::{Handler, State};
@@ -115,11 +115,16 @@ pub struct Paused {
     pub left_ms: i64,
 }
 
-/// The conversations whose AI agent is paused at `now`, soonest release first.
-pub async fn list(store: &RedisStore, now: Millis) -> crate::core::store::Result<Vec<Paused>> {
-    let mut out: Vec<Paused> = store
-        .paused(now)
-        .await?
+/// A page of the conversations whose AI agent is paused at `now`, soonest release first, from
+/// `after` (the start when `None`); where the next page starts (`None`: none).
+pub async fn list(
+    store: &RedisStore,
+    now: Millis,
+    after: Option<PageCursor>,
+    limit: usize,
+) -> crate::core::store::Result<(Vec<Paused>, Option<PageCursor>)> {
+    let (page, next) = store.paused_page(now, after, limit).await?;
+    let rows = page
         .into_iter()
         .map(|(scope, pause)| Paused {
             phone_number_id: scope.phone_number_id.clone(),
@@ -131,16 +136,21 @@ pub async fn list(store: &RedisStore, now: Millis) -> crate::core::store::Result
             left_ms: pause.until.0 - now.0,
         })
         .collect();
-    out.sort_by_key(|p| p.left_ms);
-    Ok(out)
+    Ok((rows, next))
 }
 
-/// `conversation list`'s table: number, customer, paused until, time left, trigger message.
-pub fn table(paused: &[Paused]) -> String {
-    let mut out = format!(
+/// `conversation list`'s header line.
+pub fn table_header() -> String {
+    format!(
         "{:<20} {:<28} {:<22} {:>14}  {:<20} trigger\n",
         "number", "customer", "paused until", "left", "by"
-    );
+    )
+}
+
+/// `conversation list`'s lines for one page: number, customer, paused until, time left, who,
+/// trigger message.
+pub fn table_rows(paused: &[Paused]) -> String {
+    let mut out = String::new();
     for p in paused {
         let left = std::time::Duration::from_secs((p.left_ms.max(0) / 1000) as u64);
         out.push_str(&format!(

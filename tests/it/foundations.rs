@@ -304,3 +304,66 @@ async fn dead_letters_viewed_fifty_times_are_all_still_there() {
     );
     stack.stop().await;
 }
+
+/// Writes `n` pauses in force straight into a namespace (deadline set and pause keys), as
+/// commits leave them: the `i`th until `until(i)`.
+pub async fn seed_pauses(ns: &str, n: usize, until: impl Fn(usize) -> i64) {
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let c = customer(i);
+            let trigger = format!("m:wamid.SEED{i}");
+            let pause = serde_json::json!({
+                "until": until(i), "since": until(i) - 3_600_000, "trigger": trigger,
+                "by": {"kind": "business_app", "name": null}
+            });
+            pipe.cmd("SET")
+                .arg(format!("{ns}:{{{PNID}}}:c:{c}:pause"))
+                .arg(pause.to_string())
+                .arg("PXAT")
+                .arg(until(i))
+                .ignore();
+            pipe.cmd("ZADD")
+                .arg(format!("{ns}:deadlines"))
+                .arg(until(i))
+                .arg(format!("{PNID}:{c}|{trigger}"))
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut redis).await.unwrap();
+    }
+}
+
+/// The list of conversations with a human pages: every pause once, soonest first, also where
+/// many share one deadline, each page read with one bounded range of the deadline set.
+#[tokio::test]
+async fn the_paused_list_pages_through_every_pause_once_in_order() {
+    let ns = NsGuard(unique_ns("pages"));
+    let now = coexist::core::time::Millis::now().0;
+    // 130 pauses, in runs of ten sharing one instant.
+    seed_pauses(&ns.0, 130, |i| now + 3_600_000 + (i as i64 / 10) * 1000).await;
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &ns.0)
+        .await
+        .unwrap();
+    let at = coexist::core::time::Millis(now);
+    let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (page, next) = operator::list(&store, at, after, 25).await.unwrap();
+        assert!(page.len() <= 25);
+        seen.extend(page.into_iter().map(|p| (p.paused_until, p.customer)));
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 130, "every pause once");
+    let unique: std::collections::HashSet<_> = seen.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(unique.len(), 130, "none twice");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "soonest first");
+    assert_eq!(pages, 6, "130 in pages of 25");
+}

@@ -26,43 +26,104 @@ if s and tonumber(s) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[
 return 1
 "#;
 
+/// Where the next page of [`RedisStore::paused_page`] starts: after the `same` deadlines at
+/// instant `score` already shown (deadlines are ms instants; several may share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub score: i64,
+    pub same: u32,
+}
+
+impl PageCursor {
+    /// How many members at the cursor's instant to skip (none once that instant is past).
+    fn skip(self, now: Millis) -> u32 {
+        if self.score > now.0 {
+            self.same
+        } else {
+            0
+        }
+    }
+
+    /// As written in a link: `{score}.{same}`.
+    pub fn encode(self) -> String {
+        format!("{}.{}", self.score, self.same)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (score, same) = s.split_once('.')?;
+        Some(PageCursor {
+            score: score.parse().ok()?,
+            same: same.parse().ok()?,
+        })
+    }
+}
+
 impl RedisStore {
-    /// The pauses in force at `now`, soonest deadline first: read from the deadline set and the
-    /// conversations' pause keys (never a scan of the keyspace).
-    pub async fn paused(&self, now: Millis) -> Result<Vec<(Scope, Pause)>> {
-        let due: Vec<(String, f64)> = self
-            .conn
-            .clone()
-            .zrangebyscore_withscores(self.deadlines(), format!("({}", now.0), "+inf")
+    /// A page of the pauses in force at `now`, soonest deadline first, from `after` (the start
+    /// when `None`): read from the deadline set (`ZRANGEBYSCORE ... LIMIT`, O(log n + page)) and
+    /// the page's pause keys, never a scan of the keyspace nor a read of the whole set. Returns
+    /// the page and where the next one starts (`None`: this was the last).
+    pub async fn paused_page(
+        &self,
+        now: Millis,
+        after: Option<PageCursor>,
+        limit: usize,
+    ) -> Result<(Vec<(Scope, Pause)>, Option<PageCursor>)> {
+        let (min, skip) = match after {
+            None => (format!("({}", now.0), 0),
+            Some(c) => (c.score.max(now.0 + 1).to_string(), c.skip(now)),
+        };
+        let due: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.deadlines())
+            .arg(&min)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(skip)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
             .await?;
+        let next = match due.last() {
+            Some((_, last)) if due.len() == limit => {
+                let last = *last as i64;
+                let same = due.iter().filter(|(_, s)| *s as i64 == last).count() as u32;
+                let earlier = match after {
+                    Some(c) if c.score == last => c.same,
+                    _ => 0,
+                };
+                Some(PageCursor {
+                    score: last,
+                    same: earlier + same,
+                })
+            }
+            _ => None,
+        };
         let deadlines: Vec<Deadline> = due
             .iter()
             .filter_map(|(member, _)| parse_member(member))
             .collect();
         if deadlines.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), next));
         }
         let mut pipe = redis::pipe();
         for d in &deadlines {
             pipe.get(self.key(&d.scope, "pause"));
         }
         let values: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
-        let mut out: Vec<(Scope, Pause)> = Vec::new();
+        let mut out: Vec<(Scope, Pause)> = Vec::with_capacity(deadlines.len());
         for (d, found) in deadlines.into_iter().zip(values) {
             let Some(text) = found else {
                 continue; // released, or moved to another conversation by a merge
             };
             let pause: Pause =
                 serde_json::from_str(&text).map_err(|e| corrupt(&self.ns, &d.scope, "pause", e))?;
-            // The conversation's pause in force, once (older deadlines of it are stale).
-            if pause.trigger == d.trigger
-                && pause.until > now
-                && !out.iter().any(|(s, _)| *s == d.scope)
-            {
+            // The deadline of the conversation's pause in force (one per pause: its trigger);
+            // an older deadline of the conversation is stale.
+            if pause.trigger == d.trigger && pause.until > now {
                 out.push((d.scope, pause));
             }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// How many pauses are in force at `now`, counted in the deadline set (one deadline per

@@ -27,6 +27,7 @@ pub(crate) mod commit;
 pub(crate) mod deadlines;
 pub(crate) mod reply;
 
+pub use deadlines::PageCursor;
 pub use reply::{ForReply, REPLY_IN_FLIGHT};
 
 use std::time::Duration;

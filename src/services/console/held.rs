@@ -3,22 +3,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, State};
+use axum::extract::{Form, Query, State};
+
+use crate::adapters::redis::PageCursor;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use super::*;
 
-/// The first page: who is with a human now.
-pub(super) async fn held(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+/// Conversations a page shows.
+const HELD_PAGE: usize = 50;
+
+#[derive(serde::Deserialize)]
+pub(super) struct PageQuery {
+    /// Where the page starts (`{instant}.{n}`, from the previous page's "More"): the start when
+    /// absent.
+    after: Option<String>,
+}
+
+/// The first page: who is with a human now, a page at a time.
+pub(super) async fn held(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let Some((id, session)) = c.session(&headers) else {
         return Redirect::to("/login").into_response();
     };
     let now = Millis::now();
-    let (rows, error) = match operator::list(&c.store, now).await {
-        Ok(paused) => (paused, None),
+    let after = q.after.as_deref().and_then(PageCursor::decode);
+    let listed = operator::list(&c.store, now, after, HELD_PAGE).await;
+    let total = c.store.paused_count(now).await.unwrap_or(0);
+    let (rows, next, error) = match listed {
+        Ok((paused, next)) => (paused, next, None),
         Err(e) => (
             Vec::new(),
+            None,
             Some(format!("cannot read the conversations from Redis: {e}")),
         ),
     };
@@ -53,7 +73,14 @@ pub(super) async fn held(State(c): State<Arc<Console>>, headers: HeaderMap) -> R
     c.update(&id, |s| s.refs = refs);
     let said = error.map(Err).or_else(|| c.take_said(&id));
     let f = frame("With a human now", "held", &session, said, REFRESH_SECS);
-    Html(pages::held(&f, &held, numbers.len()).into_string()).into_response()
+    let page = pages::HeldPage {
+        rows: &held,
+        numbers: numbers.len(),
+        total,
+        more: next.map(|n| n.encode()),
+        first: after.is_none(),
+    };
+    Html(pages::held(&f, &page).into_string()).into_response()
 }
 
 #[derive(serde::Deserialize)]

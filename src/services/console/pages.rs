@@ -131,13 +131,27 @@ pub fn login(error: Option<&str>) -> Markup {
 }
 
 /// The first page: every conversation with a human now, soonest release first.
-pub fn held(f: &Frame<'_>, rows: &[Held], numbers: usize) -> Markup {
+/// A page of the conversations with a human now.
+pub struct HeldPage<'a> {
+    pub rows: &'a [Held],
+    /// Business numbers among the rows.
+    pub numbers: usize,
+    /// Conversations with a human in all.
+    pub total: u64,
+    /// Where the next page starts, if there is one.
+    pub more: Option<String>,
+    /// Whether this is the first page.
+    pub first: bool,
+}
+
+pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
+    let rows = p.rows;
     page(
         f,
         html! {
             ul.counts {
-                li { b { (rows.len()) } " conversation(s) with a human" }
-                li { b { (numbers) } " business number(s)" }
+                li { b { (p.total) } " conversation(s) with a human" }
+                li { b { (p.numbers) } " business number(s) on this page" }
             }
             @if rows.is_empty() {
                 p.empty { "Nobody is with a human now: the AI agent handles every conversation." }
@@ -172,6 +186,12 @@ pub fn held(f: &Frame<'_>, rows: &[Held], numbers: usize) -> Markup {
                                 }
                             }
                         }
+                    }
+                }
+                p.pager {
+                    @if !p.first { a href="/" { "First page" } " " }
+                    @if let Some(more) = &p.more {
+                        a href={ "/?after=" (query_value(more)) } { "More…" }
                     }
                 }
             }
