@@ -37,11 +37,15 @@ impl CustomerKey {
         if let Some(id) = s.strip_prefix(GROUP_PREFIX) {
             return Self::group(id);
         }
+        // Digits with phone punctuation (dots included) are a phone number; a business-scoped
+        // id begins with its country's letters (`US.`), so the two never meet.
         if let Some(digits) = phone_digits(s) {
             return Some(CustomerKey::WaId(digits));
         }
-        // A BSUID: printable, no whitespace, no characters that would break a key or a header.
+        // A BSUID: beginning with a letter or digit (`US.…`), printable, no whitespace, no
+        // characters that would break a key or a header.
         if s.len() <= 200
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
@@ -116,7 +120,7 @@ pub fn phone_digits(s: &str) -> Option<String> {
     for c in s.trim().chars() {
         match c {
             '0'..='9' => out.push(c),
-            '+' | ' ' | '-' | '(' | ')' | '\u{a0}' => {}
+            '+' | ' ' | '-' | '.' | '(' | ')' | '\u{a0}' => {}
             _ => return None,
         }
     }
@@ -352,6 +356,26 @@ pub fn last_chars(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phone_number_is_read_one_way_whatever_its_punctuation_dots_included() {
+        let ana = Some(CustomerKey::WaId("5215551230001".into()));
+        for written in [
+            "5215551230001",
+            "+52 1 555 123 0001",
+            "52.1.555.123.0001",
+            "+52-1-(555)-123.0001",
+        ] {
+            assert_eq!(CustomerKey::parse(written), ana, "{written}");
+            assert_eq!(CustomerKey::from_parts(Some(written), None), ana, "{written}");
+        }
+        // Business-scoped ids keep their dots: they begin with their country's letters.
+        assert_eq!(
+            CustomerKey::parse("US.13491208655302741918"),
+            Some(CustomerKey::UserId("US.13491208655302741918".into()))
+        );
+        assert_eq!(CustomerKey::parse("..."), None, "no digit, no letter: nobody");
+    }
 
     #[test]
     fn last_chars_counts_characters_not_bytes() {
