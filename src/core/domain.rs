@@ -367,14 +367,22 @@ mod tests {
             "+52-1-(555)-123.0001",
         ] {
             assert_eq!(CustomerKey::parse(written), ana, "{written}");
-            assert_eq!(CustomerKey::from_parts(Some(written), None), ana, "{written}");
+            assert_eq!(
+                CustomerKey::from_parts(Some(written), None),
+                ana,
+                "{written}"
+            );
         }
         // Business-scoped ids keep their dots: they begin with their country's letters.
         assert_eq!(
             CustomerKey::parse("US.13491208655302741918"),
             Some(CustomerKey::UserId("US.13491208655302741918".into()))
         );
-        assert_eq!(CustomerKey::parse("..."), None, "no digit, no letter: nobody");
+        assert_eq!(
+            CustomerKey::parse("..."),
+            None,
+            "no digit, no letter: nobody"
+        );
     }
 
     #[test]

@@ -69,26 +69,58 @@ impl Millis {
     }
 }
 
-/// Where a process reads the time: the wall clock, or (for tests) a clock of its own. Handed to
-/// what decides by time, so that no code reads the wall clock behind its back.
+/// Where a process reads the time: the wall clock, or (for tests) a clock of its own, corrected
+/// by an offset that [`Clock::align`] sets to agree with a reference (the worker and the gate
+/// align theirs with Redis's `TIME`, the clock that expires pause keys: so routing, the gate and
+/// the keys' expiry read one time, whatever the hosts' clocks say). Handed to what decides by
+/// time, so that no code reads the wall clock behind its back.
 #[derive(Clone)]
-pub struct Clock(std::sync::Arc<dyn Fn() -> Millis + Send + Sync>);
+pub struct Clock {
+    read: std::sync::Arc<dyn Fn() -> Millis + Send + Sync>,
+    offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
 
 impl Clock {
+    fn reading(read: impl Fn() -> Millis + Send + Sync + 'static) -> Self {
+        Clock {
+            read: std::sync::Arc::new(read),
+            offset: Default::default(),
+        }
+    }
+
     /// The wall clock.
     pub fn system() -> Self {
-        Clock(std::sync::Arc::new(Millis::now))
+        Clock::reading(Millis::now)
     }
 
     /// The wall clock set `ahead` (negative: behind), as a host whose clock is off.
     pub fn skewed(ahead_ms: i64) -> Self {
-        Clock(std::sync::Arc::new(move || {
-            Millis(Millis::now().0.saturating_add(ahead_ms))
-        }))
+        Clock::reading(move || Millis(Millis::now().0.saturating_add(ahead_ms)))
     }
 
+    /// The time now, corrected.
     pub fn now(&self) -> Millis {
-        (self.0)()
+        let offset = self.offset.load(std::sync::atomic::Ordering::Relaxed);
+        Millis((self.read)().0.saturating_add(offset))
+    }
+
+    /// The uncorrected reading, for measuring against a reference.
+    pub fn reading_now(&self) -> Millis {
+        (self.read)()
+    }
+
+    /// Corrects the clock (and every clone of it) to agree with a reference that read
+    /// `reference` when this clock's own reading was `read_at`.
+    pub fn align(&self, reference: Millis, read_at: Millis) {
+        self.offset.store(
+            reference.0.saturating_sub(read_at.0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The correction in force, ms (the reference minus this clock's own reading).
+    pub fn offset_ms(&self) -> i64 {
+        self.offset.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -127,6 +159,20 @@ mod tests {
         assert_eq!(late.plus(Duration::from_secs(7 * 86_400)), Millis::LATEST);
         assert_eq!(Millis::from_secs(i64::MAX), Millis::LATEST);
         assert!(!late.readable() && Millis::READABLE_UNTIL.readable() && !Millis(-1).readable());
+    }
+
+    #[test]
+    fn an_aligned_clock_reads_its_reference_whatever_its_own_skew() {
+        let ahead = Clock::skewed(30_000);
+        let copy = ahead.clone();
+        let reference = Millis::now();
+        ahead.align(reference, ahead.reading_now());
+        let d = (copy.now().0 - Millis::now().0).abs();
+        assert!(
+            d < 50,
+            "every clone reads the reference's time: off by {d} ms"
+        );
+        assert!((ahead.offset_ms() + 30_000).abs() < 50);
     }
 
     #[test]

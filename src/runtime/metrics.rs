@@ -50,6 +50,9 @@ pub const PARTITIONS: &str = "coexist_partitions";
 pub const INBOUND_BACKLOG: &str = "coexist_inbound_backlog";
 /// Conversations whose AI agent is paused now (counted by every worker every 5 s).
 pub const PAUSED: &str = "coexist_paused_conversations";
+/// How far Redis's clock is from the worker host's, in seconds (Redis minus the host): the
+/// worker decides by Redis's (docs/contract.md, "One clock").
+pub const CLOCK_OFFSET: &str = "coexist_clock_offset_seconds";
 /// Messages waiting in the dead-letter queue `{ns}.dead` (read by every worker every 5 s).
 pub const DEAD_LETTERS_WAITING: &str = "coexist_dead_letters_waiting";
 /// Replies through the reply gate, by `result` (`forwarded`: Meta answered, whatever its status;
@@ -86,6 +89,7 @@ pub const NAMES: &[&str] = &[
     INBOUND_BACKLOG,
     DEAD_LETTERS_WAITING,
     PAUSED,
+    CLOCK_OFFSET,
     REPLIES,
     GATE_SECONDS,
     CONSOLE_CUTS,

@@ -367,3 +367,74 @@ async fn the_paused_list_pages_through_every_pause_once_in_order() {
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "soonest first");
     assert_eq!(pages, 6, "130 in pages of 25");
 }
+
+/// One clock for pause truth: a worker whose host clock runs 30 s ahead decides by Redis's
+/// clock, the one that expires the pause keys, so an echo of now still pauses (with the host's
+/// clock it would look older than now minus the 10 s timeout: R8, no pause), the customer's
+/// next message goes to the inbox, and the gate, reading the key, agrees that a human holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_clock_is_ahead_decides_by_redis_time_as_the_gate_does() {
+    let graph = GraphStandIn::start().await;
+    let stack = Stack::start(
+        "clock",
+        0,
+        &[
+            ("COEXIST_TIMEOUT", "10s"),
+            ("COEXIST_GATE_LISTEN", "127.0.0.1:0"),
+            ("COEXIST_GRAPH_URL", graph.url.as_str()),
+        ],
+    )
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let options = coexist::services::worker::Options {
+        clock: coexist::core::time::Clock::skewed(30_000),
+        ..Default::default()
+    };
+    let worker = coexist::services::worker::start_with(&stack.config, &shutdown, options)
+        .await
+        .unwrap();
+    let gate = coexist::services::gate::start(&stack.config, &shutdown)
+        .await
+        .unwrap();
+    eventually(
+        READY_WITHIN,
+        "the worker to own every partition",
+        || async {
+            let owned = worker.owned().len();
+            (owned == stack.config.partitions as usize)
+                .then_some(())
+                .ok_or(format!("{owned}"))
+        },
+    )
+    .await;
+    let now = coexist::core::time::Millis::now().0 / 1000;
+    stack
+        .post_until_ok(
+            &echo_text(ANA, "wamid.CK1", now, "Te atiendo yo"),
+            10 * SECS,
+        )
+        .await;
+    stack
+        .post_until_ok(&customer_text(ANA, "wamid.CK2", now, "gracias"), 10 * SECS)
+        .await;
+    let inbox = take_events(&stack.ns, "human_chat", 3, 20 * SECS).await;
+    let kinds: Vec<&str> = inbox.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "conversation.handover",
+            "message.sent_from_app",
+            "message.received"
+        ],
+        "paused by the echo, the customer's message to the inbox"
+    );
+    let path = format!("/v1/conversations/{PNID}/{ANA}");
+    let (status, body) = http(gate.addr, "GET", &path, &[], b"").await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["handler"], "human", "the gate agrees: {body}");
+    shutdown.cancel();
+    worker.stopped().await.unwrap();
+    gate.stop().await;
+    stack.stop().await;
+}

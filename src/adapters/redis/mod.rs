@@ -392,6 +392,19 @@ impl RedisStore {
         })
     }
 
+    /// Aligns `clock` with Redis's own (`TIME`): the clock that expires pause keys. The
+    /// reading is taken as of the middle of the round trip.
+    pub async fn align(&self, clock: &crate::core::time::Clock) -> Result<()> {
+        let before = clock.reading_now();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let after = clock.reading_now();
+        let server = Millis(secs * 1000 + micros / 1000);
+        clock.align(server, Millis(before.0 + (after.0 - before.0) / 2));
+        Ok(())
+    }
+
     /// Remaining lifetime of the pause key in ms (for `conversation show`), if it exists.
     pub async fn pause_ttl_ms(&self, scope: &Scope) -> Result<Option<i64>> {
         let ttl: i64 = self.conn.clone().pttl(self.key(scope, "pause")).await?;

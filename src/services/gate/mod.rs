@@ -115,6 +115,8 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         log_content: config.log_content,
         redis_ok: AtomicBool::new(true),
     });
+    // Aligned before the first reply is judged (Redis answered just now).
+    let _ = gate.store.align(&gate.clock).await;
     let redis_check = check_redis(gate.clone(), stop.clone());
     let ready_gate = gate.clone();
     let ready: crate::runtime::http::Readiness = Arc::new(move || {
@@ -144,13 +146,12 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     })
 }
 
-/// Keeps `/readyz`'s Redis check current.
+/// Keeps `/readyz`'s Redis check current (every [`CHECK_EVERY`]), and the gate's clock aligned with Redis's (the one
+/// that expires pause keys: the gate and routing read one time).
 async fn check_redis(gate: Arc<Gate>, stop: CancellationToken) {
     loop {
-        let ping = redis::cmd("PING")
-            .query_async::<String>(&mut gate.store.connection())
-            .await;
-        gate.redis_ok.store(ping.is_ok(), Ordering::SeqCst);
+        let aligned = gate.store.align(&gate.clock).await;
+        gate.redis_ok.store(aligned.is_ok(), Ordering::SeqCst);
         tokio::select! {
             () = tokio::time::sleep(CHECK_EVERY) => {}
             () = stop.cancelled() => return,

@@ -175,6 +175,17 @@ pub async fn start_with(
         &stop,
     )
     .await?;
+    // The worker decides by Redis's clock, the one that expires pause keys (docs/contract.md,
+    // "One clock"): aligned before the first decision, then every second.
+    let aligning = crate::runtime::retry::until_ok(
+        "reading Redis's clock",
+        &stop,
+        |_, _| false,
+        || store.align(&options.clock),
+    );
+    aligning
+        .await
+        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
     // Like the link, the marks outlive the lanes: the last items' marks are written at the end.
     let marks_layer = part.layer();
     let (marks, marker) = marks::Marks::spawn(store.clone(), marks_layer.stop.clone());
@@ -211,6 +222,7 @@ pub async fn start_with(
         partitions::manage(shared.clone(), membership, owned_tx),
     );
     part.spawn("timeout sweeper", sweep::run(shared.clone()));
+    part.spawn("clock alignment", align_clock(shared.clone()));
     part.add("admin server", admin);
     tracing::info!(worker = %id, admin = %admin_addr, "worker started");
     Ok(Worker {
@@ -219,6 +231,22 @@ pub async fn start_with(
         owned: owned_rx,
         handle: part.supervise(),
     })
+}
+
+/// Keeps the worker's clock aligned with Redis's, every [`membership::TICK`]; a failed reading
+/// keeps the last correction.
+async fn align_clock(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(membership::TICK) => {}
+            () = shared.stop.cancelled() => return,
+        }
+        if let Err(e) = shared.applier.store().align(&shared.clock).await {
+            tracing::debug!(error = %e, "reading Redis's clock failed; keeping the last correction");
+        }
+        metrics::gauge!(crate::runtime::metrics::CLOCK_OFFSET)
+            .set(shared.clock.offset_ms() as f64 / 1000.0);
+    }
 }
 
 /// A worker id unique among processes and within one: host, process, instant and a counter.
