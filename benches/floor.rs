@@ -96,7 +96,7 @@ async fn store(n: usize, in_flight: usize) -> (f64, f64) {
             tokio::spawn(async move {
                 // Conversation `lane` of each number, so lanes never share one.
                 for i in (lane..n).step_by(in_flight) {
-                    let body = common::body(i * 16 + lane % 16, ts);
+                    let body = body(i * 16 + lane % 16, ts);
                     for item in parse_body(body.as_bytes()).unwrap().items {
                         let applied = engine
                             .apply(&Input::Item(&item), Millis::now())

@@ -93,6 +93,28 @@ ensure_asyncapi() {
   export COEXIST_TEST_ASYNCAPI="$dir/node_modules/.bin/asyncapi"
 }
 
+# cargo-deny, from crates.io (built once, kept in ~/.cargo/bin).
+ensure_cargo_deny() {
+  command -v cargo-deny >/dev/null && return 0
+  say "installing cargo-deny from crates.io (once; a few minutes)"
+  cargo install --locked --quiet cargo-deny
+}
+
+# cargo deny check: advisories against RustSec's database (fetched; where GitHub cannot be
+# reached, the copy already on this machine, its age said), licenses, bans, sources (deny.toml).
+deny_check() {
+  local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" db
+  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1)
+  if [ -z "$db" ] && ! cargo deny fetch db >/dev/null 2>&1; then
+    say "cargo deny: RustSec's advisory database cannot be fetched here and no copy is on this machine: advisories NOT checked; licenses, bans and sources are"
+    cargo deny --log-level error check licenses bans sources
+    return
+  fi
+  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1)
+  say "cargo deny: advisories checked against RustSec's database as of $(git -C "$db" log -1 --format=%cs 2>/dev/null || echo '?')"
+  cargo deny --log-level error check
+}
+
 # Stops what ensure_* started (nothing that was running before).
 stop_started() {
   if [ -n "$STARTED_RABBITMQ" ]; then

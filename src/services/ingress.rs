@@ -301,7 +301,7 @@ mod tests {
     fn signatures() {
         let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
         let secrets = vec![
-            crate::runtime::config::Config::load(None, |k| {
+            Config::load(None, |k| {
                 (k == "COEXIST_APP_SECRET").then(|| "old,new".to_owned())
             })
             .unwrap()

@@ -26,7 +26,7 @@ impl TcpProxy {
             let accept = tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     let Some(proxy) = me.upgrade() else { return };
-                    if !proxy.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    if !proxy.open.load(Ordering::SeqCst) {
                         drop(inbound); // cut: closed at once
                         continue;
                     }
@@ -51,7 +51,7 @@ impl TcpProxy {
 
     /// Drops every connection; new ones are closed at once until [`TcpProxy::restore`].
     pub fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.open.store(false, Ordering::SeqCst);
         for t in self.connections.lock().unwrap().drain(..) {
             t.abort();
         }
@@ -59,7 +59,7 @@ impl TcpProxy {
 
     /// Passes connections through again.
     pub async fn restore(self: &Arc<Self>) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.open.store(true, Ordering::SeqCst);
     }
 }
 
