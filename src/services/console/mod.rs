@@ -8,7 +8,8 @@
 //! - **Every action is a POST** carrying the session's CSRF token, and its `Origin` (or
 //!   `Referer`) must be this console: a cross-site request is refused.
 //! - **With a human now**: the paused conversations, soonest release first, with Release,
-//!   Extend and a Pause form: the operator commands' own operation ([`crate::tools::operator::apply`]),
+//!   Extend and a Pause form: operator commands, decided in the conversation's lane
+//!   ([`crate::tools::operator::send`]),
 //!   recorded with the signed-in operator's name as `by.name`.
 //! - **Live events** ([`live`]): Server-Sent Events from a queue of its own, like `coexist tail`.
 //! - **Dead letters**: listed with a safe preview; Replay (one or all) and Discard, each asked
