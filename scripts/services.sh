@@ -104,13 +104,13 @@ ensure_cargo_deny() {
 # reached, the copy already on this machine, its age said), licenses, bans, sources (deny.toml).
 deny_check() {
   local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" db
-  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1)
+  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1 || true)
   if [ -z "$db" ] && ! cargo deny fetch db >/dev/null 2>&1; then
     say "cargo deny: RustSec's advisory database cannot be fetched here and no copy is on this machine: advisories NOT checked; licenses, bans and sources are"
     cargo deny --log-level error check licenses bans sources
     return
   fi
-  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1)
+  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1 || true)
   say "cargo deny: advisories checked against RustSec's database as of $(git -C "$db" log -1 --format=%cs 2>/dev/null || echo '?')"
   cargo deny --log-level error check
 }
