@@ -239,7 +239,7 @@ impl Shared {
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key).await;
         }
-        tracing::debug!(events = applied.events.len(), "decided");
+        tracing::debug!(events = applied.events.len(), "item decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {
             let secs = (self.clock.now().0 - accepted_at.0).max(0) as f64 / 1000.0;
             metrics::histogram!(crate::runtime::metrics::LATENCY).record(secs);
