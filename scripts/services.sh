@@ -101,18 +101,26 @@ ensure_cargo_deny() {
 }
 
 # cargo deny check: advisories against RustSec's database (fetched; where GitHub cannot be
-# reached, the copy already on this machine, its age said), licenses, bans, sources (deny.toml).
+# reached, the copy already on this machine, its age said, checked offline), licenses, bans,
+# sources (deny.toml).
 deny_check() {
-  local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" db
+  local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" db fetched=""
+  cargo deny fetch db >/dev/null 2>&1 && fetched=1
   db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1 || true)
-  if [ -z "$db" ] && ! cargo deny fetch db >/dev/null 2>&1; then
+  if [ -z "$db" ]; then
     say "cargo deny: RustSec's advisory database cannot be fetched here and no copy is on this machine: advisories NOT checked; licenses, bans and sources are"
-    cargo deny --log-level error check licenses bans sources
+    cargo deny --offline --log-level error check licenses bans sources
     return
   fi
-  db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1 || true)
-  say "cargo deny: advisories checked against RustSec's database as of $(git -C "$db" log -1 --format=%cs 2>/dev/null || echo '?')"
-  cargo deny --log-level error check
+  local age
+  age=$(git -C "$db" log -1 --format=%cs 2>/dev/null || echo '?')
+  if [ -n "$fetched" ]; then
+    say "cargo deny: advisories checked against RustSec's database as of $age"
+    cargo deny --log-level error check
+  else
+    say "cargo deny: RustSec's advisory database cannot be fetched here: advisories checked against the copy on this machine, as of $age"
+    cargo deny --offline --log-level error check
+  fi
 }
 
 # Stops what ensure_* started (nothing that was running before).
