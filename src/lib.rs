@@ -47,7 +47,7 @@
 //!     [`services::console::pages`] the HTML).
 //! - [`tools`]: what operators run by hand: [`tools::process`] and [`tools::summary`] (offline),
 //!   [`tools::operator`] (one conversation), [`tools::dlq`], [`tools::tail`], [`tools::send`],
-//!   [`tools::asyncapi`].
+//!   [`tools::asyncapi`]; [`tools::printable`] escapes what a terminal would act on.
 //! - [`runtime`]: what every process runs on: **every configuration key** ([`runtime::config`]),
 //!   HTTP serving under limits ([`runtime::http`]), **every metric name** ([`runtime::metrics`]),
 //!   traces ([`runtime::trace`]), supervised tasks ([`runtime::supervise`]), retrying

@@ -40,7 +40,7 @@ impl CustomerKey {
         // Digits with phone punctuation (dots included) are a phone number; a business-scoped
         // id begins with its country's letters (`US.`), so the two never meet.
         if let Some(digits) = phone_digits(s) {
-            return Some(CustomerKey::WaId(digits));
+            return Some(CustomerKey::phone(&digits));
         }
         // A BSUID: beginning with a letter or digit (`US.…`), printable, no whitespace, no
         // characters that would break a key or a header.
@@ -58,13 +58,19 @@ impl CustomerKey {
     pub fn from_parts(number: Option<&str>, user_id: Option<&str>) -> Option<Self> {
         number
             .and_then(phone_digits)
-            .map(CustomerKey::WaId)
+            .map(|d| CustomerKey::phone(&d))
             .or_else(|| {
                 user_id
                     .map(str::trim)
                     .filter(|u| !u.is_empty())
                     .and_then(CustomerKey::parse)
             })
+    }
+
+    /// A phone number's key: its digits in the one form of [`phone_identity`], so a number
+    /// Meta writes two ways is one conversation.
+    pub fn phone(digits: &str) -> Self {
+        CustomerKey::WaId(phone_identity(digits))
     }
 
     /// A group's key from Meta's `group_id`: printable, no whitespace, nothing that would break
@@ -127,6 +133,47 @@ pub fn phone_digits(s: &str) -> Option<String> {
     (!out.is_empty() && out.len() <= 32).then_some(out)
 }
 
+/// The one form of a phone number that Meta writes two ways, so that both are one customer:
+///
+/// - Mexico: `52` + 10 digits and Meta's `wa_id` `521` + 10 digits: the `521` form;
+/// - Argentina: `54` + 10 digits and `549` + 10 digits (the mobile prefix): the `549` form;
+/// - Brazil: a mobile number with and without the ninth digit (`55` + area code + 8 digits
+///   beginning 6-9, as WhatsApp ids registered before the ninth digit still are): the 13-digit
+///   form with the `9`. Landlines (8 digits beginning 2-5) are left as they are.
+///
+/// Every other number is its digits. Input is digits only (see [`phone_digits`]).
+pub fn phone_identity(digits: &str) -> String {
+    let d = digits.as_bytes();
+    match (d.len(), digits.get(..2)) {
+        (12, Some("52")) if d[2] != b'1' => format!("521{}", &digits[2..]),
+        (12, Some("54")) if d[2] != b'9' => format!("549{}", &digits[2..]),
+        (12, Some("55"))
+            if BRAZIL_AREAS.contains(&&digits[2..4]) && matches!(d[4], b'6'..=b'9') =>
+        {
+            format!("55{}9{}", &digits[2..4], &digits[4..])
+        }
+        _ => digits.to_owned(),
+    }
+}
+
+/// Brazil's area codes (DDD), from ANATEL's plan.
+const BRAZIL_AREAS: [&str; 67] = [
+    "11", "12", "13", "14", "15", "16", "17", "18", "19", "21", "22", "24", "27", "28", "31",
+    "32", "33", "34", "35", "37", "38", "41", "42", "43", "44", "45", "46", "47", "48", "49",
+    "51", "53", "54", "55", "61", "62", "63", "64", "65", "66", "67", "68", "69", "71", "73",
+    "74", "75", "77", "79", "81", "82", "83", "84", "85", "86", "87", "88", "89", "91", "92",
+    "93", "94", "95", "96", "97", "98", "99",
+];
+
+/// Whether two phone numbers (as Meta or an operator writes them) are one customer's.
+pub fn same_phone(a: Option<&str>, b: Option<&str>) -> bool {
+    let one = |s: Option<&str>| s.and_then(phone_digits).map(|d| phone_identity(&d));
+    match (one(a), one(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The customer as events show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Customer {
@@ -150,7 +197,7 @@ impl Customer {
             .wa_id
             .as_deref()
             .and_then(phone_digits)
-            .map(CustomerKey::WaId);
+            .map(|d| CustomerKey::phone(&d));
         let user = self
             .user_id
             .as_deref()
@@ -176,7 +223,7 @@ impl Customer {
 
     /// Whether two customers share a name (a phone number or a user id).
     pub fn same_person(&self, other: &Customer) -> bool {
-        (self.wa_id.is_some() && self.wa_id == other.wa_id)
+        same_phone(self.wa_id.as_deref(), other.wa_id.as_deref())
             || (self.user_id.is_some() && self.user_id == other.user_id)
     }
 
@@ -336,6 +383,20 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Whether a Graph API version is of Meta's form: `v` and two numbers (`v23.0`).
+pub fn valid_graph_version(s: &str) -> bool {
+    let Some((major, minor)) = s.strip_prefix('v').and_then(|v| v.split_once('.')) else {
+        return false;
+    };
+    let number = |n: &str| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit());
+    number(major) && number(minor)
+}
+
+/// Whether a path segment is a `phone_number_id` as Meta writes it: digits only.
+pub fn numeric_phone_number_id(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Whether a string can be a business number's `phone_number_id` (Meta's are digits; anything
 /// that would break a key, a hash tag or a header is refused).
 pub fn valid_phone_number_id(s: &str) -> bool {
@@ -383,6 +444,42 @@ mod tests {
             None,
             "no digit, no letter: nobody"
         );
+    }
+
+    #[test]
+    fn numbers_meta_writes_two_ways_have_one_identity() {
+        let one = |a: &str, b: &str| {
+            assert_eq!(CustomerKey::parse(a), CustomerKey::parse(b), "{a} / {b}");
+            assert!(same_phone(Some(a), Some(b)), "{a} / {b}");
+        };
+        one("+52 55 5123 0001", "5215551230001");
+        one("+54 11 5874 9895", "5491158749895");
+        one("+55 92 8172 3241", "5592981723241");
+        one("+55 11 8765 4321", "5511987654321");
+        assert_eq!(phone_identity("5592981723241"), "5592981723241");
+        // A Brazilian landline has no ninth digit to add; other countries are their digits.
+        assert_eq!(phone_identity("551132345678"), "551132345678");
+        assert_ne!(
+            CustomerKey::parse("551132345678"),
+            CustomerKey::parse("5511932345678")
+        );
+        assert_eq!(phone_identity("14155550100"), "14155550100");
+        assert!(!same_phone(Some("5215551230001"), Some("5215551230002")));
+        assert!(!same_phone(None, None));
+    }
+
+    #[test]
+    fn graph_paths_take_only_metas_forms() {
+        for ok in ["v23.0", "v9.1", "v123.456"] {
+            assert!(valid_graph_version(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "%2e%2e", "v23", "23.0", "v23.0.1", "v.0", "vx.0", "v1234.0"] {
+            assert!(!valid_graph_version(bad), "{bad}");
+        }
+        assert!(numeric_phone_number_id("106540352242922"));
+        for bad in ["", ".", "..", "pn-1", "1.2", "%2e", &"1".repeat(33)] {
+            assert!(!numeric_phone_number_id(bad), "{bad}");
+        }
     }
 
     #[test]

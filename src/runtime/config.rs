@@ -45,6 +45,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("http_max_pending", "COEXIST_HTTP_MAX_PENDING"),
     ("gate_listen", "COEXIST_GATE_LISTEN"),
     ("gate_token", "COEXIST_GATE_TOKEN"),
+    ("gate_require_token", "COEXIST_GATE_REQUIRE_TOKEN"),
     ("graph_url", "COEXIST_GRAPH_URL"),
     ("service_window", "COEXIST_SERVICE_WINDOW"),
     ("console_listen", "COEXIST_CONSOLE_LISTEN"),
@@ -117,6 +118,8 @@ pub struct GateConfig {
     pub token: Option<Secret>,
     /// Where replies let through go: Meta's Graph API (no trailing slash).
     pub graph_url: String,
+    /// Whether every message must carry `X-Coexist-Reply-Token` (`400` without it).
+    pub require_token: bool,
 }
 
 /// What a client may hold of an HTTP address (docs/contract.md, "Configuration").
@@ -172,6 +175,7 @@ struct Settings {
     http_max_pending: Whole<1, 1_000_000>,
     gate_listen: Address,
     gate_token: Option<Token>,
+    gate_require_token: Flag,
     graph_url: HttpUrl,
     service_window: Span,
     console_listen: Address,
@@ -296,6 +300,7 @@ impl Config {
                     .filter(|t| !t.is_empty())
                     .map(Secret::new),
                 graph_url: s.graph_url.0.trim_end_matches('/').to_owned(),
+                require_token: s.gate_require_token.0,
             },
             console: ConsoleConfig {
                 listen: s.console_listen.0,
@@ -614,12 +619,23 @@ fn placeholder<E: serde::de::Error>(value: &str) -> Result<(), E> {
     }
 }
 
+/// A secret's text: a string, or an error that never shows the value (a secret written as a
+/// TOML number or list would otherwise be echoed in the one line that refuses it).
+fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        _ => Err(serde::de::Error::custom(
+            "expected a string (the value is not shown: it may be a secret); write it in quotes",
+        )),
+    }
+}
+
 /// App secrets, comma-separated (several during rotation), none of them empty or a placeholder.
 struct Secrets(Vec<Secret>);
 
 impl<'de> Deserialize<'de> for Secrets {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = secret_text(d)?;
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(serde::de::Error::custom(
@@ -640,7 +656,7 @@ struct Operators(Vec<(String, Secret)>);
 impl<'de> Deserialize<'de> for Operators {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let s = String::deserialize(d)?;
+        let s = secret_text(d)?;
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, token) = match part.split_once(':') {
@@ -672,7 +688,7 @@ struct Token(String);
 
 impl<'de> Deserialize<'de> for Token {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = secret_text(d)?;
         placeholder(s.trim())?;
         Ok(Token(s))
     }

@@ -6,7 +6,9 @@
 //! [`Deadline`] that closes it when its headers do not arrive in time (`header_timeout`, also for a
 //! connection that never sends a request) or when it sits idle between requests
 //! (`idle_timeout`). The body timeout and the memory budget for bodies apply where bodies are read
-//! ([`BodyBudget`], used by the ingress). Each cut is counted, by reason, in the server's counter.
+//! ([`BodyBudget`]: the ingress and the gate read their bodies through it; the console's routes sit
+//! behind [`bounded_bodies`]). Each cut is counted, by reason, in the server's counter. Every
+//! request carries its peer's address (`ConnectInfo<SocketAddr>`) for logs that need a client.
 //!
 //! hyper's own `header_read_timeout` starts when hyper waits for a request head, which is also
 //! the whole idle time of a keep-alive connection, so it cannot keep the two timeouts apart; the
@@ -151,9 +153,9 @@ async fn accept(
     http.timer(TokioTimer::new()).header_read_timeout(None);
     let open = metrics::gauge!(crate::runtime::metrics::CONNECTIONS, "server" => limits.counter);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, most likely: wait a moment rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -172,8 +174,11 @@ async fn accept(
         let phase = Arc::new(Phase::default());
         let io = TokioIo::new(Deadline::new(stream, phase.clone(), limits.clone()));
         let router = router.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             phase.begin();
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let phase = phase.clone();
             let answer = router.clone().oneshot(request);
             async move {
@@ -341,6 +346,35 @@ impl AsyncWrite for Deadline {
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
+}
+
+/// `router` with every request's body read through `budget` before a handler sees it: the
+/// declared length and the size checked first, the body timeout, the shared byte budget; a cut
+/// answered as [`Refusal::response`] and counted in `counter` (`result="cut"`).
+pub fn bounded_bodies(router: Router, budget: BodyBudget, counter: &'static str) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let budget = budget.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                match budget.read(&parts.headers, body).await {
+                    Ok(held) => {
+                        let request =
+                            axum::extract::Request::from_parts(parts, Body::from(held.bytes.clone()));
+                        let response = next.run(request).await;
+                        // The body's share of the budget is held until it is answered.
+                        drop(held);
+                        response
+                    }
+                    Err(refusal) => {
+                        metrics::counter!(counter, "result" => "cut", "reason" => refusal.reason())
+                            .increment(1);
+                        refusal.response()
+                    }
+                }
+            }
+        },
+    ))
 }
 
 /// Request bodies in memory, all connections together, and how long one may take to arrive.

@@ -195,14 +195,15 @@ pub fn table(entries: &[Entry]) -> String {
             .age_secs
             .map(|s| humantime::format_duration(Duration::from_secs(s.max(0) as u64)).to_string())
             .unwrap_or_else(|| "-".into());
+        let shown = |s: &str| crate::tools::printable::escape(s).into_owned();
         out.push_str(&format!(
             "{:<38} {:<13} {:<8} {:>8} {:>8}  {}\n",
-            e.id.as_deref().unwrap_or("-"),
-            e.kind.as_deref().unwrap_or("-"),
+            shown(e.id.as_deref().unwrap_or("-")),
+            shown(e.kind.as_deref().unwrap_or("-")),
             e.stage.as_str(),
             e.attempts,
             age,
-            e.reason
+            shown(&e.reason)
         ));
     }
     out

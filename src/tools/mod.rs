@@ -1,10 +1,12 @@
 //! What operators run by hand: offline processing ([`process`], [`summary`]), one
 //! conversation's view and control ([`operator`]), dead letters ([`dlq`]), following events
-//! ([`tail`]), posting signed webhooks ([`send`]) and the AsyncAPI document ([`asyncapi`]).
+//! ([`tail`]), posting signed webhooks ([`send`]) and the AsyncAPI document ([`asyncapi`]); outside
+//! text made safe for a terminal ([`printable`]).
 
 pub mod asyncapi;
 pub mod dlq;
 pub mod operator;
+pub mod printable;
 pub mod process;
 pub mod send;
 pub mod summary;

@@ -153,14 +153,16 @@ pub fn table_rows(paused: &[Paused]) -> String {
     let mut out = String::new();
     for p in paused {
         let left = std::time::Duration::from_secs((p.left_ms.max(0) / 1000) as u64);
+        // Every field escaped for the terminal: a row is always one line.
+        let shown = |s: &str| crate::tools::printable::escape(s).into_owned();
         out.push_str(&format!(
             "{:<20} {:<28} {:<22} {:>14}  {:<20} {}\n",
-            p.phone_number_id,
-            p.customer,
-            p.paused_until,
+            shown(&p.phone_number_id),
+            shown(&p.customer),
+            shown(&p.paused_until),
             humantime::format_duration(left).to_string(),
-            by_text(&p.by),
-            p.trigger_message_id.as_deref().unwrap_or("-")
+            shown(&by_text(&p.by)),
+            shown(p.trigger_message_id.as_deref().unwrap_or("-"))
         ));
     }
     out

@@ -3,15 +3,17 @@
 
 use crate::core::domain::Customer;
 use crate::core::engine::event::{By, ByKind, Event, EventMessage, Outbound, Payload};
+use crate::tools::printable::escape;
 
-/// `exchange  type  customer  text or detail`, aligned.
+/// `exchange  type  customer  text or detail`, aligned. What came from outside (names, texts,
+/// ids) is escaped for the terminal: one event is always one line.
 pub fn line(o: &Outbound) -> String {
     format!(
         "{:<10} {:<22} {:<12} {}",
         o.exchange.as_str(),
         o.event.name(),
-        who(&o.event.customer),
-        detail(&o.event)
+        escape(who(&o.event.customer)),
+        escape(&detail(&o.event))
     )
 }
 

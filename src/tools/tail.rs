@@ -164,7 +164,7 @@ impl Follow {
                 Err(_) => Shown {
                     exchange,
                     kind: String::new(),
-                    line: json.clone(),
+                    line: crate::tools::printable::escape(&json).into_owned(),
                     json,
                 },
             };

@@ -117,6 +117,19 @@ impl RedisStore {
         ))
     }
 
+    /// Whether a conversation has any state (a pause, a session or its stored state): how the
+    /// gate tells which of the conversations a send names exists.
+    pub async fn has_state(&self, scope: &Scope) -> Result<bool> {
+        let c = self.conversation_keys(scope);
+        let n: u32 = redis::cmd("EXISTS")
+            .arg(&c.pause)
+            .arg(&c.session)
+            .arg(&c.state)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(n > 0)
+    }
+
     /// A reply marked in flight by [`RedisStore::hold_for_reply`] is done (sent, failed or
     /// refused).
     pub async fn reply_done(&self, scope: &Scope) -> Result<()> {

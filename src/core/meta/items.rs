@@ -392,8 +392,7 @@ impl Ctx<'_, '_> {
         let contacts = &self.value.contacts.0;
         let matches = |c: &wire::Contact| {
             (customer.user_id.is_some() && c.user_id.get() == customer.user_id.as_deref())
-                || (customer.wa_id.is_some()
-                    && c.wa_id.get().and_then(phone_digits) == customer.wa_id)
+                || same_phone(c.wa_id.get(), customer.wa_id.as_deref())
         };
         let contact = contacts.iter().filter_map(|c| c.get()).find(|c| matches(c));
         let of = |c: &wire::Contact| Customer {
@@ -423,7 +422,8 @@ impl Ctx<'_, '_> {
         recipient: &Customer,
         thread: &Customer,
     ) -> Direction {
-        let business = |c: &Customer| c.wa_id.is_some() && c.wa_id == self.business;
+        let business =
+            |c: &Customer| same_phone(c.wa_id.as_deref(), self.business.as_deref());
         let named = |c: &Customer| c.wa_id.is_some() || c.user_id.is_some();
         if business(sender) {
             Direction::Outbound
@@ -446,7 +446,7 @@ impl Ctx<'_, '_> {
 
     /// The business's own number is never the customer: it is dropped from a customer's names.
     pub(super) fn not_the_business(&self, mut c: Customer) -> Customer {
-        if c.wa_id.is_some() && c.wa_id == self.business {
+        if same_phone(c.wa_id.as_deref(), self.business.as_deref()) {
             c.wa_id = None;
         }
         c

@@ -17,7 +17,7 @@ use lenient::{LStr, RawList};
 use serde_json::value::RawValue;
 
 use crate::core::domain::{
-    phone_digits, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope,
+    phone_digits, same_phone, stable_id, valid_phone_number_id, Customer, CustomerKey, Scope,
 };
 use crate::core::engine::input::{
     Change, Content, Control, Direction, Echo, Item, ItemKind, Media, NameChange, ObservedFrom,

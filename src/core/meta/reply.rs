@@ -12,8 +12,13 @@ use crate::core::engine::input::Content;
 /// What the gate needs of a send.
 #[derive(Debug)]
 pub struct Send {
-    /// The customer it goes to: `to` (a phone number), else `recipient` (a business-scoped id).
+    /// The conversation it is judged as: the first of `names` (the gate narrows it to the one
+    /// conversation they name).
     pub customer: CustomerKey,
+    /// Every name the send's recipient fields give, as Meta reads them: a group's key for
+    /// `"recipient_type": "group"` (`to` is the group id), else `to` as a phone number (or
+    /// an id), then `recipient` (a business-scoped id). Distinct, at least one.
+    pub names: Vec<CustomerKey>,
     /// A message (not a read receipt or a typing indicator, which carry `status`).
     pub message: bool,
     /// A template (which Meta delivers outside the customer service window too).
@@ -36,13 +41,7 @@ pub fn read(body: &[u8]) -> Result<Send, String> {
         .ok()
         .and_then(|m| m.0)
         .ok_or_else(not_an_object)?;
-    let customer =
-        m.to.get()
-            .and_then(phone_digits)
-            .map(CustomerKey::WaId)
-            .or_else(|| m.to.get().and_then(CustomerKey::parse))
-            .or_else(|| m.recipient.get().and_then(CustomerKey::parse))
-            .ok_or_else(|| "the body names no customer (`to` or `recipient`)".to_owned())?;
+    let names = recipients(&m)?;
     let message = m.status.get().is_none();
     let mut content = content(&m);
     if content.reply_to.is_none() {
@@ -58,12 +57,58 @@ pub fn read(body: &[u8]) -> Result<Send, String> {
             .unwrap_or_default();
     }
     Ok(Send {
-        customer,
+        customer: names[0].clone(),
+        names,
         message,
         template: content.kind == "template",
         content,
         raw: compact(&raw),
     })
+}
+
+/// The names a send's recipient fields give (see [`Send::names`]); an error when they give none
+/// or `recipient_type` is not one Meta knows.
+fn recipients(m: &wire::Message) -> Result<Vec<CustomerKey>, String> {
+    let to = m.to.get().map(str::trim).filter(|t| !t.is_empty());
+    let mut names = Vec::new();
+    match m.recipient_type.get().map(str::trim) {
+        Some("group") => {
+            let group = to.and_then(CustomerKey::group).ok_or_else(|| {
+                "`recipient_type` is `group` but `to` is not a group id".to_owned()
+            })?;
+            names.push(group);
+        }
+        kind @ (None | Some("individual")) => {
+            if let Some(to) = to {
+                match phone_digits(to) {
+                    Some(digits) => names.push(CustomerKey::phone(&digits)),
+                    None => {
+                        names.extend(CustomerKey::parse(to));
+                        // Without a type, a group id in `to` is judged as the group too.
+                        if kind.is_none() {
+                            names.extend(CustomerKey::group(to));
+                        }
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "`recipient_type` is {other:?}: Meta knows `individual` and `group`"
+            ))
+        }
+    }
+    names.extend(m.recipient.get().and_then(CustomerKey::parse));
+    let mut distinct: Vec<CustomerKey> = Vec::with_capacity(names.len());
+    for n in names {
+        if !distinct.contains(&n) {
+            distinct.push(n);
+        }
+    }
+    if distinct.is_empty() {
+        return Err("the body names no customer (`to` or `recipient`)".to_owned());
+    }
+    Ok(distinct)
 }
 
 #[cfg(test)]
@@ -91,6 +136,30 @@ mod tests {
         assert!(!r.message);
         let i = read(r#"{"to":"5215551230001","type":"interactive","interactive":{"type":"button","body":{"text":"¿Confirmas?"},"action":{}}}"#.as_bytes()).unwrap();
         assert_eq!(i.content.text, "¿Confirmas?");
+    }
+
+    #[test]
+    fn a_group_send_names_the_group_and_every_recipient_field_is_read() {
+        let g = read(br#"{"messaging_product":"whatsapp","recipient_type":"group","to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"hi all"}}"#).unwrap();
+        assert_eq!(g.names, [CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()]);
+        assert_eq!(g.customer, g.names[0]);
+        // Without a type, an id in `to` that is no phone number is judged as a group too.
+        let untyped = read(br#"{"to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"x"}}"#).unwrap();
+        assert!(untyped.names.contains(&CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()));
+        // `to` and `recipient` both named: both are judged.
+        let both = read(br#"{"to":"5215551230001","recipient":"US.99","type":"text","text":{"body":"x"}}"#).unwrap();
+        assert_eq!(
+            both.names,
+            [
+                CustomerKey::WaId("5215551230001".into()),
+                CustomerKey::UserId("US.99".into())
+            ]
+        );
+        // The Mexican number as the business writes it is Meta's wa_id.
+        let mx = read(br#"{"to":"+52 55 5123 0001","type":"text","text":{"body":"x"}}"#).unwrap();
+        assert_eq!(mx.names, [CustomerKey::WaId("5215551230001".into())]);
+        assert!(read(br#"{"recipient_type":"group","to":"a b","type":"text","text":{"body":"x"}}"#).is_err());
+        assert!(read(br#"{"recipient_type":"broadcast","to":"1","type":"text","text":{"body":"x"}}"#).is_err());
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct Message {
     // A message the business sends through the Cloud API (the reply gate reads these too):
     /// The business-scoped user id it goes to (instead of `to`).
     pub recipient: LStr,
+    /// `individual` (the default) or `group` (`to` is then a group id).
+    pub recipient_type: LStr,
     /// `read` for a read receipt (with `message_id`), which is not a message.
     pub status: LStr,
     pub template: Obj<Template>,

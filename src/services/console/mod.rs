@@ -101,6 +101,9 @@ pub fn check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest body a console form may have (a sign-in, a pause with its note).
+const FORM_BODY: usize = 64 << 10;
+
 /// Starts the console on `config.console.listen` until `shutdown` is cancelled.
 pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Result<Running> {
     check(config).map_err(std::io::Error::other)?;
@@ -150,8 +153,20 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
             get(|| async { asset("text/javascript", JS) }),
         )
         .with_state(console)
-        .merge(crate::runtime::http::admin_routes(ready))
-        .layer(axum::middleware::map_response(secure_headers));
+        .merge(crate::runtime::http::admin_routes(ready));
+    // A body is read within the ingress's limits before any handler sees it: a declared
+    // length past FORM_BODY is 413 at once, a body that does not arrive in time 408.
+    let bodies = crate::runtime::http::BodyBudget::new(
+        config.http.max_buffered_bytes,
+        FORM_BODY,
+        config.http.body_timeout,
+    );
+    let router = crate::runtime::http::bounded_bodies(
+        router,
+        bodies,
+        crate::runtime::metrics::CONSOLE_CUTS,
+    )
+    .layer(axum::middleware::map_response(secure_headers));
     let limits = crate::runtime::http::Limits::new(config, crate::runtime::metrics::CONSOLE_CUTS);
     let (addr, http) =
         crate::runtime::http::serve(config.console.listen, router, limits, stop).await?;

@@ -20,11 +20,28 @@ pub(super) struct LoginForm {
     token: String,
 }
 
+/// The client as an audit reads it: the peer's address, and what `X-Forwarded-For` claims
+/// (escaped: it is the client's to write).
+fn client(
+    peer: Option<&axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+) -> (String, String) {
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.0 .0.ip().to_string());
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| crate::tools::printable::escape(&v).into_owned())
+        .unwrap_or_else(|| "-".to_owned());
+    (peer, forwarded)
+}
+
 pub(super) async fn login(
     State(c): State<Arc<Console>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let (client, forwarded_for) = client(peer.as_ref(), &headers);
     if !same_origin(&headers) {
         return forbidden("refused: the request did not come from this console");
     }
@@ -37,7 +54,7 @@ pub(super) async fn login(
     let Some(operator) = operator else {
         let _one_at_a_time = c.guessing.lock().await;
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
-        tracing::warn!("a wrong console token was given");
+        tracing::warn!(client, forwarded_for, "a wrong console token was given");
         let page = pages::login(Some("That token is not an operator's."));
         return (StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response();
     };
@@ -66,7 +83,12 @@ pub(super) async fn login(
             },
         );
     }
-    tracing::info!(operator, "an operator signed in to the console");
+    tracing::info!(
+        operator,
+        client,
+        forwarded_for,
+        "an operator signed in to the console"
+    );
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));

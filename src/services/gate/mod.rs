@@ -36,7 +36,9 @@ use super::Part;
 use crate::adapters::broker::Topology;
 use crate::adapters::graph::Graph;
 use crate::adapters::redis::RedisStore;
-use crate::core::domain::{valid_phone_number_id, CustomerKey, Scope};
+use crate::core::domain::{
+    numeric_phone_number_id, valid_graph_version, valid_phone_number_id, CustomerKey, Scope,
+};
 use crate::core::engine::event::Refusal;
 use crate::core::engine::reply::{judge, Reply};
 use crate::core::engine::{reply_token, RuleBook};
@@ -66,6 +68,8 @@ struct Gate {
     graph: Graph,
     events: Events,
     token: Option<Secret>,
+    /// Whether a message must carry the reply token of the message it answers.
+    require_token: bool,
     bodies: BodyBudget,
     clock: Clock,
     log_content: bool,
@@ -106,6 +110,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         graph: Graph::new(&config.gate.graph_url),
         events,
         token: config.gate.token.clone(),
+        require_token: config.gate.require_token,
         bodies: BodyBudget::new(
             config.http.max_buffered_bytes,
             MAX_BODY,
@@ -275,10 +280,13 @@ async fn send_traced(
             return refusal.response();
         }
     };
-    if !valid_phone_number_id(pnid) || !valid_phone_number_id(version) {
-        return bad_request("the path is not /{version}/{phone_number_id}/messages");
+    // Only Meta's forms reach the Graph URL: no dot segment can climb out of its path.
+    if !valid_graph_version(version) || !numeric_phone_number_id(pnid) {
+        return bad_request(
+            "the path is not /{version}/{phone_number_id}/messages (a version such as v23.0, an id of digits)",
+        );
     }
-    let reply = match crate::core::meta::reply::read(&held.bytes) {
+    let mut reply = match crate::core::meta::reply::read(&held.bytes) {
         Ok(reply) => reply,
         Err(e) => return bad_request(&e),
     };
@@ -296,6 +304,22 @@ async fn send_traced(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty());
+    if gate.require_token && reply.message && token.is_none() {
+        counted("failed", "no_reply_token");
+        return bad_request(
+            "COEXIST_GATE_REQUIRE_TOKEN is on: a message needs the X-Coexist-Reply-Token of the message it answers",
+        );
+    }
+    match one_conversation(&gate.store, pnid, &reply.names).await {
+        Ok(Some(name)) => reply.customer = name,
+        Ok(None) => {
+            counted("failed", "two_conversations");
+            return bad_request(
+                "the send names two conversations (its recipient fields name different customers): not sent",
+            );
+        }
+        Err(e) => return gate.state_unavailable(&e),
+    }
     let now = gate.clock.now();
     let found = match gate.store.hold_for_reply(pnid, &reply.customer, now).await {
         Ok(found) => found,
@@ -398,6 +422,45 @@ async fn send_traced(
     let own = started.elapsed().saturating_sub(waited);
     metrics::histogram!(GATE_SECONDS).record(own.as_secs_f64());
     response
+}
+
+/// The one conversation a send's names give (a phone number and a business-scoped id of one
+/// customer are one conversation once linked): the name to judge it by. `None` when they name
+/// two conversations that both exist. Of names whose conversations do not all exist, the one
+/// that exists is judged (a pause is never missed for an unlinked second name).
+async fn one_conversation(
+    store: &RedisStore,
+    pnid: &str,
+    names: &[CustomerKey],
+) -> crate::core::store::Result<Option<CustomerKey>> {
+    if names.len() <= 1 {
+        return Ok(names.first().cloned());
+    }
+    let links = store.resolve(pnid, names).await?;
+    let mut ids: Vec<(CustomerKey, &CustomerKey)> = Vec::new();
+    for (name, link) in names.iter().zip(links) {
+        let id = link.unwrap_or_else(|| name.clone());
+        if !ids.iter().any(|(i, _)| *i == id) {
+            ids.push((id, name));
+        }
+    }
+    if ids.len() == 1 {
+        return Ok(Some(names[0].clone()));
+    }
+    let mut existing = Vec::new();
+    for (id, name) in &ids {
+        if store
+            .has_state(&Scope::conversation(pnid, id.clone()))
+            .await?
+        {
+            existing.push(*name);
+        }
+    }
+    Ok(match existing.as_slice() {
+        [] => Some(names[0].clone()),
+        [one] => Some((*one).clone()),
+        _ => None,
+    })
 }
 
 /// A refusal: `409` in Meta's error shape, and `reply.suppressed` for a message.
