@@ -359,8 +359,10 @@ pub fn bounded_bodies(router: Router, budget: BodyBudget, counter: &'static str)
                 let (parts, body) = request.into_parts();
                 match budget.read(&parts.headers, body).await {
                     Ok(held) => {
-                        let request =
-                            axum::extract::Request::from_parts(parts, Body::from(held.bytes.clone()));
+                        let request = axum::extract::Request::from_parts(
+                            parts,
+                            Body::from(held.bytes.clone()),
+                        );
                         let response = next.run(request).await;
                         // The body's share of the budget is held until it is answered.
                         drop(held);

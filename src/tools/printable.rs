@@ -54,6 +54,9 @@ mod tests {
             "Ana\\e[2J\\e]0;pwned\\u{7}\\e]52;c;ZWNobyBoaQ==\\u{7}\\r\\n2026 conversation.released by ana\\u{9b}\\u{202e}"
         );
         // Plain text, accents and emoji are left alone (and not copied).
-        assert!(matches!(escape("José 📱 ¿hola?"), Cow::Borrowed("José 📱 ¿hola?")));
+        assert!(matches!(
+            escape("José 📱 ¿hola?"),
+            Cow::Borrowed("José 📱 ¿hola?")
+        ));
     }
 }

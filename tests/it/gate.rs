@@ -12,15 +12,15 @@ const SECS: Duration = Duration::from_secs(1);
 const AGENT_AUTH: &str = "Bearer agent-own-meta-token";
 
 /// An ingress, a worker and a gate in their own namespace, the gate forwarding to a stand-in.
-struct GateStack {
-    stack: Stack,
-    graph: GraphStandIn,
-    gate: coexist::services::gate::Running,
+pub(crate) struct GateStack {
+    pub(crate) stack: Stack,
+    pub(crate) graph: GraphStandIn,
+    pub(crate) gate: coexist::services::gate::Running,
     _shutdown: CancellationToken,
 }
 
 impl GateStack {
-    async fn start(name: &str, extra: &[(&str, &str)]) -> GateStack {
+    pub(crate) async fn start(name: &str, extra: &[(&str, &str)]) -> GateStack {
         let graph = GraphStandIn::start().await;
         let mut vars = vec![
             ("COEXIST_GRAPH_URL", graph.url.as_str()),
@@ -41,12 +41,12 @@ impl GateStack {
     }
 
     /// Posts a reply through the gate as an agent does: (status, JSON answer).
-    async fn reply(&self, body: &Value, token: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn reply(&self, body: &Value, token: Option<&str>) -> (u16, Value) {
         self.reply_raw(body.to_string().as_bytes(), token, &[])
             .await
     }
 
-    async fn reply_raw(
+    pub(crate) async fn reply_raw(
         &self,
         body: &[u8],
         token: Option<&str>,
@@ -66,7 +66,7 @@ impl GateStack {
     }
 
     /// Posts a customer's message and takes its bot `message.received`: its `reply_token`.
-    async fn bot_token(&self, body: &str) -> String {
+    pub(crate) async fn bot_token(&self, body: &str) -> String {
         self.stack.post_until_ok(body, 10 * SECS).await;
         let sent: Value = serde_json::from_str(body).unwrap();
         let wamid = &sent["entry"][0]["changes"][0]["value"]["messages"][0]["id"];
@@ -78,13 +78,13 @@ impl GateStack {
         received.1.body["reply_token"].as_str().unwrap().to_owned()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.gate.stop().await;
         self.stack.stop().await;
     }
 }
 
-fn text_reply(to: &str, text: &str) -> Value {
+pub(crate) fn text_reply(to: &str, text: &str) -> Value {
     json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
            "type": "text", "text": {"preview_url": false, "body": text}})
 }

@@ -20,6 +20,7 @@ mod redis_store;
 mod reliability;
 mod routing;
 mod rules;
+mod security;
 mod supervision;
 mod tracing;
 mod traffic;

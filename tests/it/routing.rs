@@ -14,7 +14,7 @@ use crate::support::*;
 
 const HOUR: i64 = 3600;
 const BSUID: &str = "US.13491208655302741918";
-const GROUP: &str = "Y2FwaV9ncm91cDoxNzA1";
+pub(crate) const GROUP: &str = "Y2FwaV9ncm91cDoxNzA1";
 
 /// A `standby` change: a customer's message copied from a thread another responder owns.
 fn standby_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
@@ -50,7 +50,7 @@ fn phone(p: &str) -> Value {
     json!({"phone_number": p})
 }
 
-fn group_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
+pub(crate) fn group_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
     envelope(
         "messages",
         json!({"messaging_product": "whatsapp", "metadata": metadata(),
@@ -60,7 +60,7 @@ fn group_text(from: &str, wamid: &str, ts: i64, body: &str) -> String {
     )
 }
 
-fn group_echo(wamid: &str, ts: i64, body: &str) -> String {
+pub(crate) fn group_echo(wamid: &str, ts: i64, body: &str) -> String {
     envelope(
         "smb_message_echoes",
         json!({"messaging_product": "whatsapp", "metadata": metadata(),

@@ -422,8 +422,7 @@ impl Ctx<'_, '_> {
         recipient: &Customer,
         thread: &Customer,
     ) -> Direction {
-        let business =
-            |c: &Customer| same_phone(c.wa_id.as_deref(), self.business.as_deref());
+        let business = |c: &Customer| same_phone(c.wa_id.as_deref(), self.business.as_deref());
         let named = |c: &Customer| c.wa_id.is_some() || c.user_id.is_some();
         if business(sender) {
             Direction::Outbound

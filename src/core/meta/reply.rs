@@ -144,10 +144,16 @@ mod tests {
         assert_eq!(g.names, [CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()]);
         assert_eq!(g.customer, g.names[0]);
         // Without a type, an id in `to` that is no phone number is judged as a group too.
-        let untyped = read(br#"{"to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"x"}}"#).unwrap();
-        assert!(untyped.names.contains(&CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()));
+        let untyped =
+            read(br#"{"to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"x"}}"#).unwrap();
+        assert!(untyped
+            .names
+            .contains(&CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()));
         // `to` and `recipient` both named: both are judged.
-        let both = read(br#"{"to":"5215551230001","recipient":"US.99","type":"text","text":{"body":"x"}}"#).unwrap();
+        let both = read(
+            br#"{"to":"5215551230001","recipient":"US.99","type":"text","text":{"body":"x"}}"#,
+        )
+        .unwrap();
         assert_eq!(
             both.names,
             [
@@ -158,8 +164,14 @@ mod tests {
         // The Mexican number as the business writes it is Meta's wa_id.
         let mx = read(br#"{"to":"+52 55 5123 0001","type":"text","text":{"body":"x"}}"#).unwrap();
         assert_eq!(mx.names, [CustomerKey::WaId("5215551230001".into())]);
-        assert!(read(br#"{"recipient_type":"group","to":"a b","type":"text","text":{"body":"x"}}"#).is_err());
-        assert!(read(br#"{"recipient_type":"broadcast","to":"1","type":"text","text":{"body":"x"}}"#).is_err());
+        assert!(read(
+            br#"{"recipient_type":"group","to":"a b","type":"text","text":{"body":"x"}}"#
+        )
+        .is_err());
+        assert!(read(
+            br#"{"recipient_type":"broadcast","to":"1","type":"text","text":{"body":"x"}}"#
+        )
+        .is_err());
     }
 
     #[test]

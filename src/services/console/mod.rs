@@ -161,12 +161,9 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         FORM_BODY,
         config.http.body_timeout,
     );
-    let router = crate::runtime::http::bounded_bodies(
-        router,
-        bodies,
-        crate::runtime::metrics::CONSOLE_CUTS,
-    )
-    .layer(axum::middleware::map_response(secure_headers));
+    let router =
+        crate::runtime::http::bounded_bodies(router, bodies, crate::runtime::metrics::CONSOLE_CUTS)
+            .layer(axum::middleware::map_response(secure_headers));
     let limits = crate::runtime::http::Limits::new(config, crate::runtime::metrics::CONSOLE_CUTS);
     let (addr, http) =
         crate::runtime::http::serve(config.console.listen, router, limits, stop).await?;
