@@ -106,7 +106,9 @@ async fn a_send_naming_two_conversations_is_refused_and_every_recipient_field_is
     // `to` naming nobody known and `recipient` the held customer: judged as the held one.
     let mut other = text_reply("5215559999999", "hola");
     other["recipient"] = json!(ANA);
-    assert_eq!(g.reply(&other, None).await.0, 409);
+    let (status, answer) = g.reply(&other, None).await;
+    assert_eq!(status, 409);
+    assert_eq!(answer["error"]["error_data"]["reason"], json!("conversation_held"));
     assert!(g.graph.received().is_empty(), "nothing reached Meta");
     g.stop().await;
 }
@@ -125,6 +127,12 @@ async fn numbers_meta_writes_two_ways_are_one_conversation_at_the_gate() {
         held(&g, wa_id, 10 + n as u32).await;
         let (status, answer) = g.reply(&text_reply(written, "soy el bot"), None).await;
         assert_eq!(status, 409, "{wa_id} written {written}: {answer}");
+        // Held, not merely unknown (a stranger's reply is refused as outside the window).
+        assert_eq!(
+            answer["error"]["error_data"]["reason"],
+            json!("conversation_held"),
+            "{wa_id} written {written}"
+        );
     }
     assert!(g.graph.received().is_empty(), "nothing reached Meta");
     // A Brazilian landline has no ninth digit: the number with one is someone else.
