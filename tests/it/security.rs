@@ -108,7 +108,10 @@ async fn a_send_naming_two_conversations_is_refused_and_every_recipient_field_is
     other["recipient"] = json!(ANA);
     let (status, answer) = g.reply(&other, None).await;
     assert_eq!(status, 409);
-    assert_eq!(answer["error"]["error_data"]["reason"], json!("conversation_held"));
+    assert_eq!(
+        answer["error"]["error_data"]["reason"],
+        json!("conversation_held")
+    );
     assert!(g.graph.received().is_empty(), "nothing reached Meta");
     g.stop().await;
 }
