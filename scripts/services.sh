@@ -107,6 +107,9 @@ deny_check() {
   local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" db fetched=""
   cargo deny fetch db >/dev/null 2>&1 && fetched=1
   db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n 1 || true)
+  # Offline, cargo deny reads every target's crates from the cache (Windows ones included):
+  # fetch them first from crates.io, which is reachable where GitHub may not be.
+  [ -n "$fetched" ] || cargo fetch --locked >/dev/null 2>&1 || true
   if [ -z "$db" ]; then
     say "cargo deny: RustSec's advisory database cannot be fetched here and no copy is on this machine: advisories NOT checked; licenses, bans and sources are"
     cargo deny --offline --log-level error check licenses bans sources
