@@ -12,12 +12,10 @@ use crate::core::engine::input::Content;
 /// What the gate needs of a send.
 #[derive(Debug)]
 pub struct Send {
-    /// The conversation it is judged as: the first of `names` (the gate narrows it to the one
-    /// conversation they name).
-    pub customer: CustomerKey,
     /// Every name the send's recipient fields give, as Meta reads them: a group's key for
     /// `"recipient_type": "group"` (`to` is the group id), else `to` as a phone number (or
-    /// an id), then `recipient` (a business-scoped id). Distinct, at least one.
+    /// an id), then `recipient` (a business-scoped id). Distinct, at least one; the first is the
+    /// one it is judged as ([`Send::customer`]).
     pub names: Vec<CustomerKey>,
     /// A message (not a read receipt or a typing indicator, which carry `status`).
     pub message: bool,
@@ -57,13 +55,25 @@ pub fn read(body: &[u8]) -> Result<Send, String> {
             .unwrap_or_default();
     }
     Ok(Send {
-        customer: names[0].clone(),
         names,
         message,
         template: content.kind == "template",
         content,
         raw: compact(&raw),
     })
+}
+
+impl Send {
+    /// The name it is judged as: the first of [`Send::names`].
+    pub fn customer(&self) -> &CustomerKey {
+        &self.names[0]
+    }
+
+    /// Judges it as `name` (one of its names, the one whose conversation the gate chose).
+    pub fn judge_as(&mut self, name: CustomerKey) {
+        self.names.retain(|n| *n != name);
+        self.names.insert(0, name);
+    }
 }
 
 /// The names a send's recipient fields give (see [`Send::names`]); an error when they give none
@@ -118,7 +128,7 @@ mod tests {
     #[test]
     fn a_text_to_a_phone_number() {
         let s = read(br#"{"messaging_product":"whatsapp","to":"+52 1 555 123 0001","type":"text","text":{"body":"Hola"},"context":{"message_id":"wamid.IN"}}"#).unwrap();
-        assert_eq!(s.customer, CustomerKey::WaId("5215551230001".into()));
+        assert_eq!(*s.customer(), CustomerKey::WaId("5215551230001".into()));
         assert!(s.message && !s.template);
         assert_eq!(s.content.text, "Hola");
         assert_eq!(s.content.reply_to.as_deref(), Some("wamid.IN"));
@@ -128,7 +138,7 @@ mod tests {
     fn a_template_to_a_business_scoped_id_and_a_read_receipt() {
         let s = read(br#"{"messaging_product":"whatsapp","recipient":"US.13491208655302741918","type":"template","template":{"name":"order_update","language":{"code":"en"}}}"#).unwrap();
         assert_eq!(
-            s.customer,
+            *s.customer(),
             CustomerKey::UserId("US.13491208655302741918".into())
         );
         assert!(s.template && s.message);
@@ -142,7 +152,6 @@ mod tests {
     fn a_group_send_names_the_group_and_every_recipient_field_is_read() {
         let g = read(br#"{"messaging_product":"whatsapp","recipient_type":"group","to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"hi all"}}"#).unwrap();
         assert_eq!(g.names, [CustomerKey::group("Y2FwaV9ncm91cDox").unwrap()]);
-        assert_eq!(g.customer, g.names[0]);
         // Without a type, an id in `to` that is no phone number is judged as a group too.
         let untyped =
             read(br#"{"to":"Y2FwaV9ncm91cDox","type":"text","text":{"body":"x"}}"#).unwrap();

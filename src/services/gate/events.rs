@@ -206,8 +206,14 @@ fn message(send: &Send, id: Option<String>) -> EventMessage {
 
 /// The customer as the conversation knows them (the name the reply was addressed to first).
 fn customer(send: &Send, state: &State) -> Customer {
-    let mut names = vec![send.customer.clone()];
-    names.extend(state.names.iter().filter(|n| **n != send.customer).cloned());
+    let mut names = vec![send.customer().clone()];
+    names.extend(
+        state
+            .names
+            .iter()
+            .filter(|n| *n != send.customer())
+            .cloned(),
+    );
     Customer::from_names(&names)
 }
 

@@ -311,7 +311,7 @@ async fn send_traced(
         );
     }
     match one_conversation(&gate.store, pnid, &reply.names).await {
-        Ok(Some(name)) => reply.customer = name,
+        Ok(Some(name)) => reply.judge_as(name),
         Ok(None) => {
             counted("failed", "two_conversations");
             return bad_request(
@@ -321,7 +321,7 @@ async fn send_traced(
         Err(e) => return gate.state_unavailable(&e),
     }
     let now = gate.clock.now();
-    let found = match gate.store.hold_for_reply(pnid, &reply.customer, now).await {
+    let found = match gate.store.hold_for_reply(pnid, reply.customer(), now).await {
         Ok(found) => found,
         Err(e) => return gate.state_unavailable(&e),
     };
