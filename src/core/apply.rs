@@ -10,12 +10,11 @@
 //! returns its stored events (if they were never confirmed published: effectively once) or
 //! nothing (R9).
 
-use std::sync::Arc;
-
 use crate::core::domain::{CustomerKey, Scope};
 use crate::core::engine::event::Outbound;
 use crate::core::engine::state::State;
-use crate::core::engine::{decide, Input, Rule, RuleBook};
+use crate::core::engine::{decide, Input, Rule};
+use crate::core::numbers::Shelf;
 use crate::core::store::{
     Claim, Commit, Committed, Error, Link, Result, Seen, Snapshot, StateStore, CLAIM_LEASE,
     DEDUP_RETENTION,
@@ -69,12 +68,21 @@ fn merged(scopes: &[Scope], snaps: &[Snapshot]) -> (usize, State, Vec<(Scope, u6
 /// The rules over a store.
 pub struct Applier<S> {
     store: S,
-    rules: Arc<RuleBook>,
+    /// The numbers' rules now (replaced whole when the registry changes).
+    shelf: Shelf,
 }
 
 impl<S: StateStore> Applier<S> {
-    pub fn new(store: S, rules: Arc<RuleBook>) -> Self {
-        Applier { store, rules }
+    pub fn new(store: S, rules: impl Into<Shelf>) -> Self {
+        Applier {
+            store,
+            shelf: rules.into(),
+        }
+    }
+
+    /// The shelf the rules are read from (shared with the task that keeps it current).
+    pub fn shelf(&self) -> &Shelf {
+        &self.shelf
     }
 
     pub fn store(&self) -> &S {
@@ -92,7 +100,8 @@ impl<S: StateStore> Applier<S> {
         let pnid = &addressed.phone_number_id;
         let key = input.key();
         let names = input.names();
-        let rules = self.rules.for_number(pnid);
+        let book = self.shelf.current();
+        let rules = book.rules.for_number(pnid);
         let retain = rules.timeout.max(rules.session_timeout) + DEDUP_RETENTION;
         let mut pauses = crate::runtime::retry::ConflictPauses::default();
         for attempt in 0..MAX_ATTEMPTS {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod domain;
 pub mod engine;
 pub mod meta;
+pub mod numbers;
 pub mod store;
 pub mod time;
 pub mod unit;

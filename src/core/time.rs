@@ -56,6 +56,13 @@ impl Millis {
         )
     }
 
+    /// Reads an RFC 3339 instant (as [`Millis::rfc3339`] writes it).
+    pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+        let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+        let d = t.duration_since(UNIX_EPOCH).ok()?;
+        Some(Millis(d.as_millis().min(Self::LATEST.0 as u128) as i64))
+    }
+
     /// RFC 3339 in UTC: whole seconds when the instant has no fraction, milliseconds otherwise.
     /// Total: instants before 1970 read as 1970, after [`Millis::LATEST`] as it.
     pub fn rfc3339(self) -> String {

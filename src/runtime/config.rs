@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::adapters::redis::RedisTarget;
 use crate::core::engine::{RuleBook, Rules};
+use crate::core::numbers::{Layers, Overrides};
 use crate::runtime::secret::Secret;
 
 /// The built-in defaults.
@@ -53,16 +54,11 @@ pub const ENV: &[(&str, &str)] = &[
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
+    ("app_idle_warning", "COEXIST_APP_IDLE_WARNING"),
 ];
 
-/// Keys a `[numbers."<phone_number_id>"]` table may set.
-const NUMBER_KEYS: &[&str] = &[
-    "reset_text",
-    "timeout",
-    "session_timeout",
-    "automated_texts",
-    "handback_messages",
-];
+/// Keys a `[numbers."<phone_number_id>"]` table (and a number's runtime settings) may set.
+const NUMBER_KEYS: &[&str] = crate::core::numbers::KEYS;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -93,8 +89,13 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub log_content: bool,
-    /// reset_text, timeout and session_timeout: the defaults and per-number overrides.
+    /// The settings of numbers as configured: the global keys and `[numbers."…"]`; the registry's
+    /// runtime settings go over them ([`crate::core::numbers`]).
+    pub numbers: Layers,
+    /// The rules of every number from the configuration alone (derived from `numbers`).
     pub rules: RuleBook,
+    /// A number whose App sent nothing this long while webhooks arrive is flagged `app_idle`.
+    pub app_idle_warning: Duration,
     /// The reply gate (docs/contract.md, "Reply gate").
     pub gate: GateConfig,
     /// The operator console (docs/contract.md, "Console").
@@ -183,11 +184,13 @@ struct Settings {
     log: LogFilter,
     log_format: LogFormat,
     log_content: Flag,
+    app_idle_warning: Span,
     #[serde(default)]
     numbers: HashMap<String, NumberSettings>,
 }
 
-/// `[numbers."<phone_number_id>"]`: what one business number sets for itself.
+/// `[numbers."<phone_number_id>"]`, or a number's runtime settings: what one business number
+/// sets for itself.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NumberSettings {
@@ -196,6 +199,43 @@ struct NumberSettings {
     session_timeout: Option<Span>,
     automated_texts: Option<Texts>,
     handback_messages: Option<Whole<0, 1000>>,
+    service_window: Option<Span>,
+    coexistence: Option<Flag>,
+}
+
+impl NumberSettings {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            reset_text: self.reset_text,
+            timeout: self.timeout.map(|s| s.0),
+            session_timeout: self.session_timeout.map(|s| s.0),
+            automated_texts: self.automated_texts.map(|t| t.0),
+            handback_messages: self.handback_messages.map(|n| n.0 as usize),
+            service_window: self.service_window.map(|s| s.0),
+            coexistence: self.coexistence.map(|f| f.0),
+        }
+    }
+}
+
+/// Reads a number's runtime settings (their written form, [`Overrides::to_json`], or values as
+/// a person types them: `"7d"`, `"20"`, `"false"`), checked as configuration is: the error is
+/// one line naming the key.
+pub fn read_settings(
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Overrides, ConfigError> {
+    let json = serde_json::Value::Object(settings.clone());
+    let read: NumberSettings = serde_path_to_error::deserialize(json).map_err(|e| {
+        let key = e.path().iter().next().map(|k| k.to_string());
+        let problem = e.inner().to_string().replace('\n', " ");
+        match key.filter(|k| !k.is_empty() && k != "?") {
+            Some(key) => ConfigError(format!("{key}: {problem}")),
+            None => ConfigError(format!(
+                "{problem} (settings: {})",
+                NUMBER_KEYS.join(", ")
+            )),
+        }
+    })?;
+    Ok(read.overrides())
 }
 
 impl Config {
@@ -233,32 +273,34 @@ impl Config {
                 &problem,
             )
         })?;
-        let default_rules = Rules::new(&s.reset_text, s.timeout.0, s.session_timeout.0)
-            .with_automated_texts(&s.automated_texts.0)
-            .with_handback_messages(s.handback_messages.0 as usize)
-            .with_service_window(s.service_window.0);
-        check_automated(&default_rules, || {
+        let global = Overrides {
+            reset_text: Some(s.reset_text.clone()),
+            timeout: Some(s.timeout.0),
+            session_timeout: Some(s.session_timeout.0),
+            automated_texts: Some(s.automated_texts.0.clone()),
+            handback_messages: Some(s.handback_messages.0 as usize),
+            service_window: Some(s.service_window.0),
+            coexistence: Some(true),
+        };
+        check_automated(&global.rules(), || {
             origin.fail(&["automated_texts".into()], "")
         })?;
-        let mut numbers = HashMap::new();
+        let mut layers = Layers {
+            global,
+            file: HashMap::new(),
+        };
         for (pnid, n) in s.numbers {
             let at = |key: &str| vec!["numbers".to_owned(), pnid.clone(), key.to_owned()];
             if !crate::core::domain::valid_phone_number_id(&pnid) {
                 return Err(origin.fail(&["numbers".into(), pnid], "not a phone_number_id"));
             }
-            let texts = n.automated_texts.as_ref().unwrap_or(&s.automated_texts);
-            let handback = n.handback_messages.unwrap_or(s.handback_messages);
-            let rules = Rules::new(
-                n.reset_text.as_deref().unwrap_or(&s.reset_text),
-                n.timeout.unwrap_or(s.timeout).0,
-                n.session_timeout.unwrap_or(s.session_timeout).0,
-            )
-            .with_automated_texts(&texts.0)
-            .with_handback_messages(handback.0 as usize)
-            .with_service_window(s.service_window.0);
-            check_automated(&rules, || origin.fail(&at("automated_texts"), ""))?;
-            numbers.insert(pnid, rules);
+            let overrides = n.overrides();
+            check_automated(&overrides.over(&layers.global).rules(), || {
+                origin.fail(&at("automated_texts"), "")
+            })?;
+            layers.file.insert(pnid, overrides);
         }
+        let rules = layers.book(&[], 0).rules;
         Ok(Config {
             amqp_url: Secret::new(s.amqp_url.0),
             redis: match s.redis_cluster {
@@ -288,10 +330,9 @@ impl Config {
             log: s.log.0,
             log_format: s.log_format,
             log_content: s.log_content.0,
-            rules: RuleBook {
-                default: default_rules,
-                numbers,
-            },
+            numbers: layers,
+            rules,
+            app_idle_warning: s.app_idle_warning.0,
             gate: GateConfig {
                 listen: s.gate_listen.0,
                 token: s

@@ -64,6 +64,12 @@ pub const GATE_SECONDS: &str = "coexist_gate_seconds";
 pub const CONSOLE_CUTS: &str = "coexist_console_connections_cut_total";
 /// Connections the reply gate closed, by `reason` (as `cut` in [`WEBHOOKS`]).
 pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
+/// Numbers in the registry, by `state` (read by every worker and gate every 30 s).
+pub const NUMBERS: &str = "coexist_numbers";
+/// Numbers whose Business App sent nothing for `app_idle_warning` while webhooks arrive.
+pub const NUMBERS_APP_IDLE: &str = "coexist_numbers_app_idle";
+/// `account_update` events of a WABA under which no number is registered (nothing changed).
+pub const ACCOUNT_UPDATES_UNMATCHED: &str = "coexist_account_updates_unmatched_total";
 
 /// Every metric name coexist exports (histograms add `_bucket`, `_sum`, `_count`); a test holds
 /// the alerts and the dashboard to these.
@@ -94,6 +100,9 @@ pub const NAMES: &[&str] = &[
     GATE_SECONDS,
     CONSOLE_CUTS,
     GATE_CUTS,
+    NUMBERS,
+    NUMBERS_APP_IDLE,
+    ACCOUNT_UPDATES_UNMATCHED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

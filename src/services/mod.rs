@@ -5,6 +5,7 @@
 pub mod console;
 pub mod gate;
 pub mod ingress;
+pub mod numbers;
 pub mod worker;
 
 use tokio::task::JoinHandle;

@@ -110,5 +110,20 @@ fn detail(e: &Event) -> String {
         Payload::Observed(m) => format!("{}  (observed)", text(&m.message)),
         Payload::Preferences(p) => format!("{} {}", or_dash(&p.category), or_dash(&p.value)),
         Payload::MetaError(m) => m.errors.get().to_owned(),
+        Payload::NumberUpdated(u) => {
+            let keys: Vec<String> = u
+                .changed
+                .iter()
+                .map(|(k, v)| match v.is_null() {
+                    true => format!("{k} unset"),
+                    false => format!("{k}={v}"),
+                })
+                .collect();
+            format!("{}{}", keys.join(" "), by(&u.by))
+        }
+        Payload::NumberStateChanged(c) => {
+            let reason = c.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+            format!("{} -> {}{reason}{}", c.from, c.to, by(&c.by))
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! State in Redis ([`RedisStore`]); the commit script is in [`commit`], the reply gate's keys in
-//! [`reply`], the deadline schedule in [`deadlines`].
+//! [`reply`], the deadline schedule in [`deadlines`], the number registry in [`numbers`].
 //!
 //! State in Redis. Every key of one business number carries the hash tag `{phone_number_id}`,
 //! so a number's conversations, links and dedup marks share a slot: one script commits a
@@ -25,9 +25,11 @@
 
 pub(crate) mod commit;
 pub(crate) mod deadlines;
+pub(crate) mod numbers;
 pub(crate) mod reply;
 
 pub use deadlines::PageCursor;
+pub use numbers::Added;
 pub use reply::{ForReply, REPLY_IN_FLIGHT};
 
 use std::time::Duration;

@@ -51,10 +51,19 @@ pub enum ItemKind {
         status: Option<String>,
         errors: Box<RawValue>,
     },
-    /// `account_update`.
+    /// `account_update`: about a business account (WABA), not one number.
     AccountUpdate {
         event: Option<String>,
         reason: Option<String>,
+        /// `disconnection_info.initiated_by`.
+        #[serde(default)]
+        initiated_by: Option<String>,
+        /// The WABA it is about: `waba_info.waba_id` where present, else the entry's `id`.
+        #[serde(default)]
+        waba_id: Option<String>,
+        /// `phone_number` (a display number, digits) where Meta names one.
+        #[serde(default)]
+        phone_number: Option<String>,
     },
     /// One message of the history sync (`history` threads, or the follow-up `messages[]`).
     History {

@@ -38,6 +38,9 @@ pub struct Rules {
     /// Meta's customer service window: how long after a customer's latest message a free-form
     /// reply is possible.
     pub service_window: Duration,
+    /// Whether an App echo pauses the AI agent (R4); `false`: echoes are recorded and pause
+    /// nothing (the number's `coexistence` setting).
+    pub coexistence: bool,
 }
 
 /// The settings of every business number: the defaults and per-number overrides.
@@ -94,6 +97,7 @@ impl Rules {
             automated_texts: Vec::new(),
             handback_messages: DEFAULT_HANDBACK_MESSAGES,
             service_window: DEFAULT_SERVICE_WINDOW,
+            coexistence: true,
         }
     }
 
@@ -112,6 +116,12 @@ impl Rules {
     /// The same rules with this customer service window.
     pub fn with_service_window(mut self, window: Duration) -> Self {
         self.service_window = window;
+        self
+    }
+
+    /// The same rules with coexistence on (App echoes pause the AI agent) or off.
+    pub fn with_coexistence(mut self, on: bool) -> Self {
+        self.coexistence = on;
         self
     }
 
@@ -440,8 +450,8 @@ impl Decider<'_> {
                 if self.rules.is_reset(content) {
                     let by = By::business_app();
                     self.reset(ts, customer, ReleaseReason::ResetCommand, Rule::R5, by);
-                } else if self.rules.is_automated(content) {
-                    self.automated(item, customer, content, ts);
+                } else if self.rules.is_automated(content) || !self.rules.coexistence {
+                    self.recorded(item, customer, content, ts);
                 } else {
                     self.echo(item, customer, content, ts);
                 }
@@ -507,7 +517,7 @@ impl Decider<'_> {
                 });
                 self.stateless(Exchange::Bot, customer, ts, payload, Rule::R12);
             }
-            ItemKind::AccountUpdate { event, reason } => {
+            ItemKind::AccountUpdate { event, reason, .. } => {
                 let payload = Payload::AccountUpdated(AccountUpdated {
                     event: event.clone(),
                     reason: reason.clone(),
@@ -720,14 +730,19 @@ impl Decider<'_> {
         }
     }
 
-    /// R15: the App's own greeting or away message: recorded, and nothing else changes.
-    fn automated(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
-        let message = self.message(item, content, Source::BusinessAppAutomation);
+    /// An App message recorded for the inbox that changes nothing else: the App's own greeting
+    /// or away message (R15), or any App message while the number's coexistence is off (R4).
+    fn recorded(&mut self, item: &Item, customer: &Customer, content: &Content, ts: Millis) {
+        let (source, rule) = match self.rules.is_automated(content) {
+            true => (Source::BusinessAppAutomation, Rule::R15),
+            false => (Source::BusinessApp, Rule::R4),
+        };
+        let message = self.message(item, content, source);
         self.keep(&message, ts);
         let session = self.current_session();
         let payload = Payload::SentFromApp(SentFromApp { message });
         self.emit(Exchange::HumanChat, customer, ts, session, payload);
-        self.out.rule = Rule::R15;
+        self.out.rule = rule;
     }
 
     /// R16: while paused, keeps a message of the stretch for the AI agent (the last

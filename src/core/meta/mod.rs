@@ -197,6 +197,20 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
                     .disconnection_info
                     .get()
                     .and_then(|d| d.reason.0.clone()),
+                initiated_by: value
+                    .disconnection_info
+                    .get()
+                    .and_then(|d| d.initiated_by.0.clone()),
+                waba_id: [value.waba_info.get().and_then(|w| w.waba_id.get()), entry.id.get()]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| valid_phone_number_id(s))
+                    .map(str::to_owned),
+                phone_number: value
+                    .phone_number
+                    .get()
+                    .map(|p| p.chars().filter(char::is_ascii_digit).collect::<String>())
+                    .filter(|p| !p.is_empty()),
             },
         });
     }

@@ -55,6 +55,8 @@ pub struct Value<'a> {
     pub event: LStr,
     pub phone_number_id: LStr,
     pub disconnection_info: Obj<Disconnection>,
+    pub waba_info: Obj<WabaInfo>,
+    pub phone_number: LStr,
     // user_preferences
     #[serde(borrow)]
     pub user_preferences: RawList<'a>,
@@ -138,6 +140,14 @@ pub struct Profile {
 #[serde(default)]
 pub struct Disconnection {
     pub reason: LStr,
+    pub initiated_by: LStr,
+}
+
+/// An `account_update`'s `waba_info`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct WabaInfo {
+    pub waba_id: LStr,
 }
 
 /// A message: a customer's (`messages[]`), an echo of the business's (`message_echoes[]`), or

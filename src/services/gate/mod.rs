@@ -41,7 +41,9 @@ use crate::core::domain::{
 };
 use crate::core::engine::event::Refusal;
 use crate::core::engine::reply::{judge, Reply};
-use crate::core::engine::{reply_token, RuleBook};
+use crate::core::engine::reply_token;
+use crate::core::numbers::{LifeState, Shelf};
+use crate::services::numbers;
 use crate::core::meta::reply::Send;
 use crate::core::store::StateStore;
 use crate::core::time::Clock;
@@ -64,7 +66,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// What the gate's handlers share.
 struct Gate {
     store: RedisStore,
-    rules: Arc<RuleBook>,
+    /// The numbers' rules and states now (followed from the registry).
+    shelf: Shelf,
     graph: Graph,
     events: Events,
     token: Option<Secret>,
@@ -104,9 +107,29 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let events_layer = part.layer();
     let (events, publisher) = Events::spawn(link.clone(), topology, events_layer.stop.clone());
     part.add_to(&events_layer, "gate events", publisher);
+    let shelf = Shelf::default();
+    let loading = crate::runtime::retry::until_ok(
+        "reading the number registry",
+        &stop,
+        |_, _| false,
+        || numbers::load(&store, &config.numbers, &shelf, config.app_idle_warning),
+    );
+    loading
+        .await
+        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
+    part.spawn(
+        "number registry",
+        numbers::follow(
+            store.clone(),
+            config.numbers.clone(),
+            shelf.clone(),
+            config.app_idle_warning,
+            stop.clone(),
+        ),
+    );
     let gate = Arc::new(Gate {
         store,
-        rules: Arc::new(config.rules.clone()),
+        shelf,
         graph: Graph::new(&config.gate.graph_url),
         events,
         token: config.gate.token.clone(),
@@ -234,6 +257,34 @@ fn busy() -> Response {
     response
 }
 
+/// How long an agent is told to wait before sending again for an offboarded number (Meta
+/// reconnects one by itself, usually within minutes).
+const OFFBOARDED_RETRY_AFTER: &str = "60";
+
+/// `503 number_offboarded` / `409 number_disconnected` for a number in that state; nothing for
+/// the others.
+fn number_refuses(state: LifeState) -> Option<Response> {
+    let (status, reason) = match state {
+        LifeState::Offboarded => (StatusCode::SERVICE_UNAVAILABLE, "number_offboarded"),
+        LifeState::Disconnected => (StatusCode::CONFLICT, "number_disconnected"),
+        _ => return None,
+    };
+    counted("refused", reason);
+    let mut response = meta_error(
+        status,
+        "coexist_reply_refused",
+        &format!("not sent: {}", crate::core::numbers::remedy(state, None)),
+        json!({ "reason": reason }),
+    );
+    if state == LifeState::Offboarded {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(OFFBOARDED_RETRY_AFTER),
+        );
+    }
+    Some(response)
+}
+
 fn bad_request(message: &str) -> Response {
     counted("failed", "bad_request");
     meta_error(
@@ -286,6 +337,10 @@ async fn send_traced(
             "the path is not /{version}/{phone_number_id}/messages (a version such as v23.0, an id of digits)",
         );
     }
+    // A number Meta suspended or removed: nothing is forwarded (docs/contract.md, "Numbers").
+    if let Some(refused) = number_refuses(gate.shelf.current().state(pnid)) {
+        return refused;
+    }
     let mut reply = match crate::core::meta::reply::read(&held.bytes) {
         Ok(reply) => reply,
         Err(e) => return bad_request(&e),
@@ -325,7 +380,8 @@ async fn send_traced(
         Ok(found) => found,
         Err(e) => return gate.state_unavailable(&e),
     };
-    let rules = gate.rules.for_number(pnid);
+    let book = gate.shelf.current();
+    let rules = book.rules.for_number(pnid);
     let asked = Reply {
         token,
         free_form: reply.message && !reply.template,

@@ -10,6 +10,7 @@ use crate::adapters::broker::{Outgoing, Stage, COMMAND_TYPE, UNIT_TYPE};
 use crate::core::apply::{Applied, Delivery};
 use crate::core::domain::{redact_digits, Scope};
 use crate::core::engine::event::{Exchange, Outbound};
+use crate::core::engine::input::ItemKind;
 use crate::core::engine::Input;
 use crate::core::time::Millis;
 use crate::core::unit::{Answer, Command, Unit, VERSION};
@@ -114,6 +115,7 @@ impl Shared {
                 item = %self.key_for_log(&unit.items[i].key),
                 rule = tracing::field::Empty,
             );
+            self.activity.item(&unit.items[i], unit.accepted_at);
             let input = Input::Item(&unit.items[i]);
             let decided = self
                 .decide(&input, unit.accepted_at, &processing)
@@ -207,7 +209,7 @@ impl Shared {
             || self.applier.apply(input, self.clock.now()),
         )
         .await;
-        let applied = match decided {
+        let mut applied = match decided {
             Ok(a) => a,
             Err(Stopped::Interrupted) => return Err(Interrupted),
             Err(Stopped::GaveUp { error, attempts }) => {
@@ -233,6 +235,30 @@ impl Shared {
             .await;
             if let Err(Stopped::Interrupted) = settled {
                 return Err(Interrupted);
+            }
+        }
+        let account_update = match input {
+            Input::Item(item) if matches!(item.kind, ItemKind::AccountUpdate { .. }) => Some(item),
+            _ => None,
+        };
+        if let (Some(item), false) = (account_update, applied.delivery == Delivery::Duplicate) {
+            // An account_update moves the registered numbers of its WABA (once per item: a
+            // redelivery finds the same change and publishes it again).
+            let book = self.applier.shelf().current();
+            let store = self.applier.store();
+            let moved = until_ok(
+                "changing numbers' state",
+                &self.stop,
+                |e: &crate::core::store::Error, _| !e.transient(),
+                || crate::services::numbers::transitions(store, &book, item),
+            )
+            .await;
+            match moved {
+                Ok(events) => applied.events.extend(events),
+                Err(Stopped::Interrupted) => return Err(Interrupted),
+                Err(Stopped::GaveUp { error, .. }) => {
+                    tracing::error!(error = %error, "a number's state change could not be recorded");
+                }
             }
         }
         self.publish(&applied.events, trace).await?;

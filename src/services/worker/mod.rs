@@ -51,6 +51,7 @@ use crate::core::time::Clock;
 use crate::runtime::config::Config;
 use crate::runtime::http::Check;
 use crate::runtime::supervise::{Ended, Handle};
+use crate::services::numbers;
 use membership::Membership;
 
 /// A running worker. Dropping it stops it.
@@ -105,6 +106,8 @@ struct Shared {
     log_content: bool,
     /// Finished items whose marks are written in batches.
     marks: marks::Marks,
+    /// The numbers' activity times, written in batches.
+    activity: Arc<numbers::Activity>,
     fault: Option<String>,
 }
 
@@ -190,10 +193,39 @@ pub async fn start_with(
     let marks_layer = part.layer();
     let (marks, marker) = marks::Marks::spawn(store.clone(), marks_layer.stop.clone());
     part.add_to(&marks_layer, "marks", marker);
+    // The registry is read before the first decision, then followed (docs/contract.md, "Numbers").
+    let shelf = crate::core::numbers::Shelf::default();
+    let loading = crate::runtime::retry::until_ok(
+        "reading the number registry",
+        &stop,
+        |_, _| false,
+        || numbers::load(&store, &config.numbers, &shelf, config.app_idle_warning),
+    );
+    loading
+        .await
+        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
+    let activity = Arc::new(numbers::Activity::default());
+    let writer = activity.clone();
+    let (activity_store, activity_stop) = (store.clone(), marks_layer.stop.clone());
+    part.add_to(
+        &marks_layer,
+        "number activity",
+        tokio::spawn(async move { writer.run(activity_store, activity_stop).await }),
+    );
+    part.spawn(
+        "number registry",
+        numbers::follow(
+            store.clone(),
+            config.numbers.clone(),
+            shelf.clone(),
+            config.app_idle_warning,
+            stop.clone(),
+        ),
+    );
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
-        applier: Applier::new(store.clone(), Arc::new(config.rules.clone())),
+        applier: Applier::new(store.clone(), shelf),
         link,
         clock: options.clock,
         stop: stop.clone(),
@@ -201,6 +233,7 @@ pub async fn start_with(
         consuming: Mutex::default(),
         log_content: config.log_content,
         marks,
+        activity,
         fault: options.fault,
     });
     let ready_shared = shared.clone();

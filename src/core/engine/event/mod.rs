@@ -11,7 +11,7 @@ pub(crate) mod payload;
 pub use payload::{
     AccountUpdated, By, ByKind, ContactSynced, CustomerChanged, Edited, EventMessage, ForAgent,
     Handback, HandbackMessage, Handover, History, HistoryStatus, Icon, MessageReceived,
-    MessageStatus, MetaError, Observed, Preferences, Previous, Refusal, ReleaseReason, Released,
+    MessageStatus, MetaError, NumberStateChanged, NumberUpdated, Observed, Preferences, Previous, Refusal, ReleaseReason, Released,
     ReplySuppressed, Revoked, SentByBot, SentFromApp, SessionPaused, Source, CHANGE_AGENT_FIELDS,
     HANDBACK_TEXT_LIMIT,
 };
@@ -135,6 +135,10 @@ event_types! {
     Preferences = "customer.preferences",
     /// Errors Meta reports for the number rather than for one message (bot).
     MetaError = "meta.error",
+    /// A number's runtime settings changed (human_chat).
+    NumberUpdated = "number.updated",
+    /// A number's lifecycle state changed (both exchanges).
+    NumberStateChanged = "number.state_changed",
 }
 
 impl Event {

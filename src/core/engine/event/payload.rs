@@ -106,6 +106,31 @@ pub struct AccountUpdated {
     pub reason: Option<String>,
 }
 
+/// `number.updated` (docs/contract.md, "Numbers").
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NumberUpdated {
+    /// The runtime settings changed: each key with its new value, written as configuration is
+    /// (`"7d"`, a list of texts, ...); `null`: unset (the file's or the global value applies again).
+    pub changed: serde_json::Map<String, serde_json::Value>,
+    /// Who changed them: `operator` with the name given (`number set --by`, the admin API's
+    /// token name, the console's operator).
+    pub by: By,
+}
+
+/// `number.state_changed` (docs/contract.md, "Numbers").
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NumberStateChanged {
+    /// The state before: `unregistered`, `onboarding`, `active`, `offboarded`, `disconnected`.
+    pub from: String,
+    /// The state now.
+    pub to: String,
+    /// Meta's event and `disconnection_info.reason` where it gave one (e.g.
+    /// `PARTNER_REMOVED: PRIMARY_INACTIVITY`), or what an operator did.
+    pub reason: Option<String>,
+    /// `system` for Meta's `account_update`, `operator` for a command.
+    pub by: By,
+}
+
 /// `message.sent_from_app`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SentFromApp {

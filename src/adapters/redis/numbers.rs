@@ -1,0 +1,284 @@
+//! The number registry in Redis (docs/contract.md, "Numbers"). Each number's keys carry its
+//! hash tag, like its conversations':
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{ns}:{pnid}:number` | the record: `waba_id`, `display_phone_number`, `name`, `state` (absent: `unregistered`), `state_reason`, `initiated_by`, `state_since`, `state_from` and `state_item` (the change an `account_update` made, so a redelivery publishes it again and changes nothing), `first_seen_at`, `last_webhook_at`, `last_app_message_at` (Unix ms) |
+//! | `{ns}:{pnid}:number:settings` | the runtime settings: one field per key, its value as JSON |
+//! | `{ns}:{pnid}:number:changes` | the latest 20 settings changes, newest first (JSON) |
+//! | `{ns}:numbers` | the set of every number's id |
+//! | `{ns}:numbers:version` | bumped by every change of settings, state or record: processes reload the registry when it moves |
+//!
+//! No key expires: a number is forgotten by `number remove` only.
+
+use redis::{AsyncCommands, Script};
+
+use super::RedisStore;
+use crate::core::numbers::{Change, LifeState, Record};
+use crate::core::store::Result;
+use crate::core::time::Millis;
+
+/// How many settings changes a number keeps.
+pub const CHANGES_KEPT: isize = 20;
+
+/// Raises the activity times of a number (never lowers them), sets `first_seen_at` once.
+/// KEYS[1] the record; ARGV: first seen, last webhook, last App message (0: none).
+const SEEN: &str = r#"
+redis.call('HSETNX', KEYS[1], 'first_seen_at', ARGV[1])
+for i, field in ipairs({'last_webhook_at', 'last_app_message_at'}) do
+  local at = tonumber(ARGV[i + 1])
+  if at > 0 then
+    local was = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+    if at > was then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
+  end
+end
+return 1
+"#;
+
+/// Moves a number to a state for one `account_update` (its key `ARGV[2]`), once: the same item
+/// again answers the change it made; a number already in the state is not changed. KEYS[1] the
+/// record; ARGV: state, item, reason, initiated_by, since. Answers `{from, to}` or nil.
+const TRANSITION: &str = r#"
+local item = redis.call('HGET', KEYS[1], 'state_item')
+if item == ARGV[2] then
+  return {redis.call('HGET', KEYS[1], 'state_from'), redis.call('HGET', KEYS[1], 'state')}
+end
+local now = redis.call('HGET', KEYS[1], 'state') or 'unregistered'
+if now == ARGV[1] then return false end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'state_from', now, 'state_item', ARGV[2],
+  'state_reason', ARGV[3], 'initiated_by', ARGV[4], 'state_since', ARGV[5])
+return {now, ARGV[1]}
+"#;
+
+/// What `number add` records.
+#[derive(Debug, Clone, Default)]
+pub struct Added {
+    pub waba_id: Option<String>,
+    pub name: Option<String>,
+    pub display_phone_number: Option<String>,
+}
+
+impl RedisStore {
+    fn number_key(&self, pnid: &str) -> String {
+        format!("{}:{{{pnid}}}:number", self.ns)
+    }
+
+    fn numbers_key(&self) -> String {
+        format!("{}:numbers", self.ns)
+    }
+
+    fn numbers_version_key(&self) -> String {
+        format!("{}:numbers:version", self.ns)
+    }
+
+    /// The registry's version: it moves with every change processes must see.
+    pub async fn numbers_version(&self) -> Result<u64> {
+        let v: Option<u64> = self.conn.clone().get(self.numbers_version_key()).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn bump(&self) -> Result<u64> {
+        Ok(self.conn.clone().incr(self.numbers_version_key(), 1).await?)
+    }
+
+    /// Every number's id, sorted.
+    pub async fn number_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self.conn.clone().smembers(self.numbers_key()).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// One number's record (`None`: not in the registry).
+    pub async fn number(&self, pnid: &str) -> Result<Option<Record>> {
+        let key = self.number_key(pnid);
+        let (fields, settings, changes): (
+            std::collections::HashMap<String, String>,
+            std::collections::HashMap<String, String>,
+            Vec<String>,
+        ) = redis::pipe()
+            .hgetall(&key)
+            .hgetall(format!("{key}:settings"))
+            .lrange(format!("{key}:changes"), 0, CHANGES_KEPT - 1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() && settings.is_empty() {
+            return Ok(None);
+        }
+        let text = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+        let at = |k: &str| {
+            text(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .filter(|ms| *ms > 0)
+                .map(|ms| Millis(ms).rfc3339())
+        };
+        let mut keys: Vec<(&String, &String)> = settings.iter().collect();
+        keys.sort();
+        Ok(Some(Record {
+            phone_number_id: pnid.to_owned(),
+            waba_id: text("waba_id"),
+            display_phone_number: text("display_phone_number"),
+            name: text("name"),
+            state: text("state")
+                .and_then(|s| LifeState::parse(&s))
+                .unwrap_or_default(),
+            state_reason: text("state_reason"),
+            initiated_by: text("initiated_by"),
+            state_since: at("state_since"),
+            settings: keys
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
+                    (k.clone(), value)
+                })
+                .collect(),
+            first_seen_at: at("first_seen_at"),
+            last_webhook_at: at("last_webhook_at"),
+            last_app_message_at: at("last_app_message_at"),
+            changes: changes
+                .iter()
+                .filter_map(|c| serde_json::from_str(c).ok())
+                .collect(),
+        }))
+    }
+
+    /// Every number's record, sorted by id (a few at a time: each number is one round trip, so
+    /// a registry of thousands loads in well under a second).
+    pub async fn number_records(&self) -> Result<Vec<Record>> {
+        use futures_util::StreamExt;
+        let ids = self.number_ids().await?;
+        let loaded: Vec<Result<Option<Record>>> = futures_util::stream::iter(ids)
+            .map(|id| async move { self.number(&id).await })
+            .buffered(32)
+            .collect()
+            .await;
+        let mut records = Vec::with_capacity(loaded.len());
+        for r in loaded {
+            records.extend(r?);
+        }
+        Ok(records)
+    }
+
+    /// Adds a number (or names it again): `active` unless it already has a state of its own.
+    pub async fn add_number(&self, pnid: &str, added: &Added, now: Millis) -> Result<()> {
+        let key = self.number_key(pnid);
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&key, "first_seen_at", now.0).ignore();
+        for (field, value) in [
+            ("waba_id", &added.waba_id),
+            ("name", &added.name),
+            ("display_phone_number", &added.display_phone_number),
+        ] {
+            if let Some(v) = value {
+                pipe.hset(&key, field, v).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        let state: Option<String> = self.conn.clone().hget(&key, "state").await?;
+        if state.is_none_or(|s| s == LifeState::Unregistered.as_str()) {
+            let _: () = self
+                .conn
+                .clone()
+                .hset_multiple(
+                    &key,
+                    &[
+                        ("state", LifeState::Active.as_str().to_owned()),
+                        ("state_since", now.0.to_string()),
+                        ("state_reason", "added".to_owned()),
+                    ],
+                )
+                .await?;
+        }
+        let _: () = self.conn.clone().sadd(self.numbers_key(), pnid).await?;
+        self.bump().await?;
+        Ok(())
+    }
+
+    /// Writes a settings change (set keys with their written values; `null` unsets) and keeps
+    /// it in the number's changes; answers the registry's new version.
+    pub async fn change_number_settings(&self, pnid: &str, change: &Change) -> Result<u64> {
+        let key = self.number_key(pnid);
+        let settings = format!("{key}:settings");
+        let mut pipe = redis::pipe();
+        for (k, v) in &change.changed {
+            match v.is_null() {
+                true => pipe.hdel(&settings, k).ignore(),
+                false => pipe.hset(&settings, k, v.to_string()).ignore(),
+            };
+        }
+        pipe.hset_nx(&key, "first_seen_at", Millis::now().0)
+            .ignore()
+            .lpush(
+                format!("{key}:changes"),
+                serde_json::to_string(change).expect("changes serialise"),
+            )
+            .ignore()
+            .ltrim(format!("{key}:changes"), 0, CHANGES_KEPT - 1)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        let _: () = self.conn.clone().sadd(self.numbers_key(), pnid).await?;
+        self.bump().await
+    }
+
+    /// Forgets a number: its record, settings and changes (its conversations stay). Whether it
+    /// was there.
+    pub async fn remove_number(&self, pnid: &str) -> Result<bool> {
+        let key = self.number_key(pnid);
+        let removed: i64 = self
+            .conn
+            .clone()
+            .del(&[key.clone(), format!("{key}:settings"), format!("{key}:changes")])
+            .await?;
+        let listed: i64 = self.conn.clone().srem(self.numbers_key(), pnid).await?;
+        self.bump().await?;
+        Ok(removed + listed > 0)
+    }
+
+    /// Records that a number was seen: webhooks until `webhook_at`, App messages until `app_at`
+    /// (0: none), first seen at `first` if it is new. A number seen for the first time is listed
+    /// as `unregistered`; no version moves (nothing a decision reads changed).
+    pub async fn number_seen(
+        &self,
+        pnid: &str,
+        first: Millis,
+        webhook_at: Millis,
+        app_at: Millis,
+    ) -> Result<()> {
+        let _: i64 = Script::new(SEEN)
+            .key(self.number_key(pnid))
+            .arg(first.0)
+            .arg(webhook_at.0)
+            .arg(app_at.0)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let _: () = self.conn.clone().sadd(self.numbers_key(), pnid).await?;
+        Ok(())
+    }
+
+    /// Moves a registered number to `to` for the `account_update` `item` (once per item; the same
+    /// item again answers the same change): the change made, `None` when it was in `to` already.
+    pub async fn number_transition(
+        &self,
+        pnid: &str,
+        to: LifeState,
+        item: &str,
+        reason: Option<&str>,
+        initiated_by: Option<&str>,
+        at: Millis,
+    ) -> Result<Option<(LifeState, LifeState)>> {
+        let made: Option<(String, String)> = Script::new(TRANSITION)
+            .key(self.number_key(pnid))
+            .arg(to.as_str())
+            .arg(item)
+            .arg(reason.unwrap_or(""))
+            .arg(initiated_by.unwrap_or(""))
+            .arg(at.0)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let Some((from, to)) = made else {
+            return Ok(None);
+        };
+        self.bump().await?;
+        let read = |s: &str| LifeState::parse(s).unwrap_or_default();
+        Ok(Some((read(&from), read(&to))))
+    }
+}
