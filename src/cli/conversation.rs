@@ -73,7 +73,7 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// The login name, for `--by` left out.
-fn login_name() -> Option<String> {
+pub(super) fn login_name() -> Option<String> {
     ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok())

@@ -6,6 +6,7 @@
 mod conversation;
 mod dlq;
 mod docs;
+mod number;
 mod process;
 mod send;
 mod serve;
@@ -69,6 +70,10 @@ enum Command {
     /// Operator view and control of one conversation (state in Redis).
     #[command(subcommand)]
     Conversation(conversation::Command),
+    /// The business numbers coexist serves: list, show, add, remove, and their settings changed
+    /// at runtime (set, unset) without a restart.
+    #[command(subcommand)]
+    Number(number::Command),
     /// Dead-lettered input ({ns}.dead): inspect and replay.
     #[command(subcommand)]
     Dlq(dlq::Command),
@@ -151,6 +156,7 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         Command::Dlq(c) => dlq::run(c, &config).await,
         Command::Process(args) => process::run(args, config).await,
         Command::Conversation(c) => conversation::run(c, config).await,
+        Command::Number(c) => number::run(c, config).await,
         Command::Tail(args) => tail::run(args, &config).await,
         Command::Send(args) => send::run(args, &config).await,
         Command::Asyncapi => docs::asyncapi(),

@@ -141,7 +141,12 @@ impl Overrides {
 /// A duration as a person writes it: `7d`, `24h`, `15m`, `30s` (else milliseconds).
 pub fn written(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms > 0 && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -158,9 +163,13 @@ pub fn effective(
     let (r, f, d) = (runtime.to_json(), file.to_json(), default.to_json());
     KEYS.iter()
         .filter_map(|k| {
-            let found = [(&r, Origin::Runtime), (&f, Origin::File), (&d, Origin::Default)]
-                .into_iter()
-                .find_map(|(layer, origin)| layer.get(*k).map(|v| (v.clone(), origin)))?;
+            let found = [
+                (&r, Origin::Runtime),
+                (&f, Origin::File),
+                (&d, Origin::Default),
+            ]
+            .into_iter()
+            .find_map(|(layer, origin)| layer.get(*k).map(|v| (v.clone(), origin)))?;
             Some((*k, found.0, found.1))
         })
         .collect()
@@ -268,6 +277,12 @@ pub struct Change {
 pub const DEFAULT_APP_IDLE_WARNING: Duration = Duration::from_secs(10 * 86_400);
 
 impl Record {
+    /// Meta's reason of the state (the part after `EVENT: `), for the remedy.
+    pub fn state_reason_meta(&self) -> Option<&str> {
+        let r = self.state_reason.as_deref()?;
+        Some(r.split_once(": ").map_or(r, |(_, reason)| reason))
+    }
+
     /// Webhooks still arrive (one within `warning`) but the App has sent nothing for `warning`
     /// (counted from the first webhook when it never sent anything).
     pub fn app_idle(&self, now: Millis, warning: Duration) -> bool {
@@ -323,14 +338,21 @@ impl Layers {
         let mut displays = HashMap::new();
         for (r, runtime) in records {
             if !runtime.is_empty() {
-                let file = self.file.get(&r.phone_number_id).cloned().unwrap_or_default();
+                let file = self
+                    .file
+                    .get(&r.phone_number_id)
+                    .cloned()
+                    .unwrap_or_default();
                 let rules = runtime.over(&file).over(&self.global).rules();
                 numbers.insert(r.phone_number_id.clone(), rules);
             }
             if r.state != LifeState::Unregistered {
                 states.insert(r.phone_number_id.clone(), r.state);
                 if let Some(w) = &r.waba_id {
-                    by_waba.entry(w.clone()).or_default().push(r.phone_number_id.clone());
+                    by_waba
+                        .entry(w.clone())
+                        .or_default()
+                        .push(r.phone_number_id.clone());
                 }
                 if let Some(d) = &r.display_phone_number {
                     let digits: String = d.chars().filter(char::is_ascii_digit).collect();
@@ -499,7 +521,10 @@ mod tests {
         r.last_app_message_at = None;
         assert!(r.app_idle(now, days(10)), "never an App message in 30 days");
         r.last_webhook_at = at(12);
-        assert!(!r.app_idle(now, days(10)), "no webhooks either: not idle, silent");
+        assert!(
+            !r.app_idle(now, days(10)),
+            "no webhooks either: not idle, silent"
+        );
     }
 
     #[test]

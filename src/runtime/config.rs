@@ -222,17 +222,14 @@ impl NumberSettings {
 /// one line naming the key.
 pub fn read_settings(
     settings: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Overrides, ConfigError> {
+) -> Result<Overrides, String> {
     let json = serde_json::Value::Object(settings.clone());
     let read: NumberSettings = serde_path_to_error::deserialize(json).map_err(|e| {
         let key = e.path().iter().next().map(|k| k.to_string());
         let problem = e.inner().to_string().replace('\n', " ");
         match key.filter(|k| !k.is_empty() && k != "?") {
-            Some(key) => ConfigError(format!("{key}: {problem}")),
-            None => ConfigError(format!(
-                "{problem} (settings: {})",
-                NUMBER_KEYS.join(", ")
-            )),
+            Some(key) => format!("{key}: {problem}"),
+            None => format!("{problem} (settings: {})", NUMBER_KEYS.join(", ")),
         }
     })?;
     Ok(read.overrides())

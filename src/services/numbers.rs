@@ -120,7 +120,10 @@ pub async fn follow(
                 failing = false;
                 loaded_at = std::time::Instant::now();
                 if moved {
-                    tracing::debug!(version = shelf.current().version, "number registry reloaded");
+                    tracing::debug!(
+                        version = shelf.current().version,
+                        "number registry reloaded"
+                    );
                 }
             }
             Err(e) => {
@@ -238,7 +241,15 @@ pub async fn transitions(
             .await?;
         let Some((from, to)) = made else { continue };
         tracing::info!(number = %id, from = from.as_str(), to = to.as_str(), reason = %why, "a number changed state");
-        events.extend(state_changed(id, from, to, Some(why.clone()), By::system(), &item.key, at));
+        events.extend(state_changed(
+            id,
+            from,
+            to,
+            Some(why.clone()),
+            By::system(),
+            &item.key,
+            at,
+        ));
     }
     Ok(events)
 }

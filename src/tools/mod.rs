@@ -5,6 +5,7 @@
 
 pub mod asyncapi;
 pub mod dlq;
+pub mod numbers;
 pub mod operator;
 pub mod printable;
 pub mod process;

@@ -122,7 +122,11 @@ fn detail(e: &Event) -> String {
             format!("{}{}", keys.join(" "), by(&u.by))
         }
         Payload::NumberStateChanged(c) => {
-            let reason = c.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let reason = c
+                .reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
             format!("{} -> {}{reason}{}", c.from, c.to, by(&c.by))
         }
     }

@@ -78,7 +78,11 @@ impl RedisStore {
     }
 
     async fn bump(&self) -> Result<u64> {
-        Ok(self.conn.clone().incr(self.numbers_version_key(), 1).await?)
+        Ok(self
+            .conn
+            .clone()
+            .incr(self.numbers_version_key(), 1)
+            .await?)
     }
 
     /// Every number's id, sorted.
@@ -226,7 +230,11 @@ impl RedisStore {
         let removed: i64 = self
             .conn
             .clone()
-            .del(&[key.clone(), format!("{key}:settings"), format!("{key}:changes")])
+            .del(&[
+                key.clone(),
+                format!("{key}:settings"),
+                format!("{key}:changes"),
+            ])
             .await?;
         let listed: i64 = self.conn.clone().srem(self.numbers_key(), pnid).await?;
         self.bump().await?;

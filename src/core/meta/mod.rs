@@ -201,11 +201,14 @@ fn read_change(entry: &wire::Entry, change: wire::Change, raw_change: &RawValue,
                     .disconnection_info
                     .get()
                     .and_then(|d| d.initiated_by.0.clone()),
-                waba_id: [value.waba_info.get().and_then(|w| w.waba_id.get()), entry.id.get()]
-                    .into_iter()
-                    .flatten()
-                    .find(|s| valid_phone_number_id(s))
-                    .map(str::to_owned),
+                waba_id: [
+                    value.waba_info.get().and_then(|w| w.waba_id.get()),
+                    entry.id.get(),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|s| valid_phone_number_id(s))
+                .map(str::to_owned),
                 phone_number: value
                     .phone_number
                     .get()

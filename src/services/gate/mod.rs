@@ -42,9 +42,8 @@ use crate::core::domain::{
 use crate::core::engine::event::Refusal;
 use crate::core::engine::reply::{judge, Reply};
 use crate::core::engine::reply_token;
-use crate::core::numbers::{LifeState, Shelf};
-use crate::services::numbers;
 use crate::core::meta::reply::Send;
+use crate::core::numbers::{LifeState, Shelf};
 use crate::core::store::StateStore;
 use crate::core::time::Clock;
 use crate::runtime::config::Config;
@@ -52,6 +51,7 @@ use crate::runtime::http::{BodyBudget, Check};
 use crate::runtime::metrics::{GATE_CUTS, GATE_SECONDS, REPLIES};
 use crate::runtime::secret::Secret;
 use crate::runtime::supervise::Listening;
+use crate::services::numbers;
 use events::Events;
 
 /// The header the agent names the message it answers with.

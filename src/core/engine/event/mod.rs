@@ -11,9 +11,9 @@ pub(crate) mod payload;
 pub use payload::{
     AccountUpdated, By, ByKind, ContactSynced, CustomerChanged, Edited, EventMessage, ForAgent,
     Handback, HandbackMessage, Handover, History, HistoryStatus, Icon, MessageReceived,
-    MessageStatus, MetaError, NumberStateChanged, NumberUpdated, Observed, Preferences, Previous, Refusal, ReleaseReason, Released,
-    ReplySuppressed, Revoked, SentByBot, SentFromApp, SessionPaused, Source, CHANGE_AGENT_FIELDS,
-    HANDBACK_TEXT_LIMIT,
+    MessageStatus, MetaError, NumberStateChanged, NumberUpdated, Observed, Preferences, Previous,
+    Refusal, ReleaseReason, Released, ReplySuppressed, Revoked, SentByBot, SentFromApp,
+    SessionPaused, Source, CHANGE_AGENT_FIELDS, HANDBACK_TEXT_LIMIT,
 };
 
 use crate::core::domain::Customer;
