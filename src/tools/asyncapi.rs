@@ -28,12 +28,15 @@ fn component(name: &str) -> String {
     out
 }
 
-/// Which exchange each event type is published to (`customer.changed` to both).
+/// Which exchange each event type is published to (`customer.changed` and
+/// `number.state_changed` to both).
 fn exchanges_of(name: &str) -> &'static [&'static str] {
     match name {
-        "message.received" | "message.edited" | "message.revoked" | "customer.changed" => {
-            &["bot", "human_chat"]
-        }
+        "message.received"
+        | "message.edited"
+        | "message.revoked"
+        | "customer.changed"
+        | "number.state_changed" => &["bot", "human_chat"],
         "session.paused"
         | "message.status"
         | "account.updated"

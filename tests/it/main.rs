@@ -12,6 +12,7 @@ mod gate;
 mod hardening;
 mod identity;
 mod invariants;
+mod numbers;
 mod observability;
 mod parse;
 mod pipeline;
