@@ -496,6 +496,19 @@ mod tests {
             Payload::MetaError(MetaError {
                 errors: raw(r#"[{"code":130429,"title":"Rate limit hit"}]"#),
             }),
+            Payload::NumberUpdated(NumberUpdated {
+                changed: serde_json::json!({"reset_text": "/bot", "timeout": null})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                by: By::operator(Some("ana".into())),
+            }),
+            Payload::NumberStateChanged(NumberStateChanged {
+                from: "active".into(),
+                to: "disconnected".into(),
+                reason: Some("PARTNER_REMOVED: PRIMARY_INACTIVITY".into()),
+                by: By::system(),
+            }),
         ]
     }
 
