@@ -51,6 +51,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("service_window", "COEXIST_SERVICE_WINDOW"),
     ("console_listen", "COEXIST_CONSOLE_LISTEN"),
     ("console_token", "COEXIST_CONSOLE_TOKEN"),
+    ("api_token", "COEXIST_API_TOKEN"),
     ("log", "COEXIST_LOG"),
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
@@ -106,9 +107,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
     pub listen: SocketAddr,
-    /// Who may sign in: (operator name, token); empty when no token is configured (the console
-    /// then refuses to start).
-    pub operators: Vec<(String, Secret)>,
+    /// Who may sign in; empty when no token is configured (the console then refuses to start).
+    pub operators: Vec<Operator>,
+    /// Who may call the admin API (`/api/v1`, bearer tokens); empty: no admin API.
+    pub api: Vec<Operator>,
 }
 
 /// The reply gate's settings.
@@ -138,6 +140,33 @@ pub struct HttpLimits {
     pub max_buffered_bytes: usize,
     /// Webhooks waiting for broker confirms at once; beyond it `503` at once (load shedding).
     pub max_pending: usize,
+}
+
+/// An operator of the console or a caller of the admin API: a name, a token, and the numbers it
+/// may see and act on (`None`: all).
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub token: Secret,
+    pub numbers: Option<Vec<String>>,
+}
+
+impl Operator {
+    /// Whether it may see and act on the number `phone_number_id`.
+    pub fn sees(&self, phone_number_id: &str) -> bool {
+        self.numbers
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|id| id == phone_number_id))
+    }
+
+    /// The one whose token is `given` (every token compared, in constant time).
+    pub fn find<'a>(operators: &'a [Operator], given: &[u8]) -> Option<&'a Operator> {
+        use subtle::ConstantTimeEq;
+        operators.iter().fold(None, |found, o| {
+            let matches = bool::from(o.token.expose().as_bytes().ct_eq(given));
+            found.or(matches.then_some(o))
+        })
+    }
 }
 
 /// Why the configuration was refused: one line.
@@ -181,6 +210,7 @@ struct Settings {
     service_window: Span,
     console_listen: Address,
     console_token: Option<Operators>,
+    api_token: Option<Operators>,
     log: LogFilter,
     log_format: LogFormat,
     log_content: Flag,
@@ -343,6 +373,7 @@ impl Config {
             console: ConsoleConfig {
                 listen: s.console_listen.0,
                 operators: s.console_token.map(|o| o.0).unwrap_or_default(),
+                api: s.api_token.map(|o| o.0).unwrap_or_default(),
             },
         })
     }
@@ -689,21 +720,38 @@ impl<'de> Deserialize<'de> for Secrets {
 
 /// The console's operators: `name:token` pairs, comma-separated, or one token alone (its
 /// operator is then called `operator`); no token empty or a placeholder (empty means none).
-struct Operators(Vec<(String, Secret)>);
+struct Operators(Vec<Operator>);
 
 impl<'de> Deserialize<'de> for Operators {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let s = secret_text(d)?;
-        let mut out = Vec::new();
+        let mut out: Vec<Operator> = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, token) = match part.split_once(':') {
-                Some((name, token)) => (name.trim(), token.trim()),
+            let (who, token) = match part.split_once(':') {
+                Some((who, token)) => (who.trim(), token.trim()),
                 None => ("operator", part),
+            };
+            // `name@ID+ID`: limited to those numbers.
+            let (name, numbers) = match who.split_once('@') {
+                Some((name, ids)) => {
+                    let ids: Vec<String> = ids.split('+').map(|i| i.trim().to_owned()).collect();
+                    if let Some(bad) = ids
+                        .iter()
+                        .find(|i| !crate::core::domain::valid_phone_number_id(i))
+                    {
+                        return Err(D::Error::custom(format!(
+                            "{name:?} is limited to {bad:?}, which is not a phone_number_id (write name@ID+ID:token)",
+                            name = name.trim()
+                        )));
+                    }
+                    (name.trim(), Some(ids))
+                }
+                None => (who, None),
             };
             if name.is_empty() || token.is_empty() {
                 return Err(D::Error::custom(
-                    "expected name:token pairs, comma-separated (or one token)",
+                    "expected name:token pairs (or name@ID+ID:token), comma-separated (or one token)",
                 ));
             }
             if token.len() < 8 {
@@ -712,10 +760,14 @@ impl<'de> Deserialize<'de> for Operators {
                 )));
             }
             placeholder(token)?;
-            if out.iter().any(|(n, _): &(String, Secret)| n == name) {
+            if out.iter().any(|o| o.name == name) {
                 return Err(D::Error::custom(format!("{name:?} is named twice")));
             }
-            out.push((name.to_owned(), Secret::new(token)));
+            out.push(Operator {
+                name: name.to_owned(),
+                token: Secret::new(token),
+                numbers,
+            });
         }
         Ok(Operators(out))
     }

@@ -39,6 +39,9 @@ pub struct Entry {
     pub attempts: i64,
     pub age_secs: Option<i64>,
     pub bytes: usize,
+    /// The business number it is about, where its body names one (a unit's or command's
+    /// number; a parked webhook's first `metadata.phone_number_id`).
+    pub number: Option<String>,
     /// The start of its body, safe to show: whitespace collapsed, long digit runs (phone
     /// numbers) cut to their last four.
     pub preview: String,
@@ -99,8 +102,24 @@ pub fn describe(d: &Delivery, now: Millis) -> Entry {
         attempts,
         age_secs: p.timestamp().map(|t| now.0 / 1000 - t as i64),
         bytes: d.data.len(),
+        number: number_of(&d.data),
         preview: preview(&d.data),
     }
+}
+
+/// The business number a dead letter's body names: a unit's or command's `scope`, else the first
+/// `metadata.phone_number_id` of a webhook body.
+fn number_of(data: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let id = v["scope"]["phone_number_id"].as_str().or_else(|| {
+        v["entry"].as_array()?.iter().find_map(|e| {
+            e["changes"].as_array()?.iter().find_map(|c| {
+                c["value"]["metadata"]["phone_number_id"].as_str()
+            })
+        })
+    });
+    id.filter(|i| crate::core::domain::valid_phone_number_id(i))
+        .map(str::to_owned)
 }
 
 fn preview(data: &[u8]) -> String {
@@ -124,13 +143,15 @@ pub enum Action {
     Discard,
 }
 
-/// Replays or discards the first dead letter whose id is `id`; `false` when there is none. The
-/// ones looked at on the way move to the back of the queue, unchanged.
+/// Replays or discards the first dead letter whose id is `id` and whose number `may` admits;
+/// `false` when there is none. The ones looked at on the way move to the back of the queue,
+/// unchanged.
 pub async fn act_on_one(
     url: &str,
     topology: &Topology,
     id: &str,
     action: Action,
+    may: impl Fn(Option<&str>) -> bool,
 ) -> broker::Result<bool> {
     let conn = broker::connect(url, "coexist-dlq-one").await?;
     topology.declare(&conn).await?;
@@ -148,7 +169,8 @@ pub async fn act_on_one(
         };
         left = Some(left.unwrap_or(m.message_count + 1) - 1);
         let d = &m.delivery;
-        if d.properties.message_id().as_ref().map(|s| s.as_str()) != Some(id) {
+        let named = d.properties.message_id().as_ref().map(|s| s.as_str()) == Some(id);
+        if !named || !may(number_of(&d.data).as_deref()) {
             to_the_back(topology, &publisher, d).await?;
             continue;
         }

@@ -139,6 +139,32 @@ pub async fn list(
     Ok((rows, next))
 }
 
+/// [`list`] of the numbers `sees` admits only: pages of the paused conversations are read until
+/// `limit` rows are found or [`SCAN_PAGES`] pages were read (the cursor then goes on from
+/// there), so one answer costs a bounded number of reads however many other numbers have.
+pub async fn list_visible(
+    store: &RedisStore,
+    now: Millis,
+    mut after: Option<PageCursor>,
+    limit: usize,
+    sees: impl Fn(&str) -> bool,
+) -> crate::core::store::Result<(Vec<Paused>, Option<PageCursor>)> {
+    let mut rows = Vec::new();
+    for _ in 0..SCAN_PAGES {
+        // Never more than still wanted: a page is never cut, so its cursor stays exact.
+        let (page, next) = list(store, now, after, limit - rows.len()).await?;
+        rows.extend(page.into_iter().filter(|p| sees(&p.phone_number_id)));
+        after = next;
+        if after.is_none() || rows.len() == limit {
+            break;
+        }
+    }
+    Ok((rows, after))
+}
+
+/// How many pages [`list_visible`] reads at most for one answer.
+pub const SCAN_PAGES: usize = 20;
+
 /// `conversation list`'s header line.
 pub fn table_header() -> String {
     format!(

@@ -65,6 +65,8 @@ pub struct Shown {
     pub json: String,
     /// One readable line: its time, then [`crate::tools::summary::line`] (or the body as it came).
     pub line: String,
+    /// Its business number (`None` for a body that is not an event this build knows).
+    pub number: Option<String>,
 }
 
 /// A queue of one's own (exclusive, deleted when it disconnects) bound to the exchanges asked
@@ -150,6 +152,7 @@ impl Follow {
                 Ok(event) => {
                     let at = event.occurred_at.clone();
                     let kind = event.name().to_owned();
+                    let number = Some(event.phone_number_id.clone());
                     let o = Outbound::new(exchange, header, event);
                     let line = format!("{at}  {}", crate::tools::summary::line(&o));
                     Shown {
@@ -157,6 +160,7 @@ impl Follow {
                         kind,
                         json,
                         line,
+                        number,
                     }
                 }
                 // A type this build does not know: shown as it came.
@@ -166,6 +170,7 @@ impl Follow {
                     kind: String::new(),
                     line: crate::tools::printable::escape(&json).into_owned(),
                     json,
+                    number: None,
                 },
             };
             return Some(Ok(shown));

@@ -11,13 +11,28 @@ use super::*;
 
 /// Dead letters a page shows.
 const DEAD_PAGE: usize = 50;
+/// Dead letters looked through for an operator limited to some numbers.
+const DEAD_SCAN: usize = 1000;
 
 pub(super) async fn dead(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((id, session)) = c.session(&headers) else {
         return Redirect::to("/login").into_response();
     };
-    let listed = crate::tools::dlq::list(c.amqp_url.expose(), &c.topology, DEAD_PAGE).await;
+    // An operator limited to some numbers sees the letters of those only, found among more.
+    let scan = match session.numbers {
+        None => DEAD_PAGE,
+        Some(_) => DEAD_SCAN,
+    };
+    let listed = crate::tools::dlq::list(c.amqp_url.expose(), &c.topology, scan).await;
     let (rows, total, error) = match listed {
+        Ok(page) if session.numbers.is_some() => {
+            let mine: Vec<_> = (page.entries.into_iter())
+                .filter(|e| e.number.as_deref().is_some_and(|n| session.sees(n)))
+                .take(DEAD_PAGE)
+                .collect();
+            let n = mine.len();
+            (mine, n, None)
+        }
         Ok(page) => (page.entries, page.total, None),
         Err(e) => (
             Vec::new(),
@@ -107,7 +122,11 @@ pub(super) async fn dead_action(
         Err(refused) => return *refused,
     };
     let url = c.amqp_url.expose();
+    let may = |n: Option<&str>| session.numbers.is_none() || n.is_some_and(|n| session.sees(n));
     let said = match (action, form.id.as_str()) {
+        (_, "all") if session.numbers.is_some() => {
+            return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        }
         (crate::tools::dlq::Action::Replay, "all") => {
             match crate::tools::dlq::replay(url, &c.topology, None, |_, _| {}).await {
                 Ok(r) => Ok(format!(
@@ -117,7 +136,7 @@ pub(super) async fn dead_action(
                 Err(e) => Err(format!("Replay failed: {e}")),
             }
         }
-        (action, one) => match crate::tools::dlq::act_on_one(url, &c.topology, one, action).await {
+        (action, one) => match crate::tools::dlq::act_on_one(url, &c.topology, one, action, may).await {
             Ok(true) if action == crate::tools::dlq::Action::Replay => {
                 Ok(format!("Replayed {one}"))
             }

@@ -32,8 +32,13 @@ pub(super) async fn held(
     };
     let now = Millis::now();
     let after = q.after.as_deref().and_then(PageCursor::decode);
-    let listed = operator::list(&c.store, now, after, HELD_PAGE).await;
-    let total = c.store.paused_count(now).await.unwrap_or(0);
+    let sees = |pnid: &str| session.sees(pnid);
+    let listed = operator::list_visible(&c.store, now, after, HELD_PAGE, sees).await;
+    // The count of every number's conversations is for operators who see every number.
+    let total = match session.numbers {
+        None => Some(c.store.paused_count(now).await.unwrap_or(0)),
+        Some(_) => None,
+    };
     let (rows, next, error) = match listed {
         Ok((paused, next)) => (paused, next, None),
         Err(e) => (
@@ -109,6 +114,10 @@ pub(super) async fn pause(
         Err(refused) => return *refused,
     };
     let number = form.number.trim();
+    if valid_phone_number_id(number) && !session.sees(number) {
+        // As if it did not exist: an operator limited to some numbers learns nothing of others.
+        return (StatusCode::NOT_FOUND, "no such conversation\n").into_response();
+    }
     let said = match (
         valid_phone_number_id(number),
         CustomerKey::parse(&form.customer),

@@ -24,15 +24,26 @@ pub(super) struct Filters {
     conversation: String,
 }
 
+/// Whether an operator limited to `numbers` (`None`: all) may see an event.
+fn visible(numbers: &Option<Vec<String>>, shown: &crate::tools::tail::Shown) -> bool {
+    match (numbers, &shown.number) {
+        (None, _) => true,
+        (Some(mine), Some(n)) => mine.contains(n),
+        (Some(_), None) => false,
+    }
+}
+
 /// `GET /live/events`: `event` messages of `{"exchange", "type", "line"}`.
 pub(super) async fn events(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
-    if c.session(&headers).is_none() {
+    let Some((_, session)) = c.session(&headers) else {
         return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
-    }
+    };
+    // An operator limited to some numbers sees their events only.
+    let numbers = session.numbers.clone();
     let Ok(viewer) = c.viewers.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -71,7 +82,7 @@ pub(super) async fn events(
     };
     let log_content = c.log_content;
     let stream = futures_util::stream::unfold(
-        (follow, options, viewer, true),
+        (follow, (options, numbers), viewer, true),
         move |(mut follow, options, viewer, first)| async move {
             if first {
                 let hello = Event::default()
@@ -79,7 +90,13 @@ pub(super) async fn events(
                     .comment("following");
                 return Some((Ok::<_, Infallible>(hello), (follow, options, viewer, false)));
             }
-            match follow.next(&options).await {
+            let next = loop {
+                match follow.next(&options.0).await {
+                    Some(Ok(shown)) if !visible(&options.1, &shown) => continue,
+                    other => break other,
+                }
+            };
+            match next {
                 Some(Ok(shown)) => {
                     let line = match log_content {
                         true => shown.line,

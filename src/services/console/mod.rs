@@ -39,7 +39,7 @@ use crate::adapters::redis::RedisStore;
 use crate::core::domain::{valid_phone_number_id, CustomerKey, Scope};
 use crate::core::engine::OperatorAction;
 use crate::core::time::Millis;
-use crate::runtime::config::Config;
+use crate::runtime::config::{Config, Operator};
 use crate::runtime::secret::Secret;
 use crate::runtime::supervise::Listening;
 use crate::tools::operator::{self, Command};
@@ -63,6 +63,8 @@ const JS: &str = include_str!("assets/console.js");
 #[derive(Clone)]
 struct Session {
     operator: String,
+    /// The numbers it may see and act on (`None`: all).
+    numbers: Option<Vec<String>>,
     csrf: String,
     expires: Instant,
     /// Opaque references to the conversations the last page showed (masked customers never
@@ -72,9 +74,18 @@ struct Session {
     said: Option<Result<String, String>>,
 }
 
+impl Session {
+    /// Whether the operator may see and act on `phone_number_id`.
+    fn sees(&self, phone_number_id: &str) -> bool {
+        self.numbers
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|id| id == phone_number_id))
+    }
+}
+
 /// What the console's handlers share.
 struct Console {
-    operators: Vec<(String, Secret)>,
+    operators: Vec<Operator>,
     sessions: Mutex<HashMap<String, Session>>,
     /// Held while a wrong token is kept waiting: guesses go one at a time.
     guessing: tokio::sync::Mutex<()>,

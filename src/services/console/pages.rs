@@ -137,7 +137,8 @@ pub struct HeldPage<'a> {
     /// Business numbers among the rows.
     pub numbers: usize,
     /// Conversations with a human in all.
-    pub total: u64,
+    /// Every number's (absent for an operator limited to some numbers).
+    pub total: Option<u64>,
     /// Where the next page starts, if there is one.
     pub more: Option<String>,
     /// Whether this is the first page.
@@ -150,7 +151,9 @@ pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
         f,
         html! {
             ul.counts {
-                li { b { (p.total) } " conversation(s) with a human" }
+                @if let Some(total) = p.total {
+                    li { b { (total) } " conversation(s) with a human" }
+                }
                 li { b { (p.numbers) } " business number(s) on this page" }
             }
             @if rows.is_empty() {

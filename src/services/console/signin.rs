@@ -47,17 +47,14 @@ pub(super) async fn login(
     }
     // Every token is compared (no early exit), in constant time.
     let given = form.token.trim().as_bytes();
-    let operator = c.operators.iter().fold(None, |found, (name, token)| {
-        let matches = bool::from(token.expose().as_bytes().ct_eq(given));
-        found.or(matches.then(|| name.clone()))
-    });
-    let Some(operator) = operator else {
+    let Some(found) = Operator::find(&c.operators, given) else {
         let _one_at_a_time = c.guessing.lock().await;
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
         tracing::warn!(client, forwarded_for, "a wrong console token was given");
         let page = pages::login(Some("That token is not an operator's."));
         return (StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response();
     };
+    let (operator, numbers) = (found.name.clone(), found.numbers.clone());
     let id = token();
     {
         let mut sessions = c.sessions.lock().expect("sessions");
@@ -76,6 +73,7 @@ pub(super) async fn login(
             id.clone(),
             Session {
                 operator: operator.clone(),
+                numbers,
                 csrf: token(),
                 expires: now + SESSION,
                 refs: HashMap::new(),
