@@ -30,7 +30,7 @@ pub enum Command {
         #[command(flatten)]
         conversation: ConversationArgs,
         /// How long (e.g. 30m, 2h, 7d). Default: the coexistence timeout.
-        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        #[arg(long = "for", value_name = "DURATION", value_parser = coexist::runtime::config::duration)]
         duration: Option<std::time::Duration>,
         /// Who pauses it, recorded as `by.name`. Default: the login name.
         #[arg(long, value_name = "NAME")]
@@ -56,20 +56,8 @@ pub struct Wait {
     /// A command is decided by the worker that consumes the conversation's partition, in order
     /// with the webhooks before it; wait this long for its answer (e.g. 10s, 2m). Past it the
     /// command stays queued and is decided when a worker reaches it.
-    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = coexist::runtime::config::duration, default_value = "30s")]
     wait: std::time::Duration,
-}
-
-/// A duration written like 30s, 15m, 24h, 7d (longer than zero, at most ten years, as the
-/// configuration's).
-fn duration(s: &str) -> Result<std::time::Duration, String> {
-    const TEN_YEARS: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
-    match humantime::parse_duration(s.trim()) {
-        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
-        Ok(d) if d > TEN_YEARS => Err("must be at most ten years".into()),
-        Ok(d) => Ok(d),
-        Err(_) => Err(format!("{s:?} is not a duration (write e.g. 30m, 2h, 7d)")),
-    }
 }
 
 /// The login name, for `--by` left out.

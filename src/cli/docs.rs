@@ -1,4 +1,4 @@
-//! `coexist schema`, `coexist asyncapi` and `coexist topology`: what coexist publishes, written
+//! `coexist schema`, `coexist asyncapi`, `coexist openapi` and `coexist topology`: what coexist publishes, written
 //! out, and its exchanges and queues declared.
 
 use coexist::adapters::broker::Topology;
@@ -21,6 +21,16 @@ pub fn asyncapi() -> Result<(), Failure> {
     print!(
         "{}",
         coexist::tools::asyncapi::yaml(&coexist::tools::asyncapi::document())
+    );
+    Ok(())
+}
+
+/// `openapi`: the OpenAPI 3.1 document of the gate and the admin API (docs/openapi.yaml is its
+/// output).
+pub fn openapi() -> Result<(), Failure> {
+    print!(
+        "{}",
+        coexist::tools::asyncapi::yaml(&coexist::tools::openapi::document())
     );
     Ok(())
 }

@@ -93,6 +93,9 @@ enum Command {
     /// Prints the AsyncAPI 3.0 document of the exchanges, queues and events (AMQP 0-9-1
     /// bindings; payloads from the same types as `schema`). docs/asyncapi.yaml is its output.
     Asyncapi,
+    /// Prints the OpenAPI 3.1 document of the reply gate and the admin API (/api/v1 on the
+    /// console process). docs/openapi.yaml is its output.
+    Openapi,
 }
 
 /// A failure that ends the command: its one-line message and exit code.
@@ -160,6 +163,7 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         Command::Tail(args) => tail::run(args, &config).await,
         Command::Send(args) => send::run(args, &config).await,
         Command::Asyncapi => docs::asyncapi(),
+        Command::Openapi => docs::openapi(),
         Command::Schema => docs::schema(),
     }
 }

@@ -43,7 +43,7 @@ pub struct Overrides {
 }
 
 /// Where a number's effective value of a key comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The registry (`number set`, the admin API).
@@ -176,7 +176,9 @@ pub fn effective(
 }
 
 /// A number's lifecycle state (docs/contract.md, "Numbers").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LifeState {
     /// Seen in webhooks, never added: served with the global and file settings.
@@ -239,7 +241,7 @@ pub fn remedy(state: LifeState, reason: Option<&str>) -> &'static str {
 }
 
 /// A number as the registry holds it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Record {
     pub phone_number_id: String,
     pub waba_id: Option<String>,
@@ -265,7 +267,7 @@ pub struct Record {
 
 /// One change of a number's settings: when, by whom, and the keys with their new values (`null`:
 /// unset).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Change {
     pub at: String,
     pub by: crate::core::engine::event::By,

@@ -379,6 +379,18 @@ impl Config {
     }
 }
 
+/// A duration as an operator types it (`30m`, `2h`, `7d`): longer than zero, at most ten years,
+/// as the configuration's durations.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) if d > TEN_YEARS => Err("must be at most ten years".into()),
+        Ok(d) => Ok(d),
+        Err(_) => Err(format!("{s:?} is not a duration (write e.g. 30m, 2h, 7d)")),
+    }
+}
+
 /// Refuses an automated text that is the reset command (R15 would hide every reset). `at` names
 /// the key and its origin.
 fn check_automated(rules: &Rules, at: impl Fn() -> ConfigError) -> Result<(), ConfigError> {

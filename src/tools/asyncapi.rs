@@ -47,7 +47,7 @@ fn exchanges_of(name: &str) -> &'static [&'static str] {
 }
 
 /// Rewrites JSON Schema references to `#/$defs/X` as AsyncAPI's `#/components/schemas/X`.
-fn rehome(v: &mut Value) {
+pub(crate) fn rehome(v: &mut Value) {
     match v {
         Value::Object(map) => {
             if let Some(Value::String(r)) = map.get_mut("$ref") {

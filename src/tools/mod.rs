@@ -6,6 +6,7 @@
 pub mod asyncapi;
 pub mod dlq;
 pub mod numbers;
+pub mod openapi;
 pub mod operator;
 pub mod printable;
 pub mod process;

@@ -35,7 +35,7 @@ pub fn number_id(id: &str) -> Result<&str, Error> {
 }
 
 /// One line of `number list`.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Listed {
     pub phone_number_id: String,
     pub name: Option<String>,
@@ -104,7 +104,7 @@ pub fn table(listed: &[Listed]) -> String {
 }
 
 /// One effective setting of `number show`.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Setting {
     pub key: &'static str,
     pub value: serde_json::Value,
@@ -113,7 +113,7 @@ pub struct Setting {
 }
 
 /// What `number show` prints.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Shown {
     #[serde(flatten)]
     pub record: Record,

@@ -16,7 +16,7 @@ use crate::runtime::config::Config;
 use lapin::Connection;
 
 /// What `conversation show` prints.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct View {
     /// `{phone_number_id}:{id}`: the id is the first name the customer was known by.
     pub conversation: String,
@@ -37,7 +37,7 @@ pub struct View {
     pub last_reset: Option<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct SessionView {
     pub id: String,
     pub handler: Handler,
@@ -97,7 +97,7 @@ pub async fn show(
 }
 
 /// One line of `conversation list`: a conversation whose AI agent is paused now.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Paused {
     pub phone_number_id: String,
     /// The conversation's id: the first name the customer was known by.

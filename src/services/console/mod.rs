@@ -15,6 +15,7 @@
 //! - **Dead letters**: listed with a safe preview; Replay (one or all) and Discard, each asked
 //!   for first.
 
+pub mod api;
 pub(crate) mod dead;
 pub(crate) mod held;
 pub(crate) mod live;
@@ -96,6 +97,8 @@ struct Console {
     log_content: bool,
     /// Live views open at once, at most.
     viewers: Arc<tokio::sync::Semaphore>,
+    /// For the numbers' settings and the admin API's tokens.
+    config: Config,
 }
 
 /// A running console: [`Listening`]. Dropping it stops it.
@@ -140,9 +143,16 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         amqp_url: config.amqp_url.clone(),
         log_content: config.log_content,
         viewers: Arc::new(tokio::sync::Semaphore::new(32)),
+        config: config.clone(),
     });
     let ready: crate::runtime::http::Readiness = Arc::new(move || vec![("rabbitmq", link.check())]);
+    // The admin API only where tokens are configured for it.
+    let api = match config.console.api.is_empty() {
+        true => Router::new(),
+        false => api::routes(),
+    };
     let router = Router::new()
+        .merge(api)
         .route("/", get(held::held))
         .route("/login", get(signin::login_page).post(signin::login))
         .route("/logout", post(signin::logout))

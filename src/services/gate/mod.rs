@@ -54,6 +54,13 @@ use crate::runtime::supervise::Listening;
 use crate::services::numbers;
 use events::Events;
 
+/// The gate's own routes (besides `/healthz`, `/readyz`, `/metrics`): every one is in
+/// docs/openapi.yaml, and the other way round (a test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/{version}/{phone_number_id}/messages"),
+    ("GET", "/v1/conversations/{phone_number_id}/{customer}"),
+];
+
 /// The header the agent names the message it answers with.
 pub const REPLY_TOKEN_HEADER: &str = "x-coexist-reply-token";
 /// The header that carries `COEXIST_GATE_TOKEN`.
