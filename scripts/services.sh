@@ -93,6 +93,19 @@ ensure_asyncapi() {
   export COEXIST_TEST_ASYNCAPI="$dir/node_modules/.bin/asyncapi"
 }
 
+# An OpenAPI 3.1 validator (openapi-spec-validator, from PyPI) in a virtual environment kept in a
+# cache outside the checkout; exports COEXIST_TEST_OPENAPI, the path the OpenAPI test runs.
+ensure_openapi_validator() {
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/coexist/openapi-validator"
+  if [ ! -x "$dir/bin/openapi-spec-validator" ]; then
+    command -v python3 >/dev/null || install python3
+    python3 -m venv "$dir" 2>/dev/null || { install python3-venv && python3 -m venv "$dir"; }
+    say "installing openapi-spec-validator from PyPI into $dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==0.9.*"
+  fi
+  export COEXIST_TEST_OPENAPI="$dir/bin/openapi-spec-validator"
+}
+
 # cargo-deny, from crates.io (built once, kept in ~/.cargo/bin).
 ensure_cargo_deny() {
   command -v cargo-deny >/dev/null && return 0

@@ -113,9 +113,10 @@ fn number_of(data: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(data).ok()?;
     let id = v["scope"]["phone_number_id"].as_str().or_else(|| {
         v["entry"].as_array()?.iter().find_map(|e| {
-            e["changes"].as_array()?.iter().find_map(|c| {
-                c["value"]["metadata"]["phone_number_id"].as_str()
-            })
+            e["changes"]
+                .as_array()?
+                .iter()
+                .find_map(|c| c["value"]["metadata"]["phone_number_id"].as_str())
         })
     });
     id.filter(|i| crate::core::domain::valid_phone_number_id(i))

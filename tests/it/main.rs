@@ -3,6 +3,7 @@
 #[macro_use]
 mod support;
 
+mod api;
 mod cli;
 mod cluster;
 mod console;

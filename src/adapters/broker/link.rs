@@ -173,6 +173,23 @@ impl Link {
         self.current.read().await.as_ref().map(|(c, _)| c.clone())
     }
 
+    /// [`Link::connection`], waiting up to `within` for one to be made (a process just started,
+    /// or reconnecting).
+    pub async fn connection_within(&self, within: std::time::Duration) -> Option<Arc<Connection>> {
+        let mut made = self.connections();
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                if let Some(c) = self.connection().await {
+                    return Some(c);
+                }
+                if made.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        waited.await.ok().flatten()
+    }
+
     /// Changes each time a connection is made: its holder can start using it at once.
     pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
         self.made.subscribe()

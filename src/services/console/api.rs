@@ -14,7 +14,7 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::Console;
+use super::{Console, CONNECT_WITHIN};
 use crate::adapters::redis::{Added, PageCursor};
 use crate::core::domain::{valid_phone_number_id, CustomerKey, Scope};
 use crate::core::engine::OperatorAction;
@@ -67,7 +67,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such number or conversation")
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such number or conversation",
+    )
 }
 
 fn failed(e: Error) -> Response {
@@ -125,7 +129,11 @@ fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "invalid", "the body must be a JSON object")),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body must be a JSON object",
+        )),
         Err(e) => Err(error(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -286,7 +294,13 @@ async fn list_conversations(
         None => None,
         Some(a) => match PageCursor::decode(a) {
             Some(cursor) => Some(cursor),
-            None => return error(StatusCode::BAD_REQUEST, "invalid", "after: not a page cursor"),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "after: not a page cursor",
+                )
+            }
         },
     };
     let limit = q.limit.unwrap_or(PAGE).clamp(1, 1000);
@@ -348,7 +362,13 @@ async fn act_on_conversation(
         None | Some(Value::Null) => None,
         Some(Value::String(d)) => match crate::runtime::config::duration(d) {
             Ok(d) => Some(d),
-            Err(m) => return error(StatusCode::BAD_REQUEST, "invalid", &format!("duration: {m}")),
+            Err(m) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    &format!("duration: {m}"),
+                )
+            }
         },
         Some(_) => {
             return error(
@@ -365,7 +385,7 @@ async fn act_on_conversation(
             "duration: extend needs how much longer, e.g. {\"duration\": \"2h\"}",
         );
     }
-    let Some(conn) = c.link.connection().await else {
+    let Some(conn) = c.link.connection_within(CONNECT_WITHIN).await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker_unavailable",

@@ -136,14 +136,16 @@ pub(super) async fn dead_action(
                 Err(e) => Err(format!("Replay failed: {e}")),
             }
         }
-        (action, one) => match crate::tools::dlq::act_on_one(url, &c.topology, one, action, may).await {
-            Ok(true) if action == crate::tools::dlq::Action::Replay => {
-                Ok(format!("Replayed {one}"))
+        (action, one) => {
+            match crate::tools::dlq::act_on_one(url, &c.topology, one, action, may).await {
+                Ok(true) if action == crate::tools::dlq::Action::Replay => {
+                    Ok(format!("Replayed {one}"))
+                }
+                Ok(true) => Ok(format!("Discarded {one}")),
+                Ok(false) => Err(format!("{one} is no longer in the dead-letter queue")),
+                Err(e) => Err(format!("failed: {e}")),
             }
-            Ok(true) => Ok(format!("Discarded {one}")),
-            Ok(false) => Err(format!("{one} is no longer in the dead-letter queue")),
-            Err(e) => Err(format!("failed: {e}")),
-        },
+        }
     };
     tracing::info!(operator = %session.operator, action = ?action, id = %form.id, ok = said.is_ok(), "a console action on dead letters");
     c.update(&id, |s| s.said = Some(said));

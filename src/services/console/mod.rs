@@ -50,6 +50,8 @@ use pages::Frame;
 pub const COOKIE: &str = "coexist_console";
 /// How long a session lasts.
 const SESSION: Duration = Duration::from_secs(12 * 3600);
+/// How long an action waits for the broker connection (a console just started, or reconnecting).
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a wrong token is kept waiting.
 const WRONG_TOKEN_DELAY: Duration = Duration::from_secs(1);
 /// Sessions held at most (the oldest go first).
@@ -317,7 +319,7 @@ impl Console {
 
     /// Runs an operator command as `operator`; what it did, in a sentence.
     async fn act(&self, command: Command, what: &str) -> Result<String, String> {
-        let Some(conn) = self.link.connection().await else {
+        let Some(conn) = self.link.connection_within(CONNECT_WITHIN).await else {
             return Err("RabbitMQ is not reachable now: nothing was changed".into());
         };
         let release = command.action == OperatorAction::Release;
