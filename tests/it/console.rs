@@ -21,13 +21,16 @@ struct ConsoleStack {
 
 impl ConsoleStack {
     async fn start(name: &str) -> ConsoleStack {
-        let operators = format!("ana:{TOKEN},sam:sam-console-token");
+        Self::start_with(name, &format!("ana:{TOKEN},sam:sam-console-token")).await
+    }
+
+    async fn start_with(name: &str, operators: &str) -> ConsoleStack {
         let stack = Stack::start(
             name,
             1,
             &[
                 ("COEXIST_CONSOLE_LISTEN", "127.0.0.1:0"),
-                ("COEXIST_CONSOLE_TOKEN", &operators),
+                ("COEXIST_CONSOLE_TOKEN", operators),
             ],
         )
         .await;
@@ -375,4 +378,118 @@ async fn drill_the_live_view_reconnects_after_a_broker_restart() {
     assert!(page.contains("message.received"));
     b.close().await;
     c.stop().await;
+}
+
+/// A second business number, of another shop.
+const OTHER: &str = "420000000000099";
+
+/// `body` as sent for the number [`OTHER`].
+fn for_other(body: &str) -> String {
+    body.replace(PNID, OTHER)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_of_one_number_sees_nothing_of_another_and_changes_its_settings_at_once() {
+    let operators = format!("ana@{PNID}:{TOKEN},leo@{OTHER}:leo-console-token");
+    let c = ConsoleStack::start_with("console-scoped", &operators).await;
+    let t = t0();
+    for body in [
+        echo_text(ANA, "wamid.SC1", t, "Hola, soy Sam"),
+        for_other(&echo_text(LUIS, "wamid.SC2", t, "Hola, soy Leo")),
+    ] {
+        c.stack.post_until_ok(&body, 10 * SECS).await;
+    }
+    let b = Browser::start().await;
+    sign_in(&b, &c, TOKEN).await;
+    let page = until_shown(&b, &mask(ANA), true).await;
+    assert!(
+        !page.contains(OTHER) && !page.contains(&mask(LUIS)),
+        "{page}"
+    );
+    assert!(
+        !page.contains("conversation(s) with a human"),
+        "no count of other numbers: {page}"
+    );
+    // The other number's page does not exist for ana.
+    b.client
+        .goto(&c.url(&format!("/numbers/{OTHER}")))
+        .await
+        .unwrap();
+    let page = text(&b).await;
+    assert!(page.contains("no such number"), "{page}");
+    // The live view: the other number's events never reach it.
+    b.client.goto(&c.url("/live")).await.unwrap();
+    until_shown(&b, "connected", false).await;
+    let t = t + 5;
+    c.stack
+        .post_until_ok(
+            &for_other(&customer_text(LUIS, "wamid.SC3", t, "pedido de Leo")),
+            10 * SECS,
+        )
+        .await;
+    c.stack
+        .post_until_ok(
+            &customer_text(ANA, "wamid.SC4", t + 1, "pedido de Ana"),
+            10 * SECS,
+        )
+        .await;
+    let page = until_shown(&b, "pedido de Ana", false).await;
+    assert!(!page.contains("pedido de Leo"), "{page}");
+    // The Numbers page lists ana's number only; its settings change at once.
+    b.client.goto(&c.url("/numbers")).await.unwrap();
+    let page = until_shown(&b, PNID, true).await;
+    assert!(!page.contains(OTHER), "{page}");
+    b.client
+        .goto(&c.url(&format!("/numbers/{PNID}")))
+        .await
+        .unwrap();
+    until_shown(&b, "Change settings", false).await;
+    let reset = b
+        .client
+        .find(Locator::Css("input[name=reset_text]"))
+        .await
+        .unwrap();
+    reset.clear().await.unwrap();
+    reset.send_keys("/bot").await.unwrap();
+    b.click(Locator::Css("form.settings button")).await;
+    let page = until_shown(&b, "Saved: reset_text", false).await;
+    assert!(page.contains("set here"), "the value's origin: {page}");
+    assert!(page.contains("operator:ana"), "who changed what: {page}");
+    b.screenshot("numbers").await;
+    fits_a_phone_and_stays_home(&b, &c.url("")).await;
+    let updated = first_event(&c.stack.ns, "human_chat", 10 * SECS, |e| {
+        e.kind == "number.updated"
+    })
+    .await;
+    let updated = updated.expect("number.updated").1;
+    assert_eq!(updated.body["changed"], json!({"reset_text": "/bot"}));
+    assert_eq!(
+        updated.body["by"],
+        json!({"kind": "operator", "name": "ana"})
+    );
+    // Used by the running worker: /bot releases ana's customer.
+    tokio::time::sleep(2 * SECS).await;
+    c.stack
+        .post_until_ok(&echo_text(ANA, "wamid.SC5", t + 2, "/bot"), 10 * SECS)
+        .await;
+    let released = first_event(&c.stack.ns, "human_chat", 10 * SECS, |e| {
+        e.kind == "conversation.released" && e.body["phone_number_id"] == PNID
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "the new reset command released the conversation"
+    );
+    // Leo, for his part, sees his number only.
+    b.client.goto(&c.url("/login")).await.unwrap();
+    let _ = b.client.delete_all_cookies().await;
+    sign_in(&b, &c, "leo-console-token").await;
+    let page = until_shown(&b, &mask(LUIS), true).await;
+    assert!(!page.contains(&mask(ANA)), "{page}");
+    b.close().await;
+    c.stop().await;
+}
+
+fn mask(customer: &str) -> String {
+    coexist::services::console::mask(customer)
 }

@@ -175,7 +175,7 @@ impl Link {
 
     /// [`Link::connection`], waiting up to `within` for one to be made (a process just started,
     /// or reconnecting).
-    pub async fn connection_within(&self, within: std::time::Duration) -> Option<Arc<Connection>> {
+    pub async fn connection_within(&self, within: Duration) -> Option<Arc<Connection>> {
         let mut made = self.connections();
         let waited = tokio::time::timeout(within, async {
             loop {

@@ -19,6 +19,7 @@ pub mod api;
 pub(crate) mod dead;
 pub(crate) mod held;
 pub(crate) mod live;
+pub(crate) mod numbers;
 pub mod pages;
 pub(crate) mod signin;
 
@@ -163,6 +164,9 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         .route("/extend", post(held::extend))
         .route("/live", get(live_page))
         .route("/live/events", get(live::events))
+        .route("/numbers", get(numbers::list))
+        .route("/numbers/{id}", get(numbers::show))
+        .route("/numbers/{id}/settings", post(numbers::save))
         .route("/dead", get(dead::dead))
         .route("/dead/confirm", get(dead::dead_confirm))
         .route("/dead/replay", post(dead::dead_replay))

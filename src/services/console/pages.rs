@@ -30,7 +30,7 @@ pub struct Dead {
 /// The page around every page: navigation, who is signed in, sign-out.
 pub struct Frame<'a> {
     pub title: &'a str,
-    /// The navigation entry of this page: `held`, `live`, `dead`.
+    /// The navigation entry of this page: `held`, `live`, `dead`, `numbers`.
     pub current: &'a str,
     pub operator: &'a str,
     pub csrf: &'a str,
@@ -66,6 +66,7 @@ fn page(f: &Frame<'_>, body: Markup) -> Markup {
         ("held", "/", "With a human now"),
         ("live", "/live", "Live events"),
         ("dead", "/dead", "Dead letters"),
+        ("numbers", "/numbers", "Numbers"),
     ];
     html! {
         (head(f.title))
@@ -324,4 +325,124 @@ mod tests {
             );
         }
     }
+}
+
+/// The Numbers page: every number the operator may see, its state and what to do about it.
+pub fn numbers(f: &Frame<'_>, rows: &[crate::tools::numbers::Listed], remedies: &[&str]) -> Markup {
+    page(
+        f,
+        html! {
+            @if rows.is_empty() {
+                p.empty { "No number yet: one appears here with its first webhook, or when it is added (coexist number add)." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "Number" } th { "Name" } th { "State" } th { "Last webhook" }
+                        th { "Last App message" } th { "With a human" }
+                    } }
+                    tbody {
+                        @for (r, remedy) in rows.iter().zip(remedies) {
+                            tr {
+                                td data-label="Number" { a href={ "/numbers/" (r.phone_number_id) } { (r.phone_number_id) } }
+                                td data-label="Name" { (r.name.as_deref().unwrap_or("-")) }
+                                td data-label="State" {
+                                    b.state { (r.state) }
+                                    @if r.app_idle { " " span.warn { "app_idle" } }
+                                    @if r.state != "active" || r.app_idle { br; small { (remedy) } }
+                                }
+                                td data-label="Last webhook" { (r.last_webhook_at.as_deref().unwrap_or("-")) }
+                                td data-label="Last App message" { (r.last_app_message_at.as_deref().unwrap_or("-")) }
+                                td data-label="With a human" { (r.with_a_human) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The words shown for where a setting comes from.
+fn origin_words(o: crate::core::numbers::Origin) -> &'static str {
+    match o {
+        crate::core::numbers::Origin::Runtime => "set here",
+        crate::core::numbers::Origin::File => "configuration file",
+        crate::core::numbers::Origin::Default => "default",
+    }
+}
+
+/// One number: its state and remedy, its settings with where each comes from, a form that
+/// changes them at once, and who changed what.
+pub fn number(f: &Frame<'_>, s: &crate::tools::numbers::Shown) -> Markup {
+    let r = &s.record;
+    let value = |key: &str| {
+        s.effective
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| match &e.value {
+                serde_json::Value::String(t) => t.clone(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    let action = format!("/numbers/{}/settings", r.phone_number_id);
+    page(
+        f,
+        html! {
+            ul.counts {
+                li { "State " b.state { (r.state.as_str()) }
+                    @if let Some(reason) = &r.state_reason { " (" (reason) ")" } }
+                @if s.app_idle { li { span.warn { "app_idle" } } }
+                li { "Last webhook " b { (r.last_webhook_at.as_deref().unwrap_or("-")) } }
+                li { "Last App message " b { (r.last_app_message_at.as_deref().unwrap_or("-")) } }
+            }
+            p.remedy { (s.remedy) }
+            table.settings {
+                thead { tr { th { "Setting" } th { "Value" } th { "From" } } }
+                tbody {
+                    @for e in &s.effective {
+                        tr {
+                            td data-label="Setting" { code { (e.key) } }
+                            td data-label="Value" { (e.value.to_string()) }
+                            td data-label="From" { (origin_words(e.from)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Change settings" }
+            p.muted { "Applies at once on every worker and gate (within 2 seconds). Leave a field empty to keep the configured value." }
+            form.settings method="post" action=(action) {
+                input type="hidden" name="csrf" value=(f.csrf);
+                label { "Reset command" input name="reset_text" value=(value("reset_text")); }
+                label { "Timeout (e.g. 7d)" input name="timeout" value=(value("timeout")); }
+                label { "Session timeout" input name="session_timeout" value=(value("session_timeout")); }
+                label { "Handback messages" input name="handback_messages" inputmode="numeric" value=(value("handback_messages")); }
+                label { "Service window" input name="service_window" value=(value("service_window")); }
+                label { "Automated texts (one per line)" textarea name="automated_texts" rows="3" { (value("automated_texts")) } }
+                label { "Coexistence (App messages pause the AI agent)"
+                    select name="coexistence" {
+                        @for v in ["true", "false"] {
+                            @if value("coexistence") == v { option value=(v) selected { (v) } }
+                            @else { option value=(v) { (v) } }
+                        }
+                    }
+                }
+                button type="submit" { "Save" }
+            }
+            @if !r.changes.is_empty() {
+                h2 { "Who changed what" }
+                ul.changes {
+                    @for c in &r.changes {
+                        li { (c.at) " · " (crate::tools::operator::by_text(&c.by)) " · "
+                            code { (serde_json::Value::Object(c.changed.clone()).to_string()) } }
+                    }
+                }
+            }
+        },
+    )
 }
