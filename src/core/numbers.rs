@@ -138,9 +138,13 @@ impl Overrides {
     }
 }
 
-/// A duration as a person writes it: `7d`, `24h`, `15m`, `30s` (else milliseconds).
+/// A duration as a person writes it: `7d`, `24h`, `15m`, `30s` (else milliseconds); one day
+/// is `24h`, as the configuration writes it.
 pub fn written(d: Duration) -> String {
     let ms = d.as_millis();
+    if ms == 86_400_000 {
+        return "24h".into();
+    }
     for (unit, size) in [
         ("d", 86_400_000),
         ("h", 3_600_000),
@@ -532,6 +536,7 @@ mod tests {
     #[test]
     fn durations_are_written_as_people_write_them() {
         assert_eq!(written(days(7)), "7d");
+        assert_eq!(written(days(1)), "24h");
         assert_eq!(written(Duration::from_secs(90 * 60)), "90m");
         assert_eq!(written(Duration::from_millis(1500)), "1500ms");
     }
