@@ -18,7 +18,8 @@
 //! `BENCH_PARTITIONS=N` sets the partition count (default 16). `BENCH_RATE=N` skips the curve and
 //! the sustained-rate search and paces step 4 at N webhooks/s: a quick comparison of CPU per
 //! webhook between two builds at the same rate. `BENCH_BACKLOG_ONLY=1` runs the ceiling and the
-//! backlog alone.
+//! backlog alone. `BENCH_NUMBERS=N` registers N numbers (the 64 of the load among them), each with
+//! runtime settings of its own, before the load: the cost of a registry that size.
 
 mod common;
 
@@ -153,6 +154,13 @@ fn main() {
         // BENCH_PARTITIONS sets the partition count (default 16, as in production).
         let partitions: u16 = std::env::var("BENCH_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
         let system = System::start("pipeline", partitions, 2).await;
+        let registered: usize = std::env::var("BENCH_NUMBERS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if registered > 0 {
+            register_numbers(&system.ns, registered).await;
+            // Every worker follows the registry within a second.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            println!("  registry: {registered} numbers with runtime settings (BENCH_NUMBERS)");
+        }
         let (ns, ingress_addr, admins) = (system.ns.clone(), system.ingress_addr, system.admins.clone());
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(collect_events(ns.clone(), arrivals.clone()));

@@ -564,3 +564,32 @@ impl System {
         }
     }
 }
+
+/// Registers `n` numbers (the benchmark's load numbers first) in `ns`'s registry, each with
+/// runtime settings of its own, as a platform serving many businesses has them.
+pub async fn register_numbers(ns: &str, n: usize) {
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), ns)
+        .await
+        .unwrap();
+    let now = coexist::core::time::Millis::now();
+    for i in 0..n {
+        let pnid = (410_000_000_000_000u64 + i as u64).to_string();
+        let added = coexist::adapters::redis::Added {
+            waba_id: Some((900_000_000_000_000u64 + (i / 4) as u64).to_string()),
+            name: Some(format!("Shop {i}")),
+            display_phone_number: None,
+        };
+        store.add_number(&pnid, &added, now).await.unwrap();
+        let changed = serde_json::json!({
+            "reset_text": format!("/bot{i}"),
+            "timeout": "2d",
+            "automated_texts": [format!("Gracias por escribir a la tienda {i}")],
+        });
+        let change = coexist::core::numbers::Change {
+            at: now.rfc3339(),
+            by: coexist::core::engine::event::By::system(),
+            changed: changed.as_object().cloned().unwrap(),
+        };
+        store.change_number_settings(&pnid, &change).await.unwrap();
+    }
+}
