@@ -490,8 +490,10 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let mut runtime = Overrides::default();
-        runtime.reset_text = Some("/human-off".into());
+        let runtime = Overrides {
+            reset_text: Some("/human-off".into()),
+            ..Default::default()
+        };
         let records: Vec<_> = records
             .into_iter()
             .zip([runtime, Overrides::default()])

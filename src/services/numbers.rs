@@ -83,6 +83,36 @@ fn count(records: &[Record], warning: Duration) {
     ::metrics::gauge!(metrics::NUMBERS_APP_IDLE).set(idle as f64);
 }
 
+/// A process's shelf, loaded before its first decision (retried until Redis answers), and the
+/// task that keeps it current until `stop` (the caller watches it).
+pub async fn shelf(
+    store: &RedisStore,
+    config: &crate::runtime::config::Config,
+    stop: &CancellationToken,
+) -> std::io::Result<(
+    Shelf,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
+    let shelf = Shelf::default();
+    let loading = crate::runtime::retry::until_ok(
+        "reading the number registry",
+        stop,
+        |_, _| false,
+        || load(store, &config.numbers, &shelf, config.app_idle_warning),
+    );
+    loading
+        .await
+        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
+    let following = follow(
+        store.clone(),
+        config.numbers.clone(),
+        shelf.clone(),
+        config.app_idle_warning,
+        stop.clone(),
+    );
+    Ok((shelf, following))
+}
+
 /// Keeps `shelf` current until `stop` (see the module's documentation). A Redis fault keeps the
 /// book in hand and is said once until it passes.
 pub async fn follow(

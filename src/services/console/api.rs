@@ -66,6 +66,9 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// An error answer where a `Result` carries it (boxed: a `Response` is large).
+type Refused = Box<Response>;
+
 fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -93,7 +96,7 @@ fn failed(e: Error) -> Response {
 
 impl Console {
     /// The caller the request's bearer token names; a wrong one is answered late, one at a time.
-    async fn caller(&self, headers: &HeaderMap) -> Result<Operator, Response> {
+    async fn caller(&self, headers: &HeaderMap) -> Result<Operator, Refused> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -110,20 +113,21 @@ impl Console {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Authorization: Bearer <token> from COEXIST_API_TOKEN is missing or wrong",
-        ))
+        )
+        .into())
     }
 }
 
 /// The number `id` if the caller may see it (else `404`, as if it did not exist).
-fn visible<'a>(caller: &Operator, id: &'a str) -> Result<&'a str, Response> {
+fn visible<'a>(caller: &Operator, id: &'a str) -> Result<&'a str, Refused> {
     match valid_phone_number_id(id) && caller.sees(id) {
         true => Ok(id),
-        false => Err(not_found()),
+        false => Err(not_found().into()),
     }
 }
 
 /// A JSON object body (empty: `{}`).
-fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refused> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
     }
@@ -133,12 +137,14 @@ fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
             StatusCode::BAD_REQUEST,
             "invalid",
             "the body must be a JSON object",
-        )),
+        )
+        .into()),
         Err(e) => Err(error(
             StatusCode::BAD_REQUEST,
             "invalid",
             &format!("the body is not JSON: {e}"),
-        )),
+        )
+        .into()),
     }
 }
 
@@ -146,7 +152,7 @@ macro_rules! caller {
     ($c:expr, $headers:expr) => {
         match $c.caller(&$headers).await {
             Ok(o) => o,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         }
     };
 }
@@ -155,7 +161,7 @@ macro_rules! or_answer {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(answer) => return answer,
+            Err(answer) => return *answer,
         }
     };
 }
@@ -201,14 +207,17 @@ async fn put_number(
     let caller = caller!(c, headers);
     let id = or_answer!(visible(&caller, &id));
     let body = or_answer!(object(&body));
-    let text = |k: &str| match body.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &format!("{k}: expected a string"),
-        )),
+    let text = |k: &str| -> Result<Option<String>, Refused> {
+        match body.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("{k}: expected a string"),
+            )
+            .into()),
+        }
     };
     if let Some(k) = body
         .keys()
@@ -317,7 +326,7 @@ async fn list_conversations(
 }
 
 /// The conversation `id`/`customer` if the caller may see it.
-fn conversation(caller: &Operator, id: &str, customer: &str) -> Result<Scope, Response> {
+fn conversation(caller: &Operator, id: &str, customer: &str) -> Result<Scope, Refused> {
     let id = visible(caller, id)?;
     match CustomerKey::parse(customer) {
         Some(key) => Ok(Scope::conversation(id, key)),
@@ -325,7 +334,8 @@ fn conversation(caller: &Operator, id: &str, customer: &str) -> Result<Scope, Re
             StatusCode::BAD_REQUEST,
             "invalid",
             "the customer is neither a phone number nor a business-scoped user id",
-        )),
+        )
+        .into()),
     }
 }
 

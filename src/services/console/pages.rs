@@ -303,30 +303,6 @@ pub fn confirm(f: &Frame<'_>, action: &str, id: &str, what: &str) -> Markup {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_links_carry_the_id_encoded() {
-        // Read back as a query the console's Query extractor reads it, each id names itself.
-        for id in ["a+b", "a b", "x&id=all", "y#z", "ñ/%2B"] {
-            let query = format!("action=replay&id={}", query_value(id));
-            let read: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect();
-            assert_eq!(
-                read,
-                [
-                    ("action".to_owned(), "replay".to_owned()),
-                    ("id".to_owned(), id.to_owned())
-                ],
-                "{id}"
-            );
-        }
-    }
-}
-
 /// The Numbers page: every number the operator may see, its state and what to do about it.
 pub fn numbers(f: &Frame<'_>, rows: &[crate::tools::numbers::Listed], remedies: &[&str]) -> Markup {
     page(
@@ -445,4 +421,28 @@ pub fn number(f: &Frame<'_>, s: &crate::tools::numbers::Shown) -> Markup {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_links_carry_the_id_encoded() {
+        // Read back as a query the console's Query extractor reads it, each id names itself.
+        for id in ["a+b", "a b", "x&id=all", "y#z", "ñ/%2B"] {
+            let query = format!("action=replay&id={}", query_value(id));
+            let read: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            assert_eq!(
+                read,
+                [
+                    ("action".to_owned(), "replay".to_owned()),
+                    ("id".to_owned(), id.to_owned())
+                ],
+                "{id}"
+            );
+        }
+    }
 }

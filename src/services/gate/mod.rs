@@ -114,26 +114,8 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let events_layer = part.layer();
     let (events, publisher) = Events::spawn(link.clone(), topology, events_layer.stop.clone());
     part.add_to(&events_layer, "gate events", publisher);
-    let shelf = Shelf::default();
-    let loading = crate::runtime::retry::until_ok(
-        "reading the number registry",
-        &stop,
-        |_, _| false,
-        || numbers::load(&store, &config.numbers, &shelf, config.app_idle_warning),
-    );
-    loading
-        .await
-        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
-    part.spawn(
-        "number registry",
-        numbers::follow(
-            store.clone(),
-            config.numbers.clone(),
-            shelf.clone(),
-            config.app_idle_warning,
-            stop.clone(),
-        ),
-    );
+    let (shelf, following) = numbers::shelf(&store, config, &stop).await?;
+    part.spawn("number registry", following);
     let gate = Arc::new(Gate {
         store,
         shelf,

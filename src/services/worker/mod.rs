@@ -194,16 +194,7 @@ pub async fn start_with(
     let (marks, marker) = marks::Marks::spawn(store.clone(), marks_layer.stop.clone());
     part.add_to(&marks_layer, "marks", marker);
     // The registry is read before the first decision, then followed (docs/contract.md, "Numbers").
-    let shelf = crate::core::numbers::Shelf::default();
-    let loading = crate::runtime::retry::until_ok(
-        "reading the number registry",
-        &stop,
-        |_, _| false,
-        || numbers::load(&store, &config.numbers, &shelf, config.app_idle_warning),
-    );
-    loading
-        .await
-        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
+    let (shelf, following) = numbers::shelf(&store, config, &stop).await?;
     let activity = Arc::new(numbers::Activity::default());
     let writer = activity.clone();
     let (activity_store, activity_stop) = (store.clone(), marks_layer.stop.clone());
@@ -212,16 +203,7 @@ pub async fn start_with(
         "number activity",
         tokio::spawn(async move { writer.run(activity_store, activity_stop).await }),
     );
-    part.spawn(
-        "number registry",
-        numbers::follow(
-            store.clone(),
-            config.numbers.clone(),
-            shelf.clone(),
-            config.app_idle_warning,
-            stop.clone(),
-        ),
-    );
+    part.spawn("number registry", following);
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
