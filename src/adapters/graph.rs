@@ -1,4 +1,4 @@
-//! The reply gate's client to Meta's Graph API: TLS from Rust (rustls, Mozilla's roots bundled),
+//! The client to Meta's Graph API (the reply gate's sends, onboarding's calls): TLS from Rust (rustls, Mozilla's roots bundled),
 //! connections reused, a bound on connecting and on the whole answer. It never retries: a send is
 //! not idempotent.
 
@@ -70,14 +70,54 @@ impl Graph {
         traceparent: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Answer, Error> {
-        let uri = format!("{}/{version}/{phone_number_id}/messages", self.base);
-        let mut request =
-            hyper::Request::post(uri).header(header::CONTENT_TYPE, "application/json");
-        if let Some(auth) = authorization {
-            request = request.header(header::AUTHORIZATION, auth);
-        }
+        let path = format!("{version}/{phone_number_id}/messages");
+        let mut headers = vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )];
+        headers.extend(authorization.map(|a| (header::AUTHORIZATION, a.clone())));
         if let Some(tp) = traceparent {
-            request = request.header("traceparent", tp);
+            headers.push((header::HeaderName::from_static("traceparent"), tp.clone()));
+        }
+        self.call(hyper::Method::POST, &path, headers, body).await
+    }
+
+    /// Coexist's own call to Meta (onboarding) with a business token: `GET` when `body` is
+    /// `None`, else `POST` of the JSON. The token goes in the header only.
+    pub async fn with_token(
+        &self,
+        path: &str,
+        token: &crate::runtime::secret::Secret,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, Error> {
+        let bearer = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| Error::Unreachable("the token is not a valid header value".into()))?;
+        let mut headers = vec![(header::AUTHORIZATION, bearer)];
+        let (method, body) = match body {
+            None => (hyper::Method::GET, Bytes::new()),
+            Some(b) => {
+                headers.push((
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ));
+                (hyper::Method::POST, Bytes::from(b.to_string()))
+            }
+        };
+        self.call(method, path, headers, body).await
+    }
+
+    /// One request to `{graph_url}/{path}`, bounded by [`ANSWER_TIMEOUT`].
+    async fn call(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        headers: Vec<(header::HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<Answer, Error> {
+        let uri = format!("{}/{path}", self.base);
+        let mut request = hyper::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(body))

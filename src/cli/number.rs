@@ -4,6 +4,7 @@
 use coexist::adapters::redis::Added;
 use coexist::runtime::config::Config;
 use coexist::tools::numbers::{self, Error};
+use coexist::tools::onboard;
 use coexist::tools::operator;
 
 use super::Failure;
@@ -63,6 +64,51 @@ pub enum Command {
     /// Forgets a number's record and runtime settings (its conversations stay; a webhook for it
     /// lists it again as unregistered).
     Remove { phone_number_id: String },
+    /// Onboards a coexistence number after Embedded Signup, through COEXIST_GRAPH_URL: checks it
+    /// is on the Business App (is_on_biz_app, platform_type; Nigerian and South African numbers
+    /// are refused, as Meta does), subscribes the app to the WABA's webhooks, then asks Meta for
+    /// the contacts sync and the history sync. Meta allows each sync once, within 24 h: each is
+    /// recorded before it is asked and never asked twice (an answer lost is shown as unknown).
+    /// Running it again resumes where it stopped. The business token is read from
+    /// COEXIST_GRAPH_TOKEN, else from the first line of stdin; it is never stored or logged.
+    Onboard {
+        phone_number_id: String,
+        /// The number's WhatsApp Business Account (Embedded Signup's waba_id).
+        #[arg(long, value_name = "W")]
+        waba_id: String,
+        /// The business signed up again (after an offboarding): forget the earlier onboarding
+        /// and begin a new one, with a new 24 h window for the syncs.
+        #[arg(long)]
+        again: bool,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Who onboards, recorded as `by.name`. Default: the login name.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+}
+
+/// The business token: `COEXIST_GRAPH_TOKEN`, else the first line of stdin.
+fn graph_token(config: &Config) -> Result<coexist::runtime::secret::Secret, Failure> {
+    if let Some(t) = &config.graph_token {
+        return Ok(t.clone());
+    }
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("the business's token (not shown anywhere, not stored): ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure(format!("cannot read the token from stdin: {e}"), 2))?;
+    match line.trim() {
+        "" => Err(Failure(
+            "no business token: set COEXIST_GRAPH_TOKEN or give it on stdin".into(),
+            2,
+        )),
+        t => Ok(coexist::runtime::secret::Secret::new(t.to_owned())),
+    }
 }
 
 fn failed(e: Error) -> Failure {
@@ -148,6 +194,47 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .await
                 .map_err(failed)?;
             eprintln!("number {phone_number_id} removed from the registry");
+        }
+        Command::Onboard {
+            phone_number_id,
+            waba_id,
+            again,
+            json,
+            by,
+        } => {
+            let token = graph_token(&config)?;
+            let by = by.or_else(super::conversation::login_name);
+            let report = onboard::onboard(
+                &store,
+                &config,
+                &phone_number_id,
+                &waba_id,
+                &token,
+                again,
+                by,
+            )
+            .await
+            .map_err(|e| match e {
+                onboard::Stopped::Number(e) => failed(e),
+                e => Failure(e.to_string(), 1),
+            })?;
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialises")
+                ),
+                false => print!("{}", onboard::text(&report)),
+            }
+            if report
+                .steps
+                .iter()
+                .any(|s| s.outcome == onboard::Outcome::Refused)
+            {
+                return Err(Failure(
+                    format!("number {phone_number_id}: a step was refused (above)"),
+                    1,
+                ));
+            }
         }
     }
     Ok(())

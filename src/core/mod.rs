@@ -7,6 +7,7 @@ pub mod domain;
 pub mod engine;
 pub mod meta;
 pub mod numbers;
+pub mod onboarding;
 pub mod store;
 pub mod time;
 pub mod unit;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::domain::{stable_id, Customer, Scope};
+use crate::core::engine::event::{By, Event, Exchange, NumberStateChanged, Outbound, Payload};
 use crate::core::engine::{RuleBook, Rules};
 use crate::core::time::Millis;
 
@@ -267,6 +269,8 @@ pub struct Record {
     pub last_app_message_at: Option<String>,
     /// The latest settings changes, newest first.
     pub changes: Vec<Change>,
+    /// Its onboarding (`None`: never onboarded through coexist).
+    pub onboarding: Option<crate::core::onboarding::Onboarding>,
 }
 
 /// One change of a number's settings: when, by whom, and the keys with their new values (`null`:
@@ -274,7 +278,7 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Change {
     pub at: String,
-    pub by: crate::core::engine::event::By,
+    pub by: By,
     pub changed: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -426,6 +430,36 @@ impl From<Arc<RuleBook>> for Shelf {
     fn from(rules: Arc<RuleBook>) -> Self {
         Shelf::from((*rules).clone())
     }
+}
+
+/// `number.state_changed` on both exchanges (one event id, from the number and what changed it).
+pub fn state_changed(
+    pnid: &str,
+    from: LifeState,
+    to: LifeState,
+    reason: Option<String>,
+    by: By,
+    cause: &str,
+    at: Millis,
+) -> Vec<Outbound> {
+    let event = Event {
+        event_id: stable_id(&[pnid, "number.state_changed", cause, to.as_str()]),
+        occurred_at: at.rfc3339(),
+        phone_number_id: pnid.to_owned(),
+        customer: Customer::default(),
+        session_id: None,
+        group_id: None,
+        payload: Payload::NumberStateChanged(NumberStateChanged {
+            from: from.as_str().to_owned(),
+            to: to.as_str().to_owned(),
+            reason,
+            by,
+        }),
+    };
+    [Exchange::Bot, Exchange::HumanChat]
+        .into_iter()
+        .map(|x| Outbound::new(x, Scope::number(pnid).to_string(), event.clone()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub const ENV: &[(&str, &str)] = &[
     ("gate_token", "COEXIST_GATE_TOKEN"),
     ("gate_require_token", "COEXIST_GATE_REQUIRE_TOKEN"),
     ("graph_url", "COEXIST_GRAPH_URL"),
+    ("graph_version", "COEXIST_GRAPH_VERSION"),
+    ("graph_token", "COEXIST_GRAPH_TOKEN"),
     ("service_window", "COEXIST_SERVICE_WINDOW"),
     ("console_listen", "COEXIST_CONSOLE_LISTEN"),
     ("console_token", "COEXIST_CONSOLE_TOKEN"),
@@ -97,6 +99,10 @@ pub struct Config {
     pub rules: RuleBook,
     /// A number whose App sent nothing this long while webhooks arrive is flagged `app_idle`.
     pub app_idle_warning: Duration,
+    /// The Graph API version of coexist's own calls (onboarding), e.g. `v24.0`.
+    pub graph_version: String,
+    /// The business token for `number onboard` (never stored, never logged); `None`: not given.
+    pub graph_token: Option<Secret>,
     /// The reply gate (docs/contract.md, "Reply gate").
     pub gate: GateConfig,
     /// The operator console (docs/contract.md, "Console").
@@ -207,6 +213,8 @@ struct Settings {
     gate_token: Option<Token>,
     gate_require_token: Flag,
     graph_url: HttpUrl,
+    graph_version: GraphVersion,
+    graph_token: Option<Token>,
     service_window: Span,
     console_listen: Address,
     console_token: Option<Operators>,
@@ -360,6 +368,12 @@ impl Config {
             numbers: layers,
             rules,
             app_idle_warning: s.app_idle_warning.0,
+            graph_version: s.graph_version.0,
+            graph_token: s
+                .graph_token
+                .map(|t| t.0)
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Secret::new(t.trim().to_owned())),
             gate: GateConfig {
                 listen: s.gate_listen.0,
                 token: s
@@ -623,6 +637,21 @@ impl<'de> Deserialize<'de> for AmqpUrl {
 
 /// An `http://` or `https://` URL.
 struct HttpUrl(String);
+
+/// A Graph API version as Meta writes it: `v` and a number (`v24.0`).
+struct GraphVersion(String);
+
+impl<'de> Deserialize<'de> for GraphVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match crate::core::domain::valid_graph_version(s.trim()) {
+            true => Ok(GraphVersion(s.trim().to_owned())),
+            false => Err(serde::de::Error::custom(format!(
+                "{s:?} is not a Graph API version (write e.g. v24.0)"
+            ))),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for HttpUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -19,8 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::redis::RedisStore;
-use crate::core::domain::{stable_id, Customer, Scope};
-use crate::core::engine::event::{By, Event, Exchange, NumberStateChanged, Outbound, Payload};
+use crate::core::engine::event::{By, Outbound};
 use crate::core::engine::input::{Item, ItemKind};
 use crate::core::numbers::{Book, Layers, LifeState, Overrides, Record, Shelf};
 use crate::core::time::Millis;
@@ -271,7 +270,7 @@ pub async fn transitions(
             .await?;
         let Some((from, to)) = made else { continue };
         tracing::info!(number = %id, from = from.as_str(), to = to.as_str(), reason = %why, "a number changed state");
-        events.extend(state_changed(
+        events.extend(crate::core::numbers::state_changed(
             id,
             from,
             to,
@@ -282,34 +281,4 @@ pub async fn transitions(
         ));
     }
     Ok(events)
-}
-
-/// `number.state_changed` on both exchanges (one event id, from the number and what changed it).
-pub fn state_changed(
-    pnid: &str,
-    from: LifeState,
-    to: LifeState,
-    reason: Option<String>,
-    by: By,
-    cause: &str,
-    at: Millis,
-) -> Vec<Outbound> {
-    let event = Event {
-        event_id: stable_id(&[pnid, "number.state_changed", cause, to.as_str()]),
-        occurred_at: at.rfc3339(),
-        phone_number_id: pnid.to_owned(),
-        customer: Customer::default(),
-        session_id: None,
-        group_id: None,
-        payload: Payload::NumberStateChanged(NumberStateChanged {
-            from: from.as_str().to_owned(),
-            to: to.as_str().to_owned(),
-            reason,
-            by,
-        }),
-    };
-    [Exchange::Bot, Exchange::HumanChat]
-        .into_iter()
-        .map(|x| Outbound::new(x, Scope::number(pnid).to_string(), event.clone()))
-        .collect()
 }

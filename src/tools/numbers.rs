@@ -46,6 +46,8 @@ pub struct Listed {
     pub last_app_message_at: Option<String>,
     /// Conversations whose AI agent is paused now.
     pub with_a_human: u64,
+    /// Its onboarding, when it was onboarded through coexist or a history sync was seen.
+    pub onboarding: Option<crate::core::onboarding::Onboarding>,
 }
 
 /// Every number, with how many of its conversations are with a human now (one pass over the
@@ -74,6 +76,7 @@ pub async fn list(store: &RedisStore, config: &Config, now: Millis) -> Result<Ve
             name: r.name,
             last_webhook_at: r.last_webhook_at,
             last_app_message_at: r.last_app_message_at,
+            onboarding: r.onboarding,
         })
         .collect())
 }
@@ -259,7 +262,7 @@ pub async fn change(
 }
 
 /// Publishes events with confirms on a connection of their own.
-async fn publish(config: &Config, events: &[Outbound]) -> Result<(), broker::Error> {
+pub(crate) async fn publish(config: &Config, events: &[Outbound]) -> Result<(), broker::Error> {
     let topology = Topology::new(&config.namespace, config.partitions);
     let conn = broker::connect(config.amqp_url.expose(), "coexist-number").await?;
     topology.declare(&conn).await?;

@@ -43,6 +43,8 @@ fn errors(codes: &[&str]) -> Map<String, Value> {
                 "400" => "the request is not valid: `error.message` names what is wrong",
                 "401" => "no valid bearer token (COEXIST_API_TOKEN)",
                 "404" => "no such number or conversation, or one the caller may not see",
+                "422" => "onboarding refused: Meta says the number cannot be a coexistence number (the message says why); nothing was recorded",
+                "502" => "Meta refused a call or did not answer: the steps before it stand; call again to resume",
                 "503" => "Redis or RabbitMQ cannot be reached now; nothing was changed",
                 _ => "an error",
             };
@@ -78,6 +80,7 @@ pub fn document() -> Value {
     let view = schema_of::<View>(&mut defs);
     let paused = schema_of::<Paused>(&mut defs);
     let setting = schema_of::<crate::tools::numbers::Setting>(&mut defs);
+    let onboarded = schema_of::<crate::tools::onboard::Report>(&mut defs);
     defs.insert(
         "ApiError".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
@@ -140,6 +143,13 @@ pub fn document() -> Value {
             "/api/v1/numbers/{id}/settings": {
                 "parameters": [id.clone()],
                 "patch": operation("Changes the number's runtime settings: every worker and gate use them within 2 s; publishes number.updated", json!({"200": json_body(json!({"type": "object", "required": ["settings", "effective", "event"], "properties": {"settings": {"type": "object"}, "effective": {"type": "array", "items": setting}, "event": {"type": ["object", "null"], "description": "the number.updated published (null: nothing changed)"}}}), "the settings now")}), &["400", "401", "404", "503"], json!({"requestBody": {"required": true, "content": {"application/merge-patch+json": {"schema": settings_patch.clone()}, "application/json": {"schema": settings_patch}}}})),
+            },
+            "/api/v1/numbers/{id}/onboard": {
+                "parameters": [id.clone()],
+                "post": operation("Onboards the number after Embedded Signup, or resumes its onboarding: Meta's check (is_on_biz_app, platform_type, country), subscribed_apps, then the contacts and history syncs, each asked once and recorded before it is asked (docs/contract.md, \"Onboarding\")", json!({"200": json_body(onboarded, "what this run did and where the onboarding stands (a sync refused past 24 h shows as a step refused)")}), &["400", "401", "404", "422", "502", "503"], json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "required": ["waba_id"], "properties": {
+                    "waba_id": {"type": "string", "description": "the number's WhatsApp Business Account"},
+                    "graph_token": {"type": "string", "description": "the business token (else COEXIST_GRAPH_TOKEN of the console process); used for the calls, never stored or logged"},
+                    "again": {"type": "boolean", "default": false, "description": "the business signed up again: forget the earlier onboarding, a new 24 h window"}}}}}}})),
             },
             "/api/v1/conversations": {
                 "get": operation("The conversations with a human now, soonest release first, a page at a time", json!({"200": json_body(json!({"type": "object", "required": ["conversations", "next"], "properties": {"conversations": {"type": "array", "items": paused}, "next": {"type": ["string", "null"], "description": "pass as `after` for the next page; null at the end"}}}), "a page")}), &["400", "401", "404", "503"], json!({"parameters": [

@@ -24,17 +24,18 @@ struct ApiStack {
 
 impl ApiStack {
     async fn start(name: &str) -> ApiStack {
+        ApiStack::start_with(name, &[]).await
+    }
+
+    async fn start_with(name: &str, extra: &[(&str, &str)]) -> ApiStack {
         let tokens = format!("platform:{PLATFORM},shop@{PNID}:{SHOP}");
-        let stack = Stack::start(
-            name,
-            1,
-            &[
-                ("COEXIST_CONSOLE_LISTEN", "127.0.0.1:0"),
-                ("COEXIST_CONSOLE_TOKEN", "ana:ana-console-token"),
-                ("COEXIST_API_TOKEN", &tokens),
-            ],
-        )
-        .await;
+        let mut env = vec![
+            ("COEXIST_CONSOLE_LISTEN", "127.0.0.1:0"),
+            ("COEXIST_CONSOLE_TOKEN", "ana:ana-console-token"),
+            ("COEXIST_API_TOKEN", &tokens),
+        ];
+        env.extend_from_slice(extra);
+        let stack = Stack::start(name, 1, &env).await;
         let shutdown = CancellationToken::new();
         let console = coexist::services::console::start(&stack.config, &shutdown)
             .await
@@ -335,5 +336,46 @@ async fn a_caller_limited_to_one_number_sees_and_changes_nothing_of_another() {
     assert_eq!(still["handler"], json!("human"));
     let (status, _) = a.call("GET", &other, PLATFORM, None).await;
     assert_eq!(status, 200);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_onboards_a_number_once_and_refuses_what_meta_rules_out() {
+    let graph = GraphStandIn::start().await;
+    let a = ApiStack::start_with("api-onboard", &[("COEXIST_GRAPH_URL", &graph.url)]).await;
+    let path = format!("/api/v1/numbers/{PNID}/onboard");
+    let (status, body) = a
+        .call("POST", &path, PLATFORM, Some(json!({"waba_id": WABA})))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("graph_token"));
+    let asked = json!({"waba_id": WABA, "graph_token": "EAAG-api-business-token"});
+    let (status, report) = a.call("POST", &path, PLATFORM, Some(asked.clone())).await;
+    assert_eq!(status, 200, "{report}");
+    conforms(&report, "Report");
+    assert_eq!(report["finished"], json!(true));
+    assert_eq!(report["state"], json!("active"));
+    let (status, report) = a.call("POST", &path, SHOP, Some(asked.clone())).await;
+    assert_eq!(status, 200, "{report}");
+    let outcomes: Vec<&Value> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["outcome"])
+        .collect();
+    assert_eq!(outcomes, [&json!("already_done"); 4]);
+    assert_eq!(graph.received().len(), 4, "each call made once");
+    // A number the shop may not see does not exist for it; Meta's refusal is 422.
+    let other = format!("/api/v1/numbers/{OTHER}/onboard");
+    let (status, _) = a.call("POST", &other, SHOP, Some(asked.clone())).await;
+    assert_eq!(status, 404);
+    graph.number_is(json!({"is_on_biz_app": false, "platform_type": "CLOUD_API"}));
+    let (status, body) = a.call("POST", &other, PLATFORM, Some(asked)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], json!("onboarding_refused"));
+    assert_eq!(graph.received().len(), 5, "only the check was made");
     a.stop().await;
 }

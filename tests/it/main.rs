@@ -15,6 +15,7 @@ mod identity;
 mod invariants;
 mod numbers;
 mod observability;
+mod onboarding;
 mod parse;
 mod pipeline;
 mod processes;

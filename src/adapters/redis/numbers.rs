@@ -6,6 +6,8 @@
 //! | `{ns}:{pnid}:number` | the record: `waba_id`, `display_phone_number`, `name`, `state` (absent: `unregistered`), `state_reason`, `initiated_by`, `state_since`, `state_from` and `state_item` (the change an `account_update` made, so a redelivery publishes it again and changes nothing), `first_seen_at`, `last_webhook_at`, `last_app_message_at` (Unix ms) |
 //! | `{ns}:{pnid}:number:settings` | the runtime settings: one field per key, its value as JSON |
 //! | `{ns}:{pnid}:number:changes` | the latest 20 settings changes, newest first (JSON) |
+//! | `{ns}:{pnid}:number:onboarding` | the onboarding record: `started_at`, `checked_at`, `platform_type`, `verified_name`, `subscribed_at` (Unix ms or text); per sync (`contacts_`, `history_`): `requested_at` (written before the request is made: with no `result` beside it, the answer is unknown), `result`, `request_id`, `error`; the history's progress `history_phase`, `history_progress`, `history_declined` |
+//! | `{ns}:{pnid}:number:history_chunks` | the history chunks seen, `phase:chunk_order` (counted once each) |
 //! | `{ns}:numbers` | the set of every number's id |
 //! | `{ns}:numbers:version` | bumped by every change of settings, state or record: processes reload the registry when it moves |
 //!
@@ -15,14 +17,18 @@ use redis::{AsyncCommands, Script};
 
 use super::RedisStore;
 use crate::core::numbers::{Change, LifeState, Record};
+use crate::core::onboarding::{HistoryProgress, Onboarding, SyncKind, SyncRecord, SyncResult};
 use crate::core::store::Result;
 use crate::core::time::Millis;
+
+/// A hash as read.
+type Fields = std::collections::HashMap<String, String>;
 
 /// How many settings changes a number keeps.
 pub const CHANGES_KEPT: isize = 20;
 
 /// Raises the activity times of a number (never lowers them), sets `first_seen_at` once.
-/// KEYS[1] the record; ARGV: first seen, last webhook, last App message (0: none).
+/// `KEYS[1]` the record; ARGV: first seen, last webhook, last App message (0: none).
 const SEEN: &str = r#"
 redis.call('HSETNX', KEYS[1], 'first_seen_at', ARGV[1])
 for i, field in ipairs({'last_webhook_at', 'last_app_message_at'}) do
@@ -36,7 +42,7 @@ return 1
 "#;
 
 /// Moves a number to a state for one `account_update` (its key `ARGV[2]`), once: the same item
-/// again answers the change it made; a number already in the state is not changed. KEYS[1] the
+/// again answers the change it made; a number already in the state is not changed. `KEYS[1]` the
 /// record; ARGV: state, item, reason, initiated_by, since. Answers `{from, to}` or nil.
 const TRANSITION: &str = r#"
 local item = redis.call('HGET', KEYS[1], 'state_item')
@@ -95,14 +101,18 @@ impl RedisStore {
     /// One number's record (`None`: not in the registry).
     pub async fn number(&self, pnid: &str) -> Result<Option<Record>> {
         let key = self.number_key(pnid);
-        let (fields, settings, changes): (
-            std::collections::HashMap<String, String>,
-            std::collections::HashMap<String, String>,
+        let (fields, settings, changes, onboarding, chunks): (
+            Fields,
+            Fields,
             Vec<String>,
+            Fields,
+            u64,
         ) = redis::pipe()
             .hgetall(&key)
             .hgetall(format!("{key}:settings"))
             .lrange(format!("{key}:changes"), 0, CHANGES_KEPT - 1)
+            .hgetall(format!("{key}:onboarding"))
+            .scard(format!("{key}:history_chunks"))
             .query_async(&mut self.conn.clone())
             .await?;
         if fields.is_empty() && settings.is_empty() {
@@ -142,6 +152,7 @@ impl RedisStore {
                 .iter()
                 .filter_map(|c| serde_json::from_str(c).ok())
                 .collect(),
+            onboarding: (!onboarding.is_empty()).then(|| read_onboarding(&onboarding, chunks)),
         }))
     }
 
@@ -234,6 +245,8 @@ impl RedisStore {
                 key.clone(),
                 format!("{key}:settings"),
                 format!("{key}:changes"),
+                format!("{key}:onboarding"),
+                format!("{key}:history_chunks"),
             ])
             .await?;
         let listed: i64 = self.conn.clone().srem(self.numbers_key(), pnid).await?;
@@ -288,5 +301,200 @@ impl RedisStore {
         self.bump().await?;
         let read = |s: &str| LifeState::parse(s).unwrap_or_default();
         Ok(Some((read(&from), read(&to))))
+    }
+}
+
+/// Records a history chunk's progress, once per chunk: the chunk joins the set, the phase and
+/// progress only move forward, a decline stays. `KEYS[1]` the onboarding record, `KEYS[2]` the
+/// chunks; ARGV: phase, chunk_order, progress (-1: absent), declined (0/1).
+const HISTORY_SEEN: &str = r#"
+local phase, chunk, progress = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if phase >= 0 and chunk >= 0 then redis.call('SADD', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) end
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'history_declined', '1') end
+if phase >= 0 then
+  local was_phase = tonumber(redis.call('HGET', KEYS[1], 'history_phase') or '-1')
+  local was_progress = tonumber(redis.call('HGET', KEYS[1], 'history_progress') or '-1')
+  if phase > was_phase or (phase == was_phase and progress > was_progress) then
+    redis.call('HSET', KEYS[1], 'history_phase', ARGV[1], 'history_progress', ARGV[3])
+  end
+end
+return 1
+"#;
+
+/// The onboarding record from its hash (and the count of history chunks).
+fn read_onboarding(f: &Fields, chunks: u64) -> Onboarding {
+    let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+    let at = |k: &str| {
+        text(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|ms| Millis(ms).rfc3339())
+    };
+    let number = |k: &str| {
+        text(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+    };
+    let sync = |kind: SyncKind| {
+        let field = |name: &str| format!("{}_{name}", kind.as_str());
+        let requested_at = at(&field("requested_at"));
+        let result = match text(&field("result")).as_deref() {
+            Some("requested") => SyncResult::Requested,
+            Some("refused") => SyncResult::Refused,
+            _ if requested_at.is_some() => SyncResult::Unknown,
+            _ => SyncResult::NotRequested,
+        };
+        SyncRecord {
+            requested_at,
+            request_id: text(&field("request_id")),
+            result,
+            error: text(&field("error")),
+        }
+    };
+    Onboarding {
+        started_at: at("started_at"),
+        checked_at: at("checked_at"),
+        platform_type: text("platform_type"),
+        verified_name: text("verified_name"),
+        subscribed_at: at("subscribed_at"),
+        contacts: sync(SyncKind::Contacts),
+        history: sync(SyncKind::History),
+        history_progress: HistoryProgress {
+            phase: number("history_phase"),
+            progress: number("history_progress"),
+            chunks,
+            declined: text("history_declined").is_some(),
+        },
+    }
+}
+
+impl RedisStore {
+    fn onboarding_key(&self, pnid: &str) -> String {
+        format!("{}:onboarding", self.number_key(pnid))
+    }
+
+    /// Begins (or resumes) a number's onboarding: the number is in the registry with its WABA,
+    /// and the onboarding's start is set once. `again`: the business signed up again, so the
+    /// earlier onboarding is forgotten first (a new 24 h window). Answers the record.
+    pub async fn onboarding_start(
+        &self,
+        pnid: &str,
+        waba_id: &str,
+        again: bool,
+        now: Millis,
+    ) -> Result<Onboarding> {
+        let key = self.number_key(pnid);
+        let onboarding = self.onboarding_key(pnid);
+        let mut pipe = redis::pipe();
+        if again {
+            pipe.del(&onboarding)
+                .ignore()
+                .del(format!("{key}:history_chunks"))
+                .ignore();
+        }
+        pipe.hset_nx(&onboarding, "started_at", now.0)
+            .ignore()
+            .hset_nx(&key, "first_seen_at", now.0)
+            .ignore()
+            .hset(&key, "waba_id", waba_id)
+            .ignore()
+            .sadd(self.numbers_key(), pnid)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        self.bump().await?;
+        Ok(self.onboarding(pnid).await?.unwrap_or_default())
+    }
+
+    /// Records the display number Meta gave for a number (digits).
+    pub async fn number_display(&self, pnid: &str, digits: &str) -> Result<()> {
+        let _: () = self
+            .conn
+            .clone()
+            .hset(self.number_key(pnid), "display_phone_number", digits)
+            .await?;
+        self.bump().await?;
+        Ok(())
+    }
+
+    /// A number's onboarding record (`None`: never onboarded).
+    pub async fn onboarding(&self, pnid: &str) -> Result<Option<Onboarding>> {
+        let (fields, chunks): (Fields, u64) = redis::pipe()
+            .hgetall(self.onboarding_key(pnid))
+            .scard(format!("{}:history_chunks", self.number_key(pnid)))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((!fields.is_empty()).then(|| read_onboarding(&fields, chunks)))
+    }
+
+    /// Writes fields of the onboarding record (times as Unix ms).
+    pub async fn onboarding_note(&self, pnid: &str, fields: &[(&str, String)]) -> Result<()> {
+        let _: () = self
+            .conn
+            .clone()
+            .hset_multiple(self.onboarding_key(pnid), fields)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `kind` is about to be asked of Meta, once: `false` when it was recorded
+    /// before (by this run or another), so it must not be asked again.
+    pub async fn sync_claim(&self, pnid: &str, kind: SyncKind, now: Millis) -> Result<bool> {
+        let field = format!("{}_requested_at", kind.as_str());
+        Ok(self
+            .conn
+            .clone()
+            .hset_nx(self.onboarding_key(pnid), field, now.0)
+            .await?)
+    }
+
+    /// Records Meta's answer to a sync request.
+    pub async fn sync_answered(
+        &self,
+        pnid: &str,
+        kind: SyncKind,
+        result: SyncResult,
+        request_id: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let k = kind.as_str();
+        let result = match result {
+            SyncResult::Requested => "requested",
+            SyncResult::Refused => "refused",
+            SyncResult::Unknown | SyncResult::NotRequested => return Ok(()),
+        };
+        let mut fields = vec![(format!("{k}_result"), result.to_owned())];
+        if let Some(id) = request_id {
+            fields.push((format!("{k}_request_id"), id.to_owned()));
+        }
+        if let Some(e) = error {
+            fields.push((format!("{k}_error"), e.to_owned()));
+        }
+        let _: () = self
+            .conn
+            .clone()
+            .hset_multiple(self.onboarding_key(pnid), &fields)
+            .await?;
+        Ok(())
+    }
+
+    /// Records one `history` chunk's progress (or its decline) for the number: once per chunk,
+    /// moving forward only, so a redelivery changes nothing.
+    pub async fn history_seen(
+        &self,
+        pnid: &str,
+        phase: Option<i64>,
+        chunk_order: Option<i64>,
+        progress: Option<i64>,
+        declined: bool,
+    ) -> Result<()> {
+        let _: i64 = Script::new(HISTORY_SEEN)
+            .key(self.onboarding_key(pnid))
+            .key(format!("{}:history_chunks", self.number_key(pnid)))
+            .arg(phase.unwrap_or(-1))
+            .arg(chunk_order.unwrap_or(-1))
+            .arg(progress.unwrap_or(-1))
+            .arg(u8::from(declined))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 }

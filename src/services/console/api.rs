@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/numbers/{id}"),
     ("DELETE", "/api/v1/numbers/{id}"),
     ("PATCH", "/api/v1/numbers/{id}/settings"),
+    ("POST", "/api/v1/numbers/{id}/onboard"),
     ("GET", "/api/v1/conversations"),
     ("GET", "/api/v1/conversations/{id}/{customer}"),
     ("POST", "/api/v1/conversations/{id}/{customer}/pause"),
@@ -49,6 +50,7 @@ pub(super) fn routes() -> Router<Arc<Console>> {
             get(show_number).put(put_number).delete(delete_number),
         )
         .route("/api/v1/numbers/{id}/settings", patch(patch_settings))
+        .route("/api/v1/numbers/{id}/onboard", post(onboard_number))
         .route("/api/v1/conversations", get(list_conversations))
         .route(
             "/api/v1/conversations/{id}/{customer}",
@@ -278,6 +280,54 @@ async fn patch_settings(
         }))
         .into_response(),
         Err(e) => failed(e),
+    }
+}
+
+/// Onboards the number (or resumes its onboarding): `waba_id`, the business token as
+/// `graph_token` (else the console's `COEXIST_GRAPH_TOKEN`; never stored, never logged), `again`.
+async fn onboard_number(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    use crate::tools::onboard::{self, Stopped};
+    let caller = caller!(c, headers);
+    let id = or_answer!(visible(&caller, &id));
+    let body = or_answer!(object(&body));
+    if let Some(k) = body
+        .keys()
+        .find(|k| !["waba_id", "graph_token", "again"].contains(&k.as_str()))
+    {
+        let m = format!("{k}: not a field of an onboarding (waba_id, graph_token, again)");
+        return error(StatusCode::BAD_REQUEST, "invalid", &m);
+    }
+    let Some(waba_id) = body.get("waba_id").and_then(Value::as_str) else {
+        let m = "waba_id: the number's WhatsApp Business Account id is required";
+        return error(StatusCode::BAD_REQUEST, "invalid", m);
+    };
+    let given = body.get("graph_token").and_then(Value::as_str);
+    let token = match given.map(|t| crate::runtime::secret::Secret::new(t.trim().to_owned())) {
+        Some(t) if !t.expose().is_empty() => t,
+        _ => match &c.config.graph_token {
+            Some(t) => t.clone(),
+            None => {
+                let m = "graph_token: the business token is required (or COEXIST_GRAPH_TOKEN on the console)";
+                return error(StatusCode::BAD_REQUEST, "invalid", m);
+            }
+        },
+    };
+    let again = body.get("again").and_then(Value::as_bool).unwrap_or(false);
+    let by = Some(caller.name.clone());
+    match onboard::onboard(&c.store, &c.config, id, waba_id, &token, again, by).await {
+        Ok(report) => Json(report).into_response(),
+        Err(Stopped::Refused(why)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, "onboarding_refused", &why)
+        }
+        Err(e @ Stopped::Meta { .. }) => {
+            error(StatusCode::BAD_GATEWAY, "meta_failed", &e.to_string())
+        }
+        Err(Stopped::Number(e)) => failed(e),
     }
 }
 

@@ -325,6 +325,7 @@ pub fn numbers(f: &Frame<'_>, rows: &[crate::tools::numbers::Listed], remedies: 
                                     b.state { (r.state) }
                                     @if r.app_idle { " " span.warn { "app_idle" } }
                                     @if r.state != "active" || r.app_idle { br; small { (remedy) } }
+                                    @if let Some(o) = &r.onboarding { br; small.onboarding { (onboarding_line(o)) } }
                                 }
                                 td data-label="Last webhook" { (r.last_webhook_at.as_deref().unwrap_or("-")) }
                                 td data-label="Last App message" { (r.last_app_message_at.as_deref().unwrap_or("-")) }
@@ -336,6 +337,30 @@ pub fn numbers(f: &Frame<'_>, rows: &[crate::tools::numbers::Listed], remedies: 
             }
         },
     )
+}
+
+/// One line of where a number's onboarding stands: each sync, then the history's progress.
+fn onboarding_line(o: &crate::core::onboarding::Onboarding) -> String {
+    use crate::core::onboarding::SyncKind;
+    let syncs: Vec<String> = SyncKind::ALL
+        .iter()
+        .map(|k| format!("{} {}", k.as_str(), result_words(o.sync(*k).result)))
+        .collect();
+    format!(
+        "{}; {}",
+        syncs.join(", "),
+        crate::tools::onboard::progress_words(o)
+    )
+}
+
+fn result_words(r: crate::core::onboarding::SyncResult) -> &'static str {
+    use crate::core::onboarding::SyncResult;
+    match r {
+        SyncResult::NotRequested => "not asked yet",
+        SyncResult::Unknown => "asked, answer unknown",
+        SyncResult::Requested => "requested",
+        SyncResult::Refused => "refused",
+    }
 }
 
 /// The words shown for where a setting comes from.
@@ -378,6 +403,25 @@ pub fn number(f: &Frame<'_>, s: &crate::tools::numbers::Shown) -> Markup {
                 li { "Last App message " b { (r.last_app_message_at.as_deref().unwrap_or("-")) } }
             }
             p.remedy { (s.remedy) }
+            @if let Some(o) = &r.onboarding {
+                h2 { "Onboarding" }
+                ul.onboarding {
+                    li { "Began " b { (o.started_at.as_deref().unwrap_or("-")) }
+                        " (Meta allows each sync once, within 24 hours of it)" }
+                    li { "Checked at Meta " b { (o.checked_at.as_deref().unwrap_or("not yet")) }
+                        @if let Some(p) = &o.platform_type { " · " (p) }
+                        @if let Some(n) = &o.verified_name { " · " (n) } }
+                    li { "Webhooks subscribed " b { (o.subscribed_at.as_deref().unwrap_or("not yet")) } }
+                    @for k in crate::core::onboarding::SyncKind::ALL {
+                        @let sync = o.sync(k);
+                        li { (k.as_str()) " sync " b { (result_words(sync.result)) }
+                            @if let Some(at) = &sync.requested_at { " · asked " (at) }
+                            @if let Some(id) = &sync.request_id { " · request " code { (id) } }
+                            @if let Some(e) = &sync.error { br; small { (e) } } }
+                    }
+                    li { (crate::tools::onboard::progress_words(o)) }
+                }
+            }
             table.settings {
                 thead { tr { th { "Setting" } th { "Value" } th { "From" } } }
                 tbody {

@@ -261,6 +261,34 @@ impl Shared {
                 }
             }
         }
+        if let (Input::Item(item), false) = (input, applied.delivery == Delivery::Duplicate) {
+            if let ItemKind::HistoryStatus {
+                phase,
+                chunk_order,
+                progress,
+                declined,
+            } = &item.kind
+            {
+                // The history sync's progress joins the number's onboarding record (once per
+                // chunk, forward only: a redelivery changes nothing).
+                let pnid = &item.scope.phone_number_id;
+                let store = self.applier.store();
+                let noted = until_ok(
+                    "recording the history sync's progress",
+                    &self.stop,
+                    |e: &crate::core::store::Error, _| !e.transient(),
+                    || store.history_seen(pnid, *phase, *chunk_order, *progress, *declined),
+                )
+                .await;
+                match noted {
+                    Ok(()) => {}
+                    Err(Stopped::Interrupted) => return Err(Interrupted),
+                    Err(Stopped::GaveUp { error, .. }) => {
+                        tracing::error!(error = %error, "the history sync's progress could not be recorded");
+                    }
+                }
+            }
+        }
         self.publish(&applied.events, trace).await?;
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key).await;
