@@ -1,4 +1,4 @@
-//! `coexist conversation list|show|pause|release`: one conversation seen and controlled by an
+//! `coexist conversation list|show|explain|pause|release`: one conversation seen and controlled by an
 //! operator.
 
 use coexist::core::domain::{valid_phone_number_id, CustomerKey, Scope};
@@ -25,6 +25,15 @@ pub enum Command {
     /// Prints the conversation's state as JSON: paused until, session, handler, and every name the
     /// customer is known by (any of them finds the conversation).
     Show(ConversationArgs),
+    /// Why: the conversation's latest decisions, each in one sentence (what the rule was and
+    /// where the message went), its state now, and what happens on the customer's next message.
+    Explain {
+        #[command(flatten)]
+        conversation: ConversationArgs,
+        /// JSON: the state (as show), `trail` and `next_message`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pauses the AI agent for the customer, as a human reply would (R4 without a message).
     Pause {
         #[command(flatten)]
@@ -116,6 +125,7 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
             return Ok(());
         }
         Command::Show(a) => (a, None),
+        Command::Explain { conversation, .. } => (conversation, None),
         Command::Pause {
             conversation,
             duration,
@@ -161,6 +171,20 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
     };
     let scope = Scope::conversation(&args.phone_number_id, customer);
     let now = Millis::now();
+    if let Command::Explain { json, .. } = command {
+        let store = operator::store(&config).await.map_err(failed)?;
+        let explained = coexist::tools::explain::explain(&store, &config, &scope, now)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        match json {
+            true => println!(
+                "{}",
+                serde_json::to_string_pretty(&explained).expect("serialises")
+            ),
+            false => print!("{}", coexist::tools::explain::text(&explained)),
+        }
+        return Ok(());
+    }
     match action {
         None => {
             let store = operator::store(&config).await.map_err(failed)?;

@@ -1,4 +1,4 @@
-//! `coexist number list|show|add|set|unset|remove`: the business numbers coexist serves, and
+//! `coexist number list|show|add|set|unset|remove|check|onboard`: the business numbers coexist serves, and
 //! their settings at runtime (docs/contract.md, "Numbers").
 
 use coexist::adapters::redis::Added;
@@ -64,6 +64,16 @@ pub enum Command {
     /// Forgets a number's record and runtime settings (its conversations stay; a webhook for it
     /// lists it again as unregistered).
     Remove { phone_number_id: String },
+    /// The post-setup checklist, from what coexist saw: webhooks arriving, an App message (the
+    /// 📱 test), a handover, the reset command matched (or a near miss such as `reset` for
+    /// `/reset`), reset off, the number's state and onboarding, app_idle. Each line passed,
+    /// failed or not yet, with what to do; exit 1 when one failed.
+    Check {
+        phone_number_id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Onboards a coexistence number after Embedded Signup, through COEXIST_GRAPH_URL: checks it
     /// is on the Business App (is_on_biz_app, platform_type; Nigerian and South African numbers
     /// are refused, as Meta does), subscribes the app to the WABA's webhooks, then asks Meta for
@@ -194,6 +204,27 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .await
                 .map_err(failed)?;
             eprintln!("number {phone_number_id} removed from the registry");
+        }
+        Command::Check {
+            phone_number_id,
+            json,
+        } => {
+            let checked = coexist::tools::check::check(&store, &config, &phone_number_id)
+                .await
+                .map_err(failed)?;
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checked).expect("serialises")
+                ),
+                false => print!("{}", coexist::tools::check::text(&checked)),
+            }
+            if !checked.passed {
+                return Err(Failure(
+                    format!("number {phone_number_id}: a check failed (above)"),
+                    1,
+                ));
+            }
         }
         Command::Onboard {
             phone_number_id,

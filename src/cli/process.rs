@@ -13,6 +13,10 @@ pub struct Args {
     /// aligned, readable line per event (exchange, type, customer, text or detail).
     #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
     format: OutputFormat,
+    /// Say why beside each event, as `conversation explain` does (JSON: a `why` field; summary:
+    /// a line under the events of each decision).
+    #[arg(long)]
+    explain: bool,
     /// Webhook bodies (.json: one body; .jsonl: one per line).
     files: Vec<PathBuf>,
 }
@@ -31,7 +35,13 @@ pub async fn run(args: Args, config: Config) -> Result<(), Failure> {
         OutputFormat::Json => coexist::tools::process::Format::Json,
         OutputFormat::Summary => coexist::tools::process::Format::Summary,
     };
-    coexist::tools::process::run(Arc::new(config.rules), format, &args.files, &mut out)
-        .await
-        .map_err(|e| failed(&e))
+    coexist::tools::process::run(
+        Arc::new(config.rules),
+        format,
+        args.explain,
+        &args.files,
+        &mut out,
+    )
+    .await
+    .map_err(|e| failed(&e))
 }

@@ -13,6 +13,7 @@
 use crate::core::domain::{CustomerKey, Scope};
 use crate::core::engine::event::Outbound;
 use crate::core::engine::state::State;
+use crate::core::engine::why::{explain, TrailEntry};
 use crate::core::engine::{decide, Input, Rule};
 use crate::core::numbers::Shelf;
 use crate::core::store::{
@@ -45,6 +46,9 @@ pub struct Applied {
     pub rule: Option<Rule>,
     pub delivery: Delivery,
     pub events: Vec<Outbound>,
+    /// Why, as stored in the conversation's trail (empty for a redelivery or a duplicate, and
+    /// when the trail is off).
+    pub trail: Vec<TrailEntry>,
     /// The deadline claim this came from, finished on acknowledgement.
     claim: Option<Claim>,
 }
@@ -70,6 +74,8 @@ pub struct Applier<S> {
     store: S,
     /// The numbers' rules now (replaced whole when the registry changes).
     shelf: Shelf,
+    /// How many trail entries a conversation keeps (0: no trail).
+    trail: usize,
 }
 
 impl<S: StateStore> Applier<S> {
@@ -77,7 +83,14 @@ impl<S: StateStore> Applier<S> {
         Applier {
             store,
             shelf: rules.into(),
+            trail: crate::core::engine::why::TRAIL_ENTRIES,
         }
+    }
+
+    /// The same applier keeping `entries` trail entries per conversation (0: none).
+    pub fn with_trail(mut self, entries: usize) -> Self {
+        self.trail = entries;
+        self
     }
 
     /// The shelf the rules are read from (shared with the task that keeps it current).
@@ -142,6 +155,10 @@ impl<S: StateStore> Applier<S> {
                 }
             }
             let mut d = decide(&state, input, scope, now, rules);
+            let trail = match self.trail {
+                0 => Vec::new(),
+                _ => explain(input, &state, &d, rules, now),
+            };
             let events = std::mem::take(&mut d.events);
             // The deadline goes in before the state that needs it: a crash in between leaves a
             // deadline that finds nothing to release, never a pause without a deadline.
@@ -167,6 +184,8 @@ impl<S: StateStore> Applier<S> {
                 now,
                 links: &links,
                 absorbed: &absorbed,
+                trail: &trail,
+                trail_keep: self.trail,
             };
             if self.store.commit(commit).await? == Committed::Yes {
                 if let Some(deadline) = &d.unschedule {
@@ -176,7 +195,9 @@ impl<S: StateStore> Applier<S> {
                     Seen::Pending(events) => events,
                     Seen::Done => Vec::new(),
                 };
-                return Ok(self.applied(scope, key, Some(d.rule), Delivery::Fresh, events));
+                let mut a = self.applied(scope, key, Some(d.rule), Delivery::Fresh, events);
+                a.trail = trail;
+                return Ok(a);
             }
         }
         Err(Error::Contention(
@@ -234,6 +255,7 @@ impl<S: StateStore> Applier<S> {
             rule,
             delivery,
             events,
+            trail: Vec::new(),
             claim: None,
         }
     }

@@ -267,6 +267,16 @@ pub struct Record {
     pub last_webhook_at: Option<String>,
     /// The latest App echo.
     pub last_app_message_at: Option<String>,
+    /// The latest customer message.
+    pub last_customer_at: Option<String>,
+    /// The latest pause an App message began.
+    pub last_handover_at: Option<String>,
+    /// The latest reset command matched.
+    pub last_reset_at: Option<String>,
+    /// The latest App message that missed the reset command by a slash, spaces or case.
+    pub last_near_miss_at: Option<String>,
+    /// That message's text.
+    pub near_miss_text: Option<String>,
     /// The latest settings changes, newest first.
     pub changes: Vec<Change>,
     /// Its onboarding (`None`: never onboarded through coexist).
@@ -280,6 +290,36 @@ pub struct Change {
     pub at: String,
     pub by: By,
     pub changed: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a number did since the last write (instants raised only; 0: none).
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub webhook: Millis,
+    /// The latest App message (echo).
+    pub app: Millis,
+    /// The latest customer message.
+    pub customer: Millis,
+    /// The latest pause an App message began (a handover).
+    pub handover: Millis,
+    /// The latest reset command matched.
+    pub reset: Millis,
+    /// The latest near miss of the reset command, and its text.
+    pub near_miss: Option<(Millis, String)>,
+}
+
+impl Seen {
+    /// Each instant the later of the two.
+    pub fn raise(&mut self, other: &Seen) {
+        self.webhook = self.webhook.max(other.webhook);
+        self.app = self.app.max(other.app);
+        self.customer = self.customer.max(other.customer);
+        self.handover = self.handover.max(other.handover);
+        self.reset = self.reset.max(other.reset);
+        if other.near_miss.as_ref().map(|n| n.0) > self.near_miss.as_ref().map(|n| n.0) {
+            self.near_miss = other.near_miss.clone();
+        }
+    }
 }
 
 /// How long a number's App may send nothing while webhooks arrive before it is flagged
@@ -302,7 +342,23 @@ impl Record {
         let app = ms(&self.last_app_message_at).or(ms(&self.first_seen_at));
         webhooks && app.is_some_and(|t| t.0 < since)
     }
+
+    /// Customers write (within [`ECHO_GRACE`]) but no App message has ever arrived, though the
+    /// number was first seen more than [`ECHO_GRACE`] ago: the App's messages are probably not
+    /// reaching coexist (the app not subscribed to `smb_message_echoes`), or nobody answers from
+    /// the phone. No peer detects it; `number check` and an alert say so.
+    pub fn echoes_missing(&self, now: Millis) -> bool {
+        let ms = |s: &Option<String>| s.as_deref().and_then(Millis::parse_rfc3339);
+        let since = now.0 - ECHO_GRACE.as_millis() as i64;
+        let writing = ms(&self.last_customer_at).is_some_and(|t| t.0 >= since);
+        let old = ms(&self.first_seen_at).is_some_and(|t| t.0 < since);
+        writing && old && self.last_app_message_at.is_none()
+    }
 }
+
+/// How long customers may write to a new number before missing App messages count as missing
+/// echoes ([`Record::echoes_missing`]).
+pub const ECHO_GRACE: Duration = Duration::from_secs(2 * 86_400);
 
 /// What every decision reads about numbers: the rules of each number and the state of each
 /// registered one. Built from the configuration and the registry, replaced whole.

@@ -58,6 +58,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("log_format", "COEXIST_LOG_FORMAT"),
     ("log_content", "COEXIST_LOG_CONTENT"),
     ("app_idle_warning", "COEXIST_APP_IDLE_WARNING"),
+    ("trail_entries", "COEXIST_TRAIL_ENTRIES"),
 ];
 
 /// Keys a `[numbers."<phone_number_id>"]` table (and a number's runtime settings) may set.
@@ -99,6 +100,8 @@ pub struct Config {
     pub rules: RuleBook,
     /// A number whose App sent nothing this long while webhooks arrive is flagged `app_idle`.
     pub app_idle_warning: Duration,
+    /// Decisions kept per conversation for `explain` (0: no trail).
+    pub trail_entries: usize,
     /// The Graph API version of coexist's own calls (onboarding), e.g. `v24.0`.
     pub graph_version: String,
     /// The business token for `number onboard` (never stored, never logged); `None`: not given.
@@ -223,6 +226,7 @@ struct Settings {
     log_format: LogFormat,
     log_content: Flag,
     app_idle_warning: Span,
+    trail_entries: Whole<0, 1000>,
     #[serde(default)]
     numbers: HashMap<String, NumberSettings>,
 }
@@ -368,6 +372,7 @@ impl Config {
             numbers: layers,
             rules,
             app_idle_warning: s.app_idle_warning.0,
+            trail_entries: s.trail_entries.0 as usize,
             graph_version: s.graph_version.0,
             graph_token: s
                 .graph_token

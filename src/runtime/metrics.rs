@@ -68,6 +68,9 @@ pub const GATE_CUTS: &str = "coexist_gate_connections_cut_total";
 pub const NUMBERS: &str = "coexist_numbers";
 /// Numbers whose Business App sent nothing for `app_idle_warning` while webhooks arrive.
 pub const NUMBERS_APP_IDLE: &str = "coexist_numbers_app_idle";
+/// Numbers whose customers write but from whose Business App no message ever arrived (echoes
+/// missing: `smb_message_echoes` not subscribed, or nobody answers from the phone).
+pub const NUMBERS_ECHOES_MISSING: &str = "coexist_numbers_echoes_missing";
 /// `account_update` events of a WABA under which no number is registered (nothing changed).
 pub const ACCOUNT_UPDATES_UNMATCHED: &str = "coexist_account_updates_unmatched_total";
 
@@ -102,6 +105,7 @@ pub const NAMES: &[&str] = &[
     GATE_CUTS,
     NUMBERS,
     NUMBERS_APP_IDLE,
+    NUMBERS_ECHOES_MISSING,
     ACCOUNT_UPDATES_UNMATCHED,
 ];
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::redis::RedisStore;
 use crate::core::engine::event::{By, Outbound};
 use crate::core::engine::input::{Item, ItemKind};
-use crate::core::numbers::{Book, Layers, LifeState, Overrides, Record, Shelf};
+use crate::core::numbers::{Book, Layers, LifeState, Overrides, Record, Seen, Shelf};
 use crate::core::time::Millis;
 use crate::runtime::metrics;
 
@@ -80,6 +80,8 @@ fn count(records: &[Record], warning: Duration) {
     }
     let idle = records.iter().filter(|r| r.app_idle(now, warning)).count();
     ::metrics::gauge!(metrics::NUMBERS_APP_IDLE).set(idle as f64);
+    let missing = records.iter().filter(|r| r.echoes_missing(now)).count();
+    ::metrics::gauge!(metrics::NUMBERS_ECHOES_MISSING).set(missing as f64);
 }
 
 /// A process's shelf, loaded before its first decision (retried until Redis answers), and the
@@ -165,38 +167,61 @@ pub async fn follow(
     }
 }
 
-/// The numbers' activity noted since the last write: number -> (latest webhook, latest App
-/// message; 0: none).
+/// The numbers' activity noted since the last write: number -> what it did.
 #[derive(Debug, Default)]
-pub struct Activity(Mutex<HashMap<String, (Millis, Millis)>>);
+pub struct Activity(Mutex<HashMap<String, Seen>>);
 
 impl Activity {
-    /// Notes an item of a number accepted at `accepted_at` (an App echo also at its time `app`).
-    pub fn note(&self, pnid: &str, accepted_at: Millis, app: Option<Millis>) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = seen.entry(pnid.to_owned()).or_default();
-        entry.0 = entry.0.max(accepted_at);
-        if let Some(app) = app {
-            entry.1 = entry.1.max(app);
-        }
+    /// Notes what a number did.
+    pub fn note(&self, pnid: &str, seen: &Seen) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(pnid.to_owned()).or_default().raise(seen);
     }
 
-    /// Notes what `item` says about its number's activity.
-    pub fn item(&self, item: &Item, accepted_at: Millis) {
-        let app = match &item.kind {
-            ItemKind::Echo { .. } => Some(item.timestamp.unwrap_or(accepted_at)),
-            _ => None,
+    /// Notes what `item` says about its number's activity, and what its decision was (`trail`):
+    /// a handover, a reset matched or a near miss of it, for `number check`.
+    pub fn item(
+        &self,
+        item: &Item,
+        accepted_at: Millis,
+        trail: &[crate::core::engine::why::TrailEntry],
+    ) {
+        let at = item.timestamp.unwrap_or(accepted_at);
+        let mut seen = Seen {
+            webhook: accepted_at,
+            ..Seen::default()
         };
-        self.note(&item.scope.phone_number_id, accepted_at, app);
+        match &item.kind {
+            ItemKind::Echo { echo, .. } => {
+                seen.app = at;
+                if let crate::core::engine::input::Echo::Send(content) = echo {
+                    for t in trail {
+                        match (t.kind.as_str(), t.outcome.as_str()) {
+                            ("reset_command", _) => seen.reset = at,
+                            ("app_message", o) if o.starts_with("paused until") => {
+                                seen.handover = at
+                            }
+                            _ => {}
+                        }
+                        if t.why.contains("is not the reset command") {
+                            seen.near_miss = Some((at, content.text.trim().to_owned()));
+                        }
+                    }
+                }
+            }
+            ItemKind::Customer { .. } => seen.customer = at,
+            _ => {}
+        }
+        self.note(&item.scope.phone_number_id, &seen);
     }
 
     /// Writes what was noted; what cannot be written now is kept for the next time.
     pub async fn flush(&self, store: &RedisStore) {
         let taken = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        for (pnid, (webhook, app)) in taken {
-            if let Err(e) = store.number_seen(&pnid, webhook, webhook, app).await {
+        for (pnid, seen) in taken {
+            if let Err(e) = store.number_seen(&pnid, &seen).await {
                 tracing::debug!(error = %e, "writing a number's activity failed; kept for the next time");
-                self.note(&pnid, webhook, (app.0 > 0).then_some(app));
+                self.note(&pnid, &seen);
             }
         }
     }

@@ -1,10 +1,12 @@
 //! What operators run by hand: offline processing ([`process`], [`summary`]), one
-//! conversation's view and control ([`operator`]), the numbers ([`numbers`], [`onboard`]), dead letters ([`dlq`]), following events
+//! conversation's view and control ([`operator`]) and why ([`explain`]), the numbers ([`numbers`], [`onboard`], [`check`]), dead letters ([`dlq`]), following events
 //! ([`tail`]), posting signed webhooks ([`send`]) and the AsyncAPI document ([`asyncapi`]); outside
 //! text made safe for a terminal ([`printable`]).
 
 pub mod asyncapi;
+pub mod check;
 pub mod dlq;
+pub mod explain;
 pub mod numbers;
 pub mod onboard;
 pub mod openapi;

@@ -78,9 +78,11 @@ pub fn document() -> Value {
     let shown = schema_of::<Shown>(&mut defs);
     let record = schema_of::<crate::core::numbers::Record>(&mut defs);
     let view = schema_of::<View>(&mut defs);
+    let explained = schema_of::<crate::tools::explain::Explained>(&mut defs);
     let paused = schema_of::<Paused>(&mut defs);
     let setting = schema_of::<crate::tools::numbers::Setting>(&mut defs);
     let onboarded = schema_of::<crate::tools::onboard::Report>(&mut defs);
+    let checked = schema_of::<crate::tools::check::Checked>(&mut defs);
     defs.insert(
         "ApiError".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
@@ -144,6 +146,10 @@ pub fn document() -> Value {
                 "parameters": [id.clone()],
                 "patch": operation("Changes the number's runtime settings: every worker and gate use them within 2 s; publishes number.updated", json!({"200": json_body(json!({"type": "object", "required": ["settings", "effective", "event"], "properties": {"settings": {"type": "object"}, "effective": {"type": "array", "items": setting}, "event": {"type": ["object", "null"], "description": "the number.updated published (null: nothing changed)"}}}), "the settings now")}), &["400", "401", "404", "503"], json!({"requestBody": {"required": true, "content": {"application/merge-patch+json": {"schema": settings_patch.clone()}, "application/json": {"schema": settings_patch}}}})),
             },
+            "/api/v1/numbers/{id}/check": {
+                "parameters": [id.clone()],
+                "get": operation("The number's post-setup checklist from what coexist saw (as number check): each line passed, failed or not yet, with what to do", json!({"200": json_body(checked, "the checklist")}), &["401", "404", "503"], json!({})),
+            },
             "/api/v1/numbers/{id}/onboard": {
                 "parameters": [id.clone()],
                 "post": operation("Onboards the number after Embedded Signup, or resumes its onboarding: Meta's check (is_on_biz_app, platform_type, country), subscribed_apps, then the contacts and history syncs, each asked once and recorded before it is asked (docs/contract.md, \"Onboarding\")", json!({"200": json_body(onboarded, "what this run did and where the onboarding stands (a sync refused past 24 h shows as a step refused)")}), &["400", "401", "404", "422", "502", "503"], json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "required": ["waba_id"], "properties": {
@@ -159,7 +165,7 @@ pub fn document() -> Value {
             },
             "/api/v1/conversations/{id}/{customer}": {
                 "parameters": [id.clone(), customer.clone()],
-                "get": operation("A conversation's state", json!({"200": json_body(view.clone(), "the state")}), &["400", "401", "404", "503"], json!({})),
+                "get": operation("A conversation's state, its trail (each decision with why) and what happens on the customer's next message (as conversation explain)", json!({"200": json_body(explained, "the state and why")}), &["400", "401", "404", "503"], json!({})),
             },
         },
         "components": {

@@ -79,6 +79,17 @@ pub async fn show(
     scope: &Scope,
     now: Millis,
 ) -> crate::core::store::Result<View> {
+    let (conversation, state, ttl) = load(store, scope, now).await?;
+    Ok(view(&conversation, &state, ttl, now))
+}
+
+/// The conversation that `scope` names (by any of the customer's names), its state, and the
+/// milliseconds left on its pause key.
+pub async fn load(
+    store: &RedisStore,
+    scope: &Scope,
+    now: Millis,
+) -> crate::core::store::Result<(Scope, State, Option<i64>)> {
     let conversation = match &scope.customer {
         Some(name) => {
             let linked = store.resolve(&scope.phone_number_id, std::slice::from_ref(name));
@@ -93,7 +104,7 @@ pub async fn show(
     };
     let snap = store.load(&conversation, "-", now).await?;
     let ttl = store.pause_ttl_ms(&conversation).await?;
-    Ok(view(&conversation, &snap.state, ttl, now))
+    Ok((conversation, snap.state, ttl))
 }
 
 /// One line of `conversation list`: a conversation whose AI agent is paused now.

@@ -7,7 +7,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::core::apply::Applier;
+use crate::core::apply::{Applied, Applier};
+use crate::core::engine::event::{Outbound, Payload, ReleaseReason};
 use crate::core::engine::Input;
 use crate::core::engine::RuleBook;
 use crate::core::meta::parse_body;
@@ -66,15 +67,63 @@ pub enum Format {
 }
 
 impl Format {
-    fn write(
-        self,
-        out: &mut impl Write,
-        e: &crate::core::engine::event::Outbound,
-    ) -> std::io::Result<()> {
-        match self {
-            Format::Json => writeln!(out, "{}", e.to_line()),
-            Format::Summary => writeln!(out, "{}", crate::tools::summary::line(e)),
+    /// An input's events; with `explain`, each with the sentence of the decision that made it
+    /// (JSON: a `why` field; summary: a line under them), and a decision that made no event as
+    /// its sentence alone.
+    fn write(self, out: &mut impl Write, applied: &Applied, explain: bool) -> std::io::Result<()> {
+        let why_of = |e: &Outbound| -> Option<&str> {
+            let timeout = matches!(&e.event.payload, Payload::Released(r) if r.reason == ReleaseReason::Timeout);
+            let entry = match timeout {
+                true => applied.trail.iter().find(|t| t.rule == "R7"),
+                false => applied.trail.iter().rfind(|t| t.rule != "R7"),
+            };
+            entry.or(applied.trail.last()).map(|t| t.why.as_str())
+        };
+        let mut said: Option<&str> = None;
+        for e in &applied.events {
+            let why = why_of(e).filter(|_| explain);
+            match self {
+                Format::Json => {
+                    let mut line = e.to_line();
+                    if let Some(w) = why {
+                        line = format!(
+                            "{},\"why\":{}}}",
+                            &line[..line.len() - 1],
+                            serde_json::Value::from(w)
+                        );
+                    }
+                    writeln!(out, "{line}")?;
+                }
+                Format::Summary => {
+                    writeln!(out, "{}", crate::tools::summary::line(e))?;
+                    if let Some(w) = why.filter(|w| said != Some(*w)) {
+                        writeln!(
+                            out,
+                            "           why: {}",
+                            crate::tools::printable::escape(w)
+                        )?;
+                        said = Some(w);
+                    }
+                }
+            }
         }
+        if explain && applied.events.is_empty() {
+            for t in &applied.trail {
+                match self {
+                    Format::Json => writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"item": t.item, "rule": t.rule, "why": t.why})
+                    )?,
+                    Format::Summary => writeln!(
+                        out,
+                        "           why: {}",
+                        crate::tools::printable::escape(&t.why)
+                    )?,
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -82,6 +131,8 @@ impl Format {
 pub struct Processor {
     engine: Applier<MemoryStore>,
     format: Format,
+    /// Print why beside each event (`--explain`).
+    explain: bool,
     /// The latest time seen (none before the first item with a timestamp).
     clock: Option<Millis>,
 }
@@ -91,8 +142,15 @@ impl Processor {
         Processor {
             engine: Applier::new(MemoryStore::new(), rules),
             format,
+            explain: false,
             clock: None,
         }
+    }
+
+    /// The same processor printing why beside each event.
+    pub fn explaining(mut self, explain: bool) -> Self {
+        self.explain = explain;
+        self
     }
 
     pub fn engine(&self) -> &Applier<MemoryStore> {
@@ -129,9 +187,7 @@ impl Processor {
             self.clock = Some(clock);
             self.release_due(clock, out).await?;
             let applied = self.engine.apply(&Input::Item(&item), clock).await?;
-            for e in &applied.events {
-                self.format.write(out, e)?;
-            }
+            self.format.write(out, &applied, self.explain)?;
             self.engine.acknowledge(&applied).await?;
         }
         Ok(())
@@ -152,9 +208,7 @@ impl Processor {
                 return Ok(());
             }
             for applied in &released {
-                for e in &applied.events {
-                    self.format.write(out, e)?;
-                }
+                self.format.write(out, applied, self.explain)?;
                 self.engine.acknowledge(applied).await?;
             }
         }
@@ -167,10 +221,11 @@ impl Processor {
 pub async fn run(
     rules: Arc<RuleBook>,
     format: Format,
+    explain: bool,
     files: &[std::path::PathBuf],
     out: &mut impl Write,
 ) -> Result<(), Error> {
-    let mut p = Processor::new(rules, format);
+    let mut p = Processor::new(rules, format).explaining(explain);
     let result = async {
         if files.is_empty() {
             let mut text = String::new();

@@ -266,7 +266,24 @@ async fn the_api_adds_a_number_patches_its_settings_and_acts_on_its_conversation
     assert_eq!(page["next"], Value::Null);
     let (status, state) = a.call("GET", &conversation, PLATFORM, None).await;
     assert_eq!(status, 200);
-    conforms(&state, "View");
+    conforms(&state, "Explained");
+    assert_eq!(state["handler"], json!("human"));
+    let paused = state["trail"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(paused["kind"], json!("operator_pause"), "{paused}");
+    assert!(
+        paused["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator platform paused the AI agent"),
+        "{paused}"
+    );
+    assert!(
+        state["next_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("it goes to the inbox, not the AI agent: operator platform paused"),
+        "{state}"
+    );
     let (status, done) = a
         .call("POST", &format!("{conversation}/release"), PLATFORM, None)
         .await;

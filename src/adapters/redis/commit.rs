@@ -8,7 +8,8 @@ use crate::core::store::{Commit, Committed, Result, Seen, DEDUP_RETENTION};
 /// The commit: one script, reading its arguments by name. `ARGV[1]` is [`CommitArgs`] as JSON
 /// (every key it names is also passed in KEYS, which route it and declare what it touches);
 /// `ARGV[2]` is the value of the input's dedup mark (`done`, or the events still to publish), apart
-/// so that the events' JSON is not escaped into the arguments' JSON.
+/// so that the events' JSON is not escaped into the arguments' JSON; `ARGV[3..]` are the trail
+/// entries (JSON each), appended to the conversation's trail and trimmed to `trail_keep`.
 pub(super) const COMMIT: &str = r#"
 local c = cjson.decode(ARGV[1])
 local conv = c.conversation
@@ -35,7 +36,13 @@ end
 for _, l in ipairs(c.links) do redis.call('SET', l.key, c.id, 'PX', c.retain) end
 for _, k in ipairs(c.refresh) do redis.call('SET', k, c.id, 'PX', c.retain) end
 for _, a in ipairs(c.absorbed) do
-  redis.call('DEL', a.keys.v, a.keys.pause, a.keys.session, a.keys.state, a.keys.handback)
+  redis.call('DEL', a.keys.v, a.keys.pause, a.keys.session, a.keys.state, a.keys.handback, a.keys.trail)
+end
+local keep = tonumber(c.trail_keep)
+if keep > 0 and #ARGV > 2 then
+  for i = 3, #ARGV do redis.call('RPUSH', conv.trail, ARGV[i]) end
+  redis.call('LTRIM', conv.trail, -keep, -1)
+  redis.call('PEXPIRE', conv.trail, c.retain)
 end
 redis.call('SET', c.seen, ARGV[2], 'PX', c.seen_ms)
 return 1
@@ -49,16 +56,18 @@ pub(super) struct ConversationKeys {
     pub(super) session: String,
     pub(super) state: String,
     pub(super) handback: String,
+    pub(super) trail: String,
 }
 
 impl ConversationKeys {
-    pub(super) fn all(&self) -> [&String; 5] {
+    pub(super) fn all(&self) -> [&String; 6] {
         [
             &self.v,
             &self.pause,
             &self.session,
             &self.state,
             &self.handback,
+            &self.trail,
         ]
     }
 }
@@ -87,6 +96,8 @@ struct CommitArgs {
     refresh: Vec<String>,
     /// Conversations merged into this one: deleted if still at the version read.
     absorbed: Vec<Absorbed>,
+    /// How many entries the trail keeps (0: none is written).
+    trail_keep: String,
 }
 
 /// The state a commit writes.
@@ -144,6 +155,7 @@ impl RedisStore {
             session: self.key(scope, "session"),
             state: self.key(scope, "state"),
             handback: self.key(scope, "handback"),
+            trail: self.key(scope, "trail"),
         }
     }
 
@@ -206,6 +218,7 @@ impl RedisStore {
                     version: version.to_string(),
                 })
                 .collect(),
+            trail_keep: c.trail_keep.to_string(),
         };
         let mut inv = self.commit.prepare_invoke();
         for key in args.keys() {
@@ -216,6 +229,11 @@ impl RedisStore {
             Seen::Done => inv.arg(DONE),
             Seen::Pending(events) => inv.arg(json(events)),
         };
+        if c.trail_keep > 0 {
+            for entry in c.trail {
+                inv.arg(json(entry));
+            }
+        }
         let ok: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         if ok != 1 {
             return Ok(Committed::Conflict);
@@ -237,6 +255,7 @@ mod tests {
             session: format!("{prefix}:session"),
             state: format!("{prefix}:state"),
             handback: format!("{prefix}:handback"),
+            trail: format!("{prefix}:trail"),
         }
     }
 
@@ -267,6 +286,7 @@ mod tests {
                 keys: keys("x"),
                 version: "1".into(),
             }],
+            trail_keep: "50".into(),
         }
     }
 
@@ -327,6 +347,6 @@ mod tests {
         ] {
             assert!(declared.iter().any(|k| *k == key), "{key} declared");
         }
-        assert_eq!(declared.len(), 5 + 1 + 1 + 1 + 5);
+        assert_eq!(declared.len(), 6 + 1 + 1 + 1 + 6);
     }
 }

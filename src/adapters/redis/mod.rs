@@ -12,6 +12,7 @@
 //! | `{ns}:{pnid}:c:{id}:state` | the pause awaiting release, the last reset, the customer's names, the hand (R17), the customer's latest message time (JSON) | timeout + 8 days after the last change |
 //! | `{ns}:{pnid}:c:{id}:v` | the version that guards commits | as `state` |
 //! | `{ns}:{pnid}:c:{id}:handback` | R16: the human-handled stretch's messages for the AI agent (JSON, bounded: at most `handback_messages` texts of at most 2,000 characters) | as `state` |
+//! | `{ns}:{pnid}:c:{id}:trail` | why: the latest `trail_entries` decisions explained (JSON each, oldest first), written by the commit with the decision, and the gate's refusals and sends | as `state` (from its latest entry) |
 //! | `{ns}:{pnid}:c:{id}:sending` | replies of the reply gate in flight to Meta (R17) | 12 s after the latest |
 //! | `{ns}:{pnid}:n:{name}` | the conversation id another name of the customer is linked to | as `state` |
 //! | `{ns}:{pnid}:seen:{item}` | dedup mark: events not yet published, or `done` | 8 days |
@@ -428,6 +429,31 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("state always serialises")
 }
 
+impl RedisStore {
+    /// Adds an entry to a conversation's trail outside a commit (the reply gate's judgements),
+    /// keeping the latest `keep`, alive for `retain`.
+    pub async fn trail_add(
+        &self,
+        scope: &Scope,
+        entry: &crate::core::engine::why::TrailEntry,
+        keep: usize,
+        retain: Duration,
+    ) -> Result<()> {
+        let key = self.key(scope, "trail");
+        redis::pipe()
+            .atomic()
+            .rpush(&key, json(entry))
+            .ignore()
+            .ltrim(&key, -(keep as isize), -1)
+            .ignore()
+            .pexpire(&key, retain.as_millis() as i64)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
 impl StateStore for RedisStore {
     async fn resolve(
         &self,
@@ -481,6 +507,18 @@ impl StateStore for RedisStore {
             .map(|l| l.as_deref().and_then(CustomerKey::parse))
             .collect();
         Ok((links, self.snapshot(scope, snapshot, now)?))
+    }
+
+    async fn trail(&self, scope: &Scope) -> Result<Vec<crate::core::engine::why::TrailEntry>> {
+        let raw: Vec<String> = self
+            .conn
+            .clone()
+            .lrange(self.key(scope, "trail"), 0, -1)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect())
     }
 
     async fn mark_published(&self, marks: &[(Scope, String)]) -> Result<()> {

@@ -3,7 +3,7 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `{ns}:{pnid}:number` | the record: `waba_id`, `display_phone_number`, `name`, `state` (absent: `unregistered`), `state_reason`, `initiated_by`, `state_since`, `state_from` and `state_item` (the change an `account_update` made, so a redelivery publishes it again and changes nothing), `first_seen_at`, `last_webhook_at`, `last_app_message_at` (Unix ms) |
+//! | `{ns}:{pnid}:number` | the record: `waba_id`, `display_phone_number`, `name`, `state` (absent: `unregistered`), `state_reason`, `initiated_by`, `state_since`, `state_from` and `state_item` (the change an `account_update` made, so a redelivery publishes it again and changes nothing), `first_seen_at`, `last_webhook_at`, `last_app_message_at`, `last_customer_at`, `last_handover_at`, `last_reset_at`, `last_near_miss_at` (Unix ms) and `near_miss_text` (for `number check`) |
 //! | `{ns}:{pnid}:number:settings` | the runtime settings: one field per key, its value as JSON |
 //! | `{ns}:{pnid}:number:changes` | the latest 20 settings changes, newest first (JSON) |
 //! | `{ns}:{pnid}:number:onboarding` | the onboarding record: `started_at`, `checked_at`, `platform_type`, `verified_name`, `subscribed_at` (Unix ms or text); per sync (`contacts_`, `history_`): `requested_at` (written before the request is made: with no `result` beside it, the answer is unknown), `result`, `request_id`, `error`; the history's progress `history_phase`, `history_progress`, `history_declined` |
@@ -28,14 +28,19 @@ type Fields = std::collections::HashMap<String, String>;
 pub const CHANGES_KEPT: isize = 20;
 
 /// Raises the activity times of a number (never lowers them), sets `first_seen_at` once.
-/// `KEYS[1]` the record; ARGV: first seen, last webhook, last App message (0: none).
+/// `KEYS[1]` the record; ARGV: first seen, then the times of [`SEEN_FIELDS`] (0: none), then
+/// the near miss's text (with `last_near_miss_at`).
 const SEEN: &str = r#"
 redis.call('HSETNX', KEYS[1], 'first_seen_at', ARGV[1])
-for i, field in ipairs({'last_webhook_at', 'last_app_message_at'}) do
+local fields = {'last_webhook_at', 'last_app_message_at', 'last_customer_at', 'last_handover_at', 'last_reset_at', 'last_near_miss_at'}
+for i, field in ipairs(fields) do
   local at = tonumber(ARGV[i + 1])
   if at > 0 then
     local was = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-    if at > was then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
+    if at > was then
+      redis.call('HSET', KEYS[1], field, ARGV[i + 1])
+      if field == 'last_near_miss_at' then redis.call('HSET', KEYS[1], 'near_miss_text', ARGV[#fields + 2]) end
+    end
   end
 end
 return 1
@@ -148,6 +153,11 @@ impl RedisStore {
             first_seen_at: at("first_seen_at"),
             last_webhook_at: at("last_webhook_at"),
             last_app_message_at: at("last_app_message_at"),
+            last_customer_at: at("last_customer_at"),
+            last_handover_at: at("last_handover_at"),
+            last_reset_at: at("last_reset_at"),
+            last_near_miss_at: at("last_near_miss_at"),
+            near_miss_text: text("near_miss_text"),
             changes: changes
                 .iter()
                 .filter_map(|c| serde_json::from_str(c).ok())
@@ -254,21 +264,21 @@ impl RedisStore {
         Ok(removed + listed > 0)
     }
 
-    /// Records that a number was seen: webhooks until `webhook_at`, App messages until `app_at`
-    /// (0: none), first seen at `first` if it is new. A number seen for the first time is listed
-    /// as `unregistered`; no version moves (nothing a decision reads changed).
-    pub async fn number_seen(
-        &self,
-        pnid: &str,
-        first: Millis,
-        webhook_at: Millis,
-        app_at: Millis,
-    ) -> Result<()> {
+    /// Records what a number did (first seen at its first webhook if it is new). A number seen
+    /// for the first time is listed as `unregistered`; no version moves (nothing a decision
+    /// reads changed).
+    pub async fn number_seen(&self, pnid: &str, seen: &crate::core::numbers::Seen) -> Result<()> {
+        let near = seen.near_miss.clone().unwrap_or_default();
         let _: i64 = Script::new(SEEN)
             .key(self.number_key(pnid))
-            .arg(first.0)
-            .arg(webhook_at.0)
-            .arg(app_at.0)
+            .arg(seen.webhook.0)
+            .arg(seen.webhook.0)
+            .arg(seen.app.0)
+            .arg(seen.customer.0)
+            .arg(seen.handover.0)
+            .arg(seen.reset.0)
+            .arg(near.0 .0)
+            .arg(near.1)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let _: () = self.conn.clone().sadd(self.numbers_key(), pnid).await?;

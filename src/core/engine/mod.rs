@@ -8,6 +8,7 @@ pub mod event;
 pub mod input;
 pub mod reply;
 pub mod state;
+pub mod why;
 
 use std::time::Duration;
 

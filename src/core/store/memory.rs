@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{Claim, Commit, Committed, Result, Seen, Snapshot, StateStore};
 use crate::core::domain::{CustomerKey, Scope};
 use crate::core::engine::state::State;
+use crate::core::engine::why::TrailEntry;
 use crate::core::engine::Deadline;
 use crate::core::time::Millis;
 
@@ -25,6 +26,8 @@ struct Inner {
     /// (number, input key) -> its dedup mark.
     seen: HashMap<(String, String), Seen>,
     deadlines: HashMap<Deadline, Millis>,
+    /// Each conversation's trail, oldest first.
+    trails: HashMap<Scope, Vec<TrailEntry>>,
 }
 
 /// An in-memory [`StateStore`].
@@ -119,11 +122,22 @@ impl StateStore for MemoryStore {
         }
         for (absorbed, _) in commit.absorbed {
             inner.conversations.remove(absorbed);
+            inner.trails.remove(absorbed);
+        }
+        if commit.trail_keep > 0 && !commit.trail.is_empty() {
+            let trail = inner.trails.entry(commit.scope.clone()).or_default();
+            trail.extend_from_slice(commit.trail);
+            let over = trail.len().saturating_sub(commit.trail_keep);
+            trail.drain(..over);
         }
         inner
             .seen
             .insert((pnid, commit.key.to_owned()), commit.seen.clone());
         Ok(Committed::Yes)
+    }
+
+    async fn trail(&self, scope: &Scope) -> Result<Vec<TrailEntry>> {
+        Ok(self.lock().trails.get(scope).cloned().unwrap_or_default())
     }
 
     async fn mark_published(&self, marks: &[(Scope, String)]) -> Result<()> {

@@ -131,6 +131,11 @@ pub struct Commit<'a> {
     /// Conversations of the same customer merged into this one, with the version read: deleted,
     /// if still at that version.
     pub absorbed: &'a [(Scope, u64)],
+    /// Why: entries for the conversation's trail, kept with the decision (so a redelivery,
+    /// which finds the mark, never adds them twice).
+    pub trail: &'a [crate::core::engine::why::TrailEntry],
+    /// How many entries the trail keeps (0: none).
+    pub trail_keep: usize,
 }
 
 /// Whether a commit took effect.
@@ -175,6 +180,12 @@ pub trait StateStore: Send + Sync {
         }
     }
     fn commit(&self, commit: Commit<'_>) -> impl Future<Output = Result<Committed>> + Send;
+    /// The conversation's trail (`scope`: the conversation itself, not a linked name), oldest
+    /// first.
+    fn trail(
+        &self,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Vec<crate::core::engine::why::TrailEntry>>> + Send;
     /// Marks inputs' events as published (each mark keeps its expiry), in one round trip: each
     /// mark is the conversation its input was decided in and the input's key.
     fn mark_published(&self, marks: &[(Scope, String)]) -> impl Future<Output = Result<()>> + Send;

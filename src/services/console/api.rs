@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/numbers/{id}"),
     ("PATCH", "/api/v1/numbers/{id}/settings"),
     ("POST", "/api/v1/numbers/{id}/onboard"),
+    ("GET", "/api/v1/numbers/{id}/check"),
     ("GET", "/api/v1/conversations"),
     ("GET", "/api/v1/conversations/{id}/{customer}"),
     ("POST", "/api/v1/conversations/{id}/{customer}/pause"),
@@ -51,6 +52,7 @@ pub(super) fn routes() -> Router<Arc<Console>> {
         )
         .route("/api/v1/numbers/{id}/settings", patch(patch_settings))
         .route("/api/v1/numbers/{id}/onboard", post(onboard_number))
+        .route("/api/v1/numbers/{id}/check", get(check_number))
         .route("/api/v1/conversations", get(list_conversations))
         .route(
             "/api/v1/conversations/{id}/{customer}",
@@ -283,6 +285,20 @@ async fn patch_settings(
     }
 }
 
+/// The number's post-setup checklist (as `number check --json`).
+async fn check_number(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let caller = caller!(c, headers);
+    let id = or_answer!(visible(&caller, &id));
+    match crate::tools::check::check(&c.store, &c.config, id).await {
+        Ok(checked) => Json(checked).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
 /// Onboards the number (or resumes its onboarding): `waba_id`, the business token as
 /// `graph_token` (else the console's `COEXIST_GRAPH_TOKEN`; never stored, never logged), `again`.
 async fn onboard_number(
@@ -396,8 +412,9 @@ async fn show_conversation(
 ) -> Response {
     let caller = caller!(c, headers);
     let scope = or_answer!(conversation(&caller, &id, &customer));
-    match operator::show(&c.store, &scope, Millis::now()).await {
-        Ok(view) => Json(view).into_response(),
+    let explained = crate::tools::explain::explain(&c.store, &c.config, &scope, Millis::now());
+    match explained.await {
+        Ok(explained) => Json(explained).into_response(),
         Err(e) => failed(e.into()),
     }
 }

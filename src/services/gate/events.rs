@@ -204,6 +204,45 @@ fn message(send: &Send, id: Option<String>) -> EventMessage {
     }
 }
 
+/// The trail's entry for a reply the gate judged (R17): refused with `refused`'s reason and
+/// sentence, or let through and accepted by Meta as `wamid`.
+pub fn trail_entry(
+    send: &Send,
+    id: String,
+    now: Millis,
+    outcome: Result<&str, (Refusal, String)>,
+) -> crate::core::engine::why::TrailEntry {
+    use crate::core::engine::why::{Said, TrailEntry};
+    let (outcome, why, refused, wamid) = match outcome {
+        Ok(wamid) => (
+            "reply sent".to_owned(),
+            "the gate let the AI agent's reply through (the AI agent handles the conversation) and Meta accepted it".to_owned(),
+            None,
+            Some(wamid.to_owned()),
+        ),
+        Err((reason, why)) => (
+            format!("reply refused ({})", reason.as_str()),
+            why,
+            Some(reason.as_str().to_owned()),
+            None,
+        ),
+    };
+    TrailEntry {
+        at: now.rfc3339(),
+        item: id,
+        kind: "reply".into(),
+        rule: "R17".into(),
+        outcome,
+        why,
+        message: Some(Said {
+            source: Source::Bot,
+            id: wamid,
+            text: send.content.text.clone(),
+            refused,
+        }),
+    }
+}
+
 /// The customer as the conversation knows them (the name the reply was addressed to first).
 fn customer(send: &Send, state: &State) -> Customer {
     let mut names = vec![send.customer().clone()];
@@ -241,6 +280,17 @@ fn outbound(
     Outbound::new(Exchange::HumanChat, scope.to_string(), event)
 }
 
+/// The id of a refused reply's `reply.suppressed` (and of its trail entry).
+pub fn suppressed_id(scope: &Scope, send: &Send, token: Option<&str>, reason: Refusal) -> String {
+    stable_id(&[
+        &scope.to_string(),
+        "reply",
+        send.raw.get(),
+        token.unwrap_or(""),
+        reason.as_str(),
+    ])
+}
+
 /// `reply.suppressed`: the same refused reply (same body, token and reason) always has the same
 /// id, so an agent retrying it does not fill the inbox.
 pub fn suppressed(
@@ -251,13 +301,7 @@ pub fn suppressed(
     reason: Refusal,
     now: Millis,
 ) -> Outbound {
-    let id = stable_id(&[
-        &scope.to_string(),
-        "reply",
-        send.raw.get(),
-        token.unwrap_or(""),
-        reason.as_str(),
-    ]);
+    let id = suppressed_id(scope, send, token, reason);
     let payload = Payload::ReplySuppressed(ReplySuppressed {
         reason,
         message: message(send, None),

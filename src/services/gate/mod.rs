@@ -84,6 +84,27 @@ struct Gate {
     clock: Clock,
     log_content: bool,
     redis_ok: AtomicBool,
+    /// Trail entries a conversation keeps (0: the gate writes none).
+    trail: usize,
+}
+
+impl Gate {
+    /// Adds a judged reply to its conversation's trail, beside the answer (best effort: the
+    /// trail explains, it decides nothing).
+    fn note(&self, scope: &Scope, entry: crate::core::engine::why::TrailEntry) {
+        if self.trail == 0 {
+            return;
+        }
+        let rules = self.shelf.current();
+        let rules = rules.rules.for_number(&scope.phone_number_id);
+        let retain = rules.timeout.max(rules.session_timeout) + crate::core::store::DEDUP_RETENTION;
+        let (store, scope, keep) = (self.store.clone(), scope.clone(), self.trail);
+        tokio::spawn(async move {
+            if let Err(e) = store.trail_add(&scope, &entry, keep, retain).await {
+                tracing::debug!(error = %e, "a reply's trail entry was not written");
+            }
+        });
+    }
 }
 
 /// A running gate: [`Listening`]. Dropping it stops it.
@@ -131,6 +152,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         clock: Clock::system(),
         log_content: config.log_content,
         redis_ok: AtomicBool::new(true),
+        trail: config.trail_entries,
     });
     // Aligned before the first reply is judged (Redis answered just now).
     let _ = gate.store.align(&gate.clock).await;
@@ -384,6 +406,21 @@ async fn send_traced(
         if found.in_flight {
             let _ = gate.store.reply_done(&found.scope).await;
         }
+        if reply.message {
+            let window =
+                (found.state.last_customer_at).map(|t| t.plus(rules.service_window).rfc3339());
+            let why = crate::core::engine::why::refusal(
+                reason.as_str(),
+                &found.state,
+                window.as_deref(),
+                now,
+            );
+            let id = events::suppressed_id(&found.scope, &reply, token, reason);
+            gate.note(
+                &found.scope,
+                events::trail_entry(&reply, id, now, Err((reason, why))),
+            );
+        }
         return refuse(
             gate,
             place,
@@ -437,6 +474,9 @@ async fn send_traced(
             if let Some(place) = place.filter(|_| (200..300).contains(&answer.status)) {
                 match wamid(&answer.body) {
                     Some(wamid) => {
+                        let entry =
+                            events::trail_entry(&reply, format!("gate:{wamid}"), now, Ok(&wamid));
+                        gate.note(&found.scope, entry);
                         let event = events::sent(&found.scope, &found.state, &reply, wamid, now);
                         gate.events.publish(place, event, trace);
                     }

@@ -115,12 +115,16 @@ impl Shared {
                 item = %self.key_for_log(&unit.items[i].key),
                 rule = tracing::field::Empty,
             );
-            self.activity.item(&unit.items[i], unit.accepted_at);
             let input = Input::Item(&unit.items[i]);
             let decided = self
                 .decide(&input, unit.accepted_at, &processing)
                 .instrument(span.clone())
                 .await?;
+            let trail = match &decided {
+                Decided::Published(a) => a.trail.as_slice(),
+                Decided::Failed { .. } => &[],
+            };
+            self.activity.item(&unit.items[i], unit.accepted_at, trail);
             if let Decided::Failed { error, attempts } = decided {
                 // Keeps failing: park this item and the rest of the unit, with the reason.
                 let _entered = span.enter();

@@ -207,7 +207,7 @@ pub async fn start_with(
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
-        applier: Applier::new(store.clone(), shelf),
+        applier: Applier::new(store.clone(), shelf).with_trail(config.trail_entries),
         link,
         clock: options.clock,
         stop: stop.clone(),
