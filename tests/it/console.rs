@@ -493,3 +493,174 @@ async fn an_operator_of_one_number_sees_nothing_of_another_and_changes_its_setti
 fn mask(customer: &str) -> String {
     coexist::services::console::mask(customer)
 }
+
+/// The coexistence story's bodies, their times moved to end now (the gaps kept).
+fn story_now() -> Vec<String> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/coexistence-story.jsonl"),
+    )
+    .unwrap();
+    let mut bodies: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| (format!("line {i}"), l.to_owned()))
+        .collect();
+    coexist::tools::send::shift_to_now(&mut bodies, t0());
+    bodies.into_iter().map(|(_, b)| b).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_page_shows_the_story_as_the_human_chat_does_with_why() {
+    const STORY_PNID: &str = "123456789012345";
+    const LENA: &str = "15550004444";
+    let greeting = "Thanks for contacting Wheelhouse! We'll reply shortly.";
+    let g = crate::gate::GateStack::start(
+        "console-conversation",
+        &[
+            ("COEXIST_CONSOLE_LISTEN", "127.0.0.1:0"),
+            ("COEXIST_CONSOLE_TOKEN", &format!("ana:{TOKEN}")),
+            ("COEXIST_AUTOMATED_TEXTS", greeting),
+        ],
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let console = coexist::services::console::start(&g.stack.config, &shutdown)
+        .await
+        .unwrap();
+    let url = |path: &str| format!("http://{}{path}", console.addr);
+    let reply = |text: &str| json!({"messaging_product": "whatsapp", "to": LENA, "type": "text", "text": {"body": text}});
+    let send = |text: &str| {
+        let body = reply(text).to_string();
+        let addr = g.gate.addr;
+        async move {
+            let headers = [
+                ("Authorization", "Bearer agent-token".to_owned()),
+                ("Content-Type", "application/json".to_owned()),
+            ];
+            let path = format!("/v24.0/{STORY_PNID}/messages");
+            http(addr, "POST", &path, &headers, body.as_bytes()).await.0
+        }
+    };
+    let story = story_now();
+    // Lena asks; the AI agent answers (let through).
+    g.stack.post_until_ok(&story[0], 10 * SECS).await;
+    first_event(&g.stack.ns, "bot", 10 * SECS, |e| {
+        e.kind == "message.received"
+    })
+    .await;
+    assert_eq!(send("Yes! What kind of bike is it?").await, 200);
+    // The gate writes its trail entry beside its answer: wait for it, so the order is the story's.
+    let trail_len = || async {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("{}:{{{STORY_PNID}}}:c:{LENA}:trail", g.stack.ns);
+        redis::cmd("LLEN")
+            .arg(key)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap()
+    };
+    eventually(10 * SECS, "the AI agent's reply in the trail", || async {
+        match trail_len().await {
+            2 => Ok(()),
+            n => Err(format!("{n} entries")),
+        }
+    })
+    .await;
+    // The greeting, Lena's edit, Jo answers from the App.
+    for body in &story[1..4] {
+        g.stack.post_until_ok(body, 10 * SECS).await;
+    }
+    first_event(&g.stack.ns, "human_chat", 10 * SECS, |e| {
+        e.kind == "conversation.handover"
+    })
+    .await;
+    // The AI agent, still writing, answers too: refused.
+    assert_eq!(send("We can look at it tomorrow").await, 409);
+
+    let b = Browser::start().await;
+    b.client.goto(&url("/login")).await.unwrap();
+    b.type_into(Locator::Css("input[name=token]"), TOKEN).await;
+    b.click(Locator::Css("form.login button")).await;
+    until_shown(&b, "Signed in as", false).await;
+    // From the list: the held conversation's customer links to its page.
+    b.client.goto(&url("/")).await.unwrap();
+    until_shown(&b, "4444", true).await;
+    b.click(Locator::Css("td[data-label=Customer] a")).await;
+    let page = until_shown(&b, "The customer's next message", false).await;
+    assert!(page.contains("With a human"), "{page}");
+    assert!(
+        page.contains("it goes to the inbox, not the AI agent"),
+        "{page}"
+    );
+    // The rest of the story: Lena writes to Jo, Jo answers and types /reset, Lena writes again.
+    for body in &story[4..] {
+        g.stack.post_until_ok(body, 10 * SECS).await;
+    }
+    first_event(&g.stack.ns, "human_chat", 10 * SECS, |e| {
+        e.kind == "conversation.released"
+    })
+    .await;
+    // By search: number and customer.
+    b.client.goto(&url("/conversation")).await.unwrap();
+    b.type_into(Locator::Css("form.search input[name=number]"), STORY_PNID)
+        .await;
+    b.type_into(Locator::Css("form.search input[name=customer]"), LENA)
+        .await;
+    b.click(Locator::Css("form.search button")).await;
+    let page = until_shown(&b, "Great! What time do you open on Thursday?", true).await;
+    for shown in [
+        "Lena Park",
+        "📱 Business App (automatic)",
+        "📱 Business App",
+        "🤖 AI agent",
+        "Hi Lena, Jo here. Yes, we fix e-bikes. Which model?",
+        "Not sent (conversation_held): the gate refused the AI agent's reply: a person replying from the Business App took the conversation",
+        "With the AI agent",
+        "the number's automated text",
+        "released by the reset command '/reset' from the Business App",
+        "it goes to the AI agent, in its active session (R1).",
+    ] {
+        assert!(page.contains(shown), "{shown:?} not in:\n{page}");
+    }
+    assert!(!page.contains(LENA), "the customer's number is masked");
+    let struck = b
+        .js("return [...document.querySelectorAll('.msg.refused s')].map(s => s.textContent)")
+        .await;
+    assert_eq!(struck, json!(["We can look at it tomorrow"]));
+    let chat = b
+        .js("return [...document.querySelectorAll('ol.chat li')].map(l => l.className)")
+        .await;
+    assert_eq!(
+        chat,
+        json!([
+            "msg customer",
+            "msg bot",
+            "msg app",
+            "msg app",
+            "msg refused",
+            "msg customer",
+            "msg app",
+            "msg customer"
+        ]),
+        "customer, 🤖, 📱 greeting, 📱 Jo, refused, customer, 📱 Jo, customer"
+    );
+    // Relative times, the exact one on hover.
+    let when = b
+        .js("const t = document.querySelector('ol.chat time'); return [t.textContent, t.title]")
+        .await;
+    assert!(
+        when[0].as_str().unwrap().contains("ago") || when[0] == json!("now"),
+        "{when}"
+    );
+    b.screenshot("conversation").await;
+    fits_a_phone_and_stays_home(&b, &url("")).await;
+    // Pause from the page: held again, by ana.
+    b.click(Locator::Css(".actions form button")).await;
+    let page = until_shown(&b, "With a human", true).await;
+    assert!(page.contains("operator ana"), "{page}");
+    b.close().await;
+    console.stop().await;
+    g.stack.stop().await;
+}

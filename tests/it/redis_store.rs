@@ -110,7 +110,7 @@ async fn keys_share_one_slot_and_live_as_long_as_promised() {
         .collect();
     assert_eq!(
         conv,
-        HashSet::from(["v", "pause", "session", "state", "handback"]),
+        HashSet::from(["v", "pause", "session", "state", "handback", "trail"]),
         "{keys:?}"
     );
     let marks = keys
@@ -147,6 +147,11 @@ async fn keys_share_one_slot_and_live_as_long_as_promised() {
     assert!(
         state_ttl > 7 * 86_400 && (state_ttl - handback_ttl).abs() <= 1,
         "the handback expires with the state: {handback_ttl} / {state_ttl}"
+    );
+    let trail_ttl: i64 = conn.ttl(conv_key(&ns.0, ANA, "trail")).await.unwrap();
+    assert!(
+        (state_ttl - trail_ttl).abs() <= 1,
+        "the trail expires with the state: {trail_ttl} / {state_ttl}"
     );
     let session_ttl: i64 = conn.ttl(conv_key(&ns.0, ANA, "session")).await.unwrap();
     assert!(

@@ -52,6 +52,9 @@ pub struct Said {
     /// A reply of the AI agent the gate refused: why (`conversation_held`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The customer's profile name, on a customer's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// An instant as people read it: `2025-12-02 12:01 UTC`.
@@ -108,6 +111,9 @@ fn said(event: &Event) -> Option<Said> {
         id: message.id.clone(),
         text: message.text.clone(),
         refused: None,
+        from: (message.source == Source::Customer)
+            .then(|| event.customer.name.clone())
+            .flatten(),
     })
 }
 

@@ -47,18 +47,14 @@ pub(super) async fn held(
             Some(format!("cannot read the conversations from Redis: {e}")),
         ),
     };
-    let mut refs = HashMap::new();
     let mut numbers: Vec<&str> = Vec::new();
     let held: Vec<pages::Held> = rows
         .iter()
         .map(|p| {
-            let reference = token()[..16].to_owned();
-            if let Some(key) = CustomerKey::parse(&p.customer) {
-                refs.insert(
-                    reference.clone(),
-                    Scope::conversation(&p.phone_number_id, key),
-                );
-            }
+            let reference = match CustomerKey::parse(&p.customer) {
+                Some(key) => c.remember(&id, &Scope::conversation(&p.phone_number_id, key)),
+                None => String::new(),
+            };
             if !numbers.contains(&p.phone_number_id.as_str()) {
                 numbers.push(&p.phone_number_id);
             }
@@ -75,7 +71,6 @@ pub(super) async fn held(
             }
         })
         .collect();
-    c.update(&id, |s| s.refs = refs);
     let said = error.map(Err).or_else(|| c.take_said(&id));
     let f = frame("With a human now", "held", &session, said, REFRESH_SECS);
     let page = pages::HeldPage {
@@ -147,6 +142,9 @@ pub(super) struct RowForm {
     conversation: String,
     #[serde(default)]
     duration: Option<String>,
+    /// `conversation`: the action came from the conversation's own page, and goes back there.
+    #[serde(default)]
+    back: Option<String>,
 }
 
 pub(super) async fn release(
@@ -165,6 +163,15 @@ pub(super) async fn extend(
     row_action(c, headers, form, OperatorAction::Extend).await
 }
 
+/// Pause from a conversation's own page (by its reference).
+pub(super) async fn pause_conversation(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<RowForm>,
+) -> Response {
+    row_action(c, headers, form, OperatorAction::Pause).await
+}
+
 /// Release or Extend on a row of the first page.
 pub(super) async fn row_action(
     c: Arc<Console>,
@@ -176,11 +183,15 @@ pub(super) async fn row_action(
         Ok(s) => s,
         Err(refused) => return *refused,
     };
+    let back = match form.back.as_deref() {
+        Some("conversation") => format!("/conversation?ref={}", form.conversation),
+        _ => "/".to_owned(),
+    };
     let Some(scope) = session.refs.get(&form.conversation).cloned() else {
         c.update(&id, |s| {
             s.said = Some(Err("that row is gone: the list was refreshed".into()))
         });
-        return Redirect::to("/").into_response();
+        return Redirect::to(&back).into_response();
     };
     let shown = c.shown(scope.customer.as_ref().map_or("", |k| k.as_str()));
     let said = match action {
@@ -192,6 +203,20 @@ pub(super) async fn row_action(
                 by: Some(session.operator.clone()),
             };
             c.act(command, &format!("Release {shown}")).await
+        }
+        OperatorAction::Pause if form.back.is_some() => {
+            match form.duration.as_deref().and_then(duration_of) {
+                None => Err("choose one of the durations offered".into()),
+                Some(duration) => {
+                    let command = Command {
+                        scope,
+                        action: OperatorAction::Pause,
+                        duration: Some(duration),
+                        by: Some(session.operator.clone()),
+                    };
+                    c.act(command, &format!("Pause {shown}")).await
+                }
+            }
         }
         OperatorAction::Pause | OperatorAction::Extend => {
             match form.duration.as_deref().and_then(duration_of) {
@@ -211,5 +236,5 @@ pub(super) async fn row_action(
         }
     };
     c.update(&id, |s| s.said = Some(said));
-    Redirect::to("/").into_response()
+    Redirect::to(&back).into_response()
 }

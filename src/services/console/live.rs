@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
 use super::Console;
-use crate::core::domain::{redact_digits, Scope};
+use crate::core::domain::{redact_digits, CustomerKey, Scope};
 use crate::core::engine::event::Exchange;
 use crate::tools::tail::{Follow, Options};
 
@@ -33,13 +33,28 @@ fn visible(numbers: &Option<Vec<String>>, shown: &crate::tools::tail::Shown) -> 
     }
 }
 
-/// `GET /live/events`: `event` messages of `{"exchange", "type", "line"}`.
+/// The conversation an event is about (its group's, else the customer's first name), if any.
+fn conversation_of(json: &str) -> Option<Scope> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let pnid = v["phone_number_id"].as_str()?;
+    let key = match v["group_id"].as_str() {
+        Some(g) => CustomerKey::group(g)?,
+        None => [&v["customer"]["wa_id"], &v["customer"]["user_id"]]
+            .iter()
+            .find_map(|n| n.as_str().filter(|s| !s.is_empty()))
+            .and_then(CustomerKey::parse)?,
+    };
+    Some(Scope::conversation(pnid, key))
+}
+
+/// `GET /live/events`: `event` messages of `{"exchange", "type", "line", "ref"}` (`ref`: the
+/// conversation's reference for its page, when the event is about one).
 pub(super) async fn events(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
-    let Some((_, session)) = c.session(&headers) else {
+    let Some((session_id, session)) = c.session(&headers) else {
         return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
     };
     // An operator limited to some numbers sees their events only.
@@ -81,39 +96,46 @@ pub(super) async fn events(
         }
     };
     let log_content = c.log_content;
+    let remember = Arc::new((c.clone(), session_id));
     let stream = futures_util::stream::unfold(
         (follow, (options, numbers), viewer, true),
-        move |(mut follow, options, viewer, first)| async move {
-            if first {
-                let hello = Event::default()
-                    .retry(Duration::from_secs(2))
-                    .comment("following");
-                return Some((Ok::<_, Infallible>(hello), (follow, options, viewer, false)));
-            }
-            let next = loop {
-                match follow.next(&options.0).await {
-                    Some(Ok(shown)) if !visible(&options.1, &shown) => continue,
-                    other => break other,
+        move |(mut follow, options, viewer, first)| {
+            let remember = remember.clone();
+            async move {
+                if first {
+                    let hello = Event::default()
+                        .retry(Duration::from_secs(2))
+                        .comment("following");
+                    return Some((Ok::<_, Infallible>(hello), (follow, options, viewer, false)));
                 }
-            };
-            match next {
-                Some(Ok(shown)) => {
-                    let line = match log_content {
-                        true => shown.line,
-                        false => redact_digits(&shown.line),
-                    };
-                    let data = serde_json::json!({
-                        "exchange": shown.exchange.as_str(),
-                        "type": shown.kind,
-                        "line": line,
-                    });
-                    let event = Event::default().event("event").data(data.to_string());
-                    Some((Ok(event), (follow, options, viewer, false)))
-                }
-                // The broker went away: end the stream; the browser reconnects.
-                Some(Err(_)) | None => {
-                    follow.close().await;
-                    None
+                let next = loop {
+                    match follow.next(&options.0).await {
+                        Some(Ok(shown)) if !visible(&options.1, &shown) => continue,
+                        other => break other,
+                    }
+                };
+                match next {
+                    Some(Ok(shown)) => {
+                        let line = match log_content {
+                            true => shown.line,
+                            false => redact_digits(&shown.line),
+                        };
+                        let reference = conversation_of(&shown.json)
+                            .map(|scope| remember.0.remember(&remember.1, &scope));
+                        let data = serde_json::json!({
+                            "exchange": shown.exchange.as_str(),
+                            "type": shown.kind,
+                            "line": line,
+                            "ref": reference,
+                        });
+                        let event = Event::default().event("event").data(data.to_string());
+                        Some((Ok(event), (follow, options, viewer, false)))
+                    }
+                    // The broker went away: end the stream; the browser reconnects.
+                    Some(Err(_)) | None => {
+                        follow.close().await;
+                        None
+                    }
                 }
             }
         },

@@ -11,11 +11,14 @@
 //!   Extend and a Pause form: operator commands, decided in the conversation's lane
 //!   ([`crate::tools::operator::send`]),
 //!   recorded with the signed-in operator's name as `by.name`.
+//! - **A conversation** ([`conversation`]): as the Human Chat shows it (customer, 📱 App, 🤖 AI
+//!   agent, refused replies struck through), its state, why each decision was made, actions.
 //! - **Live events** ([`live`]): Server-Sent Events from a queue of its own, like `coexist tail`.
 //! - **Dead letters**: listed with a safe preview; Replay (one or all) and Discard, each asked
 //!   for first.
 
 pub mod api;
+pub(crate) mod conversation;
 pub(crate) mod dead;
 pub(crate) mod held;
 pub(crate) mod live;
@@ -55,6 +58,8 @@ const SESSION: Duration = Duration::from_secs(12 * 3600);
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a wrong token is kept waiting.
 const WRONG_TOKEN_DELAY: Duration = Duration::from_secs(1);
+/// Conversation references a session keeps at most (past it they start again).
+const MAX_REFS: usize = 5000;
 /// Sessions held at most (the oldest go first).
 const MAX_SESSIONS: usize = 1000;
 /// The first page reloads itself this often, in seconds.
@@ -162,6 +167,8 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         .route("/pause", post(held::pause))
         .route("/release", post(held::release))
         .route("/extend", post(held::extend))
+        .route("/conversation/pause", post(held::pause_conversation))
+        .route("/conversation", get(conversation::page))
         .route("/live", get(live_page))
         .route("/live/events", get(live::events))
         .route("/numbers", get(numbers::list))
@@ -302,6 +309,24 @@ impl Console {
         if let Some(s) = self.sessions.lock().expect("sessions").get_mut(id) {
             f(s);
         }
+    }
+
+    /// An opaque reference to `scope` for this session (the same one each time), valid for
+    /// the session's actions; a session keeps at most [`MAX_REFS`] of them.
+    fn remember(&self, id: &str, scope: &Scope) -> String {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let Some(s) = sessions.get_mut(id) else {
+            return String::new();
+        };
+        if let Some((r, _)) = s.refs.iter().find(|(_, v)| *v == scope) {
+            return r.clone();
+        }
+        if s.refs.len() >= MAX_REFS {
+            s.refs.clear();
+        }
+        let reference = token()[..16].to_owned();
+        s.refs.insert(reference.clone(), scope.clone());
+        reference
     }
 
     /// Takes the message of the last action.

@@ -169,7 +169,7 @@ pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
                         @for r in rows {
                             tr {
                                 td data-label="Number" { (r.number) }
-                                td data-label="Customer" { (r.customer) }
+                                td data-label="Customer" { a href={ "/conversation?ref=" (r.reference) } { (r.customer) } }
                                 td data-label="Since" { (r.since) }
                                 td data-label="Until" { (r.until) }
                                 td data-label="Left" { (r.left) }
@@ -207,6 +207,9 @@ pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
                 label { "For" select name="duration" { (durations("1d")) } }
                 button type="submit" { "Pause" }
             }
+            h2 { "Find a conversation" }
+            p.muted { "Its messages as the Human Chat shows them, and why each went where it went." }
+            (search_form())
         },
     )
 }
@@ -299,6 +302,171 @@ pub fn confirm(f: &Frame<'_>, action: &str, id: &str, what: &str) -> Markup {
                 " "
                 a href="/dead" { "No, go back" }
             }
+        },
+    )
+}
+
+/// A conversation's page.
+pub struct ConversationPage<'a> {
+    /// The conversation's reference for this session's actions.
+    pub reference: String,
+    pub number: String,
+    /// The number's label, if it has one.
+    pub label: Option<String>,
+    /// The customer, masked unless `log_content`.
+    pub customer: String,
+    /// The customer's profile name, when a message carried it.
+    pub name: Option<String>,
+    pub explained: &'a crate::tools::explain::Explained,
+    /// A message's text as the page shows it (digits masked unless `log_content`).
+    pub text: &'a dyn Fn(&str) -> String,
+}
+
+/// An instant for people: `<time>` with the exact UTC time; the page's script shows it
+/// relative ("2 minutes ago") in the browser's time zone, with the exact time on hover.
+pub fn moment(rfc3339: &str) -> Markup {
+    let readable = crate::core::time::Millis::parse_rfc3339(rfc3339)
+        .map_or_else(|| rfc3339.to_owned(), crate::core::engine::why::when);
+    html! { time datetime=(rfc3339) title=(readable) { (readable) } }
+}
+
+fn search_form() -> Markup {
+    html! {
+        form.search method="get" action="/conversation" {
+            label { "Business number (phone_number_id)" input name="number" required inputmode="numeric"; }
+            label { "Customer (phone or business-scoped id)" input name="customer" required; }
+            button type="submit" { "Show the conversation" }
+        }
+    }
+}
+
+/// The search for a conversation by number and customer.
+pub fn conversation_search(f: &Frame<'_>) -> Markup {
+    page(
+        f,
+        html! {
+            p.muted { "Any of the customer's numbers or ids finds the conversation." }
+            (search_form())
+        },
+    )
+}
+
+/// One conversation: as the Human Chat shows it, its state, why, and its actions.
+pub fn conversation(f: &Frame<'_>, p: &ConversationPage<'_>) -> Markup {
+    use crate::core::engine::event::Source;
+    let e = p.explained;
+    let v = &e.state;
+    let messages: Vec<(
+        &crate::core::engine::why::TrailEntry,
+        &crate::core::engine::why::Said,
+    )> = e
+        .trail
+        .iter()
+        .filter_map(|t| Some((t, t.message.as_ref()?)))
+        .collect();
+    let who = |m: &crate::core::engine::why::Said| -> String {
+        match m.source {
+            Source::Customer => m.from.clone().unwrap_or_else(|| "Customer".into()),
+            Source::BusinessApp => "📱 Business App".into(),
+            Source::BusinessAppAutomation => "📱 Business App (automatic)".into(),
+            Source::Bot => "🤖 AI agent".into(),
+            Source::OtherApp => "Another app".into(),
+            Source::History => "History".into(),
+        }
+    };
+    let side = |m: &crate::core::engine::why::Said| -> &'static str {
+        match (m.source, m.refused.is_some()) {
+            (_, true) => "msg refused",
+            (Source::Customer, _) => "msg customer",
+            (Source::Bot, _) => "msg bot",
+            _ => "msg app",
+        }
+    };
+    page(
+        f,
+        html! {
+            ul.counts {
+                li { "Number " b { (p.label.as_deref().unwrap_or(&p.number)) }
+                    @if p.label.is_some() { " " span.muted { (p.number) } } }
+                li { "Customer " b { (p.name.as_deref().unwrap_or(&p.customer)) }
+                    @if p.name.is_some() { " " span.muted { (p.customer) } } }
+                li {
+                    @match (&v.paused_until, &v.paused_by) {
+                        (Some(until), Some(by)) => {
+                            b.state.human { "With a human" } " until " (moment(until)) ", paused by "
+                            (crate::core::engine::why::by_words(by))
+                        },
+                        _ => { b.state.bot { "With the AI agent" } },
+                    }
+                }
+                @if e.number_state != crate::core::numbers::LifeState::Active && e.number_state != crate::core::numbers::LifeState::Unregistered {
+                    li { "Number " span.warn { (e.number_state.as_str()) } }
+                }
+            }
+            p.next { b { "The customer's next message: " } (e.next_message) }
+            div.actions {
+                @if v.paused {
+                    form method="post" action="/release" {
+                        input type="hidden" name="csrf" value=(f.csrf);
+                        input type="hidden" name="conversation" value=(p.reference);
+                        input type="hidden" name="back" value="conversation";
+                        button type="submit" { "Release" }
+                    }
+                    form method="post" action="/extend" {
+                        input type="hidden" name="csrf" value=(f.csrf);
+                        input type="hidden" name="conversation" value=(p.reference);
+                        input type="hidden" name="back" value="conversation";
+                        select name="duration" aria-label="Extend by" { (durations("2h")) }
+                        button.quiet type="submit" { "Extend" }
+                    }
+                } @else {
+                    form method="post" action="/conversation/pause" {
+                        input type="hidden" name="csrf" value=(f.csrf);
+                        input type="hidden" name="conversation" value=(p.reference);
+                        input type="hidden" name="back" value="conversation";
+                        select name="duration" aria-label="Pause for" { (durations("1d")) }
+                        button type="submit" { "Pause the AI agent" }
+                    }
+                }
+            }
+            h2 { "Messages" }
+            @if messages.is_empty() {
+                p.empty { "No message kept for this conversation (none yet, or older than the trail keeps)." }
+            } @else {
+                ol.chat {
+                    @for (t, m) in &messages {
+                        li class=(side(m)) {
+                            span.who { (who(m)) } " " span.muted { (moment(&t.at)) }
+                            @if let Some(reason) = &m.refused {
+                                p { s { ((p.text)(&m.text)) } }
+                                small.refused { "Not sent (" (reason) "): " (t.why) }
+                            } @else {
+                                p { ((p.text)(&m.text)) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Why, step by step" }
+            @if e.trail.is_empty() {
+                p.empty { "No decision kept yet." }
+            } @else {
+                table.trail {
+                    thead { tr { th { "When" } th { "Rule" } th { "What happened" } th { "Why" } } }
+                    tbody {
+                        @for t in &e.trail {
+                            tr {
+                                td data-label="When" { (moment(&t.at)) }
+                                td data-label="Rule" { code { (t.rule) } }
+                                td data-label="What happened" { (t.outcome) }
+                                td data-label="Why" { (t.why) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Another conversation" }
+            (search_form())
         },
     )
 }

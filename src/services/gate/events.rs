@@ -239,6 +239,7 @@ pub fn trail_entry(
             id: wamid,
             text: send.content.text.clone(),
             refused,
+            from: None,
         }),
     }
 }

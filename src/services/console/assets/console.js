@@ -13,6 +13,29 @@
   }, every * 1000);
 })();
 
+// Times read as people read them: relative ("2 minutes ago", "in 6 days") in the browser's
+// time zone, the exact time on hover. Without the script the exact UTC time shows.
+function relative(when) {
+  const seconds = Math.round((when.getTime() - Date.now()) / 1000);
+  const units = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400],
+                 ["hour", 3600], ["minute", 60], ["second", 1]];
+  const format = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  for (const [unit, size] of units) {
+    if (Math.abs(seconds) >= size || unit === "second") {
+      return format.format(Math.round(seconds / size), unit);
+    }
+  }
+}
+function times(root) {
+  root.querySelectorAll("time[datetime]").forEach(function (t) {
+    const when = new Date(t.getAttribute("datetime"));
+    if (isNaN(when)) return;
+    t.title = when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    t.textContent = relative(when);
+  });
+}
+times(document);
+
 // The live view: a Server-Sent Events stream of the events as they are published.
 (function live() {
   const list = document.getElementById("events");
@@ -31,7 +54,13 @@
 
   function add(item) {
     const li = document.createElement("li");
-    li.textContent = item.line;
+    li.textContent = item.line + " ";
+    if (item.ref) {
+      const a = document.createElement("a");
+      a.href = "/conversation?ref=" + encodeURIComponent(item.ref);
+      a.textContent = "conversation";
+      li.appendChild(a);
+    }
     li.dataset.exchange = item.exchange;
     li.dataset.type = item.type;
     list.insertBefore(li, list.firstChild);
