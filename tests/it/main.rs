@@ -27,3 +27,4 @@ mod security;
 mod supervision;
 mod tracing;
 mod traffic;
+mod why;
