@@ -21,8 +21,11 @@
 //!   - [`core::engine`]: **the rules R1-R19** as one pure function ([`core::engine::decide`]:
 //!     state + input + clock -> decision), its input ([`core::engine::input`]), the events
 //!     ([`core::engine::event`]: the header; [`core::engine::event::payload`] each type's fields), the
-//!     conversation state ([`core::engine::state`]) and the reply gate's judgement
-//!     ([`core::engine::reply`]).
+//!     conversation state ([`core::engine::state`]), the reply gate's judgement
+//!     ([`core::engine::reply`]) and **why**: each decision in one sentence
+//!     ([`core::engine::why`]).
+//!   - [`core::numbers`]: the business numbers: settings in layers, lifecycle states, the book
+//!     every decision reads; [`core::onboarding`]: Meta's onboarding rules (the two syncs).
 //!   - [`core::store`]: the state store interface, and the in-memory store ([`core::store::memory`]).
 //!   - [`core::apply`]: the one loop that applies the rules to stored state, exactly once per input.
 //!   - [`core::unit`]: the inbound work unit (one number's items from one webhook).
@@ -32,8 +35,9 @@
 //!     confirms ([`adapters::broker::publisher`]), the self-reconnecting link ([`adapters::broker::link`]).
 //!   - [`adapters::redis`]: the state in Redis, with **the table of every key**; the commit script
 //!     ([`adapters::redis::commit`]), the gate's in-flight replies ([`adapters::redis::reply`]), the
-//!     deadline schedule ([`adapters::redis::deadlines`]).
-//!   - [`adapters::graph`]: the client the reply gate forwards to Meta's Graph API through.
+//!     deadline schedule ([`adapters::redis::deadlines`]), the number registry
+//!     ([`adapters::redis::numbers`]).
+//!   - [`adapters::graph`]: the client to Meta's Graph API (the gate's sends, onboarding's calls).
 //! - [`services`]: the long-running parts, each started as a [`services::Part`] (one start/stop
 //!   skeleton) and serving its **routes** from its `start`:
 //!   - [`services::ingress`]: `/webhook` (signatures, partitions, confirms);
@@ -43,11 +47,16 @@
 //!     [`services::worker::marks`] published marks, [`services::worker::sweep`] due timeouts;
 //!   - [`services::gate`]: the reply gate (R17), [`services::gate::events`] its events;
 //!   - [`services::console`]: the operator console ([`services::console::signin`],
-//!     [`services::console::held`], [`services::console::dead`], [`services::console::live`],
-//!     [`services::console::pages`] the HTML).
+//!     [`services::console::held`], [`services::console::conversation`],
+//!     [`services::console::dead`], [`services::console::live`], [`services::console::numbers`],
+//!     [`services::console::api`] the admin API, [`services::console::pages`] the HTML);
+//!   - [`services::numbers`]: how every process follows the number registry, and the numbers'
+//!     activity.
 //! - [`tools`]: what operators run by hand: [`tools::process`] and [`tools::summary`] (offline),
-//!   [`tools::operator`] (one conversation), [`tools::dlq`], [`tools::tail`], [`tools::send`],
-//!   [`tools::asyncapi`]; [`tools::printable`] escapes what a terminal would act on.
+//!   [`tools::operator`] (one conversation), [`tools::explain`] (why), [`tools::numbers`],
+//!   [`tools::onboard`], [`tools::check`] (the numbers), [`tools::dlq`], [`tools::tail`],
+//!   [`tools::send`], [`tools::asyncapi`], [`tools::openapi`]; [`tools::printable`] escapes what
+//!   a terminal would act on.
 //! - [`runtime`]: what every process runs on: **every configuration key** ([`runtime::config`]),
 //!   HTTP serving under limits ([`runtime::http`]), **every metric name** ([`runtime::metrics`]),
 //!   traces ([`runtime::trace`]), supervised tasks ([`runtime::supervise`]), retrying

@@ -28,7 +28,7 @@ type Fields = std::collections::HashMap<String, String>;
 pub const CHANGES_KEPT: isize = 20;
 
 /// Raises the activity times of a number (never lowers them), sets `first_seen_at` once.
-/// `KEYS[1]` the record; ARGV: first seen, then the times of [`SEEN_FIELDS`] (0: none), then
+/// `KEYS[1]` the record; ARGV: first seen, then the times of the fields the script lists (0: none), then
 /// the near miss's text (with `last_near_miss_at`).
 const SEEN: &str = r#"
 redis.call('HSETNX', KEYS[1], 'first_seen_at', ARGV[1])
