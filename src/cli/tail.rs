@@ -25,6 +25,8 @@ pub struct Args {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExchangeArg {
     Bot,
+    /// As the contract spells it (`human-chat` is accepted too).
+    #[value(name = "human_chat", alias = "human-chat")]
     HumanChat,
 }
 

@@ -32,6 +32,59 @@ pub enum Error {
 /// is the wall clock. Timestamps are the `timestamp` strings of Unix seconds and an entry's
 /// `time`. Bodies that are not JSON are left as they are.
 pub fn shift_to_now(bodies: &mut [(String, String)], now_secs: i64) {
+    let latest = times(bodies).into_iter().flatten().max();
+    if let Some(latest) = latest {
+        shift_by(bodies, now_secs - latest);
+    }
+}
+
+/// Moves the bodies' timestamps so that the first body's is now, and answers when each body is
+/// due (Unix seconds, its latest timestamp): `send --pace` plays a story out in real time.
+pub fn shift_to_start(bodies: &mut [(String, String)], now_secs: i64) -> Vec<i64> {
+    let times = times(bodies);
+    let Some(first) = times.iter().flatten().next().copied() else {
+        return vec![now_secs; bodies.len()];
+    };
+    shift_by(bodies, now_secs - first);
+    let mut due = now_secs;
+    times
+        .into_iter()
+        .map(|t| {
+            // A body without a time goes with the one before it.
+            due = t.map_or(due, |t| (t + now_secs - first).max(due));
+            due
+        })
+        .collect()
+}
+
+/// Each body's latest timestamp (`None`: not JSON, or none).
+fn times(bodies: &[(String, String)]) -> Vec<Option<i64>> {
+    bodies
+        .iter()
+        .map(|(_, b)| {
+            let mut v: serde_json::Value = serde_json::from_str(b).ok()?;
+            let mut latest = None;
+            walk_times(&mut v, &mut |t| {
+                latest = latest.max(Some(t));
+                t
+            });
+            latest
+        })
+        .collect()
+}
+
+/// Moves every timestamp of the bodies by `offset` seconds.
+fn shift_by(bodies: &mut [(String, String)], offset: i64) {
+    for (_, body) in bodies.iter_mut() {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(body) {
+            walk_times(&mut v, &mut |t| t + offset);
+            *body = v.to_string();
+        }
+    }
+}
+
+/// Calls `f` on every Meta timestamp of a body and writes back what it answers.
+fn walk_times(v: &mut serde_json::Value, f: &mut impl FnMut(i64) -> i64) {
     fn walk(v: &mut serde_json::Value, f: &mut impl FnMut(i64) -> i64) {
         match v {
             serde_json::Value::Object(map) => {
@@ -55,27 +108,7 @@ pub fn shift_to_now(bodies: &mut [(String, String)], now_secs: i64) {
             _ => {}
         }
     }
-    let mut parsed: Vec<Option<serde_json::Value>> = bodies
-        .iter()
-        .map(|(_, b)| serde_json::from_str(b).ok())
-        .collect();
-    let mut latest = i64::MIN;
-    for v in parsed.iter_mut().flatten() {
-        walk(v, &mut |t| {
-            latest = latest.max(t);
-            t
-        });
-    }
-    if latest == i64::MIN {
-        return;
-    }
-    let offset = now_secs - latest;
-    for ((_, body), v) in bodies.iter_mut().zip(parsed) {
-        if let Some(mut v) = v {
-            walk(&mut v, &mut |t| t + offset);
-            *body = v.to_string();
-        }
-    }
+    walk(v, f)
 }
 
 /// What became of one body.
@@ -179,6 +212,30 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_starts_now_and_keeps_the_gaps() {
+        let mut bodies = vec![
+            (
+                "a".to_owned(),
+                r#"{"entry":[{"changes":[{"value":{"messages":[{"timestamp":"1000"}]}}]}]}"#
+                    .to_owned(),
+            ),
+            ("b".to_owned(), "not json".to_owned()),
+            (
+                "c".to_owned(),
+                r#"{"entry":[{"changes":[{"value":{"messages":[{"timestamp":"1007"}]}}]}]}"#
+                    .to_owned(),
+            ),
+        ];
+        let due = shift_to_start(&mut bodies, 5000);
+        assert_eq!(due, [5000, 5000, 5007]);
+        assert!(
+            bodies[2].1.contains(r#""timestamp":"5007""#),
+            "{}",
+            bodies[2].1
+        );
+    }
 
     #[test]
     fn shifting_keeps_the_gaps_and_ends_now() {

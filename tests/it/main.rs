@@ -19,6 +19,7 @@ mod onboarding;
 mod parse;
 mod pipeline;
 mod processes;
+mod readme;
 mod redis_store;
 mod reliability;
 mod routing;

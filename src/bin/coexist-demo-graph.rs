@@ -4,7 +4,8 @@
 //! number on the Business App, `subscribed_apps`, and each sync accepted once per number and
 //! refused the second time, as Meta does. `scripts/up` starts it and points the gate at it.
 //!
-//! `cargo run --example graph_stand_in` listens on `STAND_IN_LISTEN` (default `127.0.0.1:8090`).
+//! `target/release/coexist-demo-graph` (built and started by `scripts/up`) listens on
+//! `STAND_IN_LISTEN` (default `127.0.0.1:8090`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

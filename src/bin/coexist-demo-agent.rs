@@ -1,8 +1,11 @@
 //! The reference AI agent: everything an integrator needs to put an agent behind coexist.
 //!
-//! `cargo run --example agent` (with `coexist serve` or `scripts/up` running). It consumes the
-//! AI agent's events from `{ns}.bot.events` and answers each customer message through the reply
-//! gate. The whole integration is four things, marked INTEGRATION below:
+//! `target/release/coexist-demo-agent` (built by `scripts/up`, which also starts it). It consumes
+//! the AI agent's events from `{ns}.bot.events` and answers each customer message through the
+//! reply gate, after "thinking" for `AGENT_THINKING` (default `2s`, as a real model takes): a
+//! person who answers from the Business App meanwhile holds the conversation, and the gate
+//! refuses the reply (`409 conversation_held`). The whole integration is four things, marked
+//! INTEGRATION below:
 //!
 //! 1. Read `message.received` from `{ns}.bot` (here: its default queue `{ns}.bot.events`).
 //! 2. Send the reply to the gate instead of Meta: same path, same body, same `Authorization`;
@@ -15,9 +18,8 @@
 //!
 //! Environment: `COEXIST_AMQP_URL`, `COEXIST_NAMESPACE` (as coexist's), `AGENT_GATE_URL`
 //! (default `http://127.0.0.1:8081`), `AGENT_META_TOKEN` (your Cloud API token; the gate passes
-//! it on and keeps none of its own), `AGENT_GRAPH_VERSION` (default `v21.0`).
-
-use std::collections::HashSet;
+//! it on and keeps none of its own), `AGENT_GRAPH_VERSION` (default `v21.0`), `AGENT_THINKING`
+//! (how long an answer takes, e.g. `500ms`, `2s`; default `2s`).
 
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -39,6 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gate = env("AGENT_GATE_URL", "http://127.0.0.1:8081");
     let meta_token = env("AGENT_META_TOKEN", "local-development-meta-token");
     let version = env("AGENT_GRAPH_VERSION", "v21.0");
+    let thinking = humantime::parse_duration(&env("AGENT_THINKING", "2s"))
+        .map_err(|e| format!("AGENT_THINKING: {e}"))?;
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
 
     // INTEGRATION 1: the AI agent's events.
@@ -53,9 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             FieldTable::default(),
         )
         .await?;
-    println!("agent: reading {queue}, answering through {gate}");
-    // Customers a human has taken over (an agent with real work in progress would cancel it).
-    let mut paused: HashSet<String> = HashSet::new();
+    println!(
+        "agent: reading {queue}, answering through {gate} after thinking {}",
+        humantime::format_duration(thinking)
+    );
 
     while let Some(delivery) = events.next().await {
         let delivery = delivery?;
@@ -64,22 +69,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let customer = &event["customer"];
-        let who = customer["wa_id"]
+        let customer = event["customer"].clone();
+        let who = customer["name"]
             .as_str()
+            .or(customer["wa_id"].as_str())
             .or(customer["user_id"].as_str())
             .unwrap_or_default()
             .to_owned();
         match event["type"].as_str() {
             Some("message.received") => {
-                paused.remove(&who);
                 let text = event["message"]["text"].as_str().unwrap_or_default();
                 // INTEGRATION 4: after a human's stretch, what was said meanwhile.
                 let handback = &event["handback"];
                 let answer = if handback.is_null() {
+                    println!("agent: {who} asked {text:?}; thinking…");
                     format!("You said: {text}")
                 } else {
                     let n = handback["messages"].as_array().map_or(0, Vec::len);
+                    println!(
+                        "agent: {who} is back after a person's stretch ({}): I get the {n} message(s) they exchanged (handback), then {text:?}; thinking…",
+                        handback["reason"].as_str().unwrap_or("?")
+                    );
                     format!("I'm back (a colleague helped you: {n} message(s)). You said: {text}")
                 };
                 // A reply addressed as Meta takes it: `to` a phone number, else `recipient`.
@@ -97,31 +107,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         event["reply_token"].as_str().unwrap_or_default(),
                     )
                     .body(Full::new(Bytes::from(reply.to_string())))?;
-                match http.request(request).await {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let body = response.into_body().collect().await?.to_bytes();
-                        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-                        match status {
-                            200..=299 => {
-                                println!("agent: answered {who}: {}", body["messages"][0]["id"])
-                            }
-                            409 => println!(
-                                "agent: not sent to {who}: {} (a human has it)",
-                                body["error"]["error_data"]["reason"]
-                            ),
-                            _ => {
-                                println!("agent: Meta or the gate said {status} for {who}: {body}")
+                // The model takes its time; meanwhile the next events are read (a person may
+                // take the conversation: the gate then refuses this reply).
+                let http = http.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(thinking).await;
+                    match http.request(request).await {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body = match response.into_body().collect().await {
+                                Ok(b) => b.to_bytes(),
+                                Err(_) => Bytes::new(),
+                            };
+                            let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+                            match status {
+                                200..=299 => println!(
+                                    "agent: answered {who} (Meta's id {})",
+                                    body["messages"][0]["id"]
+                                ),
+                                409 => println!(
+                                    "agent: my reply to {who} was REFUSED by the gate: 409 {} (a person holds the conversation; the inbox got my reply as reply.suppressed)",
+                                    body["error"]["error_data"]["reason"].as_str().unwrap_or("?")
+                                ),
+                                _ => println!(
+                                    "agent: Meta or the gate said {status} for {who}: {body}"
+                                ),
                             }
                         }
+                        Err(e) => println!("agent: the gate is unreachable: {e}"),
                     }
-                    Err(e) => println!("agent: the gate is unreachable: {e}"),
-                }
+                });
             }
-            // INTEGRATION 4: a human took over; stop.
+            // INTEGRATION 4: a human took over: stop working on this customer (a reply already
+            // on its way is refused by the gate).
             Some("session.paused") => {
-                println!("agent: a human took {who} until {}", event["paused_until"]);
-                paused.insert(who);
+                println!(
+                    "agent: a person took {who}'s conversation from the Business App (until {})",
+                    event["paused_until"].as_str().unwrap_or("?")
+                );
             }
             Some(other) => println!("agent: {other} for {who}"),
             None => {}
