@@ -61,8 +61,12 @@ ensure_rabbitmq() {
   STARTED_RABBITMQ=1
 }
 
-# Debian's Chromium and its WebDriver, for the console's browser tests.
+# Debian's Chromium and its WebDriver, for the console's browser tests (and an emoji font, so
+# that the screenshots show the 📱 and 🤖 the pages carry).
 ensure_chromium() {
+  if [ ! -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && can_install; then
+    install fonts-noto-color-emoji || true
+  fi
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
   install chromium
   install chromium-driver

@@ -200,7 +200,25 @@ async fn sign_in_is_required_wrong_tokens_refused_and_cross_site_posts_refused()
 async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_name() {
     let c = ConsoleStack::start("console-held").await;
     let t = t0();
-    // A human answered Ana from the App.
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &c.stack.ns)
+        .await
+        .unwrap();
+    let label = coexist::adapters::redis::Added {
+        name: Some("Tienda Sol".into()),
+        ..Default::default()
+    };
+    store
+        .add_number(PNID, &label, coexist::core::time::Millis::now())
+        .await
+        .unwrap();
+    // Ana asked; a human answered her from the App.
+    c.stack
+        .post_until_ok(
+            &customer_text(ANA, "wamid.CO0", t - 60, "¿tienen talla M?"),
+            10 * SECS,
+        )
+        .await;
+    let _ = take_distinct(&c.stack.ns, "bot", 1, 10 * SECS).await;
     c.stack
         .post_until_ok(&echo_text(ANA, "wamid.CO1", t, "te atiendo yo"), 10 * SECS)
         .await;
@@ -208,7 +226,19 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
     let b = Browser::start().await;
     sign_in(&b, &c, TOKEN).await;
     let page = until_shown(&b, "•••0001", true).await;
-    assert!(page.contains("business_app"), "who paused: {page}");
+    // For a shop's staff: the number's label, the customer's name, the last message, who paused
+    // in words, times relative.
+    for shown in [
+        "Tienda Sol",
+        "Ana Ruiz •••0001",
+        "📱 Business App",
+        "te atiendo yo",
+        "a person replying from the Business App",
+        "in 7 days",
+        "ago",
+    ] {
+        assert!(page.contains(shown), "{shown:?} not in:\n{page}");
+    }
     let source = b.client.source().await.unwrap();
     assert!(
         !source.contains(ANA),
@@ -255,9 +285,6 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
         .await;
     b.click(form("form[action='/extend'] button")).await;
     until_shown(&b, "Extend •••0002 by 1day: done", false).await;
-    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &c.stack.ns)
-        .await
-        .unwrap();
     let scope = coexist::core::domain::Scope::conversation(
         PNID,
         coexist::core::domain::CustomerKey::parse(LUIS).unwrap(),

@@ -430,6 +430,31 @@ fn json<T: Serialize>(v: &T) -> String {
 }
 
 impl RedisStore {
+    /// The latest `n` trail entries of each conversation, in one round trip (oldest first each).
+    pub async fn trails_tail(
+        &self,
+        scopes: &[Scope],
+        n: usize,
+    ) -> Result<Vec<Vec<crate::core::engine::why::TrailEntry>>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for scope in scopes {
+            pipe.lrange(self.key(scope, "trail"), -(n as isize), -1);
+        }
+        let raw: Vec<Vec<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(raw
+            .iter()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| serde_json::from_str(e).ok())
+                    .collect()
+            })
+            .collect())
+    }
+
     /// Adds an entry to a conversation's trail outside a commit (the reply gate's judgements),
     /// keeping the latest `keep`, alive for `retain`.
     pub async fn trail_add(

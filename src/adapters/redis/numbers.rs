@@ -96,6 +96,18 @@ impl RedisStore {
             .await?)
     }
 
+    /// The labels (`name`) of these numbers, in one round trip (`None`: none).
+    pub async fn number_names(&self, pnids: &[&str]) -> Result<Vec<Option<String>>> {
+        if pnids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in pnids {
+            pipe.hget(self.number_key(id), "name");
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     /// Every number's id, sorted.
     pub async fn number_ids(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = self.conn.clone().smembers(self.numbers_key()).await?;

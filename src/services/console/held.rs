@@ -48,25 +48,61 @@ pub(super) async fn held(
         ),
     };
     let mut numbers: Vec<&str> = Vec::new();
+    for p in &rows {
+        if !numbers.contains(&p.phone_number_id.as_str()) {
+            numbers.push(&p.phone_number_id);
+        }
+    }
+    // For people: each number's label, each customer's name and last message (from the trail).
+    let labels = c.store.number_names(&numbers).await.unwrap_or_default();
+    let label_of = |pnid: &str| {
+        let i = numbers.iter().position(|n| *n == pnid)?;
+        labels.get(i).cloned().flatten()
+    };
+    let scopes: Vec<Scope> = rows
+        .iter()
+        .filter_map(|p| {
+            CustomerKey::parse(&p.customer).map(|k| Scope::conversation(&p.phone_number_id, k))
+        })
+        .collect();
+    let tails = c.store.trails_tail(&scopes, 10).await.unwrap_or_default();
+    let text = |t: &str| match c.log_content {
+        true => t.to_owned(),
+        false => crate::core::domain::redact_digits(t),
+    };
     let held: Vec<pages::Held> = rows
         .iter()
         .map(|p| {
-            let reference = match CustomerKey::parse(&p.customer) {
-                Some(key) => c.remember(&id, &Scope::conversation(&p.phone_number_id, key)),
+            let scope = CustomerKey::parse(&p.customer)
+                .map(|key| Scope::conversation(&p.phone_number_id, key));
+            let reference = match &scope {
+                Some(scope) => c.remember(&id, scope),
                 None => String::new(),
             };
-            if !numbers.contains(&p.phone_number_id.as_str()) {
-                numbers.push(&p.phone_number_id);
-            }
-            let left = Duration::from_secs((p.left_ms.max(0) / 60_000 * 60) as u64);
+            let tail = scope
+                .as_ref()
+                .and_then(|s| scopes.iter().position(|x| x == s))
+                .and_then(|i| tails.get(i));
+            let said = tail
+                .into_iter()
+                .flatten()
+                .filter_map(|t| Some((t, t.message.as_ref()?)));
+            let name = said.clone().rev().find_map(|(_, m)| m.from.clone());
+            let last = said.clone().next_back().map(|(t, m)| pages::LastMessage {
+                who: pages::who(m),
+                text: text(&m.text),
+                at: t.at.clone(),
+            });
             pages::Held {
                 reference,
                 number: p.phone_number_id.clone(),
+                label: label_of(&p.phone_number_id),
                 customer: c.shown(&p.customer),
+                name,
+                last,
                 since: p.since.clone(),
                 until: p.paused_until.clone(),
-                left: humantime::format_duration(left).to_string(),
-                by: operator::by_text(&p.by),
+                by: crate::core::engine::why::by_words(&p.by),
                 trigger: p.trigger_message_id.clone().unwrap_or_else(|| "-".into()),
             }
         })

@@ -7,13 +7,40 @@ pub struct Held {
     /// An opaque reference to the conversation, valid for this session.
     pub reference: String,
     pub number: String,
+    /// The number's label, if it has one.
+    pub label: Option<String>,
     /// The customer, masked unless `log_content`.
     pub customer: String,
+    /// The customer's profile name, when a kept message carried it.
+    pub name: Option<String>,
+    /// The latest message kept for the conversation.
+    pub last: Option<LastMessage>,
     pub since: String,
     pub until: String,
-    pub left: String,
     pub by: String,
     pub trigger: String,
+}
+
+/// A conversation's latest message, for the list.
+pub struct LastMessage {
+    /// Who said it, with its icon.
+    pub who: String,
+    pub text: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Who said a message, with its icon, as the pages show it.
+pub fn who(m: &crate::core::engine::why::Said) -> String {
+    use crate::core::engine::event::Source;
+    match m.source {
+        Source::Customer => m.from.clone().unwrap_or_else(|| "Customer".into()),
+        Source::BusinessApp => "📱 Business App".into(),
+        Source::BusinessAppAutomation => "📱 Business App (automatic)".into(),
+        Source::Bot => "🤖 AI agent".into(),
+        Source::OtherApp => "Another app".into(),
+        Source::History => "History".into(),
+    }
 }
 
 /// A dead letter, as its page lists it.
@@ -162,19 +189,29 @@ pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
             } @else {
                 table {
                     thead { tr {
-                        th { "Number" } th { "Customer" } th { "Since" } th { "Until" } th { "Left" }
-                        th { "Paused by" } th { "Trigger" } th { "Actions" }
+                        th { "Number" } th { "Customer" } th { "Last message" } th { "Since" }
+                        th { "Back to the AI agent" } th { "Paused by" } th { "Actions" }
                     } }
                     tbody {
                         @for r in rows {
                             tr {
-                                td data-label="Number" { (r.number) }
-                                td data-label="Customer" { a href={ "/conversation?ref=" (r.reference) } { (r.customer) } }
-                                td data-label="Since" { (r.since) }
-                                td data-label="Until" { (r.until) }
-                                td data-label="Left" { (r.left) }
+                                td data-label="Number" {
+                                    @if let Some(l) = &r.label { (l) br; span.muted { (r.number) } }
+                                    @else { (r.number) }
+                                }
+                                td data-label="Customer" { a href={ "/conversation?ref=" (r.reference) } {
+                                    @if let Some(n) = &r.name { (n) " " span.muted { (r.customer) } }
+                                    @else { (r.customer) }
+                                } }
+                                td data-label="Last message" {
+                                    @if let Some(m) = &r.last {
+                                        span.who { (m.who) } " " span.muted { (moment(&m.at)) } br;
+                                        span.last { (m.text) }
+                                    } @else { span.muted { "-" } }
+                                }
+                                td data-label="Since" { (moment(&r.since)) }
+                                td data-label="Back to the AI agent" { (moment(&r.until)) }
                                 td data-label="Paused by" { (r.by) }
-                                td data-label="Trigger" { code { (r.trigger) } }
                                 td data-label="Actions" {
                                     form method="post" action="/release" {
                                         input type="hidden" name="csrf" value=(f.csrf);
@@ -330,6 +367,13 @@ pub fn moment(rfc3339: &str) -> Markup {
     html! { time datetime=(rfc3339) title=(readable) { (readable) } }
 }
 
+fn maybe_moment(at: &Option<String>) -> Markup {
+    match at {
+        Some(at) => moment(at),
+        None => html! { "-" },
+    }
+}
+
 fn search_form() -> Markup {
     html! {
         form.search method="get" action="/conversation" {
@@ -364,16 +408,6 @@ pub fn conversation(f: &Frame<'_>, p: &ConversationPage<'_>) -> Markup {
         .iter()
         .filter_map(|t| Some((t, t.message.as_ref()?)))
         .collect();
-    let who = |m: &crate::core::engine::why::Said| -> String {
-        match m.source {
-            Source::Customer => m.from.clone().unwrap_or_else(|| "Customer".into()),
-            Source::BusinessApp => "📱 Business App".into(),
-            Source::BusinessAppAutomation => "📱 Business App (automatic)".into(),
-            Source::Bot => "🤖 AI agent".into(),
-            Source::OtherApp => "Another app".into(),
-            Source::History => "History".into(),
-        }
-    };
     let side = |m: &crate::core::engine::why::Said| -> &'static str {
         match (m.source, m.refused.is_some()) {
             (_, true) => "msg refused",
@@ -495,8 +529,8 @@ pub fn numbers(f: &Frame<'_>, rows: &[crate::tools::numbers::Listed], remedies: 
                                     @if r.state != "active" || r.app_idle { br; small { (remedy) } }
                                     @if let Some(o) = &r.onboarding { br; small.onboarding { (onboarding_line(o)) } }
                                 }
-                                td data-label="Last webhook" { (r.last_webhook_at.as_deref().unwrap_or("-")) }
-                                td data-label="Last App message" { (r.last_app_message_at.as_deref().unwrap_or("-")) }
+                                td data-label="Last webhook" { (maybe_moment(&r.last_webhook_at)) }
+                                td data-label="Last App message" { (maybe_moment(&r.last_app_message_at)) }
                                 td data-label="With a human" { (r.with_a_human) }
                             }
                         }
@@ -567,8 +601,8 @@ pub fn number(f: &Frame<'_>, s: &crate::tools::numbers::Shown) -> Markup {
                 li { "State " b.state { (r.state.as_str()) }
                     @if let Some(reason) = &r.state_reason { " (" (reason) ")" } }
                 @if s.app_idle { li { span.warn { "app_idle" } } }
-                li { "Last webhook " b { (r.last_webhook_at.as_deref().unwrap_or("-")) } }
-                li { "Last App message " b { (r.last_app_message_at.as_deref().unwrap_or("-")) } }
+                li { "Last webhook " b { (maybe_moment(&r.last_webhook_at)) } }
+                li { "Last App message " b { (maybe_moment(&r.last_app_message_at)) } }
             }
             p.remedy { (s.remedy) }
             @if let Some(o) = &r.onboarding {
