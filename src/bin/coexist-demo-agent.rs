@@ -62,6 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         humantime::format_duration(thinking)
     );
 
+    // Customers' names as their messages gave them (other events name the number only).
+    let mut names: std::collections::HashMap<String, String> = Default::default();
     while let Some(delivery) = events.next().await {
         let delivery = delivery?;
         let event: Value = serde_json::from_slice(&delivery.data)?;
@@ -70,12 +72,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default()
             .to_owned();
         let customer = event["customer"].clone();
-        let who = customer["name"]
+        let id = customer["wa_id"]
             .as_str()
-            .or(customer["wa_id"].as_str())
             .or(customer["user_id"].as_str())
             .unwrap_or_default()
             .to_owned();
+        if let Some(name) = customer["name"].as_str() {
+            names.insert(id.clone(), name.to_owned());
+        }
+        let who = names.get(&id).cloned().unwrap_or(id);
         match event["type"].as_str() {
             Some("message.received") => {
                 let text = event["message"]["text"].as_str().unwrap_or_default();
