@@ -110,6 +110,24 @@ ensure_openapi_validator() {
   export COEXIST_TEST_OPENAPI="$dir/bin/openapi-spec-validator"
 }
 
+# For deploy/kubernetes: kubectl (its built-in kustomize renders the base; Debian's
+# kubernetes-client when none is installed) and the schemas of Kubernetes and KEDA as the npm
+# packages kubernetes-models and @kubernetes-models/keda bundle them, kept in a cache outside the
+# checkout; exports COEXIST_TEST_K8S_MODULES, the node_modules that deploy/kubernetes/validate.mjs
+# reads.
+ensure_k8s_validator() {
+  command -v kubectl >/dev/null || install kubernetes-client
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/coexist/k8s-validator"
+  if [ ! -d "$dir/node_modules/@kubernetes-models/keda" ]; then
+    command -v npm >/dev/null || install npm
+    say "installing kubernetes-models and @kubernetes-models/keda from npm into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund kubernetes-models@5.1.0 \
+      @kubernetes-models/keda@2.0.0 yaml@2.9.1 >/dev/null 2>&1)
+  fi
+  export COEXIST_TEST_K8S_MODULES="$dir/node_modules"
+}
+
 # cargo-deny, from crates.io (built once, kept in ~/.cargo/bin).
 ensure_cargo_deny() {
   command -v cargo-deny >/dev/null && return 0

@@ -87,7 +87,8 @@ pub async fn run(config: Config, run: Services) -> Result<(), Failure> {
     // by itself (then the whole process stops, non-zero).
     let mut running: FuturesUnordered<Stopping> = FuturesUnordered::new();
     if run.ingress {
-        let ingress = coexist::services::ingress::start(&config, &shutdown)
+        // With a worker beside it, the worker's admin address serves the process's metrics.
+        let ingress = coexist::services::ingress::start_with(&config, &shutdown, !run.worker)
             .await
             .map_err(io("cannot start the ingress"))?;
         running.push(Box::pin(ingress.stopped()));

@@ -64,6 +64,21 @@ pub type Readiness = Arc<dyn Fn() -> Vec<(&'static str, Check)> + Send + Sync>;
 /// `/healthz` (the process answers), `/readyz` (no check is not ready; the body names each and
 /// says why), `/metrics` (Prometheus).
 pub fn admin_routes(ready: Readiness) -> Router {
+    probe_routes(ready).route(
+        "/metrics",
+        get(|| async {
+            (
+                [("content-type", "text/plain; version=0.0.4")],
+                crate::runtime::metrics::render(),
+            )
+                .into_response()
+        }),
+    )
+}
+
+/// `/healthz` and `/readyz` alone: what a public address serves beside its own routes (a load
+/// balancer's probes); `/metrics` is for the admin address only.
+pub fn probe_routes(ready: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -87,16 +102,6 @@ pub fn admin_routes(ready: Readiness) -> Router {
                     };
                     (status, body)
                 }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    crate::runtime::metrics::render(),
-                )
-                    .into_response()
             }),
         )
 }

@@ -62,15 +62,19 @@ impl Ingress {
         }
     }
 
-    /// The routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`, `/metrics`.
+    /// The public routes: `/webhook` (GET handshake, POST), `/healthz`, `/readyz`. `/metrics`
+    /// is on the admin address only ([`start_with`]).
     pub fn router(self) -> Router {
-        let link = self.link.clone();
-        let ready: crate::runtime::http::Readiness =
-            Arc::new(move || vec![("rabbitmq", link.check())]);
+        let ready = self.readiness();
         Router::new()
             .route("/webhook", get(handshake).post(receive))
             .with_state(self)
-            .merge(crate::runtime::http::admin_routes(ready))
+            .merge(crate::runtime::http::probe_routes(ready))
+    }
+
+    fn readiness(&self) -> crate::runtime::http::Readiness {
+        let link = self.link.clone();
+        Arc::new(move || vec![("rabbitmq", link.check())])
     }
 }
 
@@ -256,6 +260,9 @@ async fn accept(
 /// A running ingress. Dropping it stops it (and its broker link).
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer (`None`: it serves none of its own,
+    /// as in `serve`, where the worker's admin address serves the process's metrics).
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub link: Arc<Link>,
     handle: Handle,
 }
@@ -273,21 +280,47 @@ impl Running {
     }
 }
 
-/// Starts the ingress on `config.listen` (port 0 picks one) until `shutdown` is cancelled.
+/// Starts the ingress on `config.listen` (port 0 picks one), with its admin address on
+/// `config.admin_listen`, until `shutdown` is cancelled.
 pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Result<Running> {
+    start_with(config, shutdown, true).await
+}
+
+/// [`start`], with an admin address of its own or not (`serve` has the worker's).
+pub async fn start_with(
+    config: &Config,
+    shutdown: &CancellationToken,
+    admin: bool,
+) -> std::io::Result<Running> {
     crate::runtime::metrics::handle(); // the recorder must exist before the first count
     let topology = Topology::new(&config.namespace, config.partitions);
     let mut part = Part::new("ingress supervisor", shutdown);
     // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
     let link = part.link(config, "coexist-ingress".into(), &topology);
-    let router = Ingress::new(config, link.clone()).router();
+    let ingress = Ingress::new(config, link.clone());
+    let ready = ingress.readiness();
+    let router = ingress.router();
     let limits = crate::runtime::http::Limits::new(config, WEBHOOKS);
     let stop = part.stop().clone();
-    let (addr, http) = crate::runtime::http::serve(config.listen, router, limits, stop).await?;
+    let (addr, http) =
+        crate::runtime::http::serve(config.listen, router, limits, stop.clone()).await?;
     part.add("webhook server", http);
-    tracing::info!(%addr, "ingress listening");
+    let admin_addr = match admin {
+        false => None,
+        true => {
+            let limits =
+                crate::runtime::http::Limits::new(config, crate::runtime::metrics::ADMIN_CUTS);
+            let routes = crate::runtime::http::admin_routes(ready);
+            let (admin_addr, admin) =
+                crate::runtime::http::serve(config.admin_listen, routes, limits, stop).await?;
+            part.add("admin server", admin);
+            Some(admin_addr)
+        }
+    };
+    tracing::info!(%addr, admin = admin_addr.map(|a| a.to_string()), "ingress listening");
     Ok(Running {
         addr,
+        admin_addr,
         link,
         handle: part.supervise(),
     })

@@ -629,17 +629,38 @@ fn send_and_tail_refuse_bad_arguments_in_one_line() {
 #[test]
 fn no_forgeable_defaults_in_compose_and_placeholders_refused() {
     let compose = include_str!("../../docker-compose.yml");
+    let example = include_str!("../../.env.example");
     for var in [
         "COEXIST_APP_SECRET",
         "COEXIST_VERIFY_TOKEN",
         "COEXIST_GATE_TOKEN",
+        "COEXIST_CONSOLE_TOKEN",
     ] {
         assert!(
             compose.contains(&format!("{var}: ${{{var}:?")),
             "compose refuses to start without {var}"
         );
     }
+    // Every required variable is in .env.example, empty (no value anyone could copy).
+    for var in [
+        "COEXIST_APP_SECRET",
+        "COEXIST_VERIFY_TOKEN",
+        "COEXIST_GATE_TOKEN",
+        "COEXIST_CONSOLE_TOKEN",
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+    ] {
+        assert!(compose.contains(&format!("${{{var}:?")), "{var} required");
+        assert!(
+            example.lines().any(|l| l == format!("{var}=")),
+            ".env.example names {var}, empty"
+        );
+    }
     assert!(!compose.contains("change-me"));
+    assert!(
+        !compose.contains("RABBITMQ_DEFAULT_PASS: coexist"),
+        "no default broker password"
+    );
     // The README's placeholders, copied as they are, stop the ingress in one line.
     let out = coexist(
         &["ingress"],
@@ -670,7 +691,27 @@ fn compose_and_config_yaml_parse() {
     };
     let compose = parse("docker-compose.yml");
     let services = &compose["services"];
-    for name in ["rabbitmq", "redis", "ingress", "gate", "worker"] {
+    // Published to every interface: the webhook only. The rest on loopback, metrics nowhere.
+    for (name, ports) in [
+        ("ingress", vec!["8080:8080"]),
+        ("gate", vec!["127.0.0.1:8081:8081"]),
+        ("console", vec!["127.0.0.1:8082:8082"]),
+        ("rabbitmq", vec!["127.0.0.1:15672:15672"]),
+    ] {
+        let published: Vec<&str> = services[name]["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert_eq!(published, ports, "{name}'s published ports");
+    }
+    assert_eq!(
+        services["ingress"]["environment"]["COEXIST_ADMIN_LISTEN"].as_str(),
+        Some("0.0.0.0:9090"),
+        "the ingress's metrics on its admin address, unpublished"
+    );
+    for name in ["rabbitmq", "redis", "ingress", "gate", "console", "worker"] {
         assert!(!services[name].is_badvalue(), "service {name}");
         assert!(
             services[name]["profiles"].is_badvalue(),

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod cluster;
 mod console;
+mod deploy;
 mod faults;
 mod foundations;
 mod gate;

@@ -100,7 +100,10 @@ async fn a_running_ingress_and_worker_export_the_declared_metrics() {
     let _ = take_events(&stack.ns, "bot", 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(6)).await; // the 5-second readings
     let mut seen = BTreeSet::new();
-    for addr in [stack.ingress.addr, stack.workers[0].admin_addr] {
+    for addr in [
+        stack.ingress.admin_addr.unwrap(),
+        stack.workers[0].admin_addr,
+    ] {
         let (_, text) = http(addr, "GET", "/metrics", &[], b"").await;
         for line in text.lines().filter(|l| l.starts_with("coexist_")) {
             let name: String = line

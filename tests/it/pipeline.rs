@@ -121,7 +121,14 @@ async fn handshake_signatures_and_body_limit() {
         http(addr, "GET", "/readyz", &[], b"").await,
         (200, "rabbitmq: ok\n".to_owned())
     );
-    let (status, metrics) = http(addr, "GET", "/metrics", &[], b"").await;
+    // Metrics are on the admin address only, not on the public webhook port.
+    assert_eq!(http(addr, "GET", "/metrics", &[], b"").await.0, 404);
+    let admin = stack
+        .ingress
+        .admin_addr
+        .expect("the ingress's admin address");
+    assert_eq!(http(admin, "GET", "/healthz", &[], b"").await.0, 200);
+    let (status, metrics) = http(admin, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
     for reason in ["signature", "too_large"] {
         let line = format!("coexist_webhooks_total{{result=\"rejected\",reason=\"{reason}\"}}");
@@ -458,7 +465,14 @@ async fn unhandled_fields_are_accepted_and_counted() {
         json!({"messaging_product": "whatsapp", "metadata": metadata(), "calls": [{"id": "c1"}]}),
     );
     assert_eq!(stack.post(&body).await, 200);
-    let (_, metrics) = http(stack.ingress.addr, "GET", "/metrics", &[], b"").await;
+    let (_, metrics) = http(
+        stack.ingress.admin_addr.unwrap(),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .await;
     let line = metrics
         .lines()
         .find(|l| {

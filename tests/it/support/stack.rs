@@ -192,7 +192,7 @@ pub async fn http(
 pub struct Process {
     pub child: std::process::Child,
     /// Where `/healthz`, `/readyz` and `/metrics` answer: the worker's admin address (worker,
-    /// serve), or the ingress's own (ingress).
+    /// serve), or the ingress's admin address (ingress).
     pub admin: std::net::SocketAddr,
     /// `addr` of "ingress listening" (ingress, serve).
     pub listen: Option<std::net::SocketAddr>,
@@ -257,7 +257,10 @@ impl Process {
                     admin = fields["admin"].as_str().map(|a| a.parse().unwrap())
                 }
                 Some("ingress listening") => {
-                    listen = fields["addr"].as_str().map(|a| a.parse().unwrap())
+                    listen = fields["addr"].as_str().map(|a| a.parse().unwrap());
+                    if let Some(a) = fields["admin"].as_str() {
+                        admin = Some(a.parse().unwrap());
+                    }
                 }
                 _ => {}
             }
@@ -266,7 +269,7 @@ impl Process {
         std::thread::spawn(move || rx.into_iter().for_each(drop));
         Process {
             child,
-            admin: admin.or(listen).expect("an address"),
+            admin: admin.expect("an admin address"),
             listen,
             log,
         }
