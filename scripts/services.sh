@@ -61,6 +61,18 @@ ensure_rabbitmq() {
   STARTED_RABBITMQ=1
 }
 
+# Queues that earlier test runs left behind (a run stopped midway cleans nothing): every quorum
+# queue is a process group in the broker, and thousands of them slow it to a halt.
+clean_test_queues() {
+  command -v rabbitmqctl >/dev/null || return 0
+  local q n=0
+  for q in $(rabbitmqctl -q list_queues name --no-table-headers 2>/dev/null | grep -E '^(test|bench|probe)-' || true); do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    n=$((n + 1))
+  done
+  [ "$n" -eq 0 ] || say "deleted $n queue(s) left by earlier test runs"
+}
+
 # Debian's Chromium and its WebDriver, for the console's browser tests (and an emoji font, so
 # that the screenshots show the 📱 and 🤖 the pages carry).
 ensure_chromium() {

@@ -380,6 +380,10 @@ fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> st
     if let Some(endpoint) = otlp_endpoint() {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
     }
+    if command == "ingress" {
+        // Its admin address (/metrics) on a port of its own, as the workers'.
+        cmd.env("COEXIST_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()));
+    }
     cmd.arg(command)
         .env("COEXIST_NAMESPACE", ns)
         .env("COEXIST_APP_SECRET", SECRET)

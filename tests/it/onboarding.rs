@@ -19,6 +19,8 @@ struct Onboarding {
     ns: String,
     graph: GraphStandIn,
     _guard: NsGuard,
+    /// The commands declare the namespace's queues (to publish number.state_changed).
+    _queues: AmqpNsGuard,
 }
 
 impl Onboarding {
@@ -27,6 +29,7 @@ impl Onboarding {
         Onboarding {
             graph: GraphStandIn::start().await,
             _guard: NsGuard(ns.clone()),
+            _queues: AmqpNsGuard(ns.clone()),
             ns,
         }
     }
