@@ -1,7 +1,7 @@
 //! `coexist conversation list|show|explain|pause|release`: one conversation seen and controlled by an
 //! operator.
 
-use coexist::core::domain::{valid_phone_number_id, CustomerKey, Scope};
+use coexist::core::domain::{numeric_phone_number_id, CustomerKey, Scope};
 use coexist::core::engine::OperatorAction;
 use coexist::core::time::Millis;
 use coexist::runtime::config::Config;
@@ -154,16 +154,19 @@ pub async fn run(command: Command, config: Config) -> Result<(), Failure> {
             )),
         ),
     };
-    if !valid_phone_number_id(&args.phone_number_id) {
+    if !numeric_phone_number_id(&args.phone_number_id) {
         return Err(Failure(
-            format!("{:?} is not a phone_number_id", args.phone_number_id),
+            format!(
+                "{:?} is not a phone_number_id (Meta's are digits)",
+                args.phone_number_id
+            ),
             2,
         ));
     }
-    let Some(customer) = CustomerKey::parse(&args.customer) else {
+    let Some(customer) = CustomerKey::parse_typed(&args.customer) else {
         return Err(Failure(
             format!(
-                "{:?} is neither a phone number nor a business-scoped user id",
+                "{:?} is not a customer: a phone number (6 to 15 digits) or a business-scoped user id (e.g. US.13491208655302741918)",
                 args.customer
             ),
             2,

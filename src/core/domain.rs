@@ -54,6 +54,27 @@ impl CustomerKey {
         None
     }
 
+    /// A customer as an operator types one (`conversation pause`, the console's forms): stricter
+    /// than [`CustomerKey::parse`], which reads whatever Meta sends. A phone number has 6 to 15
+    /// digits (E.164); a business-scoped id is a country's two letters, a dot and the rest
+    /// (`US.13491208655302741918`); a group is `group:{id}`. A word such as `hello`, or a number
+    /// too short to be anyone's, is refused.
+    pub fn parse_typed(s: &str) -> Option<Self> {
+        let key = Self::parse(s)?;
+        let fits = match &key {
+            CustomerKey::WaId(digits) => (6..=15).contains(&digits.len()),
+            CustomerKey::UserId(id) => {
+                let b = id.as_bytes();
+                b.len() > 3
+                    && b[0].is_ascii_uppercase()
+                    && b[1].is_ascii_uppercase()
+                    && b[2] == b'.'
+            }
+            CustomerKey::Group(_) => true,
+        };
+        fits.then_some(key)
+    }
+
     /// From Meta's fields: `wa_id`-like number first, the user id when the number is withheld.
     pub fn from_parts(number: Option<&str>, user_id: Option<&str>) -> Option<Self> {
         number
@@ -417,6 +438,28 @@ pub fn last_chars(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operator_types_a_phone_number_a_business_scoped_id_or_a_group() {
+        for ok in [
+            "+52 1 555 123 0001",
+            "15550004444",
+            "US.13491208655302741918",
+            "group:ABC123",
+        ] {
+            assert!(CustomerKey::parse_typed(ok).is_some(), "{ok}");
+        }
+        for no in [
+            "hello",
+            "12345",
+            "reset",
+            "us.123",
+            "X.1",
+            "1234567890123456",
+        ] {
+            assert!(CustomerKey::parse_typed(no).is_none(), "{no}");
+        }
+    }
 
     #[test]
     fn a_phone_number_is_read_one_way_whatever_its_punctuation_dots_included() {

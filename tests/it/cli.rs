@@ -765,3 +765,15 @@ fn process_says_what_it_does_not_handle() {
     assert_eq!(said("automatic_events"), 1, "{err}");
     assert_eq!(said("calls"), 1, "once per field: {err}");
 }
+
+/// An operator's typo is refused before anything is sent: `hello` is no one's id, `12345` no
+/// one's number.
+#[test]
+fn conversation_commands_refuse_what_cannot_be_a_customer() {
+    for customer in ["hello", "12345", "reset"] {
+        let out = coexist(&["conversation", "pause", PNID, customer], &[], None);
+        assert_refused(&out, "is not a customer: a phone number (6 to 15 digits)");
+    }
+    let out = coexist(&["conversation", "pause", "not-a-number", ANA], &[], None);
+    assert_refused(&out, "is not a phone_number_id");
+}

@@ -42,7 +42,10 @@ pub(super) async fn page(
             if valid_phone_number_id(n) && !session.sees(n) {
                 return (StatusCode::NOT_FOUND, "no such conversation\n").into_response();
             }
-            match (valid_phone_number_id(n), CustomerKey::parse(cu)) {
+            match (
+                crate::core::domain::numeric_phone_number_id(n),
+                CustomerKey::parse_typed(cu),
+            ) {
                 (true, Some(key)) => Ok(Scope::conversation(n, key)),
                 (false, _) => Err("the business number is a phone_number_id: digits only"),
                 (_, None) => Err("the customer is a phone number or a business-scoped user id"),

@@ -150,8 +150,8 @@ pub(super) async fn pause(
         return (StatusCode::NOT_FOUND, "no such conversation\n").into_response();
     }
     let said = match (
-        valid_phone_number_id(number),
-        CustomerKey::parse(&form.customer),
+        crate::core::domain::numeric_phone_number_id(number),
+        CustomerKey::parse_typed(&form.customer),
         duration_of(&form.duration),
     ) {
         (false, _, _) => Err(format!("{number:?} is not a phone_number_id")),
