@@ -152,6 +152,17 @@ fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refused> {
     }
 }
 
+/// Refuses a body with a field not in `fields` (of `what`), naming it.
+fn only(body: &serde_json::Map<String, Value>, fields: &[&str], what: &str) -> Result<(), Refused> {
+    match body.keys().find(|k| !fields.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => {
+            let m = format!("{k}: not a field of {what} ({})", fields.join(", "));
+            Err(error(StatusCode::BAD_REQUEST, "invalid", &m).into())
+        }
+    }
+}
+
 macro_rules! caller {
     ($c:expr, $headers:expr) => {
         match $c.caller(&$headers).await {
@@ -223,13 +234,11 @@ async fn put_number(
             .into()),
         }
     };
-    if let Some(k) = body
-        .keys()
-        .find(|k| !["waba_id", "name", "display_phone_number"].contains(&k.as_str()))
-    {
-        let m = format!("{k}: not a field of a number (waba_id, name, display_phone_number)");
-        return error(StatusCode::BAD_REQUEST, "invalid", &m);
-    }
+    or_answer!(only(
+        &body,
+        &["waba_id", "name", "display_phone_number"],
+        "a number"
+    ));
     let added = Added {
         waba_id: or_answer!(text("waba_id")),
         name: or_answer!(text("name")),
@@ -311,13 +320,11 @@ async fn onboard_number(
     let caller = caller!(c, headers);
     let id = or_answer!(visible(&caller, &id));
     let body = or_answer!(object(&body));
-    if let Some(k) = body
-        .keys()
-        .find(|k| !["waba_id", "graph_token", "again"].contains(&k.as_str()))
-    {
-        let m = format!("{k}: not a field of an onboarding (waba_id, graph_token, again)");
-        return error(StatusCode::BAD_REQUEST, "invalid", &m);
-    }
+    or_answer!(only(
+        &body,
+        &["waba_id", "graph_token", "again"],
+        "an onboarding"
+    ));
     let Some(waba_id) = body.get("waba_id").and_then(Value::as_str) else {
         let m = "waba_id: the number's WhatsApp Business Account id is required";
         return error(StatusCode::BAD_REQUEST, "invalid", m);
