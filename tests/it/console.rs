@@ -305,11 +305,29 @@ async fn release_pause_and_extend_are_the_operator_commands_with_the_operators_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_view_shows_events_as_they_are_published() {
     let c = ConsoleStack::start("console-live").await;
+    let t = t0();
+    eventually(READY_WITHIN, "the console following the events", || async {
+        let (_, body) = http(c.console.addr, "GET", "/readyz", &[], b"").await;
+        body.contains("latest_events: ok").then_some(()).ok_or(body)
+    })
+    .await;
+    // Published before anyone opened the live view: it opens with it (the latest events).
+    c.stack
+        .post_until_ok(
+            &customer_text(LUIS, "wamid.LV0", t - 5, "antes de abrir"),
+            10 * SECS,
+        )
+        .await;
+    let _ = take_events(&c.stack.ns, "bot", 1, 10 * SECS).await;
     let b = Browser::start().await;
     sign_in(&b, &c, TOKEN).await;
     b.client.goto(&c.url("/live")).await.unwrap();
     until_shown(&b, "connected", false).await;
-    let t = t0();
+    let page = until_shown(&b, "antes de abrir", false).await;
+    assert!(
+        page.contains("conversation"),
+        "a link to its conversation: {page}"
+    );
     c.stack
         .post_until_ok(
             &customer_text(ANA, "wamid.LV1", t, "¿hay envío hoy?"),
@@ -323,6 +341,7 @@ async fn the_live_view_shows_events_as_they_are_published() {
     fits_a_phone_and_stays_home(&b, &c.url("")).await;
     // It takes nothing from the default queues.
     let bot = take_events(&c.stack.ns, "bot", 1, 5 * SECS).await;
+    assert_eq!(bot[0].body["message"]["id"], json!("wamid.LV1"));
     assert_eq!(bot.len(), 1, "the AI agent's queue still has its event");
     b.close().await;
     c.stop().await;

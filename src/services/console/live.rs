@@ -33,8 +33,98 @@ fn visible(numbers: &Option<Vec<String>>, shown: &crate::tools::tail::Shown) -> 
     }
 }
 
+/// How many of the latest events the console keeps for the live view's first look.
+pub(super) const RECENT: usize = 100;
+
+/// The latest events published, newest last: the live view opens with them rather than empty.
+#[derive(Default)]
+pub(super) struct Recent {
+    events: std::sync::Mutex<std::collections::VecDeque<crate::tools::tail::Shown>>,
+    /// Whether its queue is bound now (said by the console's `/readyz`, as `latest_events`).
+    following: std::sync::atomic::AtomicBool,
+}
+
+impl Recent {
+    /// `latest_events` of `/readyz`: degraded (still ready) while it is not following.
+    pub(super) fn check(&self) -> crate::runtime::http::Check {
+        use std::sync::atomic::Ordering;
+        match self.following.load(Ordering::Relaxed) {
+            true => crate::runtime::http::Check::Ok,
+            false => crate::runtime::http::Check::Degraded("not following the events yet".into()),
+        }
+    }
+
+    fn follows(&self, now: bool) {
+        self.following
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn push(&self, shown: crate::tools::tail::Shown) {
+        let mut recent = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(shown);
+    }
+
+    /// The kept events an operator limited to `numbers` may see, newest first.
+    pub(super) fn visible(&self, numbers: &Option<Vec<String>>) -> Vec<crate::tools::tail::Shown> {
+        let recent = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .rev()
+            .filter(|s| visible(numbers, s))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Keeps `recent` filled with the latest events until `stop`, from a queue of its own (like
+/// the live view's), opened again whenever the broker goes away.
+pub(super) async fn follow_recent(
+    recent: Arc<Recent>,
+    amqp_url: crate::runtime::secret::Secret,
+    topology: crate::adapters::broker::Topology,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let exchanges = vec![Exchange::Bot, Exchange::HumanChat];
+    let options = Options {
+        exchanges: exchanges.clone(),
+        conversation: None,
+        json: false,
+    };
+    loop {
+        let opened = tokio::select! {
+            () = stop.cancelled() => return,
+            f = Follow::open(amqp_url.expose(), &topology, &exchanges, "coexist-console-recent") => f,
+        };
+        let Ok(mut follow) = opened else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+            }
+        };
+        recent.follows(true);
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => {
+                    follow.close().await;
+                    return;
+                }
+                next = follow.next(&options) => next,
+            };
+            match next {
+                Some(Ok(shown)) => recent.push(shown),
+                Some(Err(_)) | None => break,
+            }
+        }
+        recent.follows(false);
+        follow.close().await;
+    }
+}
+
 /// The conversation an event is about (its group's, else the customer's first name), if any.
-fn conversation_of(json: &str) -> Option<Scope> {
+pub(super) fn conversation_of(json: &str) -> Option<Scope> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let pnid = v["phone_number_id"].as_str()?;
     let key = match v["group_id"].as_str() {

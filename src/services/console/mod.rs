@@ -107,6 +107,8 @@ struct Console {
     viewers: Arc<tokio::sync::Semaphore>,
     /// For the numbers' settings and the admin API's tokens.
     config: Config,
+    /// The latest events, for the live view's first look.
+    recent: Arc<live::Recent>,
 }
 
 /// A running console: [`Listening`]. Dropping it stops it.
@@ -152,8 +154,24 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         log_content: config.log_content,
         viewers: Arc::new(tokio::sync::Semaphore::new(32)),
         config: config.clone(),
+        recent: Arc::default(),
     });
-    let ready: crate::runtime::http::Readiness = Arc::new(move || vec![("rabbitmq", link.check())]);
+    part.spawn(
+        "latest events",
+        live::follow_recent(
+            console.recent.clone(),
+            config.amqp_url.clone(),
+            console.topology.clone(),
+            stop.clone(),
+        ),
+    );
+    let recent = console.recent.clone();
+    let ready: crate::runtime::http::Readiness = Arc::new(move || {
+        vec![
+            ("rabbitmq", link.check()),
+            ("latest_events", recent.check()),
+        ]
+    });
     // The admin API only where tokens are configured for it.
     let api = match config.console.api.is_empty() {
         true => Router::new(),
@@ -394,7 +412,22 @@ async fn live_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
     };
     let said = c.take_said(&id);
     let f = frame("Live events", "live", &session, said, 0);
-    Html(pages::live(&f).into_string()).into_response()
+    // The latest events first (newest on top), as the stream will add them.
+    let recent: Vec<pages::LiveLine> = c
+        .recent
+        .visible(&session.numbers)
+        .into_iter()
+        .map(|shown| pages::LiveLine {
+            reference: live::conversation_of(&shown.json).map(|s| c.remember(&id, &s)),
+            exchange: shown.exchange.as_str(),
+            kind: shown.kind,
+            line: match c.log_content {
+                true => shown.line,
+                false => crate::core::domain::redact_digits(&shown.line),
+            },
+        })
+        .collect();
+    Html(pages::live(&f, &recent).into_string()).into_response()
 }
 
 #[cfg(test)]

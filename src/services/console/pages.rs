@@ -251,8 +251,18 @@ pub fn held(f: &Frame<'_>, p: &HeldPage<'_>) -> Markup {
     )
 }
 
-/// The live view: the events as they are published.
-pub fn live(f: &Frame<'_>) -> Markup {
+/// An event the live view shows.
+pub struct LiveLine {
+    /// Its conversation's reference, if it is about one.
+    pub reference: Option<String>,
+    pub exchange: &'static str,
+    pub kind: String,
+    /// Its readable line (digits masked unless `log_content`).
+    pub line: String,
+}
+
+/// The live view: the latest events (newest first), then the events as they are published.
+pub fn live(f: &Frame<'_>, recent: &[LiveLine]) -> Markup {
     page(
         f,
         html! {
@@ -268,7 +278,14 @@ pub fn live(f: &Frame<'_>) -> Markup {
                 span #state .state { "not connected" }
             }
             noscript { p.said.error { "The live view needs JavaScript; every other page works without it." } }
-            ul #events {}
+            ul #events {
+                @for e in recent {
+                    li data-exchange=(e.exchange) data-type=(e.kind) {
+                        (e.line) " "
+                        @if let Some(r) = &e.reference { a href={ "/conversation?ref=" (r) } { "conversation" } }
+                    }
+                }
+            }
         },
     )
 }
