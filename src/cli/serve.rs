@@ -81,39 +81,14 @@ pub async fn run(config: Config, run: Services) -> Result<(), Failure> {
     if run.console {
         coexist::services::console::check(&config).map_err(|e| Failure(e, 2))?;
     }
-    let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
     let shutdown = CancellationToken::new();
     // Each service resolves when it has stopped: on shutdown, or because one of its tasks ended
     // by itself (then the whole process stops, non-zero).
     let mut running: FuturesUnordered<Stopping> = FuturesUnordered::new();
-    if run.ingress {
-        // With a worker beside it, the worker's admin address serves the process's metrics.
-        let ingress = coexist::services::ingress::start_with(&config, &shutdown, !run.worker)
-            .await
-            .map_err(io("cannot start the ingress"))?;
-        running.push(Box::pin(ingress.stopped()));
-    }
-    if run.gate {
-        let gate = coexist::services::gate::start(&config, &shutdown)
-            .await
-            .map_err(io("cannot start the reply gate"))?;
-        running.push(Box::pin(gate.stopped()));
-    }
-    if run.console {
-        let console = coexist::services::console::start(&config, &shutdown)
-            .await
-            .map_err(io("cannot start the console"))?;
-        running.push(Box::pin(console.stopped()));
-    }
-    if run.worker {
-        let options = coexist::services::worker::Options {
-            fault: injected_fault(),
-            ..Default::default()
-        };
-        let worker = coexist::services::worker::start_with(&config, &shutdown, options)
-            .await
-            .map_err(io("cannot start the worker"))?;
-        running.push(Box::pin(worker.stopped()));
+    if let Err(failure) = start(&config, run, &shutdown, &mut running).await {
+        // What started before stops in order (its broker links closed) before the process exits.
+        stop_all(&shutdown, &mut running).await;
+        return Err(failure);
     }
     let failed = tokio::select! {
         () = signalled() => None,
@@ -123,16 +98,61 @@ pub async fn run(config: Config, run: Services) -> Result<(), Failure> {
         })),
     };
     tracing::info!("stopping");
-    shutdown.cancel();
-    let stopping = async { while running.next().await.is_some() {} };
-    if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
-        tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
-    }
+    stop_all(&shutdown, &mut running).await;
     coexist::runtime::trace::flush();
     match failed {
         None => Ok(()),
         Some(ended) => Err(Failure(ended.to_string(), 1)),
     }
+}
+
+/// Stops every running service and waits for them, at most [`STOP_BUDGET`].
+async fn stop_all(shutdown: &CancellationToken, running: &mut FuturesUnordered<Stopping>) {
+    shutdown.cancel();
+    let stopping = async { while running.next().await.is_some() {} };
+    if tokio::time::timeout(STOP_BUDGET, stopping).await.is_err() {
+        tracing::warn!("did not finish within {STOP_BUDGET:?}; exiting (unacknowledged work is delivered again)");
+    }
+}
+
+/// Starts the services asked for, each pushed onto `running` once started.
+async fn start(
+    config: &Config,
+    run: Services,
+    shutdown: &CancellationToken,
+    running: &mut FuturesUnordered<Stopping>,
+) -> Result<(), Failure> {
+    let io = |what: &'static str| move |e: std::io::Error| Failure(format!("{what}: {e}"), 1);
+    if run.ingress {
+        // With a worker beside it, the worker's admin address serves the process's metrics.
+        let ingress = coexist::services::ingress::start_with(config, shutdown, !run.worker)
+            .await
+            .map_err(io("cannot start the ingress"))?;
+        running.push(Box::pin(ingress.stopped()));
+    }
+    if run.gate {
+        let gate = coexist::services::gate::start(config, shutdown)
+            .await
+            .map_err(io("cannot start the reply gate"))?;
+        running.push(Box::pin(gate.stopped()));
+    }
+    if run.console {
+        let console = coexist::services::console::start(config, shutdown)
+            .await
+            .map_err(io("cannot start the console"))?;
+        running.push(Box::pin(console.stopped()));
+    }
+    if run.worker {
+        let options = coexist::services::worker::Options {
+            fault: injected_fault(),
+            ..Default::default()
+        };
+        let worker = coexist::services::worker::start_with(config, shutdown, options)
+            .await
+            .map_err(io("cannot start the worker"))?;
+        running.push(Box::pin(worker.stopped()));
+    }
+    Ok(())
 }
 
 /// A running service, resolving when it has stopped.

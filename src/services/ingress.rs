@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::Part;
+use super::{started, Part};
 use crate::adapters::broker::{Link, Outgoing, Stage, Topology, ITEM_TYPE, WEBHOOK_TYPE};
 use crate::core::meta::parse_body;
 use crate::core::time::Millis;
@@ -302,8 +302,10 @@ pub async fn start_with(
     let router = ingress.router();
     let limits = crate::runtime::http::Limits::new(config, WEBHOOKS);
     let stop = part.stop().clone();
-    let (addr, http) =
-        crate::runtime::http::serve(config.listen, router, limits, stop.clone()).await?;
+    let (addr, http) = started!(
+        part,
+        crate::runtime::http::serve(config.listen, router, limits, stop.clone()).await
+    );
     part.add("webhook server", http);
     let admin_addr = match admin {
         false => None,
@@ -311,8 +313,10 @@ pub async fn start_with(
             let limits =
                 crate::runtime::http::Limits::new(config, crate::runtime::metrics::ADMIN_CUTS);
             let routes = crate::runtime::http::admin_routes(ready);
-            let (admin_addr, admin) =
-                crate::runtime::http::serve(config.admin_listen, routes, limits, stop).await?;
+            let (admin_addr, admin) = started!(
+                part,
+                crate::runtime::http::serve(config.admin_listen, routes, limits, stop).await
+            );
             part.add("admin server", admin);
             Some(admin_addr)
         }

@@ -15,6 +15,21 @@ use crate::adapters::broker::{Link, Topology};
 use crate::runtime::config::Config;
 use crate::runtime::supervise::{Handle, Tasks};
 
+/// `expr?` inside a service's start, once `part` holds tasks: on an error, the part is stopped
+/// and waited for ([`Part::abandon`]) before the error is returned.
+macro_rules! started {
+    ($part:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                $part.abandon().await;
+                return Err(e.into());
+            }
+        }
+    };
+}
+pub(crate) use started;
+
 /// A layer of a part's tasks that outlives the front (a broker link, an event publisher, a
 /// marks writer): told to stop, through its own token, only after the front and every layer made
 /// after it have stopped, so that what the front finishes still gets published and recorded.
@@ -102,6 +117,13 @@ impl Part {
         );
         self.add_to(&layer, "broker link", task);
         link
+    }
+
+    /// A start that failed: stops what the part started, in its order, and waits until it has
+    /// (a broker link left closing while the process exits takes lapin's I/O thread down with a
+    /// panic).
+    pub async fn abandon(self) {
+        self.supervise().stop().await;
     }
 
     /// Starts watching: the handle resolves once the part has stopped, front first, then the

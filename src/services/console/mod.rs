@@ -38,7 +38,7 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::Part;
+use super::{started, Part};
 use crate::adapters::broker::{Link, Topology};
 use crate::adapters::redis::RedisStore;
 use crate::core::domain::{valid_phone_number_id, CustomerKey, Scope};
@@ -217,8 +217,10 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         crate::runtime::http::bounded_bodies(router, bodies, crate::runtime::metrics::CONSOLE_CUTS)
             .layer(axum::middleware::map_response(secure_headers));
     let limits = crate::runtime::http::Limits::new(config, crate::runtime::metrics::CONSOLE_CUTS);
-    let (addr, http) =
-        crate::runtime::http::serve(config.console.listen, router, limits, stop).await?;
+    let (addr, http) = started!(
+        part,
+        crate::runtime::http::serve(config.console.listen, router, limits, stop).await
+    );
     part.add("console server", http);
     tracing::info!(%addr, "console listening");
     Ok(Listening {

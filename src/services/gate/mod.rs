@@ -32,7 +32,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::Part;
+use super::{started, Part};
 use crate::adapters::broker::Topology;
 use crate::adapters::graph::Graph;
 use crate::adapters::redis::RedisStore;
@@ -135,7 +135,7 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
     let events_layer = part.layer();
     let (events, publisher) = Events::spawn(link.clone(), topology, events_layer.stop.clone());
     part.add_to(&events_layer, "gate events", publisher);
-    let (shelf, following) = numbers::shelf(&store, config, &stop).await?;
+    let (shelf, following) = started!(part, numbers::shelf(&store, config, &stop).await);
     part.spawn("number registry", following);
     let gate = Arc::new(Gate {
         store,
@@ -174,8 +174,10 @@ pub async fn start(config: &Config, shutdown: &CancellationToken) -> std::io::Re
         .with_state(gate)
         .merge(crate::runtime::http::admin_routes(ready));
     let limits = crate::runtime::http::Limits::new(config, GATE_CUTS);
-    let (addr, http) =
-        crate::runtime::http::serve(config.gate.listen, router, limits, stop).await?;
+    let (addr, http) = started!(
+        part,
+        crate::runtime::http::serve(config.gate.listen, router, limits, stop).await
+    );
     part.add("gate server", http);
     part.spawn("redis check", redis_check);
     tracing::info!(%addr, "reply gate listening");

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Part;
+use super::{started, Part};
 use crate::adapters::broker::{Link, Topology};
 use crate::adapters::redis::RedisStore;
 use crate::core::apply::Applier;
@@ -171,13 +171,16 @@ pub async fn start_with(
     // The link outlives the work: it closes only after every lane has finished and acknowledged
     // what it held (closing it first would send that work back to be delivered again).
     let link = part.link(config, format!("coexist-worker-{id}"), &topology);
-    let store = RedisStore::open_until(
-        &config.redis,
-        &config.namespace,
-        config.redis_replicas,
-        &stop,
-    )
-    .await?;
+    let store = started!(
+        part,
+        RedisStore::open_until(
+            &config.redis,
+            &config.namespace,
+            config.redis_replicas,
+            &stop,
+        )
+        .await
+    );
     // The worker decides by Redis's clock, the one that expires pause keys (docs/contract.md,
     // "One clock"): aligned before the first decision, then every second.
     let aligning = crate::runtime::retry::until_ok(
@@ -186,15 +189,18 @@ pub async fn start_with(
         |_, _| false,
         || store.align(&options.clock),
     );
-    aligning
-        .await
-        .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))?;
+    started!(
+        part,
+        aligning
+            .await
+            .map_err(|_| std::io::Error::other("Redis: stopped before it answered"))
+    );
     // Like the link, the marks outlive the lanes: the last items' marks are written at the end.
     let marks_layer = part.layer();
     let (marks, marker) = marks::Marks::spawn(store.clone(), marks_layer.stop.clone());
     part.add_to(&marks_layer, "marks", marker);
     // The registry is read before the first decision, then followed (docs/contract.md, "Numbers").
-    let (shelf, following) = numbers::shelf(&store, config, &stop).await?;
+    let (shelf, following) = started!(part, numbers::shelf(&store, config, &stop).await);
     let activity = Arc::new(numbers::Activity::default());
     let writer = activity.clone();
     let (activity_store, activity_stop) = (store.clone(), marks_layer.stop.clone());
@@ -227,7 +233,7 @@ pub async fn start_with(
         stop.clone(),
     )
     .await;
-    let (admin_addr, admin) = admin?;
+    let (admin_addr, admin) = started!(part, admin);
     let (owned_tx, owned_rx) = watch::channel(Vec::new());
     let membership = Membership::new(store.connection(), &config.namespace, id.clone());
     // Stopping, in order: the work, then the marks of what it finished, then the link that
