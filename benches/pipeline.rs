@@ -20,6 +20,11 @@
 //! webhook between two builds at the same rate. `BENCH_BACKLOG_ONLY=1` runs the ceiling and the
 //! backlog alone. `BENCH_NUMBERS=N` registers N numbers (the 64 of the load among them), each with
 //! runtime settings of its own, before the load: the cost of a registry that size.
+//! `BENCH_CURVE=1` adds the curve: the same paced round at 100, 250, 500, 1,000 and 2,000
+//! webhooks/s and at the sustained rate, printed as a table of CPU per webhook of each process
+//! and latencies, and charted in SVG (`BENCH_CURVE_SVG`, default `target/pipeline-curve.svg`).
+//! `BENCH_CONVERSATIONS=N` writes N conversations of another number (each paused by an App
+//! reply, trail on) through the commit path before the load: the cost of a Redis that full.
 
 mod common;
 
@@ -140,6 +145,215 @@ async fn holds(
     (on_time && late <= early + 100, n)
 }
 
+/// The rates of `BENCH_CURVE=1` (webhooks/s), beside the sustained rate.
+const CURVE: [f64; 5] = [100.0, 250.0, 500.0, 1_000.0, 2_000.0];
+
+/// What one paced round measured.
+struct Round {
+    rate: f64,
+    /// Webhooks posted.
+    n: usize,
+    /// The machine's CPU busy, % of all cores.
+    cpu_busy: f64,
+    /// Acceptance -> confirmed events, the workers' histogram: p50, p99 (bucket bounds).
+    histogram: (String, String),
+    /// POST sent -> event received here: p50, p99, max (ms).
+    latency: (f64, f64, f64),
+    /// Each process: name, CPU µs per webhook, context switches per webhook.
+    procs: Vec<(String, f64, f64)>,
+}
+
+impl Round {
+    /// CPU µs per webhook of every process but this benchmark (the load tool).
+    fn system_cpu(&self) -> f64 {
+        self.procs
+            .iter()
+            .filter(|(n, _, _)| n != LOAD_TOOL)
+            .map(|(_, per, _)| per)
+            .sum()
+    }
+    /// CPU µs per webhook of the processes whose name starts with `prefix`, summed.
+    fn cpu_of(&self, prefix: &str) -> f64 {
+        self.procs
+            .iter()
+            .filter(|(n, _, _)| n.starts_with(prefix))
+            .map(|(_, per, _)| per)
+            .sum()
+    }
+}
+
+const LOAD_TOOL: &str = "this benchmark";
+
+/// Posts webhooks `next..` at `rate` for `secs` (8 paced clients) and waits for their events:
+/// CPU per webhook of each process, and the latencies.
+async fn paced_round(
+    system: &System,
+    arrivals: &Arc<Mutex<HashMap<String, Instant>>>,
+    rate: f64,
+    secs: u64,
+    next: usize,
+    ts: i64,
+) -> Round {
+    let before = latency_buckets(&system.admins).await;
+    let cpu_before = cpu_jiffies();
+    let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![system.ingress.id()])];
+    procs.extend(
+        system
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("worker {i}"), vec![w.id()])),
+    );
+    procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
+    procs.push(("redis-server".into(), server_pids("redis-server")));
+    procs.push((LOAD_TOOL.into(), vec![std::process::id()]));
+    let proc_before: Vec<f64> = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum())
+        .collect();
+    let switches_before: Vec<u64> = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum())
+        .collect();
+    let n = (rate * secs as f64) as usize;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let record = sent.clone();
+    let tasks = paced(
+        system.ingress_addr,
+        Instant::now(),
+        rate,
+        (next, n),
+        8,
+        ts,
+        move |k, _| {
+            record
+                .lock()
+                .unwrap()
+                .insert(format!("wamid.P{}", next + k), Instant::now());
+        },
+    );
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(wait_for(arrivals, next + n, Duration::from_secs(60)).await);
+    let cpu_after = cpu_jiffies();
+    let proc_after: Vec<f64> = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum())
+        .collect();
+    let switches_after: Vec<u64> = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum())
+        .collect();
+    let cpu_busy =
+        (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
+    let after = latency_buckets(&system.admins).await;
+    let mut lat: Vec<Duration> = {
+        let arrivals = arrivals.lock().unwrap();
+        sent.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, t)| arrivals.get(id).map(|a| a.saturating_duration_since(*t)))
+            .collect()
+    };
+    lat.sort();
+    Round {
+        rate,
+        n,
+        cpu_busy,
+        histogram: (
+            quantile_bucket(&before, &after, 0.5),
+            quantile_bucket(&before, &after, 0.99),
+        ),
+        latency: (
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0),
+        ),
+        procs: procs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let secs = proc_after[i] - proc_before[i];
+                let switches = (switches_after[i] - switches_before[i]) as f64;
+                (name.clone(), secs / n as f64 * 1e6, switches / n as f64)
+            })
+            .collect(),
+    }
+}
+
+/// The curve's table: per rate, CPU per webhook of each kind of process and the latencies.
+fn print_curve(rounds: &[Round], sustained: f64) {
+    println!(
+        "  the curve (BENCH_CURVE=1), CPU µs per webhook and POST -> event latency at each rate:"
+    );
+    println!("    | rate /s | machine busy | ingress | workers (sum) | RabbitMQ | Redis | all but the load tool | p50 | p99 |");
+    println!("    |---|---|---|---|---|---|---|---|---|");
+    for r in rounds {
+        let label = if r.rate == sustained {
+            format!("{:.0} (sustained)", r.rate)
+        } else {
+            format!("{:.0}", r.rate)
+        };
+        println!(
+            "    | {label} | {:.0} % | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} ms | {:.1} ms |",
+            r.cpu_busy, r.cpu_of("ingress"), r.cpu_of("worker"), r.cpu_of("rabbitmq"), r.cpu_of("redis"), r.system_cpu(), r.latency.0, r.latency.1
+        );
+    }
+}
+
+/// A line of the chart: its name, colour and value of a round.
+type Series = (&'static str, plotters::style::RGBColor, fn(&Round) -> f64);
+
+/// An SVG chart of CPU per webhook against rate, one line per kind of process.
+fn chart_curve(rounds: &[Round], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_rate = rounds.iter().map(|r| r.rate).fold(0.0, f64::max) * 1.05;
+    let max_cpu = rounds.iter().map(|r| r.system_cpu()).fold(0.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("CPU per webhook against rate", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_rate, 0.0..max_cpu)?;
+    chart
+        .configure_mesh()
+        .x_desc("webhooks/s")
+        .y_desc("CPU µs per webhook")
+        .draw()?;
+    let series: [Series; 5] = [
+        ("all but the load tool", BLACK, |r| r.system_cpu()),
+        ("RabbitMQ", RED, |r| r.cpu_of("rabbitmq")),
+        ("workers", BLUE, |r| r.cpu_of("worker")),
+        ("ingress", GREEN, |r| r.cpu_of("ingress")),
+        ("Redis", MAGENTA, |r| r.cpu_of("redis")),
+    ];
+    for (name, color, value) in series {
+        let mut points: Vec<(f64, f64)> = rounds.iter().map(|r| (r.rate, value(r))).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (ceiling_n, max_n, half_secs) = if full {
@@ -161,7 +375,13 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(3)).await;
             println!("  registry: {registered} numbers with runtime settings (BENCH_NUMBERS)");
         }
-        let (ns, ingress_addr, admins) = (system.ns.clone(), system.ingress_addr, system.admins.clone());
+        let prefilled: usize = std::env::var("BENCH_CONVERSATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if prefilled > 0 {
+            let started = Instant::now();
+            let rate = fill(&system.ns, prefilled, Story::Paused, 50).await;
+            println!("  state: {prefilled} conversations paused by an App reply written first (BENCH_CONVERSATIONS; {:.0} s, {rate:.0} items/s)", started.elapsed().as_secs_f64());
+        }
+        let (ns, ingress_addr) = (system.ns.clone(), system.ingress_addr);
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(collect_events(ns.clone(), arrivals.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -182,6 +402,7 @@ fn main() {
             // BENCH_RATE=N skips the curve and the sustained-rate search and paces at N/s: a quick
             // comparison of CPU per webhook between two builds.
             let fixed: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
+            let curve_mode = std::env::var("BENCH_CURVE").is_ok_and(|v| v == "1");
             for c in [128, 512].into_iter().filter(|_| fixed.is_none()) {
                 let (rate, _) = burst(ingress_addr, &arrivals, c, next, max_n, ts).await;
                 next += max_n;
@@ -213,37 +434,8 @@ fn main() {
                 None if sustained > 0.0 => sustained / 2.0,
                 None => end_to_end / 2.0,
             };
-            let before = latency_buckets(&admins).await;
-            let cpu_before = cpu_jiffies();
-            let mut procs: Vec<(String, Vec<u32>)> = vec![("ingress".into(), vec![system.ingress.id()])];
-            procs.extend(system.workers.iter().enumerate().map(|(i, w)| (format!("worker {i}"), vec![w.id()])));
-            procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
-            procs.push(("redis-server".into(), server_pids("redis-server")));
-            procs.push(("this benchmark".into(), vec![std::process::id()]));
-            let proc_before: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
-            let switches_before: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
-            let n_half = (rate * half_secs as f64) as usize;
-            let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-            let pace_start = Instant::now();
-            let per_client = 8;
-            let record = sent.clone();
-            let tasks = paced(ingress_addr, pace_start, rate, (next, n_half), per_client, ts, move |k, _| {
-                record.lock().unwrap().insert(format!("wamid.P{}", next + k), Instant::now());
-            });
-            for t in tasks {
-                t.await.unwrap();
-            }
-            assert!(wait_for(&arrivals, next + n_half, Duration::from_secs(60)).await);
-            let cpu_after = cpu_jiffies();
-            let proc_after: Vec<f64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum()).collect();
-            let switches_after: Vec<u64> = procs.iter().map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum()).collect();
-            let cpu_busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
-            let after = latency_buckets(&admins).await;
-            let mut lat: Vec<Duration> = {
-                let arrivals = arrivals.lock().unwrap();
-                sent.lock().unwrap().iter().filter_map(|(id, t)| arrivals.get(id).map(|a| a.saturating_duration_since(*t))).collect()
-            };
-            lat.sort();
+            let round = paced_round(&system, &arrivals, rate, half_secs, next, ts).await;
+            let n_half = round.n;
             let mem: Vec<(u64, u64)> = system.workers.iter().map(|w| rss_kib(w.id())).collect();
 
             println!("pipeline benchmark: one ingress and two worker processes, {partitions} partitions, RabbitMQ and Redis on this machine{}", if otlp_endpoint().is_some() { ", spans exported over OTLP (BENCH_OTLP=1)" } else { "" });
@@ -259,19 +451,37 @@ fn main() {
                 println!("  sustained rate: not searched (BENCH_RATE paces at a fixed rate)");
             }
             let pacing = if fixed.is_some() { "at BENCH_RATE" } else { "at half the sustained rate" };
-            println!("  {pacing} ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {cpu_busy:.0} % of {} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
-            println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", quantile_bucket(&before, &after, 0.5), quantile_bucket(&before, &after, 0.99));
-            println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
-            let per_k = |secs: f64| secs / n_half as f64 * 1000.0 * 1000.0;
-            for (i, (name, _)) in procs.iter().enumerate() {
-                let (secs, switches) = (proc_after[i] - proc_before[i], switches_after[i] - switches_before[i]);
-                println!("    CPU of {name:<22} {:>6.1} s  ({:.0} µs per webhook)", secs, per_k(secs));
-                println!("      context switches of {name:<22} {:.1} per webhook", switches as f64 / n_half as f64);
+            println!("  {pacing} ({rate:.0}/s for {half_secs} s, {n_half} webhooks; machine CPU busy {:.0} % of {} cores):", round.cpu_busy, std::thread::available_parallelism().map_or(0, |n| n.get()));
+            println!("    acceptance -> confirmed events, workers' histogram: p50 {}, p99 {}   (goal: p99 at most 25 ms)", round.histogram.0, round.histogram.1);
+            println!("    POST sent -> event received here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", round.latency.0, round.latency.1, round.latency.2);
+            for (name, per, switches) in &round.procs {
+                println!("    CPU of {name:<22} {:>6.1} s  ({per:.0} µs per webhook)", per * n_half as f64 / 1e6);
+                println!("      context switches of {name:<22} {switches:.1} per webhook");
+            }
+            let mut next = next + n_half;
+            // BENCH_CURVE=1: the same at each rate of the curve, and at the sustained rate.
+            if curve_mode {
+                let mut rates: Vec<f64> = CURVE.to_vec();
+                if sustained > 0.0 {
+                    rates.push(sustained);
+                }
+                let mut rounds = Vec::new();
+                for r in rates {
+                    let round = paced_round(&system, &arrivals, r, half_secs, next, ts).await;
+                    next += round.n;
+                    rounds.push(round);
+                }
+                print_curve(&rounds, sustained);
+                let chart = std::env::var("BENCH_CURVE_SVG").unwrap_or_else(|_| "target/pipeline-curve.svg".into());
+                match chart_curve(&rounds, &chart) {
+                    Ok(()) => println!("  chart of CPU per webhook against rate: {chart}"),
+                    Err(e) => println!("  chart not written ({chart}): {e}"),
+                }
             }
             for (i, (hwm, rss)) in mem.iter().enumerate() {
                 println!("  worker {i} memory: peak RSS {:.1} MiB, now {:.1} MiB   (goal: at most 64 MiB)", *hwm as f64 / 1024.0, *rss as f64 / 1024.0);
             }
-            next + n_half
+            next
         };
         // A backlog: accepted with the workers stopped, then drained by two workers.
         let mut system = system;

@@ -34,15 +34,30 @@ pub fn redis_url() -> String {
     std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Deletes every key of a benchmark's namespace `ns`.
+/// Deletes every key of a benchmark's namespace `ns` (a `SCAN` at a time: it may hold millions),
+/// with `DEL`, so that Redis's memory is freed before it returns.
 pub async fn clear_keys(conn: &mut impl redis::aio::ConnectionLike, ns: &str) {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(1000) {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(conn).await;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = match redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 
@@ -548,23 +563,29 @@ impl System {
         {
             let _ = p.wait();
         }
-        let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-cleanup")
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let t = coexist::adapters::broker::Topology::new(&self.ns, self.partitions);
-        for q in t.queues() {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in t.exchanges() {
-            let _ = ch.exchange_delete(e.into(), Default::default()).await;
-        }
-        if let Ok(client) = redis::Client::open(redis_url()) {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                clear_keys(&mut c, &self.ns).await;
-            }
+        remove_namespace(&self.ns, self.partitions).await;
+    }
+}
+
+/// Removes a benchmark namespace's queues, exchanges and keys.
+pub async fn remove_namespace(ns: &str, partitions: u16) {
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "bench-cleanup")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let t = coexist::adapters::broker::Topology::new(ns, partitions);
+    for q in t.queues() {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in t.exchanges() {
+        let _ = ch.exchange_delete(e.into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "cleaned".into()).await;
+    if let Ok(client) = redis::Client::open(redis_url()) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            clear_keys(&mut c, ns).await;
         }
     }
 }
@@ -596,4 +617,98 @@ pub async fn register_numbers(ns: &str, n: usize) {
         };
         store.change_number_settings(&pnid, &change).await.unwrap();
     }
+}
+
+/// The business number of [`fill`]'s conversations (not one of the load's [`NUMBERS`]).
+const FILL_PNID: &str = "410000000000088";
+/// Conversations [`fill`] writes at a time.
+pub const IN_FLIGHT: usize = 64;
+
+/// A customer's message to `FILL_PNID` (a 41-character text, as a question usually is).
+fn fill_message(c: u64, id: &str, ts: i64) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"metadata":{{"display_phone_number":"5215550009999","phone_number_id":"{FILL_PNID}"}},"contacts":[{{"profile":{{"name":"Cliente {c}"}},"wa_id":"{c}"}}],"messages":[{{"from":"{c}","id":"{id}","timestamp":"{ts}","type":"text","text":{{"body":"¿Tienen la talla M en azul para mañana?"}}}}]}}}}]}}]}}"#
+    )
+}
+
+/// The Business App's reply to customer `c` (an echo: it pauses the AI agent).
+fn fill_echo(c: u64, id: &str, ts: i64) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"smb_message_echoes","value":{{"metadata":{{"display_phone_number":"5215550009999","phone_number_id":"{FILL_PNID}"}},"message_echoes":[{{"from":"5215550009999","to":"{c}","id":"{id}","timestamp":"{ts}","type":"text","text":{{"body":"Sí, te la separo. ¿A qué hora pasas?"}}}}]}}}}]}}]}}"#
+    )
+}
+
+/// The story each conversation of a fill is given.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Story {
+    /// One customer message: a conversation the AI agent is answering.
+    Idle,
+    /// A customer message, then the App's reply: paused, with a deadline.
+    Paused,
+    /// As `Paused`, then the customer again: the handback holds the human stretch.
+    PausedWithHandback,
+}
+
+fn fill_customer(i: usize) -> u64 {
+    5_215_550_000_000 + i as u64
+}
+
+/// Writes `n` conversations of `story` (customers 5215550000000 + i of one number) into `ns` through the commit path, with a trail of
+/// `trail` entries (0: off). Returns the items applied per second.
+pub async fn fill(ns: &str, n: usize, story: Story, trail: usize) -> f64 {
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), ns)
+        .await
+        .unwrap();
+    let applier = Arc::new(
+        coexist::core::apply::Applier::new(
+            store,
+            Arc::new(coexist::core::engine::RuleBook {
+                default: coexist::core::engine::Rules::default(),
+                numbers: Default::default(),
+            }),
+        )
+        .with_trail(trail),
+    );
+    let t = coexist::core::time::Millis::now().0 / 1000;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|lane| {
+            let applier = applier.clone();
+            tokio::spawn(async move {
+                let mut items = 0usize;
+                for i in (lane..n).step_by(IN_FLIGHT) {
+                    let c = fill_customer(i);
+                    let mut bodies = vec![fill_message(c, &format!("wamid.S{i}a"), t - 60)];
+                    if story != Story::Idle {
+                        bodies.push(fill_echo(c, &format!("wamid.S{i}b"), t - 30));
+                    }
+                    if story == Story::PausedWithHandback {
+                        bodies.push(fill_message(c, &format!("wamid.S{i}c"), t - 10));
+                    }
+                    for body in bodies {
+                        for item in coexist::core::meta::parse_body(body.as_bytes())
+                            .unwrap()
+                            .items
+                        {
+                            let applied = applier
+                                .apply(
+                                    &coexist::core::engine::Input::Item(&item),
+                                    coexist::core::time::Millis::from_secs(t),
+                                )
+                                .await
+                                .unwrap();
+                            applier.acknowledge(&applied).await.unwrap();
+                            items += 1;
+                        }
+                    }
+                }
+                items
+            })
+        })
+        .collect();
+    let mut items = 0;
+    for task in tasks {
+        items += task.await.unwrap();
+    }
+    items as f64 / start.elapsed().as_secs_f64()
 }

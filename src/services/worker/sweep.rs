@@ -19,14 +19,21 @@ const COUNT_EVERY: u64 = 5;
 /// Deadlines claimed at once.
 const BATCH: usize = 100;
 
-/// Runs until the worker stops.
+/// Runs until the worker stops. After a full batch it claims again at once: a burst of
+/// deadlines (pauses set in the same minute) is released at the store's pace, not
+/// [`BATCH`] a second.
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut round = 0u64;
+    let mut full = false;
     loop {
         round += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_EVERY) => {}
-            _ = shared.stop.cancelled() => return,
+        match std::mem::take(&mut full) {
+            true if shared.stop.is_cancelled() => return,
+            true => {}
+            false => tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = shared.stop.cancelled() => return,
+            },
         }
         if !shared.link.is_connected() {
             continue;
@@ -64,5 +71,6 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "finishing a timeout's claim failed; it is sent again after its lease (and decided once)");
             }
         }
+        full = claims.len() == BATCH;
     }
 }
