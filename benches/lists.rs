@@ -1,5 +1,5 @@
 //! What reading the conversations with a human costs as they grow: a page of the list from the
-//! store (the first, and one deep in), the console's page over HTTP, and `coexist conversation
+//! store (the first, and one deep in), the console's page and the admin API's over HTTP, and `coexist conversation
 //! list` (every one, a page at a time), with 100,000 pauses in force.
 //!
 //! `cargo bench --bench lists` runs it with 100,000 (COEXIST_BENCH_PAUSED overrides;
@@ -136,6 +136,7 @@ async fn main() {
         ("COEXIST_AMQP_URL", common::amqp_url()),
         ("COEXIST_CONSOLE_LISTEN", format!("127.0.0.1:{port}")),
         ("COEXIST_CONSOLE_TOKEN", "bench:bench-console-token".into()),
+        ("COEXIST_API_TOKEN", "bench:bench-api-token".into()),
     ]
     .into_iter()
     .collect();
@@ -168,6 +169,45 @@ async fn main() {
     .await;
     println!(
         "lists: console page (50 rows, {bytes} bytes): p50 {console_p50:.2} ms (max {console_max:.2})"
+    );
+
+    // The admin API's first page of 100 (its default), and one deep in, by its own cursor.
+    let api = |query: String| {
+        format!("GET /api/v1/conversations{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer bench-api-token\r\nConnection: close\r\n\r\n")
+    };
+    let (status, body) = http(addr, &api(String::new())).await;
+    assert!(status.contains("200"), "{status}");
+    let (api_p50, api_max) = timed(runs, || async {
+        let (status, _) = http(addr, &api(String::new())).await;
+        assert!(status.contains("200"), "{status}");
+    })
+    .await;
+    // Walk 1000 at a time to past most of them, then time a page of 100 there.
+    let next_of = |answer: &str| -> Option<String> {
+        let json = answer.split("\r\n\r\n").nth(1)?;
+        let json = json.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace());
+        let v: serde_json::Value = serde_json::Deserializer::from_str(json)
+            .into_iter()
+            .next()?
+            .ok()?;
+        v["next"].as_str().map(str::to_owned)
+    };
+    let mut cursor = next_of(&body);
+    let mut seen = 100;
+    while seen + 1000 < n {
+        let Some(c) = cursor.take() else { break };
+        let (_, answer) = http(addr, &api(format!("?limit=1000&after={c}"))).await;
+        cursor = next_of(&answer);
+        seen += 1000;
+    }
+    let deep = cursor.map(|c| format!("?after={c}")).unwrap_or_default();
+    let (api_deep_p50, api_deep_max) = timed(runs, || async {
+        let (status, _) = http(addr, &api(deep.clone())).await;
+        assert!(status.contains("200"), "{status}");
+    })
+    .await;
+    println!(
+        "lists: admin API page of 100: first p50 {api_p50:.2} ms (max {api_max:.2}), deep (past {seen}) p50 {api_deep_p50:.2} ms (max {api_deep_max:.2})"
     );
     console.stop().await;
 

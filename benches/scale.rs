@@ -322,6 +322,46 @@ async fn main() {
         .await;
         println!("    worker, {label}: owns all {partitions} partitions {} after start ({:.2} s to start); a second takes half in {}; the first stops in {:.2} s and the second owns all {} later",
             secs(alone), start_took.as_secs_f64(), secs(split), stopped.as_secs_f64(), secs(taken));
+        if namespace == &big {
+            // A burst due at once, released by the running worker's sweeper: the time until every
+            // one of them was sent to its partition (and its claim finished).
+            let key = format!("{big}:deadlines");
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(burst as i64 - 1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let total: usize = redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let mut pipe = redis::pipe();
+            for m in &members {
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg("XX")
+                    .arg(Millis::now().0 - 1_000)
+                    .arg(m)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+            let started = Instant::now();
+            let mut left = members.len();
+            while left > 0 && started.elapsed() < Duration::from_secs(300) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now: usize = redis::cmd("ZCARD")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                left = now.saturating_sub(total - members.len());
+            }
+            println!("    a burst of {} deadlines due at once, released by the running worker's sweeper: all sent to their partitions in {:.2} s ({left} left)",
+                members.len(), started.elapsed().as_secs_f64());
+        }
         second.stop().await;
     }
     common::remove_namespace(&big, partitions).await;
