@@ -55,7 +55,7 @@ pub async fn load(
     app_idle_warning: Duration,
 ) -> crate::core::store::Result<()> {
     let version = store.numbers_version().await?;
-    let records = store.number_records().await?;
+    let records = store.number_records_light().await?;
     count(&records, app_idle_warning);
     shelf.replace(layers.book(&read(records), version));
     Ok(())

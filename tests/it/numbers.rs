@@ -326,3 +326,44 @@ async fn a_number_seen_in_webhooks_is_listed_unregistered_with_its_activity() {
     assert!(listed["last_webhook_at"].is_string());
     s.stop().await;
 }
+
+/// What every worker and gate reloads (every 30 s, and at each change) carries what decisions
+/// and the metrics read (state, WABA, settings, activity) and not the changes' history or the
+/// onboarding, which only `number show` and the console's pages need.
+#[tokio::test]
+async fn the_registry_every_process_reloads_carries_what_decisions_read_and_no_history() {
+    let ns = NsGuard(unique_ns("numlight"));
+    let store = coexist::adapters::redis::RedisStore::connect(&redis_url(), &ns.0)
+        .await
+        .unwrap();
+    let now = coexist::core::time::Millis::now();
+    let added = coexist::adapters::redis::Added {
+        waba_id: Some("900000000000001".into()),
+        name: Some("Tienda".into()),
+        display_phone_number: Some("+52 1 555 000 9999".into()),
+    };
+    store.add_number(PNID, &added, now).await.unwrap();
+    let changed = json!({"reset_text": "/bot", "timeout": "2d"});
+    let change = coexist::core::numbers::Change {
+        at: now.rfc3339(),
+        by: coexist::core::engine::event::By::system(),
+        changed: changed.as_object().cloned().unwrap(),
+    };
+    store.change_number_settings(PNID, &change).await.unwrap();
+    let full = store.number_records().await.unwrap();
+    let light = store.number_records_light().await.unwrap();
+    assert_eq!((full.len(), light.len()), (1, 1));
+    let (full, light) = (&full[0], &light[0]);
+    assert_eq!(full.changes.len(), 1, "the full record has its change");
+    assert!(light.changes.is_empty(), "the reloaded one does not");
+    assert_eq!(light.settings, full.settings);
+    assert_eq!(
+        light.settings.get("reset_text"),
+        Some(&json!("/bot")),
+        "{light:?}"
+    );
+    assert_eq!(light.state, full.state);
+    assert_eq!(light.waba_id, full.waba_id);
+    assert_eq!(light.display_phone_number, full.display_phone_number);
+    assert_eq!(light.last_webhook_at, full.last_webhook_at);
+}

@@ -117,6 +117,12 @@ impl RedisStore {
 
     /// One number's record (`None`: not in the registry).
     pub async fn number(&self, pnid: &str) -> Result<Option<Record>> {
+        self.record(pnid, true).await
+    }
+
+    /// A number's record; without `full`, only its hash and settings (what decisions and the
+    /// metrics read): no changes, no onboarding.
+    async fn record(&self, pnid: &str, full: bool) -> Result<Option<Record>> {
         let key = self.number_key(pnid);
         let (fields, settings, changes, onboarding, chunks): (
             Fields,
@@ -124,14 +130,26 @@ impl RedisStore {
             Vec<String>,
             Fields,
             u64,
-        ) = redis::pipe()
-            .hgetall(&key)
-            .hgetall(format!("{key}:settings"))
-            .lrange(format!("{key}:changes"), 0, CHANGES_KEPT - 1)
-            .hgetall(format!("{key}:onboarding"))
-            .scard(format!("{key}:history_chunks"))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        ) = match full {
+            true => {
+                redis::pipe()
+                    .hgetall(&key)
+                    .hgetall(format!("{key}:settings"))
+                    .lrange(format!("{key}:changes"), 0, CHANGES_KEPT - 1)
+                    .hgetall(format!("{key}:onboarding"))
+                    .scard(format!("{key}:history_chunks"))
+                    .query_async(&mut self.conn.clone())
+                    .await?
+            }
+            false => {
+                let (fields, settings): (Fields, Fields) = redis::pipe()
+                    .hgetall(&key)
+                    .hgetall(format!("{key}:settings"))
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                (fields, settings, Vec::new(), Fields::default(), 0)
+            }
+        };
         if fields.is_empty() && settings.is_empty() {
             return Ok(None);
         }
@@ -181,10 +199,21 @@ impl RedisStore {
     /// Every number's record, sorted by id (a few at a time: each number is one round trip, so
     /// a registry of thousands loads in well under a second).
     pub async fn number_records(&self) -> Result<Vec<Record>> {
+        self.records(true).await
+    }
+
+    /// Every number's record without its changes and onboarding ([`RedisStore::record`]): what
+    /// every worker and gate reloads, so that 10,000 numbers cost them neither the changes'
+    /// JSON nor the round trips for them.
+    pub async fn number_records_light(&self) -> Result<Vec<Record>> {
+        self.records(false).await
+    }
+
+    async fn records(&self, full: bool) -> Result<Vec<Record>> {
         use futures_util::StreamExt;
         let ids = self.number_ids().await?;
         let loaded: Vec<Result<Option<Record>>> = futures_util::stream::iter(ids)
-            .map(|id| async move { self.number(&id).await })
+            .map(|id| async move { self.record(&id, full).await })
             .buffered(32)
             .collect()
             .await;
