@@ -30,17 +30,23 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Redis's `used_memory`, in bytes.
-async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+/// A field of Redis's `INFO section`.
+async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str, field: &str) -> String {
     let info: String = redis::cmd("INFO")
-        .arg("memory")
+        .arg(section)
         .query_async(conn)
         .await
         .unwrap();
     info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+/// Redis's `used_memory`, in bytes.
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    info(conn, "memory", "used_memory").await.parse().unwrap()
 }
 
 /// What a key of the namespace is, by the last part of its name (`pause`, `seen`, `number:settings`...).
@@ -166,7 +172,7 @@ async fn main() {
     let partitions = 16u16;
     let mut conn = redis().await;
 
-    println!("scale benchmark: Redis {} on this machine, state written by the commit path ({IN_FLIGHT} conversations at a time)", redis_version(&mut conn).await);
+    println!("scale benchmark: Redis {} on this machine, state written by the commit path ({IN_FLIGHT} conversations at a time)", info(&mut conn, "server", "redis_version").await);
 
     // 1. Bytes per conversation, per story, and per number.
     println!("  Redis bytes per conversation ({sample} conversations each; used_memory delta, then MEMORY USAGE by key):");
@@ -369,17 +375,4 @@ async fn main() {
     if !full {
         println!("  (smoke round; `cargo bench --bench scale` for the real figures)");
     }
-}
-
-async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_owned()
 }
