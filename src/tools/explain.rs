@@ -53,8 +53,12 @@ pub async fn explain(
     scope: &Scope,
     now: Millis,
 ) -> crate::core::store::Result<Explained> {
-    let (conversation, state, ttl) = operator::load(store, scope, now).await?;
+    // The trail first, then the state: the state shown is never older than the trail's last
+    // decision (read the other way round, a decision committed in between would be in the trail
+    // and not in the state).
+    let (conversation, _, _) = operator::load(store, scope, now).await?;
     let trail = store.trail(&conversation).await?;
+    let (_, state, ttl) = operator::load(store, scope, now).await?;
     let (rules, number_state) = number_rules(store, config, &scope.phone_number_id).await?;
     Ok(Explained {
         next_message: next_message(&state, &rules, now, Some(number_state.as_str())),
