@@ -126,6 +126,33 @@ where
     )
 }
 
+/// Makes the first `n` deadlines of the sorted set `key` due now (a burst: pauses set in the
+/// same minute, all ending together); returns them.
+async fn make_due(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    n: usize,
+) -> Vec<String> {
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(n as i64 - 1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for m in &members {
+        pipe.cmd("ZADD")
+            .arg(key)
+            .arg("XX")
+            .arg(Millis::now().0 - 1_000)
+            .arg(m)
+            .ignore();
+    }
+    let _: () = pipe.query_async(conn).await.unwrap();
+    members
+}
+
 fn worker_config(ns: &str, partitions: u16) -> coexist::runtime::config::Config {
     let ns = ns.to_owned();
     coexist::runtime::config::Config::load(None, move |k| match k {
@@ -258,23 +285,7 @@ async fn main() {
 
     // A burst of deadlines due at once (pauses set in the same minute, all ending together).
     let burst = (conversations / 100).clamp(100, 10_000);
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{big}:deadlines"))
-        .arg(0)
-        .arg(burst as i64 - 1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut pipe = redis::pipe();
-    for m in &members {
-        pipe.cmd("ZADD")
-            .arg(format!("{big}:deadlines"))
-            .arg("XX")
-            .arg(now.0 - 1_000)
-            .arg(m)
-            .ignore();
-    }
-    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    make_due(&mut conn, &format!("{big}:deadlines"), burst).await;
     let started = Instant::now();
     let mut claimed = 0usize;
     let mut rounds = 0usize;
@@ -332,28 +343,12 @@ async fn main() {
             // A burst due at once, released by the running worker's sweeper: the time until every
             // one of them was sent to its partition (and its claim finished).
             let key = format!("{big}:deadlines");
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(burst as i64 - 1)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
             let total: usize = redis::cmd("ZCARD")
                 .arg(&key)
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            let mut pipe = redis::pipe();
-            for m in &members {
-                pipe.cmd("ZADD")
-                    .arg(&key)
-                    .arg("XX")
-                    .arg(Millis::now().0 - 1_000)
-                    .arg(m)
-                    .ignore();
-            }
-            let _: () = pipe.query_async(&mut conn).await.unwrap();
+            let members = make_due(&mut conn, &key, burst).await;
             let started = Instant::now();
             let mut left = members.len();
             while left > 0 && started.elapsed() < Duration::from_secs(300) {
