@@ -123,8 +123,28 @@ pub(super) async fn follow_recent(
     }
 }
 
+impl Console {
+    /// How the live view shows `shown` to session `session_id`: its line (digits masked unless
+    /// `log_content`) and its conversation's reference, for the page and the stream alike.
+    pub(super) fn line(
+        &self,
+        session_id: &str,
+        shown: crate::tools::tail::Shown,
+    ) -> super::pages::LiveLine {
+        super::pages::LiveLine {
+            reference: conversation_of(&shown.json).map(|scope| self.remember(session_id, &scope)),
+            exchange: shown.exchange.as_str(),
+            kind: shown.kind,
+            line: match self.log_content {
+                true => shown.line,
+                false => redact_digits(&shown.line),
+            },
+        }
+    }
+}
+
 /// The conversation an event is about (its group's, else the customer's first name), if any.
-pub(super) fn conversation_of(json: &str) -> Option<Scope> {
+fn conversation_of(json: &str) -> Option<Scope> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let pnid = v["phone_number_id"].as_str()?;
     let key = match v["group_id"].as_str() {
@@ -185,7 +205,6 @@ pub(super) async fn events(
                 .into_response();
         }
     };
-    let log_content = c.log_content;
     let remember = Arc::new((c.clone(), session_id));
     let stream = futures_util::stream::unfold(
         (follow, (options, numbers), viewer, true),
@@ -206,17 +225,12 @@ pub(super) async fn events(
                 };
                 match next {
                     Some(Ok(shown)) => {
-                        let line = match log_content {
-                            true => shown.line,
-                            false => redact_digits(&shown.line),
-                        };
-                        let reference = conversation_of(&shown.json)
-                            .map(|scope| remember.0.remember(&remember.1, &scope));
+                        let e = remember.0.line(&remember.1, shown);
                         let data = serde_json::json!({
-                            "exchange": shown.exchange.as_str(),
-                            "type": shown.kind,
-                            "line": line,
-                            "ref": reference,
+                            "exchange": e.exchange,
+                            "type": e.kind,
+                            "line": e.line,
+                            "ref": e.reference,
                         });
                         let event = Event::default().event("event").data(data.to_string());
                         Some((Ok(event), (follow, options, viewer, false)))

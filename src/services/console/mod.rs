@@ -419,15 +419,7 @@ async fn live_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
         .recent
         .visible(&session.numbers)
         .into_iter()
-        .map(|shown| pages::LiveLine {
-            reference: live::conversation_of(&shown.json).map(|s| c.remember(&id, &s)),
-            exchange: shown.exchange.as_str(),
-            kind: shown.kind,
-            line: match c.log_content {
-                true => shown.line,
-                false => crate::core::domain::redact_digits(&shown.line),
-            },
-        })
+        .map(|shown| c.line(&id, shown))
         .collect();
     Html(pages::live(&f, &recent).into_string()).into_response()
 }
