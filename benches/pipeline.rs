@@ -184,6 +184,19 @@ impl Round {
 
 const LOAD_TOOL: &str = "this benchmark";
 
+/// Each process's CPU seconds and context switches so far (its pids summed).
+fn readings(procs: &[(String, Vec<u32>)]) -> (Vec<f64>, Vec<u64>) {
+    let cpu = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum())
+        .collect();
+    let switches = procs
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum())
+        .collect();
+    (cpu, switches)
+}
+
 /// Posts webhooks `next..` at `rate` for `secs` (8 paced clients) and waits for their events:
 /// CPU per webhook of each process, and the latencies.
 async fn paced_round(
@@ -207,14 +220,7 @@ async fn paced_round(
     procs.push(("rabbitmq (beam.smp)".into(), server_pids("beam.smp")));
     procs.push(("redis-server".into(), server_pids("redis-server")));
     procs.push((LOAD_TOOL.into(), vec![std::process::id()]));
-    let proc_before: Vec<f64> = procs
-        .iter()
-        .map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum())
-        .collect();
-    let switches_before: Vec<u64> = procs
-        .iter()
-        .map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum())
-        .collect();
+    let (proc_before, switches_before) = readings(&procs);
     let n = (rate * secs as f64) as usize;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let record = sent.clone();
@@ -237,14 +243,7 @@ async fn paced_round(
     }
     assert!(wait_for(arrivals, next + n, Duration::from_secs(60)).await);
     let cpu_after = cpu_jiffies();
-    let proc_after: Vec<f64> = procs
-        .iter()
-        .map(|(_, pids)| pids.iter().map(|p| cpu_secs(*p)).sum())
-        .collect();
-    let switches_after: Vec<u64> = procs
-        .iter()
-        .map(|(_, pids)| pids.iter().map(|p| context_switches(*p)).sum())
-        .collect();
+    let (proc_after, switches_after) = readings(&procs);
     let cpu_busy =
         (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64 * 100.0;
     let after = latency_buckets(&system.admins).await;

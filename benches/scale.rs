@@ -70,15 +70,7 @@ async fn by_kind(
     let mut sums: BTreeMap<String, (i64, usize)> = BTreeMap::new();
     let mut cursor = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:*"))
-            .arg("COUNT")
-            .arg(5_000)
-            .query_async(conn)
-            .await
-            .unwrap();
+        let (next, keys) = common::scan_page(conn, ns, cursor).await.unwrap();
         if !keys.is_empty() {
             let mut pipe = redis::pipe();
             for k in &keys {

@@ -34,22 +34,30 @@ pub fn redis_url() -> String {
     std::env::var("COEXIST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Deletes every key of a benchmark's namespace `ns` (a `SCAN` at a time: it may hold millions),
-/// with `DEL`, so that Redis's memory is freed before it returns.
+/// One `SCAN` page of the keys of namespace `ns` from `cursor`: the next cursor (0 at the end)
+/// and the keys.
+pub async fn scan_page(
+    conn: &mut impl redis::aio::ConnectionLike,
+    ns: &str,
+    cursor: u64,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(format!("{ns}:*"))
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async(conn)
+        .await
+}
+
+/// Deletes every key of a benchmark's namespace `ns` (a `SCAN` page at a time: it may hold
+/// millions), with `DEL`, so that Redis's memory is freed before it returns.
 pub async fn clear_keys(conn: &mut impl redis::aio::ConnectionLike, ns: &str) {
     let mut cursor = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) = match redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(conn)
-            .await
-        {
-            Ok(answer) => answer,
-            Err(_) => return,
+        let Ok((next, keys)) = scan_page(conn, ns, cursor).await else {
+            return;
         };
         if !keys.is_empty() {
             let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(conn).await;
