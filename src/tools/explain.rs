@@ -56,9 +56,9 @@ pub async fn explain(
     // The trail first, then the state: the state shown is never older than the trail's last
     // decision (read the other way round, a decision committed in between would be in the trail
     // and not in the state).
-    let (conversation, _, _) = operator::load(store, scope, now).await?;
+    let conversation = operator::conversation(store, scope).await?;
     let trail = store.trail(&conversation).await?;
-    let (_, state, ttl) = operator::load(store, scope, now).await?;
+    let (state, ttl) = operator::state_of(store, &conversation, now).await?;
     let (rules, number_state) = number_rules(store, config, &scope.phone_number_id).await?;
     Ok(Explained {
         next_message: next_message(&state, &rules, now, Some(number_state.as_str())),

@@ -90,7 +90,14 @@ pub async fn load(
     scope: &Scope,
     now: Millis,
 ) -> crate::core::store::Result<(Scope, State, Option<i64>)> {
-    let conversation = match &scope.customer {
+    let conversation = conversation(store, scope).await?;
+    let (state, ttl) = state_of(store, &conversation, now).await?;
+    Ok((conversation, state, ttl))
+}
+
+/// The conversation that `scope` names (by any of the customer's names).
+pub async fn conversation(store: &RedisStore, scope: &Scope) -> crate::core::store::Result<Scope> {
+    Ok(match &scope.customer {
         Some(name) => {
             let linked = store.resolve(&scope.phone_number_id, std::slice::from_ref(name));
             let id = linked
@@ -101,10 +108,18 @@ pub async fn load(
             Scope::conversation(&scope.phone_number_id, id)
         }
         None => scope.clone(),
-    };
-    let snap = store.load(&conversation, "-", now).await?;
-    let ttl = store.pause_ttl_ms(&conversation).await?;
-    Ok((conversation, snap.state, ttl))
+    })
+}
+
+/// A resolved conversation's state, and the milliseconds left on its pause key.
+pub async fn state_of(
+    store: &RedisStore,
+    conversation: &Scope,
+    now: Millis,
+) -> crate::core::store::Result<(State, Option<i64>)> {
+    let snap = store.load(conversation, "-", now).await?;
+    let ttl = store.pause_ttl_ms(conversation).await?;
+    Ok((snap.state, ttl))
 }
 
 /// One line of `conversation list`: a conversation whose AI agent is paused now.
