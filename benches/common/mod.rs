@@ -538,9 +538,10 @@ impl System {
         let t = coexist::adapters::broker::Topology::new(&self.ns, self.partitions);
         let mut sum = 0;
         for p in 0..self.partitions {
+            let queue = t.first_layout().queue(&t, p);
             let q = ch
                 .queue_declare(
-                    t.partition_queue(p).into(),
+                    queue.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..Default::default()

@@ -35,12 +35,27 @@ pub fn openapi() -> Result<(), Failure> {
     Ok(())
 }
 
-/// `topology`: declares the namespace's exchanges and queues and prints them.
+/// `topology`: declares the namespace's exchanges and queues, lays out the partitions in force
+/// again (unless a change of their count is in progress), and prints them.
 pub async fn topology(config: &Config) -> Result<(), Failure> {
+    use coexist::services::layout::{tend, Role};
     let topology = Topology::new(&config.namespace, config.partitions);
-    coexist::adapters::broker::declare(config.amqp_url.expose(), &topology)
+    let partitions = super::partitions::record(config).await?;
+    let conn = coexist::adapters::broker::connect(config.amqp_url.expose(), "coexist-topology")
         .await
         .map_err(|e| failed(&e))?;
-    print!("{}", topology.describe());
+    let declared = async {
+        topology.declare(&conn).await.map_err(|e| e.to_string())?;
+        tend(&partitions, &topology, &conn, "topology", Role::Repair)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let record = declared.await;
+    let _ = conn.close(200, "declared".into()).await;
+    let record = record.map_err(|e| failed(&e))?;
+    print!("{}", topology.describe(&record.layout));
+    if record.change.is_some() {
+        println!("{}", record.describe());
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod conversation;
 mod dlq;
 mod docs;
 mod number;
+mod partitions;
 mod process;
 mod send;
 mod serve;
@@ -77,8 +78,12 @@ enum Command {
     /// Dead-lettered input ({ns}.dead): inspect and replay.
     #[command(subcommand)]
     Dlq(dlq::Command),
-    /// Declares exchanges and queues (idempotent; ingress and worker also do it at start).
+    /// Declares exchanges and queues and lays out the partitions in force again, unless a change
+    /// of their count is in progress (idempotent; the ingress and workers lay them out at start).
     Topology,
+    /// The partition count in force and a change in progress; `set N` changes it online.
+    #[command(subcommand)]
+    Partitions(partitions::Command),
     /// Signs each webhook body with the first app secret (COEXIST_APP_SECRET) and POSTs it, as
     /// Meta does; retries 503 and connection errors with backoff (at most 8 attempts); prints
     /// each answer. Exits 1 if any body was finally refused, naming the answer.
@@ -122,7 +127,10 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(Failure(message, code): Failure) -> ExitCode {
-    eprintln!("coexist: {message}");
+    // An exit code that is an answer (`partitions show` during a change) says nothing more.
+    if !message.is_empty() {
+        eprintln!("coexist: {message}");
+    }
     ExitCode::from(code)
 }
 
@@ -156,6 +164,7 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         Command::Console => serve::run(config, Services::CONSOLE).await,
         Command::Serve => serve::run(config, Services::ALL).await,
         Command::Topology => docs::topology(&config).await,
+        Command::Partitions(c) => partitions::run(c, &config).await,
         Command::Dlq(c) => dlq::run(c, &config).await,
         Command::Process(args) => process::run(args, config).await,
         Command::Conversation(c) => conversation::run(c, config).await,

@@ -44,8 +44,14 @@ pub const REDIS_WAITS: &str = "coexist_redis_waits_total";
 pub const PARTITIONS_OWNED: &str = "coexist_partitions_owned";
 /// Partitions this worker owns whose consumer is registered now.
 pub const PARTITIONS_CONSUMING: &str = "coexist_partitions_consuming";
-/// The configured number of partitions (`COEXIST_PARTITIONS`).
+/// The number of partitions in force (the layout recorded in Redis; during a change, the new).
 pub const PARTITIONS: &str = "coexist_partitions";
+/// The epoch of the partition layout in force (each change of count starts the next).
+pub const PARTITION_EPOCH: &str = "coexist_partition_epoch";
+/// 1 while a change of the partition count is in progress, else 0.
+pub const PARTITION_CHANGE: &str = "coexist_partition_change_in_progress";
+/// During a change, the old partitions drained and sealed so far.
+pub const PARTITION_CHANGE_DRAINED: &str = "coexist_partition_change_old_drained";
 /// Messages waiting in an inbound partition this worker owns, by `partition` (read every 5 s).
 pub const INBOUND_BACKLOG: &str = "coexist_inbound_backlog";
 /// Conversations whose AI agent is paused now (counted by every worker every 5 s).
@@ -95,6 +101,9 @@ pub const NAMES: &[&str] = &[
     PARTITIONS_OWNED,
     PARTITIONS_CONSUMING,
     PARTITIONS,
+    PARTITION_EPOCH,
+    PARTITION_CHANGE,
+    PARTITION_CHANGE_DRAINED,
     INBOUND_BACKLOG,
     DEAD_LETTERS_WAITING,
     PAUSED,

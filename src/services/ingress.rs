@@ -296,7 +296,15 @@ pub async fn start_with(
     let topology = Topology::new(&config.namespace, config.partitions);
     let mut part = Part::new("ingress supervisor", shutdown);
     // The link outlives the HTTP server, so requests in flight at shutdown still get confirms.
-    let link = part.link(config, "coexist-ingress".into(), &topology);
+    // On each connection it lays out the partitions if nobody has (a fresh namespace).
+    let laying_out =
+        super::layout::LayingOut::new(config, format!("ingress-{}", std::process::id()));
+    let link = part.link_with(
+        config,
+        "coexist-ingress".into(),
+        &topology,
+        Some(Arc::new(laying_out)),
+    );
     let ingress = Ingress::new(config, link.clone());
     let ready = ingress.readiness();
     let router = ingress.router();

@@ -5,6 +5,7 @@
 pub mod console;
 pub mod gate;
 pub mod ingress;
+pub mod layout;
 pub mod numbers;
 pub mod worker;
 
@@ -108,11 +109,23 @@ impl Part {
         connection: String,
         topology: &Topology,
     ) -> std::sync::Arc<Link> {
+        self.link_with(config, connection, topology, None)
+    }
+
+    /// [`link`](Self::link), doing `on_connect` on each new connection before it is used.
+    pub fn link_with(
+        &mut self,
+        config: &Config,
+        connection: String,
+        topology: &Topology,
+        on_connect: Option<std::sync::Arc<dyn crate::adapters::broker::link::OnConnect>>,
+    ) -> std::sync::Arc<Link> {
         let layer = self.layer();
         let (link, task) = Link::spawn(
             config.amqp_url.expose().to_owned(),
             connection,
             topology.clone(),
+            on_connect,
             layer.stop.clone(),
         );
         self.add_to(&layer, "broker link", task);

@@ -354,10 +354,20 @@ pub async fn send(
     let answer = match waited {
         Ok(Some(answer)) => answer,
         _ => {
-            let partition = topology.partition_of(&command.scope);
+            // Where it waits: the layout in force (its record, else the first).
+            let record = crate::adapters::redis::partitions::Partitions::new(
+                store.connection(),
+                &topology.ns,
+            )
+            .read()
+            .await
+            .ok()
+            .flatten();
+            let layout = record.map_or_else(|| topology.first_layout(), |r| r.layout);
+            let partition = layout.partition_of(&command.scope);
             return Err(Error::NotDecided {
                 partition,
-                queue: topology.partition_queue(partition).to_owned(),
+                queue: layout.queue(topology, partition),
                 within,
             });
         }

@@ -3,7 +3,6 @@
 //! nodes); `scripts/test` starts the clusters once and runs these, and the rules and store
 //! scenarios against the Redis Cluster (`both!`'s `redis_cluster`), after the rest.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::support::*;
@@ -26,70 +25,6 @@ impl Drop for ClusterUp {
             .arg("up")
             .stdout(std::process::Stdio::null())
             .status();
-    }
-}
-
-/// The `i`th business number of these tests (numbers spread over partitions).
-fn number(i: usize) -> String {
-    format!("41000000000{:04}", 100 + i)
-}
-
-/// A customer message of customer `c` of number `n`, numbered `seq` in its conversation.
-fn message(n: usize, c: usize, seq: usize, t: i64) -> String {
-    customer_text(
-        &format!("52155533{c:05}"),
-        &format!("wamid.CL{n}.{c}.{seq}"),
-        t + seq as i64,
-        &seq.to_string(),
-    )
-    .replace(PNID, &number(n))
-}
-
-/// Posts every conversation's bodies in order, each until answered 200 (as Meta retries);
-/// returns how many answers were not 200.
-async fn post_like_meta(
-    addr: std::net::SocketAddr,
-    conversations: Vec<Vec<String>>,
-    pace: Duration,
-) -> usize {
-    let refused =
-        futures_util::future::join_all(conversations.into_iter().map(|bodies| async move {
-            let mut refused = 0;
-            for body in bodies {
-                while post_signed(addr, &body).await != 200 {
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                tokio::time::sleep(pace).await;
-            }
-            refused
-        }))
-        .await;
-    refused.into_iter().sum()
-}
-
-/// Every message once (one event id per item), in order within its conversation.
-fn assert_once_each_in_order(events: &[Taken], want: usize) {
-    let ids: HashSet<&str> = events
-        .iter()
-        .map(|e| e.body["message"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), want, "every accepted message produced its event");
-    assert_eq!(events.len(), want, "one event id per item");
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for e in events {
-        let n: i64 = e.body["message"]["text"].as_str().unwrap().parse().unwrap();
-        let c = format!(
-            "{}:{}",
-            e.body["phone_number_id"].as_str().unwrap(),
-            e.body["customer"]["wa_id"].as_str().unwrap()
-        );
-        assert!(
-            last.get(&c).is_none_or(|p| *p < n),
-            "{c}: {n} after {:?}",
-            last.get(&c)
-        );
-        last.insert(c, n);
     }
 }
 

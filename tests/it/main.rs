@@ -18,6 +18,7 @@ mod numbers;
 mod observability;
 mod onboarding;
 mod parse;
+mod partitions;
 mod pipeline;
 mod processes;
 mod readme;

@@ -322,7 +322,9 @@ async fn two_workers_share_partitions_and_keep_each_conversation_in_order() {
     // chosen so that both workers have numbers to decide.
     let topology = Topology::new(&stack.ns, 8);
     let owner = |number: &str| {
-        let p = topology.partition_of(&coexist::core::domain::Scope::number(number));
+        let p = topology
+            .first_layout()
+            .partition_of(&coexist::core::domain::Scope::number(number));
         shares.iter().position(|s| s.contains(&p)).unwrap()
     };
     let candidates: Vec<String> = (0..1000u32).map(|n| format!("41000000{n:07}")).collect();

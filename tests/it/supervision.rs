@@ -70,7 +70,8 @@ async fn readyz_is_503_while_an_owned_partition_is_not_consumed() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_delete(topology.partition_queue(2).into(), Default::default())
+    let queue = topology.first_layout().queue(&topology, 2);
+    ch.queue_delete(queue.as_str().into(), Default::default())
         .await
         .unwrap();
     eventually(20 * SECS, "/readyz to turn 503", || async {
@@ -84,8 +85,16 @@ async fn readyz_is_503_while_an_owned_partition_is_not_consumed() {
     tokio::time::sleep(3 * SECS).await;
     assert_eq!(ready().await.0, 503);
     assert!(stack.workers[0].owned().contains(&2), "it still owns it");
-    // The queue declared again: consumed again, ready again.
-    topology.declare(&conn).await.unwrap();
+    // The queue declared again (`coexist topology`): consumed again, ready again.
+    let (amqp, redis) = (amqp_url(), redis_url());
+    let env = [
+        ("COEXIST_NAMESPACE", stack.ns.as_str()),
+        ("COEXIST_AMQP_URL", amqp.as_str()),
+        ("COEXIST_REDIS_URL", redis.as_str()),
+        ("COEXIST_PARTITIONS", "4"),
+    ];
+    let out = coexist(&["topology"], &env, None);
+    assert!(out.status.success(), "{out:?}");
     eventually(20 * SECS, "/readyz to be 200 again", || async {
         let (status, body) = ready().await;
         (status == 200).then_some(()).ok_or(body)

@@ -18,6 +18,11 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 /// How often a held connection is checked when nobody reports a failure.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
+/// Work done on each new connection before it is handed out (laying out the partitions).
+pub trait OnConnect: Send + Sync {
+    fn on_connect<'a>(&'a self, conn: &'a Connection) -> futures_util::future::BoxFuture<'a, ()>;
+}
+
 /// A background task connects (with backoff), declares the topology and holds the publisher until
 /// the connection fails, then starts over, until its token is cancelled. Callers get the current
 /// publisher or `None` while it is down. With several node URLs (a cluster) it starts with the
@@ -42,6 +47,7 @@ impl Link {
         url: String,
         name: String,
         topology: Topology,
+        on_connect: Option<Arc<dyn OnConnect>>,
         stop: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let link = Arc::new(Link {
@@ -52,7 +58,7 @@ impl Link {
             blocking: Default::default(),
             made: tokio::sync::watch::Sender::new(0),
         });
-        let task = tokio::spawn(link.clone().run(url, name, topology, stop));
+        let task = tokio::spawn(link.clone().run(url, name, topology, on_connect, stop));
         (link, task)
     }
 
@@ -61,6 +67,7 @@ impl Link {
         url: String,
         name: String,
         topology: Topology,
+        on_connect: Option<Arc<dyn OnConnect>>,
         stop: CancellationToken,
     ) {
         let mut next = 0;
@@ -72,6 +79,9 @@ impl Link {
                 || async {
                     let (conn, node) = connect_from(&url, &name, next).await?;
                     topology.declare(&conn).await?;
+                    if let Some(hook) = &on_connect {
+                        hook.on_connect(&conn).await;
+                    }
                     let publisher = Publisher::open(&conn).await?;
                     Ok::<_, Error>((conn, publisher, node))
                 },

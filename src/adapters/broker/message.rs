@@ -23,6 +23,17 @@ pub const WEBHOOK_TYPE: &str = "meta.webhook";
 /// AMQP `type` of one item the ingress parked because it names no conversation.
 pub const ITEM_TYPE: &str = "meta.item";
 
+/// AMQP `type` of the last message of an old epoch's partition queue during a change of the
+/// partition count: the worker that reaches it has decided everything before it.
+pub const SEAL_TYPE: &str = "coexist.seal";
+
+/// What a seal says: which old partition is drained.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Seal {
+    pub epoch: u32,
+    pub partition: u16,
+}
+
 /// Headers of a dead letter written by coexist.
 pub const REASON_HEADER: &str = "x-coexist-reason";
 pub const STAGE_HEADER: &str = "x-coexist-stage";
@@ -114,9 +125,7 @@ impl Outgoing {
     pub fn unit(topology: &Topology, u: &Unit, sent_at: Millis) -> Self {
         Outgoing {
             exchange: topology.inbound_exchange().to_owned(),
-            routing_key: topology
-                .partition_key(topology.partition_of(&u.scope))
-                .to_owned(),
+            routing_key: topology.key_of(&u.scope).to_owned(),
             body: serde_json::to_vec(u).expect("units serialise"),
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -144,11 +153,23 @@ impl Outgoing {
         }
         Outgoing {
             exchange: topology.inbound_exchange().to_owned(),
-            routing_key: topology
-                .partition_key(topology.partition_of(&c.scope))
-                .to_owned(),
+            routing_key: topology.key_of(&c.scope).to_owned(),
             body: serde_json::to_vec(c).expect("commands serialise"),
             properties,
+        }
+    }
+
+    /// The seal of an old partition queue, straight to the queue (its slots are bound elsewhere
+    /// by then).
+    pub fn seal(queue: &str, seal: Seal) -> Self {
+        Outgoing {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            body: serde_json::to_vec(&seal).expect("seals serialise"),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_type(SEAL_TYPE.into()),
         }
     }
 

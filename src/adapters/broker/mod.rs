@@ -15,11 +15,11 @@ use lapin::{Connection, ConnectionProperties};
 
 pub use link::Link;
 pub use message::{
-    Outgoing, Stage, ANSWER_TYPE, ATTEMPTS_HEADER, COMMAND_TYPE, CONVERSATION_HEADER, ITEM_TYPE,
-    REASON_HEADER, REPLY_TO, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
+    Outgoing, Seal, Stage, ANSWER_TYPE, ATTEMPTS_HEADER, COMMAND_TYPE, CONVERSATION_HEADER,
+    ITEM_TYPE, REASON_HEADER, REPLY_TO, SEAL_TYPE, STAGE_HEADER, UNIT_TYPE, WEBHOOK_TYPE,
 };
 pub use publisher::Publisher;
-pub use topology::{Topology, DELIVERY_LIMIT};
+pub use topology::{Layout, Topology, DELIVERY_LIMIT, SLOTS};
 
 /// A broker failure.
 #[derive(Debug, thiserror::Error)]
@@ -146,14 +146,6 @@ fn percent_decoded(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Declares a namespace's exchanges and queues on a connection of its own (`coexist topology`).
-pub async fn declare(url: &str, topology: &Topology) -> Result<()> {
-    let conn = connect(url, "coexist-topology").await?;
-    topology.declare(&conn).await?;
-    let _ = conn.close(200, "declared".into()).await;
-    Ok(())
 }
 
 #[cfg(test)]

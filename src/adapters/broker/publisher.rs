@@ -1,5 +1,7 @@
 //! Publishing with confirms: every message persistent and mandatory, the confirms awaited
-//! together (pipelined), a nack or a returned message an error.
+//! together (pipelined), a nack an error. A message the broker returns (no queue bound to its
+//! routing key) is published again for a while: while the partition count changes, a slot is
+//! unbound from its old queue for a moment before it is bound to its new one.
 
 use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -12,6 +14,11 @@ use super::{Error, Result};
 
 /// How long a publish waits for the broker's confirms before it counts as failed.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long returned messages are published again before the publish fails.
+pub const RETURNED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The pause before a returned message is published again.
+const RETURNED_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Publishes with confirms on one channel.
 #[derive(Clone)]
@@ -68,6 +75,32 @@ impl Publisher {
     }
 
     async fn publish_and_confirm(&self, messages: &[Outgoing]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut waiting: Vec<&Outgoing> = messages.iter().collect();
+        loop {
+            let returned = self.publish_once(&waiting).await?;
+            if returned.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= RETURNED_PATIENCE {
+                let m = returned[0];
+                return Err(Error::Returned {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                });
+            }
+            tracing::debug!(
+                returned = returned.len(),
+                "messages returned unroutable; publishing them again"
+            );
+            tokio::time::sleep(RETURNED_PAUSE).await;
+            waiting = returned;
+        }
+    }
+
+    /// Publishes each message and awaits the confirms together: the messages the broker
+    /// returned.
+    async fn publish_once<'m>(&self, messages: &[&'m Outgoing]) -> Result<Vec<&'m Outgoing>> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let confirm = self
@@ -86,6 +119,7 @@ impl Publisher {
             confirms.push(confirm);
         }
         let results = try_join_all(confirms).await?;
+        let mut returned = Vec::new();
         for (confirmation, m) in results.into_iter().zip(messages) {
             if confirmation.is_nack() {
                 return Err(Error::Nack);
@@ -95,12 +129,9 @@ impl Publisher {
                 return Err(Error::NotConfirmed);
             }
             if confirmation.take_message().is_some() {
-                return Err(Error::Returned {
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                });
+                returned.push(*m);
             }
         }
-        Ok(())
+        Ok(returned)
     }
 }

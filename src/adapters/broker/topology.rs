@@ -2,8 +2,8 @@
 //!
 //! | name | kind | purpose |
 //! |---|---|---|
-//! | `{ns}.inbound` | direct exchange | the ingress publishes units here, routing key = partition number |
-//! | `{ns}.inbound.{i}` | quorum queue, single active consumer, delivery limit, dead-lettered at least once to `{ns}.dead` | partition `i` of the inbound work |
+//! | `{ns}.inbound` | direct exchange | units and commands are published here, routing key = the business number's slot (`0`..`1023`) |
+//! | `{ns}.inbound.{i}` (epoch 0), `{ns}.inbound.e{E}.{i}` (epoch E) | quorum queue, single active consumer, delivery limit, dead-lettered at least once to `{ns}.dead` | partition `i` of the inbound work; slot `s` is bound to partition `s mod N` of the current epoch ([`Layout`]) |
 //! | `{ns}.dead` | fanout exchange + quorum queue | dead letters: input that could not be read or kept failing |
 //! | `{ns}.bot`, `{ns}.human_chat` | topic exchanges | downstream events, routing key = event type |
 //! | `{ns}.bot.events`, `{ns}.human_chat.events` | quorum queues bound with `#` | default queues, so nothing is dropped before a consumer exists |
@@ -20,18 +20,117 @@ use crate::core::engine::event::Exchange;
 /// dying on it, say). Failures the worker sees are retried in place and do not count.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// The slots business numbers are spread over: a number's slot is FNV-1a (64 bit) of its
+/// `phone_number_id` modulo [`SLOTS`], and the slot is the routing key everything inbound is
+/// published with. Publishers never need to know the partition count: the bindings of the
+/// current [`Layout`] map each slot to a partition queue, so the count can change while they
+/// publish (docs/operations.md, "Changing the partition count").
+pub const SLOTS: u16 = 1024;
+
 /// The names of one namespace, written once.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub ns: String,
+    /// The partition count configured (`COEXIST_PARTITIONS`): the first layout's, and what a
+    /// worker asks for at start; the count in force is the [`Layout`] recorded in Redis.
     pub partitions: u16,
     inbound: String,
     dead: String,
     bot: String,
     human_chat: String,
-    /// Each partition's queue, and its routing key (the partition's number).
-    partition_queues: Vec<String>,
-    partition_keys: Vec<String>,
+    /// Each slot's routing key.
+    slot_keys: Vec<String>,
+}
+
+/// The partition queues of one epoch: `count` queues, slot `s` bound to queue `s mod count`.
+/// Epoch 0 keeps the names of the builds before epochs (`{ns}.inbound.{i}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub epoch: u32,
+    pub count: u16,
+}
+
+impl Layout {
+    /// Partition `i`'s queue.
+    pub fn queue(&self, t: &Topology, i: u16) -> String {
+        match self.epoch {
+            0 => format!("{}.inbound.{i}", t.ns),
+            e => format!("{}.inbound.e{e}.{i}", t.ns),
+        }
+    }
+    pub fn queues(&self, t: &Topology) -> Vec<String> {
+        (0..self.count).map(|i| self.queue(t, i)).collect()
+    }
+    /// The partition a slot's items go to.
+    pub fn partition_of_slot(&self, slot: u16) -> u16 {
+        slot % self.count
+    }
+    /// The partition of a business number (every conversation of the number goes there).
+    pub fn partition_of(&self, scope: &Scope) -> u16 {
+        self.partition_of_slot(slot_of(scope))
+    }
+
+    /// Declares the layout's queues (idempotent) without binding them.
+    pub async fn declare_queues(&self, t: &Topology, conn: &Connection) -> Result<()> {
+        let mut ch = conn.create_channel().await?;
+        for i in 0..self.count {
+            queue(conn, &mut ch, &self.queue(t, i), partition_arguments(t)).await?;
+        }
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Declares the layout's queues and binds every slot to its partition (idempotent).
+    pub async fn lay_out(&self, t: &Topology, conn: &Connection) -> Result<()> {
+        self.declare_queues(t, conn).await?;
+        let ch = conn.create_channel().await?;
+        for slot in 0..SLOTS {
+            let q = self.queue(t, self.partition_of_slot(slot));
+            bind(&ch, &q, t.inbound_exchange(), t.slot_key(slot)).await?;
+        }
+        let _ = ch.close(200, "laid out".into()).await;
+        Ok(())
+    }
+
+    /// Moves every slot from `old`'s queue to this layout's, one slot at a time: unbound from
+    /// the old queue first, then bound to the new, so an item published in between is returned
+    /// to its publisher (which publishes it again) and never lands in both.
+    pub async fn rebind_from(&self, old: &Layout, t: &Topology, conn: &Connection) -> Result<()> {
+        self.declare_queues(t, conn).await?;
+        let ch = conn.create_channel().await?;
+        for slot in 0..SLOTS {
+            let from = old.queue(t, old.partition_of_slot(slot));
+            ch.queue_unbind(
+                from.as_str().into(),
+                t.inbound_exchange().into(),
+                t.slot_key(slot).into(),
+                FieldTable::default(),
+            )
+            .await?;
+            let to = self.queue(t, self.partition_of_slot(slot));
+            bind(&ch, &to, t.inbound_exchange(), t.slot_key(slot)).await?;
+        }
+        let _ = ch.close(200, "rebound".into()).await;
+        Ok(())
+    }
+
+    /// Deletes the layout's queues (an epoch every queue of which is drained and sealed).
+    pub async fn delete(&self, t: &Topology, conn: &Connection) -> Result<()> {
+        let ch = conn.create_channel().await?;
+        for q in self.queues(t) {
+            ch.queue_delete(q.as_str().into(), Default::default())
+                .await?;
+        }
+        let _ = ch.close(200, "deleted".into()).await;
+        Ok(())
+    }
+}
+
+/// A business number's slot: FNV-1a (64 bit) of its `phone_number_id`, modulo [`SLOTS`].
+/// Stable across processes and versions. With a partition count that divides [`SLOTS`] (16, the
+/// default, say) a number's partition is the one builds before slots gave it (`hash mod N`).
+pub fn slot_of(scope: &Scope) -> u16 {
+    (fnv1a(scope.phone_number_id.as_bytes()) % SLOTS as u64) as u16
 }
 
 impl Topology {
@@ -43,21 +142,26 @@ impl Topology {
             dead: format!("{ns}.dead"),
             bot: format!("{ns}.{}", Exchange::Bot.as_str()),
             human_chat: format!("{ns}.{}", Exchange::HumanChat.as_str()),
-            partition_queues: (0..partitions)
-                .map(|i| format!("{ns}.inbound.{i}"))
-                .collect(),
-            partition_keys: (0..partitions).map(|i| i.to_string()).collect(),
+            slot_keys: (0..SLOTS).map(|i| i.to_string()).collect(),
         }
     }
     pub fn inbound_exchange(&self) -> &str {
         &self.inbound
     }
-    pub fn partition_queue(&self, i: u16) -> &str {
-        &self.partition_queues[i as usize]
+    /// The routing key of a slot.
+    pub fn slot_key(&self, slot: u16) -> &str {
+        &self.slot_keys[slot as usize]
     }
-    /// The routing key that reaches partition `i`'s queue.
-    pub fn partition_key(&self, i: u16) -> &str {
-        &self.partition_keys[i as usize]
+    /// The routing key a number's units and commands are published with.
+    pub fn key_of(&self, scope: &Scope) -> &str {
+        self.slot_key(slot_of(scope))
+    }
+    /// The first layout: epoch 0 with the configured count.
+    pub fn first_layout(&self) -> Layout {
+        Layout {
+            epoch: 0,
+            count: self.partitions,
+        }
     }
     pub fn dead(&self) -> &str {
         &self.dead
@@ -77,43 +181,38 @@ impl Topology {
         [&self.inbound, &self.dead, &self.bot, &self.human_chat]
     }
 
-    /// Every durable queue of the namespace: the dead letters, the default queues, the partitions.
+    /// The durable queues of the namespace outside the partitions: the dead letters and the
+    /// default queues.
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![
+        vec![
             self.dead.clone(),
             self.default_queue(Exchange::Bot),
             self.default_queue(Exchange::HumanChat),
-        ];
-        queues.extend(self.partition_queues.iter().cloned());
-        queues
-    }
-
-    /// The partition of a business number (every conversation of the number goes there):
-    /// FNV-1a (64 bit) of its `phone_number_id`, modulo the count. Stable across processes and
-    /// versions; changing the partition count moves numbers.
-    pub fn partition_of(&self, scope: &Scope) -> u16 {
-        (fnv1a(scope.phone_number_id.as_bytes()) % self.partitions as u64) as u16
+        ]
     }
 
     /// What [`Topology::declare`] declares, as `coexist topology` prints it.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, layout: &Layout) -> String {
         let (bot, human) = (Exchange::Bot, Exchange::HumanChat);
         format!(
-            "declared: exchanges {}, {}, {}, {}\ndeclared: queues {}.0..{} ({} partitions), {}, {}, {}\n",
+            "declared: exchanges {}, {}, {}, {}\ndeclared: queues {}..{} ({} partitions, epoch {}), {}, {}, {}\n",
             self.inbound_exchange(),
             self.dead(),
             self.exchange(bot),
             self.exchange(human),
-            self.inbound_exchange(),
-            self.partitions - 1,
-            self.partitions,
+            layout.queue(self, 0),
+            layout.queue(self, layout.count - 1),
+            layout.count,
+            layout.epoch,
             self.dead(),
             self.default_queue(bot),
             self.default_queue(human)
         )
     }
 
-    /// Declares everything (idempotent: the same arguments every time), on a channel of its own.
+    /// Declares the exchanges, the dead letters and the default queues (idempotent: the same
+    /// arguments every time), on a channel of its own. The partition queues and their bindings
+    /// belong to the [`Layout`] in force, laid out under its lock (`adapters::redis::partitions`).
     pub async fn declare(&self, conn: &Connection) -> Result<()> {
         let mut ch = conn.create_channel().await?;
         self.declare_on(conn, &mut ch).await?;
@@ -138,20 +237,6 @@ impl Topology {
             .await?;
         queue(conn, ch, self.dead(), quorum()).await?;
         bind(ch, self.dead(), self.dead(), "").await?;
-        for i in 0..self.partitions {
-            let mut args = quorum();
-            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-            args.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(DELIVERY_LIMIT),
-            );
-            args.insert("x-dead-letter-exchange".into(), long(self.dead()));
-            args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
-            args.insert("x-overflow".into(), long("reject-publish"));
-            let q = self.partition_queue(i);
-            queue(conn, ch, q, args).await?;
-            bind(ch, q, self.inbound_exchange(), self.partition_key(i)).await?;
-        }
         for e in [Exchange::Bot, Exchange::HumanChat] {
             ch.exchange_declare(
                 self.exchange(e).into(),
@@ -217,6 +302,21 @@ pub(crate) fn long(s: &str) -> AMQPValue {
 
 const LEADER_LOCATOR: &str = "x-queue-leader-locator";
 
+/// A partition queue's arguments: single active consumer, a delivery limit, dead-lettered at
+/// least once, publishes refused rather than dropped when it is full.
+fn partition_arguments(t: &Topology) -> FieldTable {
+    let mut args = quorum();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert("x-dead-letter-exchange".into(), long(t.dead()));
+    args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+    args.insert("x-overflow".into(), long("reject-publish"));
+    args
+}
+
 /// A quorum queue whose leader the broker places on the node with the fewest leaders, so that a
 /// cluster's nodes share the work (`balanced`, RabbitMQ 3.10 and later).
 fn quorum() -> FieldTable {
@@ -232,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_numbers_conversations_share_its_partition_and_numbers_spread() {
-        let t = Topology::new("coexist", 16);
+        let t = Topology::new("coexist", 16).first_layout();
         let scope = Scope::parse("410000000000088:5215551230001").unwrap();
         let other = Scope::parse("410000000000088:US.1").unwrap();
         let number = Scope::parse("410000000000088:").unwrap();
@@ -245,5 +345,25 @@ mod tests {
         assert_eq!(seen.len(), 16, "200 numbers cover all 16 partitions");
         // Pinned: a changed hash would move every number (and break their order).
         assert_eq!(t.partition_of(&scope), 2, "FNV-1a, checked independently");
+        // A count dividing the slots keeps the partition of the builds before slots.
+        let hash = fnv1a(scope.phone_number_id.as_bytes());
+        for count in [1u16, 2, 8, 16, 64, 1024] {
+            let l = Layout { epoch: 3, count };
+            assert_eq!(l.partition_of(&scope) as u64, hash % count as u64);
+        }
+        let twelve = Layout {
+            epoch: 1,
+            count: 12,
+        };
+        assert_eq!(twelve.partition_of(&scope), slot_of(&scope) % 12);
+        let names = Topology::new("ns", 2);
+        assert_eq!(
+            Layout { epoch: 0, count: 2 }.queue(&names, 1),
+            "ns.inbound.1"
+        );
+        assert_eq!(
+            Layout { epoch: 2, count: 2 }.queue(&names, 1),
+            "ns.inbound.e2.1"
+        );
     }
 }

@@ -27,6 +27,7 @@
 pub(crate) mod commit;
 pub(crate) mod deadlines;
 pub(crate) mod numbers;
+pub mod partitions;
 pub(crate) mod reply;
 
 pub use deadlines::PageCursor;

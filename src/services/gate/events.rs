@@ -333,6 +333,7 @@ mod tests {
             "amqp://127.0.0.1:1/%2f".into(),
             "test".into(),
             Topology::new("events-test", 1),
+            None,
             stop.clone(),
         );
         let wait = Duration::from_millis(100);

@@ -87,14 +87,14 @@ impl Shared {
     pub(crate) async fn handle(
         &self,
         partition: u16,
+        queue: &str,
         data: &[u8],
         properties: &BasicProperties,
         work: Work,
     ) -> Result<Context, Interrupted> {
         // The webhook's trace continues here: a `process` span under the ingress's `send`.
         let carried = crate::runtime::trace::from_amqp(properties.headers());
-        let processing =
-            crate::runtime::trace::process(&carried, self.topology.partition_queue(partition));
+        let processing = crate::runtime::trace::process(&carried, queue);
         let unit = match work {
             Work::Unit(u) => u,
             Work::Command(c) => {

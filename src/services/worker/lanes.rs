@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::Work;
 use super::Shared;
+use crate::adapters::broker::{Seal, SEAL_TYPE};
 
 /// Deliveries a partition consumer holds ahead of the ones it works on.
 const PREFETCH: u16 = 16;
@@ -29,11 +30,12 @@ type Waiting = Arc<Mutex<HashMap<String, VecDeque<(Delivery, Work)>>>>;
 pub(super) async fn consume(
     shared: Arc<Shared>,
     partition: u16,
+    queue: String,
     conn: Arc<Connection>,
     stop: CancellationToken,
     consuming: Arc<AtomicBool>,
 ) {
-    let result = consume_inner(&shared, partition, &conn, &stop, &consuming).await;
+    let result = consume_inner(&shared, partition, &queue, &conn, &stop, &consuming).await;
     consuming.store(false, Ordering::SeqCst);
     if let Err(e) = result {
         tracing::warn!(partition, error = %e, "partition consumer failed");
@@ -43,12 +45,12 @@ pub(super) async fn consume(
 async fn consume_inner(
     shared: &Arc<Shared>,
     partition: u16,
+    queue: &str,
     conn: &Connection,
     stop: &CancellationToken,
     consuming: &AtomicBool,
 ) -> Result<(), lapin::Error> {
-    let tag = format!("{}-p{partition}", shared.id);
-    let queue = shared.topology.partition_queue(partition);
+    let tag = format!("{}-{queue}", shared.id);
     // On a connection that died under it the broker's answers never come: bounded, and given
     // up at once when the partition is stopped (it restarts on the link's next connection).
     let setup = async {
@@ -102,6 +104,20 @@ async fn consume_inner(
             Some(Err(e)) => break Err(e),
             Some(Ok(delivery)) => {
                 let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+                if kind == Some(SEAL_TYPE) {
+                    // The last message of an old partition: once every lane has finished what
+                    // came before it, the partition is drained.
+                    while let Some(joined) = running.join_next().await {
+                        if let Ok(Err(e)) = joined {
+                            halted.store(true, Ordering::SeqCst);
+                            tracing::warn!(partition, error = %e, "a lane failed before the seal");
+                        }
+                    }
+                    if halted.load(Ordering::SeqCst) || !seal(shared, queue, &delivery).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
                 let work = Work::read(kind, &delivery.data);
                 let lane = work.lane().to_owned();
                 let mut map = waiting.lock().expect("lanes");
@@ -112,6 +128,7 @@ async fn consume_inner(
                         running.spawn(run_lane(
                             shared.clone(),
                             partition,
+                            queue.to_owned(),
                             lane,
                             (delivery, work),
                             waiting.clone(),
@@ -123,12 +140,13 @@ async fn consume_inner(
         }
     };
     // Stop taking deliveries, let every lane finish the one in hand; the waiting ones stay
-    // unacknowledged and go back to the queue with the channel, in order. (On a lost
+    // unacknowledged and go back to the queue with the channel, ahead of the rest. The consumer
+    // is not cancelled first: with a single active consumer the broker would make the next one
+    // active at once, and it would get later items before these came back (RabbitMQ 3.10,
+    // tested). Closing the channel returns them before the next consumer is served. (On a lost
     // connection the broker's answers never come: the calls to it are bounded.)
     halted.store(true, Ordering::SeqCst);
     consuming.store(false, Ordering::SeqCst);
-    let cancel = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
-    let _ = tokio::time::timeout(BROKER_CALL, cancel).await;
     let mut result = result;
     while let Some(joined) = running.join_next().await {
         if let Ok(Err(e)) = joined {
@@ -139,10 +157,43 @@ async fn consume_inner(
     result
 }
 
+/// Records an old partition drained, then acknowledges its seal: false when that could not be
+/// done (the worker stopping, the broker gone), and the seal comes again.
+async fn seal(shared: &Shared, queue: &str, delivery: &Delivery) -> bool {
+    let Ok(seal) = serde_json::from_slice::<Seal>(&delivery.data) else {
+        tracing::warn!(
+            queue,
+            "a seal that cannot be read; acknowledged and ignored"
+        );
+        return delivery.ack(BasicAckOptions::default()).await.is_ok();
+    };
+    let recorded = crate::runtime::retry::until_ok(
+        "recording a partition drained",
+        &shared.stop,
+        |_, _| false,
+        || shared.partitions.seal(seal.epoch, seal.partition),
+    )
+    .await;
+    if recorded.is_err() {
+        return false;
+    }
+    tracing::info!(
+        queue,
+        epoch = seal.epoch,
+        partition = seal.partition,
+        "old partition drained"
+    );
+    matches!(
+        tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Handles a business number's deliveries in order until none is waiting, or the partition halts.
 async fn run_lane(
     shared: Arc<Shared>,
     partition: u16,
+    queue: String,
     lane: String,
     first: (Delivery, Work),
     waiting: Waiting,
@@ -151,7 +202,13 @@ async fn run_lane(
     let (mut delivery, mut work) = first;
     loop {
         let Ok(processing) = shared
-            .handle(partition, &delivery.data, &delivery.properties, work)
+            .handle(
+                partition,
+                &queue,
+                &delivery.data,
+                &delivery.properties,
+                work,
+            )
             .await
         else {
             // Shut down mid-item: left unacknowledged, it is delivered again, and so is the rest.
@@ -160,8 +217,7 @@ async fn run_lane(
         };
         // On a connection that died meanwhile the ack's answer never comes: bounded. Unacked,
         // the delivery comes again and finds its events published (same ids).
-        let queue = shared.topology.partition_queue(partition);
-        let settling = crate::runtime::trace::settle(&processing, queue);
+        let settling = crate::runtime::trace::settle(&processing, &queue);
         let acked =
             tokio::time::timeout(BROKER_CALL, delivery.ack(BasicAckOptions::default())).await;
         crate::runtime::trace::end(

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{started, Part};
 use crate::adapters::broker::{Link, Topology};
+use crate::adapters::redis::partitions::{Partitions, Record};
 use crate::adapters::redis::RedisStore;
 use crate::core::apply::Applier;
 use crate::core::time::Clock;
@@ -95,6 +96,9 @@ pub struct Options {
 struct Shared {
     id: String,
     topology: Topology,
+    /// The partition layout's record, and the latest reading of it (by the layout task).
+    partitions: Partitions,
+    layout: watch::Receiver<Option<Record>>,
     applier: Applier<RedisStore>,
     link: Arc<Link>,
     clock: Clock,
@@ -133,6 +137,11 @@ impl Shared {
             (n, idle) => {
                 Check::NotReady(format!("{idle} of the {n} partitions it owns not consumed"))
             }
+        };
+        // A change of count in progress is said (items of the new partitions wait for the old).
+        let partitions = match (&partitions, self.layout.borrow().as_ref()) {
+            (Check::Ok, Some(r)) if r.change.is_some() => Check::Degraded(r.describe()),
+            _ => partitions,
         };
         let redis = match (
             self.redis_ok.load(Ordering::SeqCst),
@@ -210,9 +219,13 @@ pub async fn start_with(
         tokio::spawn(async move { writer.run(activity_store, activity_stop).await }),
     );
     part.spawn("number registry", following);
+    let partitions = Partitions::new(store.connection(), &config.namespace);
+    let (layout_tx, layout_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         id: id.clone(),
         topology,
+        partitions,
+        layout: layout_rx,
         applier: Applier::new(store.clone(), shelf).with_trail(config.trail_entries),
         link,
         clock: options.clock,
@@ -241,6 +254,10 @@ pub async fn start_with(
     part.spawn(
         "partition manager",
         partitions::manage(shared.clone(), membership, owned_tx),
+    );
+    part.spawn(
+        "partition layout",
+        partitions::follow_layout(shared.clone(), layout_tx),
     );
     part.spawn("timeout sweeper", sweep::run(shared.clone()));
     part.spawn("clock alignment", align_clock(shared.clone()));

@@ -1,5 +1,8 @@
 //! The partition manager: every [`membership::TICK`] it heartbeats, works out which partitions
-//! this worker owns, and starts and stops their consumers to match.
+//! this worker owns in the layout in force, and starts and stops their consumers to match.
+//! [`follow_layout`] reads the layout (and takes the step of a change that is due, see
+//! [`crate::services::layout`]): during a change a worker consumes its share of the old
+//! partitions, and of the new ones only once every old one is drained.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,95 @@ use tokio_util::sync::CancellationToken;
 
 use super::membership::{self, Membership};
 use super::{lanes, Shared};
+use crate::adapters::broker::Layout;
+use crate::adapters::redis::partitions::Record;
+
+/// Reads the partition layout every [`membership::TICK`], taking the step of a change that is
+/// due; at start, a configured count other than the one in force begins a change to it.
+pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<Option<Record>>) {
+    use crate::services::layout::{tend, Role};
+    let mut asked = false;
+    loop {
+        if let Some(conn) = shared.link.connection().await {
+            let me = format!("worker-{}", shared.id);
+            match tend(
+                &shared.partitions,
+                &shared.topology,
+                &conn,
+                &me,
+                Role::Change,
+            )
+            .await
+            {
+                Ok(record) => {
+                    if !asked && record.change.is_none() {
+                        asked = true;
+                        let wanted = shared.topology.partitions;
+                        if record.layout.count != wanted {
+                            ask_for(&shared, wanted).await;
+                        }
+                    }
+                    let change = record.change.as_ref();
+                    metrics::gauge!(crate::runtime::metrics::PARTITIONS)
+                        .set(record.layout.count as f64);
+                    metrics::gauge!(crate::runtime::metrics::PARTITION_EPOCH)
+                        .set(record.layout.epoch as f64);
+                    metrics::gauge!(crate::runtime::metrics::PARTITION_CHANGE)
+                        .set(if change.is_some() { 1.0 } else { 0.0 });
+                    metrics::gauge!(crate::runtime::metrics::PARTITION_CHANGE_DRAINED)
+                        .set(change.map_or(0.0, |c| c.sealed as f64));
+                    layout_tx.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(&record);
+                        *old = Some(record);
+                        changed
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the partition layout failed; keeping the last")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(membership::TICK) => {}
+            _ = shared.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Begins a change to the configured count (a worker started with another count than the one
+/// in force).
+async fn ask_for(shared: &Shared, count: u16) {
+    use crate::adapters::redis::partitions::Began;
+    let now = crate::core::time::Millis::now();
+    match shared
+        .partitions
+        .begin(shared.topology.first_layout(), count, "config", now)
+        .await
+    {
+        Ok(Began::Started(r)) => {
+            tracing::warn!(layout = %r.describe(), "COEXIST_PARTITIONS differs from the count in force: changing it")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not begin the partition change the configuration asks for")
+        }
+    }
+}
+
+/// Which queues this worker consumes under `record`: its share of the layout in force; during a
+/// change, its share of the old partitions, and of the new only once every old one is drained.
+fn wanted_under(me: &str, live: &[String], record: &Record) -> Vec<(Layout, u16)> {
+    let share = |l: Layout| {
+        membership::owned(me, live, l.count)
+            .into_iter()
+            .map(move |i| (l, i))
+    };
+    match &record.change {
+        None => share(record.layout).collect(),
+        Some(c) if c.drained() => share(c.from).chain(share(record.layout)).collect(),
+        Some(c) => share(c.from).collect(),
+    }
+}
 
 /// A partition being consumed.
 struct Running {
@@ -30,7 +122,7 @@ const BACKLOG_EVERY: u64 = 5;
 /// Reads the messages waiting in the partitions this worker owns, and in the dead-letter queue
 /// (passive declares, bounded): `coexist_inbound_backlog{partition}`,
 /// `coexist_dead_letters_waiting`.
-async fn backlog(shared: &Shared, owned: &[u16]) {
+async fn backlog(shared: &Shared, owned: &[(u16, String)]) {
     use lapin::options::QueueDeclareOptions;
     let Some(conn) = shared.link.connection().await else {
         return;
@@ -41,13 +133,9 @@ async fn backlog(shared: &Shared, owned: &[u16]) {
             passive: true,
             ..Default::default()
         };
-        for &p in owned {
+        for (p, queue) in owned {
             let q = ch
-                .queue_declare(
-                    shared.topology.partition_queue(p).into(),
-                    passive,
-                    Default::default(),
-                )
+                .queue_declare(queue.as_str().into(), passive, Default::default())
                 .await?;
             metrics::gauge!(crate::runtime::metrics::INBOUND_BACKLOG, "partition" => p.to_string())
                 .set(q.message_count() as f64);
@@ -73,9 +161,11 @@ pub(super) async fn manage(
     membership: Membership,
     owned_tx: watch::Sender<Vec<u16>>,
 ) {
-    let mut running: HashMap<u16, Running> = HashMap::new();
+    // By queue: (partition, queue name) of each consumer.
+    let mut running: HashMap<String, (u16, Running)> = HashMap::new();
     let mut stopping: Vec<JoinHandle<()>> = Vec::new();
-    let mut wanted: Vec<u16> = Vec::new();
+    let mut wanted: Vec<(u16, String)> = Vec::new();
+    let mut layout = shared.layout.clone();
     let mut round = 0u64;
     // A new broker connection is put to use at once (at start-up, after a loss), not a tick later.
     let mut connections = shared.link.connections();
@@ -85,7 +175,13 @@ pub(super) async fn manage(
         match membership.beat().await {
             Ok(live) => {
                 shared.redis_ok.store(true, Ordering::SeqCst);
-                wanted = membership::owned(&shared.id, &live, shared.topology.partitions);
+                // Nothing is consumed before the layout is read.
+                if let Some(record) = layout.borrow_and_update().as_ref() {
+                    wanted = wanted_under(&shared.id, &live, record)
+                        .into_iter()
+                        .map(|(l, i)| (i, l.queue(&shared.topology, i)))
+                        .collect();
+                }
             }
             Err(e) => {
                 // Keep what it has: without Redis nothing can be decided anyway.
@@ -93,11 +189,11 @@ pub(super) async fn manage(
                 tracing::warn!(error = %e, "cannot reach Redis for the membership; keeping current partitions");
             }
         }
-        running.retain(|p, r| {
+        running.retain(|queue, (_, r)| {
             let alive = !r.task.is_finished();
             if !alive {
                 tracing::info!(
-                    partition = p,
+                    queue,
                     "partition consumer ended; it restarts when the broker is back"
                 );
             }
@@ -107,76 +203,96 @@ pub(super) async fn manage(
         // for deliveries that will never come (a lost connection does not always end the
         // consumer's stream): stop it, so it restarts on the link's current connection.
         let current = shared.link.connection().await;
-        let stale: Vec<u16> = running
+        let stale: Vec<String> = running
             .iter()
-            .filter(|(_, r)| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.conn)))
-            .map(|(p, _)| *p)
+            .filter(|(_, (_, r))| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.conn)))
+            .map(|(q, _)| q.clone())
             .collect();
-        for p in stale {
-            let r = running.remove(&p).expect("present");
+        for queue in stale {
+            let (_, r) = running.remove(&queue).expect("present");
             tracing::info!(
-                partition = p,
+                queue,
                 "the connection was lost; consuming again on the new one"
             );
             r.stop.cancel();
             stopping.push(r.task);
         }
-        let leaving: Vec<u16> = running
+        let leaving: Vec<String> = running
             .keys()
-            .copied()
-            .filter(|p| !wanted.contains(p))
+            .filter(|q| !wanted.iter().any(|(_, w)| w == *q))
+            .cloned()
             .collect();
-        for p in leaving {
-            let r = running.remove(&p).expect("present");
-            tracing::info!(partition = p, "handing partition over");
+        for queue in leaving {
+            let (_, r) = running.remove(&queue).expect("present");
+            tracing::info!(queue, "handing partition over");
             r.stop.cancel();
             stopping.push(r.task);
         }
         stopping.retain(|t| !t.is_finished());
         if let Some(conn) = shared.link.connection().await {
-            for &p in &wanted {
-                running.entry(p).or_insert_with(|| {
+            for (p, queue) in &wanted {
+                running.entry(queue.clone()).or_insert_with(|| {
                     let stop = shared.stop.child_token();
                     let consuming = Arc::new(AtomicBool::new(false));
                     let task = lanes::consume(
                         shared.clone(),
-                        p,
+                        *p,
+                        queue.clone(),
                         conn.clone(),
                         stop.clone(),
                         consuming.clone(),
                     );
-                    Running {
-                        stop,
-                        task: tokio::spawn(task),
-                        conn: conn.clone(),
-                        consuming,
-                    }
+                    (
+                        *p,
+                        Running {
+                            stop,
+                            task: tokio::spawn(task),
+                            conn: conn.clone(),
+                            consuming,
+                        },
+                    )
                 });
             }
         }
-        let mut now_owned: Vec<u16> = running.keys().copied().collect();
+        let mut consumed: Vec<(u16, String)> =
+            running.iter().map(|(q, (p, _))| (*p, q.clone())).collect();
+        consumed.sort();
+        // What it owns, by partition number: in the layout in force (during a change, the old
+        // one until the new partitions are consumed).
+        let in_force = layout.borrow().as_ref().map(|r| {
+            let newest = match &r.change {
+                Some(c) if !c.drained() => c.from,
+                _ => r.layout,
+            };
+            newest.queues(&shared.topology)
+        });
+        let mut now_owned: Vec<u16> = consumed
+            .iter()
+            .filter(|(_, q)| in_force.as_ref().is_some_and(|qs| qs.contains(q)))
+            .map(|(p, _)| *p)
+            .collect();
         now_owned.sort();
         *shared.consuming.lock().expect("consuming") =
-            running.values().map(|r| r.consuming.clone()).collect();
+            running.values().map(|(_, r)| r.consuming.clone()).collect();
         shared.fault("partition manager");
         metrics::gauge!(crate::runtime::metrics::PARTITIONS_OWNED).set(now_owned.len() as f64);
         let consuming = running
             .values()
-            .filter(|r| r.consuming.load(Ordering::SeqCst))
+            .filter(|(_, r)| r.consuming.load(Ordering::SeqCst))
             .count();
         metrics::gauge!(crate::runtime::metrics::PARTITIONS_CONSUMING).set(consuming as f64);
-        metrics::gauge!(crate::runtime::metrics::PARTITIONS).set(shared.topology.partitions as f64);
         if round % BACKLOG_EVERY == 1 {
-            backlog(&shared, &now_owned).await;
+            backlog(&shared, &consumed).await;
         }
         owned_tx.send_replace(now_owned);
         tokio::select! {
             _ = tokio::time::sleep(membership::TICK) => {}
             Ok(()) = connections.changed() => {}
+            Ok(()) = layout.changed() => {}
             _ = shared.stop.cancelled() => break,
         }
     }
-    for (_, r) in running.drain() {
+    for (_, (_, r)) in running.drain() {
         r.stop.cancel();
         stopping.push(r.task);
     }

@@ -112,7 +112,11 @@ fn clean_amqp(url: String, ns: String) {
                     return;
                 };
                 let t = coexist::adapters::broker::Topology::new(&ns, 64);
-                for q in t.queues() {
+                // The partitions of the first epochs too (a test may change the count).
+                let partitions = (0..4).flat_map(|epoch| {
+                    coexist::adapters::broker::Layout { epoch, count: 64 }.queues(&t)
+                });
+                for q in t.queues().into_iter().chain(partitions) {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
                 for e in t.exchanges() {
@@ -404,7 +408,7 @@ pub async fn stays_empty(ns: &str, exchange: &str, why: &str) {
 pub async fn partitions_ready(ns: &str, partitions: u16) -> u32 {
     let t = coexist::adapters::broker::Topology::new(ns, partitions);
     let queues: Vec<String> = (0..partitions)
-        .map(|p| t.partition_queue(p).to_owned())
+        .map(|p| t.first_layout().queue(&t, p))
         .collect();
     ready_in(&queues).await
 }

@@ -1,6 +1,6 @@
 //! Helpers, one file per concern: per-test namespaces and waiting (here), engines over each
 //! store ([`engines`]), webhook bodies in Meta's shape ([`webhooks`]), the broker
-//! ([`broker`]), whole stacks and processes ([`stack`]).
+//! ([`broker`]), whole stacks and processes ([`stack`]), load over many numbers ([`load`]).
 
 mod binary;
 mod broker;
@@ -8,6 +8,7 @@ mod browser;
 #[macro_use]
 mod engines;
 mod graph;
+mod load;
 mod stack;
 mod webhooks;
 
@@ -16,6 +17,7 @@ pub use broker::*;
 pub use browser::*;
 pub use engines::*;
 pub use graph::*;
+pub use load::*;
 pub use stack::*;
 pub use webhooks::*;
 
