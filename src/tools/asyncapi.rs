@@ -219,10 +219,10 @@ pub fn document() -> Value {
             "humanChatEvents": default_queue("human_chat"),
             "inbound": {
                 "address": "{ns}.inbound.{partition}",
-                "description": "The inbound partitions: the ingress publishes each business number's units to one of them (exchange {ns}.inbound, direct, routing key = the partition's number, FNV-1a of phone_number_id modulo COEXIST_PARTITIONS); workers consume them.",
+                "description": "The inbound partitions: the ingress publishes each business number's units to exchange {ns}.inbound (direct) with the number's slot as routing key (FNV-1a of phone_number_id modulo 1024), and the partition layout in force binds slot s to partition s modulo its count; workers consume them. A change of the count (coexist partitions set) moves the slots to the next epoch's queues and ends each old queue with a seal (type coexist.seal).",
                 "parameters": {
                     "ns": {"$ref": "#/components/parameters/ns"},
-                    "partition": {"description": "0 .. COEXIST_PARTITIONS - 1"},
+                    "partition": {"description": "0 .. N-1 of the layout in force (epoch 0, N = COEXIST_PARTITIONS at the namespace's start); e{E}.0 .. e{E}.N-1 after the E-th change of the count"},
                 },
                 "messages": {"unit": {"$ref": "#/components/messages/unit"}},
                 "bindings": {"amqp": {
@@ -230,7 +230,7 @@ pub fn document() -> Value {
                     "queue": {"name": "{ns}.inbound.{partition}", "durable": true, "exclusive": false, "autoDelete": false, "vhost": "/"},
                     "bindingVersion": BINDING,
                 }},
-                "x-coexist-binding": {"exchange": "{ns}.inbound", "type": "direct", "routingKey": "{partition}"},
+                "x-coexist-binding": {"exchange": "{ns}.inbound", "type": "direct", "routingKey": "{slot}, every slot s with s modulo N = partition"},
                 "x-coexist-arguments": {
                     "x-queue-type": "quorum",
                     "x-single-active-consumer": true,

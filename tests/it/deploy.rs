@@ -166,8 +166,8 @@ fn the_kubernetes_base_sets_only_what_coexist_reads_and_fits_its_behaviour() {
     let ns = config["data"]["COEXIST_NAMESPACE"].as_str().unwrap();
     assert_eq!(
         trigger["queueName"].as_str(),
-        Some(format!("{}\\.inbound\\.[0-9]+", ns.replace('.', "\\.")).as_str()),
-        "the namespace's partition queues"
+        Some(format!("{}\\.inbound\\.(e[0-9]+\\.)?[0-9]+", ns.replace('.', "\\.")).as_str()),
+        "the namespace's partition queues, of every epoch (`{ns}.inbound.3`, `{ns}.inbound.e1.3`)"
     );
     // The webhook port serves no /metrics: Prometheus scrapes the admin port.
     let ingress = of("Deployment", "coexist-ingress");

@@ -1,5 +1,6 @@
 //! State in Redis ([`RedisStore`]); the commit script is in [`commit`], the reply gate's keys in
-//! [`reply`], the deadline schedule in [`deadlines`], the number registry in [`numbers`].
+//! [`reply`], the deadline schedule in [`deadlines`], the number registry in [`numbers`], the
+//! partition layout's record in [`partitions`].
 //!
 //! State in Redis. Every key of one business number carries the hash tag `{phone_number_id}`,
 //! so a number's conversations, links and dedup marks share a slot: one script commits a

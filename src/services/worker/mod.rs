@@ -24,8 +24,9 @@
 //!   hand per business number, returns the rest to the queues, leaves the membership and exits.
 //!   Dropping a [`Worker`] stops it the same way.
 //!
-//! One job per file: this one starts and stops a worker; `partitions.rs` decides which
-//! partitions it consumes; `lanes.rs` consumes one partition, a lane per business number;
+//! One job per file: this one starts and stops a worker; `partitions.rs` follows the partition
+//! layout (carrying a change of the count through, [`crate::services::layout`]) and decides
+//! which partitions it consumes; `lanes.rs` consumes one partition, a lane per business number;
 //! `handle.rs` decides an item, publishes and acknowledges it; `sweep.rs` releases due pauses;
 //! [`membership`] shares the partitions among workers.
 
