@@ -25,6 +25,7 @@
 //! and latencies, and charted in SVG (`BENCH_CURVE_SVG`, default `target/pipeline-curve.svg`).
 //! `BENCH_CONVERSATIONS=N` writes N conversations of another number (each paused by an App
 //! reply, trail on) through the commit path before the load: the cost of a Redis that full.
+//! `BENCH_PROCESS_THREADS=N` runs the coexist processes with N runtime threads.
 
 mod common;
 

@@ -403,6 +403,11 @@ fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> st
     if let Some(endpoint) = otlp_endpoint() {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
     }
+    // BENCH_PROCESS_THREADS=N: the processes' runtime threads (tokio's TOKIO_WORKER_THREADS),
+    // the benchmark's own unchanged.
+    if let Ok(threads) = std::env::var("BENCH_PROCESS_THREADS") {
+        cmd.env("TOKIO_WORKER_THREADS", threads);
+    }
     if command == "ingress" {
         // Its admin address (/metrics) on a port of its own, as the workers'.
         cmd.env("COEXIST_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()));

@@ -704,8 +704,9 @@ async fn a_conversation_page_shows_the_story_as_the_human_chat_does_with_why() {
     fits_a_phone_and_stays_home(&b, &url("")).await;
     // Pause from the page: held again, by ana.
     b.click(Locator::Css(".actions form button")).await;
-    let page = until_shown(&b, "With a human", true).await;
-    assert!(page.contains("operator ana"), "{page}");
+    // (Not "With a human": the menu's "With a human now" would match the page before the pause.)
+    let page = until_shown(&b, "operator ana", true).await;
+    assert!(page.contains("With a human"), "{page}");
     b.close().await;
     console.stop().await;
     g.stack.stop().await;
