@@ -1,6 +1,6 @@
 //! What coexist's state costs as it grows, and what must stay flat: Redis bytes per conversation
 //! and per number, the timeout sweep with a million pending deadlines, the paused list's first
-//! page, and a worker's start-up and hand-over with that state in Redis.
+//! page, and a worker's start-up, hand-over and crash take-over with that state in Redis.
 //!
 //! `cargo bench --bench scale` runs it with 1,000,000 conversations (each paused by an App reply,
 //! so each has a pause deadline) and 10,000 registered numbers; `BENCH_CONVERSATIONS` and
@@ -331,6 +331,26 @@ async fn main() {
         .await;
         println!("    worker, {label}: owns all {partitions} partitions {} after start ({:.2} s to start); a second takes half in {}; the first stops in {:.2} s and the second owns all {} later",
             secs(alone), start_took.as_secs_f64(), secs(split), stopped.as_secs_f64(), secs(taken));
+        // A crash: a worker process takes half, is killed (SIGKILL), and the survivor takes its
+        // partitions once it is silent for the membership's expiry.
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap();
+        let mut process = common::spawn_worker(namespace, partitions, admin);
+        let shared = until(
+            || second.owned().len() == partitions as usize / 2,
+            Duration::from_secs(60),
+        )
+        .await;
+        let _ = process.kill();
+        let _ = process.wait();
+        let taken_over = until(
+            || second.owned().len() == partitions as usize,
+            Duration::from_secs(60),
+        )
+        .await;
+        println!("    worker, {label}: a worker process took half in {}; killed, its partitions consumed by the survivor {} after the kill (membership expiry {} s)",
+            secs(shared), secs(taken_over), coexist::services::worker::membership::EXPIRY.as_secs());
         if namespace == &big {
             // A burst due at once, released by the running worker's sweeper: the time until every
             // one of them was sent to its partition (and its claim finished).

@@ -396,6 +396,16 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// Starts a `coexist worker` process in `ns`, its admin address on `admin`.
+pub fn spawn_worker(ns: &str, partitions: u16, admin: SocketAddr) -> std::process::Child {
+    spawn(
+        ns,
+        partitions,
+        "worker",
+        ("COEXIST_ADMIN_LISTEN", admin.to_string()),
+    )
+}
+
 /// Starts `coexist {command}` in namespace `ns` with `listen` set.
 fn spawn(ns: &str, partitions: u16, command: &str, listen: (&str, String)) -> std::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"));
@@ -476,14 +486,7 @@ impl System {
         );
         let workers = admins
             .iter()
-            .map(|a| {
-                spawn(
-                    &ns,
-                    partitions,
-                    "worker",
-                    ("COEXIST_ADMIN_LISTEN", a.to_string()),
-                )
-            })
+            .map(|a| spawn_worker(&ns, partitions, *a))
             .collect();
         for _ in 0..200 {
             let up = tokio::net::TcpStream::connect(ingress_addr).await.is_ok()
@@ -527,14 +530,7 @@ impl System {
         self.workers = self
             .admins
             .iter()
-            .map(|a| {
-                spawn(
-                    &self.ns,
-                    self.partitions,
-                    "worker",
-                    ("COEXIST_ADMIN_LISTEN", a.to_string()),
-                )
-            })
+            .map(|a| spawn_worker(&self.ns, self.partitions, *a))
             .collect();
     }
 
@@ -588,7 +584,7 @@ pub async fn remove_namespace(ns: &str, partitions: u16) {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let t = coexist::adapters::broker::Topology::new(ns, partitions);
-    for q in t.queues() {
+    for q in t.queues().into_iter().chain(t.first_layout().queues(&t)) {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
