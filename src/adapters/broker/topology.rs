@@ -27,6 +27,9 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// publish (docs/operations.md, "Changing the partition count").
 pub const SLOTS: u16 = 1024;
 
+/// Channels moving slots side by side during a change of the partition count.
+const REBIND_CHANNELS: u16 = 8;
+
 /// The names of one namespace, written once.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -80,37 +83,64 @@ impl Layout {
         Ok(())
     }
 
-    /// Declares the layout's queues and binds every slot to its partition (idempotent).
+    /// Declares the layout's queues and binds every slot to its partition (idempotent). The
+    /// binds are sent without waiting for each answer; a passive declare after them on the same
+    /// channel answers only once the broker has handled them all (a failed one closes the
+    /// channel, and the declare fails).
     pub async fn lay_out(&self, t: &Topology, conn: &Connection) -> Result<()> {
         self.declare_queues(t, conn).await?;
         let ch = conn.create_channel().await?;
+        let nowait = QueueBindOptions { nowait: true };
         for slot in 0..SLOTS {
             let q = self.queue(t, self.partition_of_slot(slot));
-            bind(&ch, &q, t.inbound_exchange(), t.slot_key(slot)).await?;
+            ch.queue_bind(
+                q.as_str().into(),
+                t.inbound_exchange().into(),
+                t.slot_key(slot).into(),
+                nowait,
+                FieldTable::default(),
+            )
+            .await?;
         }
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        ch.queue_declare(
+            self.queue(t, 0).as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await?;
         let _ = ch.close(200, "laid out".into()).await;
         Ok(())
     }
 
-    /// Moves every slot from `old`'s queue to this layout's, one slot at a time: unbound from
-    /// the old queue first, then bound to the new, so an item published in between is returned
-    /// to its publisher (which publishes it again) and never lands in both.
+    /// Moves every slot from `old`'s queue to this layout's: for each slot, unbound from the old
+    /// queue first, then bound to the new, so an item published in between is returned to its
+    /// publisher (which publishes it again) and never lands in both. (`queue.unbind` has no
+    /// no-wait form: the slots are spread over [`REBIND_CHANNELS`] channels working side by
+    /// side, each slot's two steps in order on its channel.)
     pub async fn rebind_from(&self, old: &Layout, t: &Topology, conn: &Connection) -> Result<()> {
         self.declare_queues(t, conn).await?;
-        let ch = conn.create_channel().await?;
-        for slot in 0..SLOTS {
-            let from = old.queue(t, old.partition_of_slot(slot));
-            ch.queue_unbind(
-                from.as_str().into(),
-                t.inbound_exchange().into(),
-                t.slot_key(slot).into(),
-                FieldTable::default(),
-            )
-            .await?;
-            let to = self.queue(t, self.partition_of_slot(slot));
-            bind(&ch, &to, t.inbound_exchange(), t.slot_key(slot)).await?;
-        }
-        let _ = ch.close(200, "rebound".into()).await;
+        let moves = (0..REBIND_CHANNELS).map(|lane| async move {
+            let ch = conn.create_channel().await?;
+            for slot in (lane..SLOTS).step_by(REBIND_CHANNELS as usize) {
+                let from = old.queue(t, old.partition_of_slot(slot));
+                ch.queue_unbind(
+                    from.as_str().into(),
+                    t.inbound_exchange().into(),
+                    t.slot_key(slot).into(),
+                    FieldTable::default(),
+                )
+                .await?;
+                let to = self.queue(t, self.partition_of_slot(slot));
+                bind(&ch, &to, t.inbound_exchange(), t.slot_key(slot)).await?;
+            }
+            let _ = ch.close(200, "rebound".into()).await;
+            Ok::<_, super::Error>(())
+        });
+        futures_util::future::try_join_all(moves).await?;
         Ok(())
     }
 

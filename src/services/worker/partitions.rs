@@ -23,7 +23,10 @@ use crate::adapters::redis::partitions::Record;
 pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<Option<Record>>) {
     use crate::services::layout::{tend, Role};
     let mut asked = false;
+    // A new broker connection is used at once (at start-up the first read waits for it).
+    let mut connections = shared.link.connections();
     loop {
+        connections.mark_unchanged();
         if let Some(conn) = shared.link.connection().await {
             let me = format!("worker-{}", shared.id);
             match tend(
@@ -65,6 +68,7 @@ pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<
         }
         tokio::select! {
             _ = tokio::time::sleep(membership::TICK) => {}
+            Ok(()) = connections.changed() => {}
             _ = shared.stop.cancelled() => return,
         }
     }
