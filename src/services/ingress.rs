@@ -38,7 +38,8 @@ use crate::runtime::supervise::{Ended, Handle};
 pub struct Ingress {
     secrets: Arc<Vec<Secret>>,
     verify_token: Option<Secret>,
-    topology: Topology,
+    /// Shared, not copied: the state is cloned for every request.
+    topology: Arc<Topology>,
     link: Arc<Link>,
     /// Bodies in memory at once, and how long one may take to arrive.
     bodies: BodyBudget,
@@ -51,7 +52,7 @@ impl Ingress {
         Ingress {
             secrets: Arc::new(config.app_secrets.clone()),
             verify_token: config.verify_token.clone(),
-            topology: Topology::new(&config.namespace, config.partitions),
+            topology: Arc::new(Topology::new(&config.namespace, config.partitions)),
             link,
             bodies: BodyBudget::new(
                 config.http.max_buffered_bytes,

@@ -41,9 +41,12 @@ pub struct Topology {
     dead: String,
     bot: String,
     human_chat: String,
-    /// Each slot's routing key.
-    slot_keys: Vec<String>,
 }
+
+/// Each slot's routing key, the same in every namespace (kept out of [`Topology`], which request
+/// handlers clone).
+static SLOT_KEYS: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..SLOTS).map(|i| i.to_string()).collect());
 
 /// The partition queues of one epoch: `count` queues, slot `s` bound to queue `s mod count`.
 /// Epoch 0 keeps the names of the builds before epochs (`{ns}.inbound.{i}`).
@@ -172,18 +175,17 @@ impl Topology {
             dead: format!("{ns}.dead"),
             bot: format!("{ns}.{}", Exchange::Bot.as_str()),
             human_chat: format!("{ns}.{}", Exchange::HumanChat.as_str()),
-            slot_keys: (0..SLOTS).map(|i| i.to_string()).collect(),
         }
     }
     pub fn inbound_exchange(&self) -> &str {
         &self.inbound
     }
     /// The routing key of a slot.
-    pub fn slot_key(&self, slot: u16) -> &str {
-        &self.slot_keys[slot as usize]
+    pub fn slot_key(&self, slot: u16) -> &'static str {
+        &SLOT_KEYS[slot as usize]
     }
     /// The routing key a number's units and commands are published with.
-    pub fn key_of(&self, scope: &Scope) -> &str {
+    pub fn key_of(&self, scope: &Scope) -> &'static str {
         self.slot_key(slot_of(scope))
     }
     /// The first layout: epoch 0 with the configured count.
