@@ -269,22 +269,7 @@ async fn a_worker_killed_mid_load_loses_nothing() {
         })
     };
     // Both share the partitions and work is flowing: then kill one without warning.
-    eventually(
-        READY_WITHIN,
-        "both workers to share the partitions under load",
-        || async {
-            let owned = (
-                a.metric("coexist_partitions_owned").await,
-                b.metric("coexist_partitions_owned").await,
-            );
-            let n = posted.load(Ordering::SeqCst);
-            match owned {
-                (Some(x), Some(y)) if x > 0.0 && y > 0.0 && x + y == 6.0 && n >= 60 => Ok(()),
-                _ => Err(format!("partitions owned {owned:?}, {n} webhooks posted")),
-            }
-        },
-    )
-    .await;
+    both_share_under_load(&a, &b, 6, &posted, 60).await;
     let mut a = a;
     a.child.kill().unwrap(); // SIGKILL
     let _ = a.child.wait();

@@ -13,13 +13,7 @@ const SECS: Duration = Duration::from_secs(1);
 
 /// The `coexist` binary against a stack's namespace and servers.
 fn number_cli(ns: &str, args: &[&str]) -> std::process::Output {
-    let (amqp, redis) = (amqp_url(), redis_url());
-    let env = [
-        ("COEXIST_NAMESPACE", ns),
-        ("COEXIST_AMQP_URL", amqp.as_str()),
-        ("COEXIST_REDIS_URL", redis.as_str()),
-    ];
-    coexist(args, &env, None)
+    coexist_in(ns, &[], args)
 }
 
 fn ok(out: std::process::Output) -> std::process::Output {

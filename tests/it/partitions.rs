@@ -74,22 +74,7 @@ async fn growing_8_partitions_to_16_under_load_with_a_worker_killed_loses_nothin
         Duration::from_millis(300),
         posted.clone(),
     ));
-    eventually(
-        READY_WITHIN,
-        "load to flow through both workers",
-        || async {
-            let owned = (
-                a.metric("coexist_partitions_owned").await,
-                b.metric("coexist_partitions_owned").await,
-            );
-            let n = posted.load(Ordering::SeqCst);
-            match owned {
-                (Some(x), Some(y)) if x > 0.0 && y > 0.0 && x + y == 8.0 && n >= 150 => Ok(()),
-                _ => Err(format!("partitions owned {owned:?}, {n} posted")),
-            }
-        },
-    )
-    .await;
+    both_share_under_load(&a, &b, 8, &posted, 150).await;
 
     // The change, as an operator makes it.
     let out = cli(&stack.ns, &["partitions", "set", "16"]);
@@ -198,12 +183,5 @@ async fn growing_8_partitions_to_16_under_load_with_a_worker_killed_loses_nothin
 
 /// `coexist ARGS` against this test's namespace.
 fn cli(ns: &str, args: &[&str]) -> std::process::Output {
-    let (amqp, redis) = (amqp_url(), redis_url());
-    let env = [
-        ("COEXIST_NAMESPACE", ns),
-        ("COEXIST_AMQP_URL", amqp.as_str()),
-        ("COEXIST_REDIS_URL", redis.as_str()),
-        ("COEXIST_PARTITIONS", "8"),
-    ];
-    coexist(args, &env, None)
+    coexist_in(ns, &[("COEXIST_PARTITIONS", "8")], args)
 }

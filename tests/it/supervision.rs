@@ -86,14 +86,7 @@ async fn readyz_is_503_while_an_owned_partition_is_not_consumed() {
     assert_eq!(ready().await.0, 503);
     assert!(stack.workers[0].owned().contains(&2), "it still owns it");
     // The queue declared again (`coexist topology`): consumed again, ready again.
-    let (amqp, redis) = (amqp_url(), redis_url());
-    let env = [
-        ("COEXIST_NAMESPACE", stack.ns.as_str()),
-        ("COEXIST_AMQP_URL", amqp.as_str()),
-        ("COEXIST_REDIS_URL", redis.as_str()),
-        ("COEXIST_PARTITIONS", "4"),
-    ];
-    let out = coexist(&["topology"], &env, None);
+    let out = coexist_in(&stack.ns, &[("COEXIST_PARTITIONS", "4")], &["topology"]);
     assert!(out.status.success(), "{out:?}");
     eventually(20 * SECS, "/readyz to be 200 again", || async {
         let (status, body) = ready().await;

@@ -16,14 +16,7 @@ const EVA: &str = "5215551230004";
 const GREETING: &str = "¡Gracias por escribir! Te respondemos pronto.";
 
 fn cli(ns: &str, args: &[&str]) -> std::process::Output {
-    let (amqp, redis) = (amqp_url(), redis_url());
-    let env = [
-        ("COEXIST_NAMESPACE", ns),
-        ("COEXIST_AMQP_URL", amqp.as_str()),
-        ("COEXIST_REDIS_URL", redis.as_str()),
-        ("COEXIST_AUTOMATED_TEXTS", GREETING),
-    ];
-    coexist(args, &env, None)
+    coexist_in(ns, &[("COEXIST_AUTOMATED_TEXTS", GREETING)], args)
 }
 
 /// `conversation explain --json` of a customer.

@@ -34,6 +34,18 @@ pub fn coexist(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Outp
     child.wait_with_output().unwrap()
 }
 
+/// [`coexist`] against a test's namespace on the test servers, with `extra` variables.
+pub fn coexist_in(ns: &str, extra: &[(&str, &str)], args: &[&str]) -> Output {
+    let (amqp, redis) = (super::amqp_url(), super::redis_url());
+    let mut env = vec![
+        ("COEXIST_NAMESPACE", ns),
+        ("COEXIST_AMQP_URL", amqp.as_str()),
+        ("COEXIST_REDIS_URL", redis.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    coexist(args, &env, None)
+}
+
 /// stdout's JSON lines.
 pub fn lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)

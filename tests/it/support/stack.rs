@@ -323,6 +323,37 @@ impl Process {
     }
 }
 
+/// Waits until worker processes `a` and `b` each own some of the `partitions` and together all
+/// of them, with at least `posted` webhooks accepted: load flows through both.
+pub async fn both_share_under_load(
+    a: &Process,
+    b: &Process,
+    partitions: u16,
+    posted: &std::sync::atomic::AtomicUsize,
+    at_least: usize,
+) {
+    eventually(
+        READY_WITHIN,
+        "both workers to share the partitions under load",
+        || async {
+            let owned = (
+                a.metric("coexist_partitions_owned").await,
+                b.metric("coexist_partitions_owned").await,
+            );
+            let n = posted.load(Ordering::SeqCst);
+            match owned {
+                (Some(x), Some(y))
+                    if x > 0.0 && y > 0.0 && x + y == partitions as f64 && n >= at_least =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("partitions owned {owned:?}, {n} webhooks posted")),
+            }
+        },
+    )
+    .await;
+}
+
 /// The exit code of a process that must exit within `limit` of `since`.
 pub async fn exit_within(
     child: &mut std::process::Child,
