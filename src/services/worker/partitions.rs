@@ -23,6 +23,9 @@ use crate::adapters::redis::partitions::Record;
 pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<Option<Record>>) {
     use crate::services::layout::{tend, Role};
     let mut asked = false;
+    // Read again soon while the partitions are not laid out (another process is laying them
+    // out under the lock), so the worker consumes as soon as they are.
+    let mut soon = false;
     // A new broker connection is used at once (at start-up the first read waits for it).
     let mut connections = shared.link.connections();
     loop {
@@ -39,6 +42,7 @@ pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<
             .await
             {
                 Ok(record) => {
+                    soon = record.change.is_none() && record.laid_out != Some(record.layout.epoch);
                     if !asked && record.change.is_none() {
                         asked = true;
                         let wanted = shared.topology.partitions;
@@ -66,13 +70,21 @@ pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<
                 }
             }
         }
+        let pause = if soon {
+            LAYING_OUT_POLL
+        } else {
+            membership::TICK
+        };
         tokio::select! {
-            _ = tokio::time::sleep(membership::TICK) => {}
+            _ = tokio::time::sleep(pause) => {}
             Ok(()) = connections.changed() => {}
             _ = shared.stop.cancelled() => return,
         }
     }
 }
+
+/// How often the layout is read while another process lays it out.
+const LAYING_OUT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Begins a change to the configured count (a worker started with another count than the one
 /// in force).
@@ -103,6 +115,8 @@ fn wanted_under(me: &str, live: &[String], record: &Record) -> Vec<(Layout, u16)
             .map(move |i| (l, i))
     };
     match &record.change {
+        // Its queues may not be declared yet: nothing until they are laid out.
+        None if record.laid_out != Some(record.layout.epoch) => Vec::new(),
         None => share(record.layout).collect(),
         Some(c) if c.drained() => share(c.from).chain(share(record.layout)).collect(),
         Some(c) => share(c.from).collect(),
