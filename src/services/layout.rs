@@ -207,7 +207,7 @@ impl crate::adapters::broker::link::OnConnect for LayingOut {
             match tokio::time::timeout(LEASE, tended).await {
                 Ok(Ok(record)) if record.laid_out.is_some() => {}
                 Ok(Ok(record)) => {
-                    tracing::warn!(layout = %record.describe(), "the partitions are not laid out yet; a worker lays them out")
+                    tracing::info!(layout = %record.describe(), "another process is laying the partitions out (webhooks are accepted once it has)")
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not lay out the partitions; a worker lays them out")

@@ -72,6 +72,17 @@ async fn every_runnable_readme_block_runs_as_written() {
         })
         .collect::<Vec<_>>()
         .join("\n");
+    // A person reads `send`'s answers before the next command, and the worker has decided the
+    // webhooks by then (within milliseconds); on a test machine busy with every other test it
+    // may take longer, so the script leaves the worker a second, as the person would.
+    let script: String = script
+        .lines()
+        .map(|l| match l.starts_with(&format!("{bin} send")) {
+            true => format!("{l}\nsleep 1"),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     // In a directory of its own (a command may write a file), with the examples at hand.
     let dir = std::env::temp_dir().join(format!("coexist-readme-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
