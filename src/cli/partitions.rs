@@ -4,7 +4,6 @@
 use clap::Subcommand;
 use coexist::adapters::broker::Topology;
 use coexist::adapters::redis::partitions::{Began, Partitions, Record};
-use coexist::adapters::redis::RedisStore;
 use coexist::core::time::Millis;
 use coexist::runtime::config::Config;
 
@@ -35,9 +34,9 @@ pub enum Command {
 
 /// The record of the namespace's layout (for `topology` too).
 pub async fn record(config: &Config) -> Result<Partitions, Failure> {
-    let store = RedisStore::open(&config.redis, &config.namespace, 0)
+    let store = coexist::tools::operator::store(config)
         .await
-        .map_err(|e| Failure(format!("cannot reach Redis: {e}"), 1))?;
+        .map_err(|e| failed(&e))?;
     Ok(Partitions::new(store.connection(), &config.namespace))
 }
 

@@ -88,7 +88,7 @@ pub async fn tend(
 /// Whether `record` asks for a step of `role`.
 fn due(record: &Record, role: Role) -> bool {
     match &record.change {
-        None => role == Role::Repair || record.laid_out != Some(record.layout.epoch),
+        None => role == Role::Repair || record.awaits_lay_out(),
         Some(c) => role == Role::Change && (c.stage == Stage::Moving || c.drained()),
     }
 }
@@ -205,7 +205,7 @@ impl crate::adapters::broker::link::OnConnect for LayingOut {
                 tend(partitions, &self.topology, conn, &self.me, Role::LayOut).await
             };
             match tokio::time::timeout(LEASE, tended).await {
-                Ok(Ok(record)) if record.laid_out.is_some() => {}
+                Ok(Ok(record)) if !record.awaits_lay_out() => {}
                 Ok(Ok(record)) => {
                     tracing::info!(layout = %record.describe(), "another process is laying the partitions out (webhooks are accepted once it has)")
                 }

@@ -63,6 +63,21 @@ pub struct Record {
 }
 
 impl Record {
+    /// No change is in progress and the layout in force has no bindings yet: its queues may not
+    /// be declared, and publishes to it are returned.
+    pub fn awaits_lay_out(&self) -> bool {
+        self.change.is_none() && self.laid_out != Some(self.layout.epoch)
+    }
+
+    /// The layout whose partitions are decided now: during a change, the old one until every old
+    /// partition is drained.
+    pub fn serving(&self) -> Layout {
+        match &self.change {
+            Some(c) if !c.drained() => c.from,
+            _ => self.layout,
+        }
+    }
+
     /// One line for logs, `/readyz` and `coexist partitions`.
     pub fn describe(&self) -> String {
         match &self.change {

@@ -28,10 +28,10 @@ pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<
     let mut soon = false;
     // A new broker connection is used at once (at start-up the first read waits for it).
     let mut connections = shared.link.connections();
+    let me = format!("worker-{}", shared.id);
     loop {
         connections.mark_unchanged();
         if let Some(conn) = shared.link.connection().await {
-            let me = format!("worker-{}", shared.id);
             match tend(
                 &shared.partitions,
                 &shared.topology,
@@ -42,7 +42,7 @@ pub(super) async fn follow_layout(shared: Arc<Shared>, layout_tx: watch::Sender<
             .await
             {
                 Ok(record) => {
-                    soon = record.change.is_none() && record.laid_out != Some(record.layout.epoch);
+                    soon = record.awaits_lay_out();
                     if !asked && record.change.is_none() {
                         asked = true;
                         let wanted = shared.topology.partitions;
@@ -116,7 +116,7 @@ fn wanted_under(me: &str, live: &[String], record: &Record) -> Vec<(Layout, u16)
     };
     match &record.change {
         // Its queues may not be declared yet: nothing until they are laid out.
-        None if record.laid_out != Some(record.layout.epoch) => Vec::new(),
+        None if record.awaits_lay_out() => Vec::new(),
         None => share(record.layout).collect(),
         Some(c) if c.drained() => share(c.from).chain(share(record.layout)).collect(),
         Some(c) => share(c.from).collect(),
@@ -125,6 +125,9 @@ fn wanted_under(me: &str, live: &[String], record: &Record) -> Vec<(Layout, u16)
 
 /// A partition being consumed.
 struct Running {
+    partition: u16,
+    /// The epoch of the layout its queue belongs to.
+    epoch: u32,
     stop: CancellationToken,
     task: JoinHandle<()>,
     /// The connection it consumes on.
@@ -140,7 +143,7 @@ const BACKLOG_EVERY: u64 = 5;
 /// Reads the messages waiting in the partitions this worker owns, and in the dead-letter queue
 /// (passive declares, bounded): `coexist_inbound_backlog{partition}`,
 /// `coexist_dead_letters_waiting`.
-async fn backlog(shared: &Shared, owned: &[(u16, String)]) {
+async fn backlog(shared: &Shared, owned: &[(u16, &str)]) {
     use lapin::options::QueueDeclareOptions;
     let Some(conn) = shared.link.connection().await else {
         return;
@@ -153,7 +156,7 @@ async fn backlog(shared: &Shared, owned: &[(u16, String)]) {
         };
         for (p, queue) in owned {
             let q = ch
-                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .queue_declare((*queue).into(), passive, Default::default())
                 .await?;
             metrics::gauge!(crate::runtime::metrics::INBOUND_BACKLOG, "partition" => p.to_string())
                 .set(q.message_count() as f64);
@@ -179,10 +182,10 @@ pub(super) async fn manage(
     membership: Membership,
     owned_tx: watch::Sender<Vec<u16>>,
 ) {
-    // By queue: (partition, queue name) of each consumer.
-    let mut running: HashMap<String, (u16, Running)> = HashMap::new();
+    // Each consumer by its queue's name.
+    let mut running: HashMap<String, Running> = HashMap::new();
     let mut stopping: Vec<JoinHandle<()>> = Vec::new();
-    let mut wanted: Vec<(u16, String)> = Vec::new();
+    let mut wanted: Vec<(Layout, u16, String)> = Vec::new();
     let mut layout = shared.layout.clone();
     let mut round = 0u64;
     // A new broker connection is put to use at once (at start-up, after a loss), not a tick later.
@@ -197,7 +200,7 @@ pub(super) async fn manage(
                 if let Some(record) = layout.borrow_and_update().as_ref() {
                     wanted = wanted_under(&shared.id, &live, record)
                         .into_iter()
-                        .map(|(l, i)| (i, l.queue(&shared.topology, i)))
+                        .map(|(l, i)| (l, i, l.queue(&shared.topology, i)))
                         .collect();
                 }
             }
@@ -207,7 +210,7 @@ pub(super) async fn manage(
                 tracing::warn!(error = %e, "cannot reach Redis for the membership; keeping current partitions");
             }
         }
-        running.retain(|queue, (_, r)| {
+        running.retain(|queue, r| {
             let alive = !r.task.is_finished();
             if !alive {
                 tracing::info!(
@@ -223,11 +226,11 @@ pub(super) async fn manage(
         let current = shared.link.connection().await;
         let stale: Vec<String> = running
             .iter()
-            .filter(|(_, (_, r))| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.conn)))
+            .filter(|(_, r)| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.conn)))
             .map(|(q, _)| q.clone())
             .collect();
         for queue in stale {
-            let (_, r) = running.remove(&queue).expect("present");
+            let r = running.remove(&queue).expect("present");
             tracing::info!(
                 queue,
                 "the connection was lost; consuming again on the new one"
@@ -237,18 +240,18 @@ pub(super) async fn manage(
         }
         let leaving: Vec<String> = running
             .keys()
-            .filter(|q| !wanted.iter().any(|(_, w)| w == *q))
+            .filter(|q| !wanted.iter().any(|(_, _, w)| w == *q))
             .cloned()
             .collect();
         for queue in leaving {
-            let (_, r) = running.remove(&queue).expect("present");
+            let r = running.remove(&queue).expect("present");
             tracing::info!(queue, "handing partition over");
             r.stop.cancel();
             stopping.push(r.task);
         }
         stopping.retain(|t| !t.is_finished());
         if let Some(conn) = shared.link.connection().await {
-            for (p, queue) in &wanted {
+            for (layout, p, queue) in &wanted {
                 running.entry(queue.clone()).or_insert_with(|| {
                     let stop = shared.stop.child_token();
                     let consuming = Arc::new(AtomicBool::new(false));
@@ -260,46 +263,39 @@ pub(super) async fn manage(
                         stop.clone(),
                         consuming.clone(),
                     );
-                    (
-                        *p,
-                        Running {
-                            stop,
-                            task: tokio::spawn(task),
-                            conn: conn.clone(),
-                            consuming,
-                        },
-                    )
+                    Running {
+                        partition: *p,
+                        epoch: layout.epoch,
+                        stop,
+                        task: tokio::spawn(task),
+                        conn: conn.clone(),
+                        consuming,
+                    }
                 });
             }
         }
-        let mut consumed: Vec<(u16, String)> =
-            running.iter().map(|(q, (p, _))| (*p, q.clone())).collect();
-        consumed.sort();
-        // What it owns, by partition number: in the layout in force (during a change, the old
-        // one until the new partitions are consumed).
-        let in_force = layout.borrow().as_ref().map(|r| {
-            let newest = match &r.change {
-                Some(c) if !c.drained() => c.from,
-                _ => r.layout,
-            };
-            newest.queues(&shared.topology)
-        });
-        let mut now_owned: Vec<u16> = consumed
-            .iter()
-            .filter(|(_, q)| in_force.as_ref().is_some_and(|qs| qs.contains(q)))
-            .map(|(p, _)| *p)
+        // What it owns, by partition number: in the layout being served.
+        let serving = layout.borrow().as_ref().map(|r| r.serving().epoch);
+        let mut now_owned: Vec<u16> = running
+            .values()
+            .filter(|r| Some(r.epoch) == serving)
+            .map(|r| r.partition)
             .collect();
         now_owned.sort();
         *shared.consuming.lock().expect("consuming") =
-            running.values().map(|(_, r)| r.consuming.clone()).collect();
+            running.values().map(|r| r.consuming.clone()).collect();
         shared.fault("partition manager");
         metrics::gauge!(crate::runtime::metrics::PARTITIONS_OWNED).set(now_owned.len() as f64);
         let consuming = running
             .values()
-            .filter(|(_, r)| r.consuming.load(Ordering::SeqCst))
+            .filter(|r| r.consuming.load(Ordering::SeqCst))
             .count();
         metrics::gauge!(crate::runtime::metrics::PARTITIONS_CONSUMING).set(consuming as f64);
         if round % BACKLOG_EVERY == 1 {
+            let consumed: Vec<(u16, &str)> = running
+                .iter()
+                .map(|(q, r)| (r.partition, q.as_str()))
+                .collect();
             backlog(&shared, &consumed).await;
         }
         owned_tx.send_replace(now_owned);
@@ -310,7 +306,7 @@ pub(super) async fn manage(
             _ = shared.stop.cancelled() => break,
         }
     }
-    for (_, (_, r)) in running.drain() {
+    for (_, r) in running.drain() {
         r.stop.cancel();
         stopping.push(r.task);
     }
