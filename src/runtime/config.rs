@@ -59,6 +59,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("log_content", "COEXIST_LOG_CONTENT"),
     ("app_idle_warning", "COEXIST_APP_IDLE_WARNING"),
     ("trail_entries", "COEXIST_TRAIL_ENTRIES"),
+    ("publish_gather", "COEXIST_PUBLISH_GATHER"),
 ];
 
 /// Keys a `[numbers."<phone_number_id>"]` table (and a number's runtime settings) may set.
@@ -102,6 +103,8 @@ pub struct Config {
     pub app_idle_warning: Duration,
     /// Decisions kept per conversation for `explain` (0: no trail).
     pub trail_entries: usize,
+    /// How long a publish waits for others to go to the broker with (zero: none waits).
+    pub publish_gather: Duration,
     /// The Graph API version of coexist's own calls (onboarding), e.g. `v24.0`.
     pub graph_version: String,
     /// The business token for `number onboard` (never stored, never logged); `None`: not given.
@@ -227,6 +230,7 @@ struct Settings {
     log_content: Flag,
     app_idle_warning: Span,
     trail_entries: Whole<0, 1000>,
+    publish_gather: Gather,
     #[serde(default)]
     numbers: HashMap<String, NumberSettings>,
 }
@@ -373,6 +377,7 @@ impl Config {
             rules,
             app_idle_warning: s.app_idle_warning.0,
             trail_entries: s.trail_entries.0 as usize,
+            publish_gather: s.publish_gather.0,
             graph_version: s.graph_version.0,
             graph_token: s
                 .graph_token
@@ -545,6 +550,29 @@ impl<'de> Deserialize<'de> for Span {
             return Err(D::Error::custom("must be at most ten years"));
         }
         Ok(Span(d))
+    }
+}
+
+/// How long a publish may wait for company: `0` (none) or a duration of at most 100 ms.
+#[derive(Clone, Copy)]
+struct Gather(Duration);
+
+impl<'de> Deserialize<'de> for Gather {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d).map_err(|_| {
+            D::Error::custom("expected a duration written as a string, e.g. \"5ms\"")
+        })?;
+        let d = match s.trim() {
+            "0" => Duration::ZERO,
+            t => humantime::parse_duration(t).map_err(|_| {
+                D::Error::custom(format!("{s:?} is not a duration (write e.g. 0, 2ms, 5ms)"))
+            })?,
+        };
+        if d > Duration::from_millis(100) {
+            return Err(D::Error::custom("must be at most 100ms"));
+        }
+        Ok(Gather(d))
     }
 }
 

@@ -30,6 +30,8 @@ pub const RELEASES: &str = "coexist_releases_total";
 pub const DEAD_LETTERS: &str = "coexist_dead_letters_total";
 /// Seconds from the ingress accepting a webhook to the broker confirming its events.
 pub const LATENCY: &str = "coexist_accept_to_confirm_seconds";
+/// Messages published together in one gathering (`publish_gather`), per gathering.
+pub const PUBLISH_GATHERED: &str = "coexist_publish_gathered_messages";
 /// Times the broker began blocking a connection's publishers (a memory or disk alarm).
 pub const BROKER_BLOCKED: &str = "coexist_broker_blocked_total";
 /// Commits that fewer Redis replicas than `COEXIST_REDIS_REPLICAS` acknowledged within 1 s.
@@ -93,6 +95,7 @@ pub const NAMES: &[&str] = &[
     RELEASES,
     DEAD_LETTERS,
     LATENCY,
+    PUBLISH_GATHERED,
     BROKER_BLOCKED,
     REPLICA_SHORTFALLS,
     REPLICA_WAITS_SKIPPED,
@@ -136,6 +139,10 @@ pub fn handle() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GATE_SECONDS.into()), &fine))
+                .and_then(|b| {
+                    let counts = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+                    b.set_buckets_for_metric(Matcher::Full(PUBLISH_GATHERED.into()), &counts)
+                })
                 .expect("buckets are valid");
             let handle = match builder.install_recorder() {
                 Ok(h) => h,

@@ -126,6 +126,7 @@ impl Part {
             connection,
             topology.clone(),
             on_connect,
+            config.publish_gather,
             layer.stop.clone(),
         );
         self.add_to(&layer, "broker link", task);

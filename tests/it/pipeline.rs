@@ -14,6 +14,76 @@ use crate::support::*;
 
 const SECS: Duration = Duration::from_secs(1);
 
+/// Publishes made while a gathering is open go to the broker together, each still its own
+/// message, confirmed before its caller hears so; a publisher that does not gather publishes
+/// each caller's messages alone.
+#[tokio::test]
+async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confirmed() {
+    use coexist::adapters::broker::{Outgoing, Publisher};
+    let conn = coexist::adapters::broker::connect(&amqp_url(), "test-gather")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = format!("{}.gather", unique_ns("gather"));
+    // Exclusive: gone with this test's connection.
+    let exclusive = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.as_str().into(), exclusive, Default::default())
+        .await
+        .unwrap();
+    let message = |i: usize| Outgoing {
+        exchange: String::new(),
+        routing_key: queue.clone(),
+        body: format!("m{i}").into_bytes(),
+        properties: lapin::BasicProperties::default(),
+    };
+    for (within, callers, at_most) in [(Duration::from_millis(200), 10, 1), (Duration::ZERO, 4, 0)]
+    {
+        let publisher = Publisher::open_gathering(&conn, within).await.unwrap();
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..callers)
+            .map(|i| {
+                let (p, m) = (publisher.clone(), message(i));
+                tokio::spawn(async move { p.publish_all(&[m]).await })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().expect("confirmed");
+        }
+        assert!(
+            publisher.gatherings() <= at_most,
+            "{callers} callers within {within:?}: {} gatherings",
+            publisher.gatherings()
+        );
+        if !within.is_zero() {
+            assert_eq!(publisher.gatherings(), 1);
+            assert!(
+                started.elapsed() >= within,
+                "the gathering waited for company"
+            );
+        }
+    }
+    // Every message is in the queue, once.
+    let mut bodies = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        bodies.push(String::from_utf8(m.delivery.data).unwrap());
+    }
+    bodies.sort();
+    let mut wanted: Vec<String> = (0..10).chain(0..4).map(|i| format!("m{i}")).collect();
+    wanted.sort();
+    assert_eq!(bodies, wanted);
+    let _ = conn.close(200, "done".into()).await;
+}
+
 #[tokio::test]
 async fn handshake_signatures_and_body_limit() {
     let stack = Stack::start("http", 0, &[("COEXIST_MAX_BODY_BYTES", "2048")]).await;

@@ -23,7 +23,8 @@ pub trait OnConnect: Send + Sync {
     fn on_connect<'a>(&'a self, conn: &'a Connection) -> futures_util::future::BoxFuture<'a, ()>;
 }
 
-/// A background task connects (with backoff), declares the topology and holds the publisher until
+/// A background task connects (with backoff), declares the topology and holds the publisher (which
+/// gathers publishes for up to `gather`, [`Publisher::open_gathering`]) until
 /// the connection fails, then starts over, until its token is cancelled. Callers get the current
 /// publisher or `None` while it is down. With several node URLs (a cluster) it starts with the
 /// first, and after a loss goes on with the node after the one it lost.
@@ -48,6 +49,7 @@ impl Link {
         name: String,
         topology: Topology,
         on_connect: Option<Arc<dyn OnConnect>>,
+        gather: Duration,
         stop: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let link = Arc::new(Link {
@@ -58,7 +60,10 @@ impl Link {
             blocking: Default::default(),
             made: tokio::sync::watch::Sender::new(0),
         });
-        let task = tokio::spawn(link.clone().run(url, name, topology, on_connect, stop));
+        let task = tokio::spawn(
+            link.clone()
+                .run(url, name, topology, on_connect, gather, stop),
+        );
         (link, task)
     }
 
@@ -68,6 +73,7 @@ impl Link {
         name: String,
         topology: Topology,
         on_connect: Option<Arc<dyn OnConnect>>,
+        gather: Duration,
         stop: CancellationToken,
     ) {
         let mut next = 0;
@@ -82,7 +88,7 @@ impl Link {
                     if let Some(hook) = &on_connect {
                         hook.on_connect(&conn).await;
                     }
-                    let publisher = Publisher::open(&conn).await?;
+                    let publisher = Publisher::open_gathering(&conn, gather).await?;
                     Ok::<_, Error>((conn, publisher, node))
                 },
             )

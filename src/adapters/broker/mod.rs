@@ -22,7 +22,7 @@ pub use publisher::Publisher;
 pub use topology::{Layout, Topology, DELIVERY_LIMIT, SLOTS};
 
 /// A broker failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),

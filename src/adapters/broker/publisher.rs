@@ -2,28 +2,55 @@
 //! together (pipelined), a nack an error. A message the broker returns (no queue bound to its
 //! routing key) is published again for a while: while the partition count changes, a slot is
 //! unbound from its old queue for a moment before it is bound to its new one.
+//!
+//! **Gathering.** A publisher opened with a gathering time (`publish_gather`) does not publish
+//! each caller's messages alone: the first caller's messages wait up to that long for others', and
+//! all go to the broker together, their confirms awaited together; each caller is answered when
+//! the gathering is confirmed (a failure answers every caller of the gathering). Every message is
+//! still its own message, confirmed before its caller hears so. While one gathering waits for its
+//! confirms the next gathers. At a low rate the broker's cost is mostly per wake-up, not per
+//! message (docs/benchmarks.md): messages that arrive together share them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::Confirmation;
 use lapin::{Channel, Connection};
+use tokio::sync::{mpsc, oneshot};
 
 use super::message::Outgoing;
 use super::{Error, Result};
 
 /// How long a publish waits for the broker's confirms before it counts as failed.
-pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long returned messages are published again before the publish fails.
-pub const RETURNED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+pub const RETURNED_PATIENCE: Duration = Duration::from_secs(3);
 /// The pause before a returned message is published again.
-const RETURNED_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+const RETURNED_PAUSE: Duration = Duration::from_millis(20);
+
+/// At most this many messages go in one gathering.
+const GATHER_MAX: usize = 256;
 
 /// Publishes with confirms on one channel.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Where callers' messages go to be gathered, when gathering.
+    gather: Option<mpsc::UnboundedSender<Gathered>>,
+    /// Gatherings published so far.
+    gatherings: Arc<AtomicU64>,
+}
+
+/// One caller's messages waiting in a gathering.
+struct Gathered {
+    messages: Vec<Outgoing>,
+    at: Instant,
+    done: oneshot::Sender<Result<()>>,
 }
 
 impl Publisher {
@@ -33,7 +60,23 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel })
+        Ok(Publisher {
+            channel,
+            gather: None,
+            gatherings: Arc::default(),
+        })
+    }
+
+    /// [`Publisher::open`], gathering callers' messages for up to `within` before publishing
+    /// them together (no gathering when it is zero). The gathering ends with the last clone.
+    pub async fn open_gathering(conn: &Connection, within: Duration) -> Result<Self> {
+        let mut publisher = Self::open(conn).await?;
+        if !within.is_zero() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(gathering(publisher.clone(), rx, within));
+            publisher.gather = Some(tx);
+        }
+        Ok(publisher)
     }
 
     /// Puts a channel of one's own in confirm mode and publishes on it (a command's sender,
@@ -42,7 +85,11 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel })
+        Ok(Publisher {
+            channel,
+            gather: None,
+            gatherings: Arc::default(),
+        })
     }
 
     /// Publishes one message without waiting for its confirm and without `mandatory`: for an
@@ -61,6 +108,11 @@ impl Publisher {
         Ok(())
     }
 
+    /// How many gatherings this publisher (and its clones) published.
+    pub fn gatherings(&self) -> u64 {
+        self.gatherings.load(Ordering::Relaxed)
+    }
+
     pub fn channel(&self) -> &Channel {
         &self.channel
     }
@@ -68,14 +120,31 @@ impl Publisher {
     /// Publishes every message (persistent, mandatory) and waits until the broker has confirmed
     /// all of them; the confirms are awaited together, not one by one, for at most
     /// [`CONFIRM_TIMEOUT`] (confirms pending on a connection that died may never resolve).
+    /// Gathering, the messages join the current gathering and the answer is the gathering's.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<()> {
+        if let Some(gather) = &self.gather {
+            let (done, answer) = oneshot::channel();
+            let request = Gathered {
+                messages: messages.to_vec(),
+                at: Instant::now(),
+                done,
+            };
+            gather.send(request).map_err(|_| Error::NotConnected)?;
+            // The gathering's own publish is bounded by the same timeout; this bounds the wait
+            // behind an earlier gathering as well.
+            return match tokio::time::timeout(2 * CONFIRM_TIMEOUT, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::NotConnected),
+                Err(_) => Err(Error::ConfirmTimeout),
+            };
+        }
         tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_and_confirm(messages))
             .await
             .map_err(|_| Error::ConfirmTimeout)?
     }
 
     async fn publish_and_confirm(&self, messages: &[Outgoing]) -> Result<()> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut waiting: Vec<&Outgoing> = messages.iter().collect();
         loop {
             let returned = self.publish_once(&waiting).await?;
@@ -133,5 +202,52 @@ impl Publisher {
             }
         }
         Ok(returned)
+    }
+}
+
+/// Gathers callers' messages and publishes them together: a gathering starts with the first
+/// caller waiting and closes `within` after it arrived (or at [`GATHER_MAX`] messages); the next
+/// gathers while it waits for its confirms. Ends when every gathering publisher is dropped.
+async fn gathering(
+    direct: Publisher,
+    mut callers: mpsc::UnboundedReceiver<Gathered>,
+    within: Duration,
+) {
+    let mut next: Option<Gathered> = None;
+    loop {
+        let first = match next.take() {
+            Some(first) => first,
+            None => match callers.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let until = first.at + within;
+        let mut count = first.messages.len();
+        let mut gathered = vec![first];
+        while count < GATHER_MAX {
+            match tokio::time::timeout_at(until.into(), callers.recv()).await {
+                Ok(Some(caller)) => {
+                    count += caller.messages.len();
+                    gathered.push(caller);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        metrics::histogram!(crate::runtime::metrics::PUBLISH_GATHERED).record(count as f64);
+        direct.gatherings.fetch_add(1, Ordering::Relaxed);
+        let messages: Vec<Outgoing> = gathered
+            .iter_mut()
+            .flat_map(|c| std::mem::take(&mut c.messages))
+            .collect();
+        let result = direct.publish_all(&messages).await;
+        for caller in gathered {
+            let _ = caller.done.send(result.clone());
+        }
+        // Whoever came meanwhile has waited already: the next gathering closes `within` after
+        // the first of them arrived.
+        if let Ok(caller) = callers.try_recv() {
+            next = Some(caller);
+        }
     }
 }

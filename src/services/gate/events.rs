@@ -334,6 +334,7 @@ mod tests {
             "test".into(),
             Topology::new("events-test", 1),
             None,
+            Duration::ZERO,
             stop.clone(),
         );
         let wait = Duration::from_millis(100);

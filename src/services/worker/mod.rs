@@ -109,6 +109,8 @@ struct Shared {
     /// For each partition this worker owns, whether its consumer is consuming now.
     consuming: Mutex<Vec<Arc<AtomicBool>>>,
     log_content: bool,
+    /// How long a finished delivery's ack waits for others' (`publish_gather`).
+    ack_gather: std::time::Duration,
     /// Finished items whose marks are written in batches.
     marks: marks::Marks,
     /// The numbers' activity times, written in batches.
@@ -234,6 +236,7 @@ pub async fn start_with(
         redis_ok: AtomicBool::new(true),
         consuming: Mutex::default(),
         log_content: config.log_content,
+        ack_gather: config.publish_gather,
         marks,
         activity,
         fault: options.fault,
