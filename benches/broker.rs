@@ -7,7 +7,8 @@
 //! (8 publishers, each awaiting its confirm before the next, as the ingress's requests do; one
 //! consumer, prefetch 16, acking each). Then a hop taken apart, quorum at 500/s: published and
 //! confirmed with no consumer; consumed with `no-ack` (the queue settles on delivery); acks
-//! gathered for 10 ms and sent as one (`multiple`); and a stream's hop. Under `cargo test` it runs
+//! gathered for 10 ms and sent as one (`multiple`); the same rate published in gatherings (every
+//! 2, 5 or 10 ms the messages due go together, as `publish_gather` does); and a stream's hop. Under `cargo test` it runs
 //! a smoke round. Needs RabbitMQ on 127.0.0.1:5672 and nothing else busy on the machine.
 
 mod common;

@@ -39,8 +39,14 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
         body: format!("m{i}").into_bytes(),
         properties: lapin::BasicProperties::default(),
     };
-    for (within, callers, at_most) in [(Duration::from_millis(200), 10, 1), (Duration::ZERO, 4, 0)]
-    {
+    // Six callers: one gathering, closed when its time was up. Sixteen: two, each closed as soon
+    // as it held eight. None gathering: each publishes alone.
+    let cases = [
+        (Duration::from_millis(200), 6, 1),
+        (Duration::from_secs(30), 16, 2),
+        (Duration::ZERO, 4, 0),
+    ];
+    for (within, callers, gatherings) in cases {
         let publisher = Publisher::open_gathering(&conn, within).await.unwrap();
         let started = std::time::Instant::now();
         let calls: Vec<_> = (0..callers)
@@ -52,13 +58,12 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
         for c in calls {
             c.await.unwrap().expect("confirmed");
         }
-        assert!(
-            publisher.gatherings() <= at_most,
-            "{callers} callers within {within:?}: {} gatherings",
-            publisher.gatherings()
+        assert_eq!(
+            publisher.gatherings(),
+            gatherings,
+            "{callers} callers within {within:?}"
         );
-        if !within.is_zero() {
-            assert_eq!(publisher.gatherings(), 1);
+        if callers < 8 && !within.is_zero() {
             assert!(
                 started.elapsed() >= within,
                 "the gathering waited for company"
@@ -78,7 +83,11 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
         bodies.push(String::from_utf8(m.delivery.data).unwrap());
     }
     bodies.sort();
-    let mut wanted: Vec<String> = (0..10).chain(0..4).map(|i| format!("m{i}")).collect();
+    let mut wanted: Vec<String> = (0..6)
+        .chain(0..16)
+        .chain(0..4)
+        .map(|i| format!("m{i}"))
+        .collect();
     wanted.sort();
     assert_eq!(bodies, wanted);
     let _ = conn.close(200, "done".into()).await;

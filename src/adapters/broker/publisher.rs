@@ -8,7 +8,7 @@
 //! all go to the broker together, their confirms awaited together; each caller is answered when
 //! the gathering is confirmed (a failure answers every caller of the gathering). Every message is
 //! still its own message, confirmed before its caller hears so. While one gathering waits for its
-//! confirms the next gathers. At a low rate the broker's cost is mostly per wake-up, not per
+//! confirms the next gathers; a gathering that has enough company closes at once. At a low rate the broker's cost is mostly per wake-up, not per
 //! message (docs/benchmarks.md): messages that arrive together share them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +33,8 @@ pub const RETURNED_PATIENCE: Duration = Duration::from_secs(3);
 /// The pause before a returned message is published again.
 const RETURNED_PAUSE: Duration = Duration::from_millis(20);
 
-/// At most this many messages go in one gathering.
-const GATHER_MAX: usize = 256;
+/// A gathering holding this many messages closes at once.
+const GATHER_ENOUGH: usize = 8;
 
 /// Publishes with confirms on one channel.
 #[derive(Clone)]
@@ -206,26 +206,21 @@ impl Publisher {
 }
 
 /// Gathers callers' messages and publishes them together: a gathering starts with the first
-/// caller waiting and closes `within` after it arrived (or at [`GATHER_MAX`] messages); the next
-/// gathers while it waits for its confirms. Ends when every gathering publisher is dropped.
+/// caller waiting and closes `within` after it arrived, or as soon as it holds
+/// [`GATHER_ENOUGH`] messages (under load company comes at once, and waiting longer would only
+/// slow callers that wait for their answers); it is published while the next gathers, several
+/// awaiting their confirms at once. Ends when every gathering publisher is dropped.
 async fn gathering(
     direct: Publisher,
     mut callers: mpsc::UnboundedReceiver<Gathered>,
     within: Duration,
 ) {
-    let mut next: Option<Gathered> = None;
-    loop {
-        let first = match next.take() {
-            Some(first) => first,
-            None => match callers.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
+    while let Some(first) = callers.recv().await {
+        // A caller who waited while the last gathering was published has waited already.
         let until = first.at + within;
         let mut count = first.messages.len();
         let mut gathered = vec![first];
-        while count < GATHER_MAX {
+        while count < GATHER_ENOUGH {
             match tokio::time::timeout_at(until.into(), callers.recv()).await {
                 Ok(Some(caller)) => {
                     count += caller.messages.len();
@@ -240,14 +235,14 @@ async fn gathering(
             .iter_mut()
             .flat_map(|c| std::mem::take(&mut c.messages))
             .collect();
-        let result = direct.publish_all(&messages).await;
-        for caller in gathered {
-            let _ = caller.done.send(result.clone());
-        }
-        // Whoever came meanwhile has waited already: the next gathering closes `within` after
-        // the first of them arrived.
-        if let Ok(caller) = callers.try_recv() {
-            next = Some(caller);
-        }
+        let direct = direct.clone();
+        // Each caller's messages keep their order (published in turn within the gathering);
+        // callers of different gatherings were never ordered (they publish side by side).
+        tokio::spawn(async move {
+            let result = direct.publish_all(&messages).await;
+            for caller in gathered {
+                let _ = caller.done.send(result.clone());
+            }
+        });
     }
 }

@@ -296,6 +296,10 @@ impl Shared {
         self.publish(&applied.events, trace).await?;
         if !applied.events.is_empty() {
             self.marks.add(&applied.scope, &applied.key).await;
+            // Let the marks' task send the mark before this lane asks Redis about its next item
+            // (Meta's retry of this one right behind it then finds it done, and publishes
+            // nothing again; the contract allows the repeat, a redelivery does it).
+            tokio::task::yield_now().await;
         }
         tracing::debug!(events = applied.events.len(), "item decided");
         if applied.delivery != Delivery::Duplicate && !applied.events.is_empty() {

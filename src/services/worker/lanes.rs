@@ -1,9 +1,8 @@
 //! Consuming one partition: one lane per business number. A number's deliveries are handled one
 //! after the other, in the order the partition delivered them (so a customer's items stay in
-//! order whatever name each carries); different numbers run side by side. A finished delivery's
-//! ack waits up to `publish_gather` for others' and they go to the broker together (a task of
-//! the partition's, [`acking`]); every ack is sent before the channel closes and before a seal is
-//! acted on.
+//! order whatever name each carries); different numbers run side by side. A finished delivery is
+//! acknowledged by the worker's acking task ([`super::acks`]), flushed before a seal is acted on
+//! and before the channel closes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,15 +26,6 @@ const BROKER_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The deliveries waiting behind the one each lane works on, by business number, each read once.
 type Waiting = Arc<Mutex<HashMap<String, VecDeque<(Delivery, Work)>>>>;
-
-/// What the lanes tell the partition's acking task.
-enum Ack {
-    /// A delivery finished: acknowledge it (within the gathering time), ending its span.
-    Finished(lapin::Acker, opentelemetry::Context),
-    /// Send every ack waiting now, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-type Acks = tokio::sync::mpsc::UnboundedSender<Ack>;
 
 /// Consumes one partition until `stop` (the partition handed over, or the worker stopping), or
 /// a broker failure.
@@ -91,20 +81,18 @@ async fn consume_inner(
     tracing::info!(partition, "consuming");
     consuming.store(true, Ordering::SeqCst);
     let waiting: Waiting = Arc::default();
-    let halted = Arc::new(AtomicBool::new(false));
-    let (acks, to_ack) = tokio::sync::mpsc::unbounded_channel();
-    let mut acking_task =
-        tokio::spawn(acking(to_ack, shared.ack_gather, partition, halted.clone()));
+    let acking = Arc::new(super::acks::Partition {
+        partition,
+        ..Default::default()
+    });
+    let halted = acking.halted.clone();
     let mut running = tokio::task::JoinSet::new();
     let result = loop {
         let next = tokio::select! {
             d = consumer.next() => d,
             _ = stop.cancelled() => break Ok(()),
-            acked = &mut acking_task => match acked {
-                Ok(Err(e)) => break Err(e),
-                // Acks went unanswered, or the task failed: give the partition back.
-                _ => break Ok(()),
-            },
+            // An ack failed: give the partition back (its deliveries come again).
+            () = acking.failed.notified() => break Ok(()),
             Some(joined) = running.join_next(), if !running.is_empty() => match joined {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => break Err(e),
@@ -135,7 +123,7 @@ async fn consume_inner(
                     }
                     // The items before the seal are acknowledged before the partition counts
                     // as drained (its queue is deleted after).
-                    if !flush(&acks).await {
+                    if !shared.acks.flush().await {
                         halted.store(true, Ordering::SeqCst);
                     }
                     if halted.load(Ordering::SeqCst) || !seal(shared, queue, &delivery).await {
@@ -156,7 +144,7 @@ async fn consume_inner(
                             queue.to_owned(),
                             lane,
                             (delivery, work),
-                            (waiting.clone(), halted.clone(), acks.clone()),
+                            (waiting.clone(), acking.clone()),
                         ));
                     }
                 }
@@ -178,100 +166,9 @@ async fn consume_inner(
         }
     }
     // Every finished item's ack goes before the channel closes (else it would come again).
-    drop(acks);
-    if !acking_task.is_finished() {
-        match tokio::time::timeout(2 * BROKER_CALL, &mut acking_task).await {
-            Ok(Ok(Err(e))) => result = result.and(Err(e)),
-            Ok(_) => {}
-            Err(_) => acking_task.abort(),
-        }
-    }
+    let _ = tokio::time::timeout(2 * BROKER_CALL, shared.acks.flush()).await;
     let _ = tokio::time::timeout(BROKER_CALL, ch.close(200, "partition released".into())).await;
     result
-}
-
-/// Sends every ack waiting now: false when the acking task is gone (the partition stops).
-async fn flush(acks: &Acks) -> bool {
-    let (done, sent) = tokio::sync::oneshot::channel();
-    acks.send(Ack::Flush(done)).is_ok() && sent.await.is_ok()
-}
-
-/// Acknowledges finished deliveries: the first waits up to `within` for others, and all go
-/// together (their frames written at once). Ends when the lanes are gone, after the last acks;
-/// an ack the broker did not take halts the partition (its deliveries come again, and find
-/// their events published).
-async fn acking(
-    mut lanes: tokio::sync::mpsc::UnboundedReceiver<Ack>,
-    within: std::time::Duration,
-    partition: u16,
-    halted: Arc<AtomicBool>,
-) -> Result<(), lapin::Error> {
-    let mut open = true;
-    while open {
-        let Some(first) = lanes.recv().await else {
-            return Ok(());
-        };
-        let until = tokio::time::Instant::now() + within;
-        let mut finished = Vec::new();
-        let mut flushes = Vec::new();
-        let mut take = |a: Ack, finished: &mut Vec<_>| match a {
-            Ack::Finished(acker, span) => {
-                finished.push((acker, span));
-                true
-            }
-            Ack::Flush(done) => {
-                flushes.push(done);
-                false
-            }
-        };
-        let mut wait = take(first, &mut finished);
-        while wait {
-            match tokio::time::timeout_at(until, lanes.recv()).await {
-                Ok(Some(a)) => wait = take(a, &mut finished),
-                Ok(None) => {
-                    open = false;
-                    wait = false;
-                }
-                Err(_) => wait = false,
-            }
-        }
-        while let Ok(a) = lanes.try_recv() {
-            take(a, &mut finished);
-        }
-        let sent = futures_util::future::join_all(finished.iter().map(|(acker, _)| {
-            tokio::time::timeout(BROKER_CALL, acker.ack(BasicAckOptions::default()))
-        }))
-        .await;
-        let mut failure = None;
-        for ((_, span), acked) in finished.iter().zip(&sent) {
-            let outcome = acked
-                .as_ref()
-                .map_or(Some("no answer"), |a| a.as_ref().err().map(|_| "failed"));
-            crate::runtime::trace::end(span, outcome);
-            if outcome.is_some() && failure.is_none() {
-                failure = Some(acked.as_ref().ok().and_then(|a| a.as_ref().err().cloned()));
-            }
-        }
-        for done in flushes {
-            let _ = done.send(());
-        }
-        match failure {
-            None => {}
-            Some(Some(e)) => {
-                halted.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
-            Some(None) => {
-                tracing::warn!(
-                    partition,
-                    "the broker did not answer an ack; the delivery comes again"
-                );
-                halted.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Records an old partition drained, then acknowledges its seal: false when that could not be
@@ -313,8 +210,9 @@ async fn run_lane(
     queue: String,
     lane: String,
     first: (Delivery, Work),
-    (waiting, halted, acks): (Waiting, Arc<AtomicBool>, Acks),
+    (waiting, acking): (Waiting, Arc<super::acks::Partition>),
 ) -> Result<(), lapin::Error> {
+    let halted = &acking.halted;
     let (mut delivery, mut work) = first;
     loop {
         let Ok(processing) = shared
@@ -336,9 +234,9 @@ async fn run_lane(
         // events published, same ids).
         let settling = crate::runtime::trace::settle(&processing, &queue);
         crate::runtime::trace::end(&processing, None);
-        if acks
-            .send(Ack::Finished(delivery.acker.clone(), settling))
-            .is_err()
+        if !shared
+            .acks
+            .finished(delivery.acker.clone(), settling, &acking)
         {
             halted.store(true, Ordering::SeqCst);
             return Ok(());

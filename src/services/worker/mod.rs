@@ -30,6 +30,7 @@
 //! `handle.rs` decides an item, publishes and acknowledges it; `sweep.rs` releases due pauses;
 //! [`membership`] shares the partitions among workers.
 
+mod acks;
 pub(crate) mod handle;
 pub(crate) mod lanes;
 pub(crate) mod marks;
@@ -109,8 +110,8 @@ struct Shared {
     /// For each partition this worker owns, whether its consumer is consuming now.
     consuming: Mutex<Vec<Arc<AtomicBool>>>,
     log_content: bool,
-    /// How long a finished delivery's ack waits for others' (`publish_gather`).
-    ack_gather: std::time::Duration,
+    /// Where finished deliveries are acknowledged, gathered (`publish_gather`).
+    acks: acks::Acks,
     /// Finished items whose marks are written in batches.
     marks: marks::Marks,
     /// The numbers' activity times, written in batches.
@@ -236,7 +237,7 @@ pub async fn start_with(
         redis_ok: AtomicBool::new(true),
         consuming: Mutex::default(),
         log_content: config.log_content,
-        ack_gather: config.publish_gather,
+        acks: acks::Acks::spawn(config.publish_gather),
         marks,
         activity,
         fault: options.fault,
