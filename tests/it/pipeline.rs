@@ -70,6 +70,24 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
             );
         }
     }
+    // Callers far apart (5 s, gathering for 1 s): the first waits, the next expects no company
+    // and goes at once.
+    let within = Duration::from_secs(1);
+    let publisher = Publisher::open_gathering(&conn, within).await.unwrap();
+    let mut took = Vec::new();
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(5 * within).await;
+        }
+        let started = std::time::Instant::now();
+        publisher.publish_all(&[message(100 + i)]).await.unwrap();
+        took.push(started.elapsed());
+    }
+    assert!(took[0] >= within, "the first caller waited: {took:?}");
+    assert!(
+        took[1] < within,
+        "a caller far behind the last did not: {took:?}"
+    );
     // Every message is in the queue, once.
     let mut bodies = Vec::new();
     while let Some(m) = ch
@@ -86,6 +104,7 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
     let mut wanted: Vec<String> = (0..6)
         .chain(0..16)
         .chain(0..4)
+        .chain(100..102)
         .map(|i| format!("m{i}"))
         .collect();
     wanted.sort();

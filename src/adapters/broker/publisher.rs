@@ -205,8 +205,49 @@ impl Publisher {
     }
 }
 
+/// Whether company is to be expected: the time between callers, averaged over the last few. A
+/// gathering waits only when callers come closer together than the gathering time; at a rate
+/// that low that nobody would come meanwhile, waiting would add latency and a timer's wake-up and
+/// save nothing.
+pub struct Company {
+    within: Duration,
+    last: Option<Instant>,
+    gap: Duration,
+}
+
+impl Company {
+    pub fn new(within: Duration) -> Self {
+        Company {
+            within,
+            last: None,
+            // Company expected until callers show otherwise (a few far apart are enough).
+            gap: Duration::ZERO,
+        }
+    }
+
+    /// A caller arrived at `at`.
+    pub fn arrived(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last);
+            self.gap = (self.gap * 3 + gap) / 4;
+        }
+        self.last = Some(at);
+    }
+
+    /// How long the next gathering waits: the gathering time when company is expected, else
+    /// nothing.
+    pub fn wait(&self) -> Duration {
+        if self.gap <= self.within {
+            self.within
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
 /// Gathers callers' messages and publishes them together: a gathering starts with the first
-/// caller waiting and closes `within` after it arrived, or as soon as it holds
+/// caller waiting and closes `within` after it arrived (at once when callers come further apart
+/// than that, [`Company`]), or as soon as it holds
 /// [`GATHER_ENOUGH`] messages (under load company comes at once, and waiting longer would only
 /// slow callers that wait for their answers); it is published while the next gathers, several
 /// awaiting their confirms at once. Ends when every gathering publisher is dropped.
@@ -215,14 +256,17 @@ async fn gathering(
     mut callers: mpsc::UnboundedReceiver<Gathered>,
     within: Duration,
 ) {
+    let mut company = Company::new(within);
     while let Some(first) = callers.recv().await {
+        company.arrived(first.at);
         // A caller who waited while the last gathering was published has waited already.
-        let until = first.at + within;
+        let until = first.at + company.wait();
         let mut count = first.messages.len();
         let mut gathered = vec![first];
         while count < GATHER_ENOUGH {
             match tokio::time::timeout_at(until.into(), callers.recv()).await {
                 Ok(Some(caller)) => {
+                    company.arrived(caller.at);
                     count += caller.messages.len();
                     gathered.push(caller);
                 }

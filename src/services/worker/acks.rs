@@ -1,5 +1,5 @@
 //! Acknowledging finished deliveries, gathered across the worker's partitions: the first waits
-//! up to `publish_gather` for others, and all go to the broker together (their frames written at
+//! up to `publish_gather` for others (when they come that close together), and all go to the broker together (their frames written at
 //! once on the worker's connection), as publishes do (docs/operations.md, "Gathering
 //! publishes"). A partition flushes what waits before it acts on a seal and before it closes its
 //! channel, so a finished item is never delivered again for want of its ack. An ack the broker
@@ -66,14 +66,17 @@ impl Acks {
 
 async fn acking(mut lanes: mpsc::UnboundedReceiver<Ack>, within: Duration) {
     let mut open = true;
+    let mut company = crate::adapters::broker::publisher::Company::new(within);
     while open {
         let Some(first) = lanes.recv().await else {
             return;
         };
-        let until = tokio::time::Instant::now() + within;
+        let now = tokio::time::Instant::now();
+        company.arrived(now.into_std());
+        let until = now + company.wait();
         let mut finished = Vec::new();
         let mut flushes = Vec::new();
-        let mut take = |a: Ack, finished: &mut Vec<_>| match a {
+        let take = |a: Ack, finished: &mut Vec<_>, flushes: &mut Vec<_>| match a {
             Ack::Finished(acker, span, partition) => {
                 finished.push((acker, span, partition));
                 finished.len() < ENOUGH
@@ -83,10 +86,13 @@ async fn acking(mut lanes: mpsc::UnboundedReceiver<Ack>, within: Duration) {
                 false
             }
         };
-        let mut wait = take(first, &mut finished);
+        let mut wait = take(first, &mut finished, &mut flushes);
         while wait {
             match tokio::time::timeout_at(until, lanes.recv()).await {
-                Ok(Some(a)) => wait = take(a, &mut finished),
+                Ok(Some(a)) => {
+                    company.arrived(std::time::Instant::now());
+                    wait = take(a, &mut finished, &mut flushes);
+                }
                 Ok(None) => {
                     open = false;
                     wait = false;
@@ -95,7 +101,7 @@ async fn acking(mut lanes: mpsc::UnboundedReceiver<Ack>, within: Duration) {
             }
         }
         while let Ok(a) = lanes.try_recv() {
-            take(a, &mut finished);
+            take(a, &mut finished, &mut flushes);
         }
         let sent = futures_util::future::join_all(finished.iter().map(|(acker, _, _)| {
             tokio::time::timeout(ACK_WITHIN, acker.ack(BasicAckOptions::default()))
