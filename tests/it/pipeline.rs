@@ -39,8 +39,8 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
         body: format!("m{i}").into_bytes(),
         properties: lapin::BasicProperties::default(),
     };
-    // Six callers: one gathering, closed when its time was up. Sixteen: two, each closed as soon
-    // as it held eight. None gathering: each publishes alone.
+    // Six callers at once: one gathering (each waited for the next). Sixteen: two, each closed
+    // as soon as it held eight. None gathering: each publishes alone.
     let cases = [
         (Duration::from_millis(200), 6, 1),
         (Duration::from_secs(30), 16, 2),
@@ -63,12 +63,10 @@ async fn publishes_waiting_together_go_to_the_broker_in_one_gathering_each_confi
             gatherings,
             "{callers} callers within {within:?}"
         );
-        if callers < 8 && !within.is_zero() {
-            assert!(
-                started.elapsed() >= within,
-                "the gathering waited for company"
-            );
-        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never past its time"
+        );
     }
     // Callers far apart (5 s, gathering for 1 s): the first waits, the next expects no company
     // and goes at once.

@@ -221,7 +221,7 @@ impl Company {
             within,
             last: None,
             // Company expected until callers show otherwise (a few far apart are enough).
-            gap: Duration::ZERO,
+            gap: within,
         }
     }
 
@@ -243,11 +243,21 @@ impl Company {
             Duration::ZERO
         }
     }
+
+    /// When a gathering that closes at `until` stops waiting for its next caller: about two
+    /// gaps after the last arrived. When every caller there is waits in it (callers that wait for
+    /// their answers), nobody else is coming, and waiting on would only add their latency.
+    pub fn next_by(&self, until: Instant) -> Instant {
+        match self.last {
+            Some(last) => until.min(last + 2 * self.gap),
+            None => until,
+        }
+    }
 }
 
 /// Gathers callers' messages and publishes them together: a gathering starts with the first
 /// caller waiting and closes `within` after it arrived (at once when callers come further apart
-/// than that, [`Company`]), or as soon as it holds
+/// than that, and sooner when the next caller is overdue, [`Company`]), or as soon as it holds
 /// [`GATHER_ENOUGH`] messages (under load company comes at once, and waiting longer would only
 /// slow callers that wait for their answers); it is published while the next gathers, several
 /// awaiting their confirms at once. Ends when every gathering publisher is dropped.
@@ -264,7 +274,8 @@ async fn gathering(
         let mut count = first.messages.len();
         let mut gathered = vec![first];
         while count < GATHER_ENOUGH {
-            match tokio::time::timeout_at(until.into(), callers.recv()).await {
+            let by = company.next_by(until);
+            match tokio::time::timeout_at(by.into(), callers.recv()).await {
                 Ok(Some(caller)) => {
                     company.arrived(caller.at);
                     count += caller.messages.len();

@@ -88,7 +88,8 @@ async fn acking(mut lanes: mpsc::UnboundedReceiver<Ack>, within: Duration) {
         };
         let mut wait = take(first, &mut finished, &mut flushes);
         while wait {
-            match tokio::time::timeout_at(until, lanes.recv()).await {
+            let by = tokio::time::Instant::from_std(company.next_by(until.into_std()));
+            match tokio::time::timeout_at(by, lanes.recv()).await {
                 Ok(Some(a)) => {
                     company.arrived(std::time::Instant::now());
                     wait = take(a, &mut finished, &mut flushes);
