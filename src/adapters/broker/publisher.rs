@@ -8,8 +8,9 @@
 //! all go to the broker together, their confirms awaited together; each caller is answered when
 //! the gathering is confirmed (a failure answers every caller of the gathering). Every message is
 //! still its own message, confirmed before its caller hears so. While one gathering waits for its
-//! confirms the next gathers; a gathering that has enough company closes at once. At a low rate the broker's cost is mostly per wake-up, not per
-//! message (docs/benchmarks.md): messages that arrive together share them.
+//! confirms the next gathers; a gathering that has enough company closes at once. At a low rate
+//! the broker's cost is mostly per wake-up, not per message (docs/benchmarks.md): messages that
+//! arrive together share them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,15 +57,7 @@ struct Gathered {
 impl Publisher {
     /// Opens a channel in confirm mode.
     pub async fn open(conn: &Connection) -> Result<Self> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            channel,
-            gather: None,
-            gatherings: Arc::default(),
-        })
+        Self::on(conn.create_channel().await?).await
     }
 
     /// [`Publisher::open`], gathering callers' messages for up to `within` before publishing

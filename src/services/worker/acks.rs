@@ -21,7 +21,7 @@ const ACK_WITHIN: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub(super) struct Partition {
     pub partition: u16,
-    pub halted: Arc<AtomicBool>,
+    pub halted: AtomicBool,
     pub failed: Notify,
 }
 

@@ -85,7 +85,7 @@ async fn consume_inner(
         partition,
         ..Default::default()
     });
-    let halted = acking.halted.clone();
+    let halted = &acking.halted;
     let mut running = tokio::task::JoinSet::new();
     let result = loop {
         let next = tokio::select! {
@@ -229,7 +229,7 @@ async fn run_lane(
             halted.store(true, Ordering::SeqCst);
             return Ok(());
         };
-        // Acknowledged by the partition's acking task (bounded there: on a connection that
+        // Acknowledged by the worker's acking task (bounded there: on a connection that
         // died the answer never comes, and unacked the delivery comes again and finds its
         // events published, same ids).
         let settling = crate::runtime::trace::settle(&processing, &queue);
